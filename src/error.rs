@@ -1,0 +1,192 @@
+//! [`Error`], the one error type of the library, and the [`Result`] alias.
+//!
+//! Every variant carries what the user needs to fix the problem: the path involved, the expected and
+//! found values. Nothing in the library panics on user input; damaged files come back as
+//! [`Error::Corrupted`].
+
+use std::path::PathBuf;
+
+use milan_index_format::{DecodeError, LayoutError, DATABASE_FILE};
+
+/// `Result` with milan's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in milan.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The index directory does not exist.
+    #[error("{}: no such directory", path.display())]
+    MissingDirectory {
+        /// The directory asked for.
+        path: PathBuf,
+    },
+    /// The directory exists but holds no milan index.
+    #[error("{}: not a milan index (no {DATABASE_FILE} inside); make one with `milan index create`", path.display())]
+    NotAnIndex {
+        /// The directory asked for.
+        path: PathBuf,
+    },
+    /// `create` found an index already there.
+    #[error("{}: an index already exists here; open it instead, or choose another directory", path.display())]
+    AlreadyExists {
+        /// The directory asked for.
+        path: PathBuf,
+    },
+    /// Another process (or another handle in this one) has the index open for writing.
+    #[error("{}: locked by another process that has the index open; wait for it to finish (the lock is held on this file)", path.display())]
+    Locked {
+        /// The locked file.
+        path: PathBuf,
+    },
+    /// The index was written by a newer milan.
+    #[error("{}: index format version {found} is newer than this milan supports ({supported}); upgrade milan", path.display())]
+    TooNew {
+        /// The index directory.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Newest version supported.
+        supported: u32,
+    },
+    /// The index format is too old to read.
+    #[error("{}: index format version {found} is older than this milan can read (oldest {oldest}); export it with the milan that wrote it and import it again", path.display())]
+    UpgradeRequired {
+        /// The index directory.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Oldest version supported.
+        oldest: u32,
+    },
+    /// Stored data violates the format.
+    #[error("{}: the index is damaged: {detail}; `milan index check` lists every problem", path.display())]
+    Corrupted {
+        /// The index directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The code layout is not allowed.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// A code of another length than the index's.
+    #[error("code has {got} bits but the index stores {expected}-bit codes")]
+    CodeLength {
+        /// The index's code length.
+        expected: u32,
+        /// The code's length.
+        got: u32,
+    },
+    /// A code could not be parsed or has an impossible length.
+    #[error("invalid code: {detail}")]
+    InvalidCode {
+        /// What is wrong.
+        detail: String,
+    },
+    /// Radius larger than the code length.
+    #[error("radius {radius} is larger than the code length ({bits} bits); use 0 to {bits}")]
+    RadiusTooLarge {
+        /// Requested radius.
+        radius: u32,
+        /// Code length.
+        bits: u32,
+    },
+    /// Top-k with k = 0.
+    #[error("k must be at least 1")]
+    ZeroK,
+    /// No live item has this id.
+    #[error("no item with id {id} in the index")]
+    UnknownId {
+        /// The id asked for.
+        id: u64,
+    },
+    /// The id space of the in-memory engine is exhausted.
+    #[error("the index is full: at most {max} ids can be handed out")]
+    Full {
+        /// Largest number of ids.
+        max: u64,
+    },
+    /// An item's key, label and metadata together exceed the record limit.
+    #[error("item too large: {bytes} bytes of key, label and metadata (at most {max})")]
+    ItemTooLarge {
+        /// Bytes given.
+        bytes: usize,
+        /// Most allowed.
+        max: usize,
+    },
+    /// A write on an index opened read-only.
+    #[error("{}: opened read-only; open it for writing to change it", path.display())]
+    ReadOnly {
+        /// The index directory.
+        path: PathBuf,
+    },
+    /// A long operation was cancelled through its callback.
+    #[error("cancelled")]
+    Cancelled,
+    /// An I/O error on a named file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An error from the storage engine.
+    #[error("{}: storage error: {source}", path.display())]
+    Storage {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: Box<redb::Error>,
+    },
+}
+
+impl Error {
+    /// Maps a decode failure of data read from the index at `path`.
+    pub(crate) fn from_decode(path: &std::path::Path, err: DecodeError) -> Error {
+        let path = path.to_path_buf();
+        match err {
+            DecodeError::TooNew { found, supported } => Error::TooNew {
+                path,
+                found,
+                supported,
+            },
+            DecodeError::UpgradeRequired { found, oldest } => Error::UpgradeRequired {
+                path,
+                found,
+                oldest,
+            },
+            other => Error::Corrupted {
+                path,
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    /// Maps a storage error on the database at `path`, naming damage and locks as such.
+    pub(crate) fn storage(path: &std::path::Path, err: impl Into<redb::Error>) -> Error {
+        let err: redb::Error = err.into();
+        let path = path.to_path_buf();
+        match err {
+            redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
+                Error::Locked { path }
+            }
+            redb::Error::Corrupted(detail) => Error::Corrupted { path, detail },
+            redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                Error::Corrupted {
+                    path,
+                    detail: format!("not a readable database file ({io})"),
+                }
+            }
+            redb::Error::UpgradeRequired(version) => Error::Corrupted {
+                path,
+                detail: format!("storage file format {version} is not supported"),
+            },
+            other => Error::Storage {
+                path,
+                source: Box::new(other),
+            },
+        }
+    }
+}

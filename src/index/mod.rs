@@ -1,0 +1,406 @@
+//! [`Index`]: an index directory opened for reading and writing, and its [`IndexBuilder`].
+//!
+//! An index owns the redb database and the current search snapshot (an `Arc<View>`). Writes go
+//! through a [`Writer`] (one at a time), reads through a [`Reader`] that pins a snapshot of both the
+//! codes and the stored items, so a reader never sees half a commit.
+
+mod reader;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use milan_index_format::{
+    CodeLayout, MetaRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC, META_KEY,
+};
+
+pub use reader::{BatchSearch, Hit, Reader, Search};
+pub use writer::{Item, Writer};
+
+use crate::error::{Error, Result};
+use crate::mih::layout::WordLayout;
+use crate::mih::View;
+use crate::store::check::CheckReport;
+use crate::store::{self, Db};
+
+/// The milan version written into the meta record.
+const MILAN_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The number of codes [`IndexBuilder::create`] sizes the hash tables for when not told.
+pub const DEFAULT_EXPECTED_LEN: u64 = 1 << 20;
+
+/// Default redb page cache: enough for the hot upper levels of the tables; search itself runs from
+/// the in-memory snapshot, not from this cache.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// Creates or opens an index with non-default settings.
+///
+/// ```
+/// # fn main() -> milan::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let index = milan::Index::builder(64).substrings(4).create(dir.path())?;
+/// assert_eq!(index.substrings(), 4);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct IndexBuilder {
+    bits: u32,
+    substrings: Option<u32>,
+    expected_len: u64,
+    cache_bytes: usize,
+}
+
+impl IndexBuilder {
+    /// Number of multi-index-hashing substrings. Default: [`Index::recommended_substrings`] for
+    /// the expected number of codes.
+    pub fn substrings(mut self, substrings: u32) -> Self {
+        self.substrings = Some(substrings);
+        self
+    }
+
+    /// The number of codes the index is expected to hold, which sets the default number of
+    /// substrings. Default: [`DEFAULT_EXPECTED_LEN`] (about a million).
+    pub fn expected_len(mut self, len: u64) -> Self {
+        self.expected_len = len;
+        self
+    }
+
+    /// Size of redb's page cache in bytes. Default: [`DEFAULT_CACHE_BYTES`].
+    pub fn cache_size(mut self, bytes: usize) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// Creates a new, empty index in `dir` (created if missing; an existing index there is an error).
+    pub fn create(&self, dir: impl AsRef<Path>) -> Result<Index> {
+        let dir = dir.as_ref();
+        let substrings = self
+            .substrings
+            .unwrap_or_else(|| Index::recommended_substrings(self.bits, self.expected_len));
+        let layout = CodeLayout::new(self.bits, substrings)?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let db_path = dir.join(DATABASE_FILE);
+        if db_path.exists() {
+            return Err(Error::AlreadyExists {
+                path: dir.to_path_buf(),
+            });
+        }
+        let db = redb::Builder::new()
+            .set_cache_size(self.cache_bytes)
+            .create(&db_path)
+            .map_err(|err| Error::storage(&db_path, err))?;
+        let meta = MetaRecord {
+            magic: MAGIC,
+            format_version: FORMAT_VERSION,
+            bits: layout.bits(),
+            substrings: layout.substrings(),
+            next_id: 0,
+            live_count: 0,
+            created_by: MILAN_VERSION.to_string(),
+            written_by: MILAN_VERSION.to_string(),
+        };
+        let init = || -> std::result::Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                txn.open_table(store::META)?
+                    .insert(META_KEY, meta.encode().as_slice())?;
+                txn.open_table(store::ITEMS)?;
+                txn.open_table(store::CODES)?;
+                txn.open_table(store::BUCKETS)?;
+                txn.open_multimap_table(store::CONTENT_HASHES)?;
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        init().map_err(|err| Error::storage(&db_path, err))?;
+        let layout = Arc::new(WordLayout::new(layout));
+        let view = View::build(layout, Vec::new(), Default::default());
+        Ok(Index::assemble(dir, db_path, Db::Writable(db), meta, view))
+    }
+
+    /// Opens the index in `dir` for reading and writing.
+    pub fn open(&self, dir: impl AsRef<Path>) -> Result<Index> {
+        self.open_mode(dir.as_ref(), true)
+    }
+
+    /// Opens the index in `dir` for reading only; other read-only openers may share it.
+    pub fn open_read_only(&self, dir: impl AsRef<Path>) -> Result<Index> {
+        self.open_mode(dir.as_ref(), false)
+    }
+
+    fn open_mode(&self, dir: &Path, writable: bool) -> Result<Index> {
+        if !dir.is_dir() {
+            return Err(Error::MissingDirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        let db_path = dir.join(DATABASE_FILE);
+        if !db_path.is_file() {
+            return Err(Error::NotAnIndex {
+                path: dir.to_path_buf(),
+            });
+        }
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(self.cache_bytes);
+        let db = if writable {
+            Db::Writable(
+                builder
+                    .open(&db_path)
+                    .map_err(|err| Error::storage(&db_path, err))?,
+            )
+        } else {
+            Db::ReadOnly(
+                builder
+                    .open_read_only(&db_path)
+                    .map_err(|err| Error::storage(&db_path, err))?,
+            )
+        };
+        let txn = db.begin_read(&db_path)?;
+        let meta = store::read_meta(dir, &txn)?;
+        let view = store::load_view(dir, &txn, &meta)?;
+        drop(txn);
+        Ok(Index::assemble(dir, db_path, db, meta, view))
+    }
+}
+
+/// Facts about an index, for `milan index info`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Info {
+    /// The index directory.
+    pub path: PathBuf,
+    /// Format version on disk.
+    pub format_version: u32,
+    /// Code length in bits.
+    pub bits: u32,
+    /// Multi-index-hashing substrings.
+    pub substrings: u32,
+    /// What [`Index::recommended_substrings`] advises for the current size.
+    pub recommended_substrings: u32,
+    /// Live codes.
+    pub len: u64,
+    /// The id the next code will get.
+    pub next_id: u64,
+    /// Size of the database file in bytes.
+    pub file_bytes: u64,
+    /// Heap bytes of the in-memory search snapshot.
+    pub memory_bytes: u64,
+    /// The milan version that created the index.
+    pub created_by: String,
+    /// The milan version that last wrote it.
+    pub written_by: String,
+}
+
+/// What [`Index::optimize`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OptimizeReport {
+    /// Substrings before.
+    pub old_substrings: u32,
+    /// Substrings after.
+    pub new_substrings: u32,
+}
+
+/// An open index: see the crate documentation for an example.
+pub struct Index {
+    dir: PathBuf,
+    db_path: PathBuf,
+    db: Db,
+    /// The committed meta record; the writer lock serialises its updates.
+    meta: Mutex<MetaRecord>,
+    view: RwLock<Arc<View>>,
+    writer_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("dir", &self.dir)
+            .field("bits", &self.bits())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Index {
+    /// A builder for `bits`-bit codes (a multiple of 8 from 8 to 1024), with defaults for the rest.
+    pub fn builder(bits: u32) -> IndexBuilder {
+        IndexBuilder {
+            bits,
+            substrings: None,
+            expected_len: DEFAULT_EXPECTED_LEN,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+
+    /// Opens the index in `dir` for reading and writing, with default settings.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Index> {
+        Index::builder(64).open(dir)
+    }
+
+    /// Opens the index in `dir` read-only, with default settings.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Index> {
+        Index::builder(64).open_read_only(dir)
+    }
+
+    /// The number of substrings multi-index hashing works best with for `len` codes of `bits` bits:
+    /// about `bits / log2(len)` (Norouzi et al.), rounded up, within the allowed range.
+    pub fn recommended_substrings(bits: u32, len: u64) -> u32 {
+        let log = (len.max(1 << 10) as f64).log2();
+        let (min, max) = CodeLayout::substring_range(bits);
+        ((f64::from(bits) / log).ceil() as u32).clamp(min, max)
+    }
+
+    fn assemble(dir: &Path, db_path: PathBuf, db: Db, meta: MetaRecord, view: View) -> Index {
+        Index {
+            dir: dir.to_path_buf(),
+            db_path,
+            db,
+            meta: Mutex::new(meta),
+            view: RwLock::new(Arc::new(view)),
+            writer_lock: Mutex::new(()),
+        }
+    }
+
+    /// The index directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn meta(&self) -> MetaRecord {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn snapshot(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Code length in bits.
+    pub fn bits(&self) -> u32 {
+        self.snapshot().layout().bits()
+    }
+
+    /// Number of multi-index-hashing substrings.
+    pub fn substrings(&self) -> u32 {
+        self.snapshot().layout().code.substrings()
+    }
+
+    /// Number of live codes.
+    pub fn len(&self) -> u64 {
+        self.snapshot().live()
+    }
+
+    /// Whether the index holds no live code.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Facts about the index.
+    pub fn info(&self) -> Info {
+        let meta = self.meta();
+        let view = self.snapshot();
+        Info {
+            path: self.dir.clone(),
+            format_version: meta.format_version,
+            bits: meta.bits,
+            substrings: meta.substrings,
+            recommended_substrings: Index::recommended_substrings(meta.bits, view.live()),
+            len: view.live(),
+            next_id: meta.next_id,
+            file_bytes: std::fs::metadata(&self.db_path).map(|m| m.len()).unwrap_or(0),
+            memory_bytes: view.heap_bytes() as u64,
+            created_by: meta.created_by,
+            written_by: meta.written_by,
+        }
+    }
+
+    /// Starts a write transaction; blocks while another writer of this handle is active.
+    pub fn writer(&self) -> Result<Writer<'_>> {
+        Writer::begin(self)
+    }
+
+    /// A consistent snapshot for searching and reading items.
+    pub fn reader(&self) -> Result<Reader> {
+        // Taken under the view lock so that the codes and the stored items belong to one commit.
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        let txn = self.db.begin_read(&self.db_path)?;
+        Ok(Reader::new(self.dir.clone(), view.clone(), txn))
+    }
+
+    /// Checks every invariant of the stored index (each live code in exactly its buckets, no
+    /// dangling ids, counts and meta consistent) and, when opened writable, redb's own structure.
+    pub fn verify(&mut self) -> Result<CheckReport> {
+        let storage_ok = match &mut self.db {
+            Db::Writable(db) => Some(
+                db.check_integrity()
+                    .map_err(|err| Error::storage(&self.db_path, err))?,
+            ),
+            Db::ReadOnly(_) => None,
+        };
+        let txn = self.db.begin_read(&self.db_path)?;
+        let mut report = store::check::check(&self.dir, &txn)?;
+        report.storage_ok = storage_ok;
+        Ok(report)
+    }
+
+    /// Rebuilds every bucket for `substrings` substrings (default: the recommended number for the
+    /// current size) in one transaction, merging the small chunks that many small commits leave.
+    pub fn optimize(&self, substrings: Option<u32>) -> Result<OptimizeReport> {
+        let Db::Writable(db) = &self.db else {
+            return Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            });
+        };
+        let _guard = self.writer_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let view = self.snapshot();
+        let mut meta = self.meta();
+        let old_substrings = meta.substrings;
+        let new_substrings =
+            substrings.unwrap_or_else(|| Index::recommended_substrings(meta.bits, view.live()));
+        let layout = WordLayout::new(CodeLayout::new(meta.bits, new_substrings)?);
+        meta.substrings = new_substrings;
+        meta.written_by = MILAN_VERSION.to_string();
+        let txn = db
+            .begin_write()
+            .map_err(|err| Error::storage(&self.db_path, err))?;
+        let write = || -> std::result::Result<(), redb::Error> {
+            store::rewrite_buckets(&txn, &layout, &view)?;
+            txn.open_table(store::META)?
+                .insert(META_KEY, meta.encode().as_slice())?;
+            Ok(())
+        };
+        write().map_err(|err| Error::storage(&self.db_path, err))?;
+        let words: Vec<u64> = (0..view.slots() as u64)
+            .flat_map(|id| match view.code(id) {
+                Some(code) => code.to_vec(),
+                None => vec![0; layout.words],
+            })
+            .collect();
+        let deleted = (0..view.slots() as u64).map(|id| !view.is_live(id)).collect();
+        let rebuilt = View::build(Arc::new(layout), words, deleted);
+        self.commit_and_publish(txn, meta, rebuilt)?;
+        Ok(OptimizeReport {
+            old_substrings,
+            new_substrings,
+        })
+    }
+
+    /// Commits `txn` and makes `view` current in one step as readers see it: the view lock is held
+    /// across the commit, so no reader pairs the old codes with the new items or the reverse.
+    fn commit_and_publish(
+        &self,
+        txn: redb::WriteTransaction,
+        meta: MetaRecord,
+        view: View,
+    ) -> Result<()> {
+        let mut current = self.view.write().unwrap_or_else(|e| e.into_inner());
+        txn.commit()
+            .map_err(|err| Error::storage(&self.db_path, err))?;
+        *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = meta;
+        *current = Arc::new(view);
+        Ok(())
+    }
+}

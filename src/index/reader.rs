@@ -1,0 +1,237 @@
+//! [`Reader`]: a consistent snapshot of an index, and the search builders [`Search`] and
+//! [`BatchSearch`] it hands out.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use milan_index_format::ItemRecord;
+use rayon::prelude::*;
+use redb::ReadTransaction;
+
+use super::writer::Item;
+use crate::code::{words_to_bytes, Code};
+use crate::error::{Error, Result};
+use crate::mih::search::{Packed, Strategy};
+use crate::mih::View;
+use crate::store;
+
+/// One search result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Hit {
+    /// Hamming distance to the query (first, so that hits order by distance, then id).
+    pub distance: u32,
+    /// The stored id.
+    pub id: u64,
+}
+
+fn unpack(hits: Vec<Packed>) -> Vec<Hit> {
+    hits.into_iter()
+        .map(|packed| Hit {
+            distance: (packed >> 32) as u32,
+            id: packed & 0xffff_ffff,
+        })
+        .collect()
+}
+
+/// A snapshot of an index: the codes and items of one commit, whatever is committed later.
+pub struct Reader {
+    dir: PathBuf,
+    view: Arc<View>,
+    txn: ReadTransaction,
+}
+
+impl Reader {
+    pub(super) fn new(dir: PathBuf, view: Arc<View>, txn: ReadTransaction) -> Reader {
+        Reader { dir, view, txn }
+    }
+
+    /// Number of live codes.
+    pub fn len(&self) -> u64 {
+        self.view.live()
+    }
+
+    /// Whether there is no live code.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Code length in bits.
+    pub fn bits(&self) -> u32 {
+        self.view.layout().bits()
+    }
+
+    /// Whether `id` is live.
+    pub fn contains(&self, id: u64) -> bool {
+        self.view.is_live(id)
+    }
+
+    /// Live ids in increasing order.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.view.live_ids()
+    }
+
+    /// The code of a live id.
+    pub fn code(&self, id: u64) -> Option<Code> {
+        let words = self.view.code(id)?;
+        let bytes = words_to_bytes(words, self.bits() as usize / 8);
+        Some(Code::from_bytes(&bytes).expect("stored codes have a valid length"))
+    }
+
+    /// The item stored with a live id.
+    pub fn item(&self, id: u64) -> Result<Option<Item>> {
+        let storage = |err: redb::Error| Error::storage(&self.dir, err);
+        let table = self
+            .txn
+            .open_table(store::ITEMS)
+            .map_err(|e| storage(e.into()))?;
+        let Some(bytes) = table.get(id).map_err(|e| storage(e.into()))? else {
+            return Ok(None);
+        };
+        ItemRecord::decode(bytes.value())
+            .map(Some)
+            .map_err(|err| Error::from_decode(&self.dir, err))
+    }
+
+    /// The ids of the items stored with this content hash.
+    pub fn ids_with_content_hash(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
+        let storage = |err: redb::Error| Error::storage(&self.dir, err);
+        let table = self
+            .txn
+            .open_multimap_table(store::CONTENT_HASHES)
+            .map_err(|e| storage(e.into()))?;
+        let mut ids = Vec::new();
+        for id in table.get(hash).map_err(|e| storage(e.into()))? {
+            ids.push(id.map_err(|e| storage(e.into()))?.value());
+        }
+        Ok(ids)
+    }
+
+    fn query_words(&self, query: &Code) -> Result<Vec<u64>> {
+        if query.bits() != self.bits() {
+            return Err(Error::CodeLength {
+                expected: self.bits(),
+                got: query.bits(),
+            });
+        }
+        Ok(query.to_words())
+    }
+
+    /// Searches around `query`.
+    ///
+    /// ```
+    /// # fn main() -> milan::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let index = milan::Index::builder(16).create(dir.path())?;
+    /// let reader = index.reader()?;
+    /// let hits = reader.search(&milan::Code::from_hex("00ff")?)?.top_k(10)?;
+    /// assert!(hits.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn search(&self, query: &Code) -> Result<Search<'_>> {
+        Ok(Search {
+            view: &self.view,
+            query: self.query_words(query)?,
+            strategy: Strategy::Auto,
+        })
+    }
+
+    /// Searches around the code stored under `id` (which is among the results, at distance 0).
+    pub fn search_id(&self, id: u64) -> Result<Search<'_>> {
+        let words = self.view.code(id).ok_or(Error::UnknownId { id })?;
+        Ok(Search {
+            view: &self.view,
+            query: words.to_vec(),
+            strategy: Strategy::Auto,
+        })
+    }
+
+    /// Searches around many queries at once, in parallel; results come back in query order.
+    pub fn search_batch(&self, queries: &[Code]) -> Result<BatchSearch<'_>> {
+        Ok(BatchSearch {
+            view: &self.view,
+            queries: queries
+                .iter()
+                .map(|query| self.query_words(query))
+                .collect::<Result<_>>()?,
+            strategy: Strategy::Auto,
+        })
+    }
+}
+
+fn check_k(k: usize) -> Result<()> {
+    if k == 0 {
+        return Err(Error::ZeroK);
+    }
+    Ok(())
+}
+
+fn check_radius(view: &View, radius: u32) -> Result<()> {
+    let bits = view.layout().bits();
+    if radius > bits {
+        return Err(Error::RadiusTooLarge { radius, bits });
+    }
+    Ok(())
+}
+
+/// An exact search around one query; finish it with [`top_k`](Search::top_k) or
+/// [`within`](Search::within).
+pub struct Search<'r> {
+    view: &'r View,
+    query: Vec<u64>,
+    strategy: Strategy,
+}
+
+impl Search<'_> {
+    /// How to search (default [`Strategy::Auto`]); answers do not depend on it.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The `k` nearest live codes (fewer when the index holds fewer), by distance, then id.
+    pub fn top_k(&self, k: usize) -> Result<Vec<Hit>> {
+        check_k(k)?;
+        Ok(unpack(self.view.top_k(&self.query, k, self.strategy)))
+    }
+
+    /// Every live code within `radius` bits, by distance, then id.
+    pub fn within(&self, radius: u32) -> Result<Vec<Hit>> {
+        check_radius(self.view, radius)?;
+        Ok(unpack(self.view.radius(&self.query, radius, self.strategy)))
+    }
+}
+
+/// Exact searches around many queries, run in parallel.
+pub struct BatchSearch<'r> {
+    view: &'r View,
+    queries: Vec<Vec<u64>>,
+    strategy: Strategy,
+}
+
+impl BatchSearch<'_> {
+    /// How to search (default [`Strategy::Auto`]).
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// [`Search::top_k`] for every query.
+    pub fn top_k(&self, k: usize) -> Result<Vec<Vec<Hit>>> {
+        check_k(k)?;
+        Ok(self
+            .queries
+            .par_iter()
+            .map(|query| unpack(self.view.top_k(query, k, self.strategy)))
+            .collect())
+    }
+
+    /// [`Search::within`] for every query.
+    pub fn within(&self, radius: u32) -> Result<Vec<Vec<Hit>>> {
+        check_radius(self.view, radius)?;
+        Ok(self
+            .queries
+            .par_iter()
+            .map(|query| unpack(self.view.radius(query, radius, self.strategy)))
+            .collect())
+    }
+}

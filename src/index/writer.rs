@@ -1,0 +1,199 @@
+//! [`Writer`]: one write transaction. Adds and deletes are buffered and reach the database, and the
+//! search snapshot, together at [`Writer::commit`]; dropping the writer discards them.
+
+use std::collections::HashSet;
+use std::sync::{Arc, MutexGuard};
+
+use milan_index_format::{ItemRecord, MetaRecord, MAX_RECORD_BYTES, META_KEY};
+
+use super::{Index, MILAN_VERSION};
+use crate::code::{bytes_to_words, Code};
+use crate::error::{Error, Result};
+use crate::mih::{View, MAX_IDS};
+use crate::store::{self, Db};
+
+/// What is stored with a code: key, content hash, label, metadata (all optional).
+pub type Item = ItemRecord;
+
+struct PendingAdd {
+    id: u64,
+    bytes: Vec<u8>,
+    item: ItemRecord,
+}
+
+/// A write transaction on an [`Index`].
+///
+/// ```
+/// # fn main() -> milan::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let index = milan::Index::builder(8).create(dir.path())?;
+/// let mut writer = index.writer()?;
+/// let id = writer.add(&milan::Code::from_hex("0f")?, milan::Item::default())?;
+/// writer.commit()?;
+/// assert_eq!((id, index.len()), (0, 1));
+/// # Ok(()) }
+/// ```
+pub struct Writer<'a> {
+    index: &'a Index,
+    _exclusive: MutexGuard<'a, ()>,
+    txn: redb::WriteTransaction,
+    /// The committed snapshot; current for the writer's whole life, since writes are exclusive.
+    view: Arc<View>,
+    meta: MetaRecord,
+    adds: Vec<PendingAdd>,
+    deletes: Vec<u64>,
+    deleted: HashSet<u64>,
+}
+
+impl<'a> Writer<'a> {
+    pub(super) fn begin(index: &'a Index) -> Result<Writer<'a>> {
+        let Db::Writable(db) = &index.db else {
+            return Err(Error::ReadOnly {
+                path: index.dir.clone(),
+            });
+        };
+        let exclusive = index.writer_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let txn = db
+            .begin_write()
+            .map_err(|err| Error::storage(&index.db_path, err))?;
+        Ok(Writer {
+            view: index.snapshot(),
+            meta: index.meta(),
+            index,
+            _exclusive: exclusive,
+            txn,
+            adds: Vec::new(),
+            deletes: Vec::new(),
+            deleted: HashSet::new(),
+        })
+    }
+
+    /// Adds a code with its item; returns the new id (dense, in insertion order, never reused).
+    pub fn add(&mut self, code: &Code, item: Item) -> Result<u64> {
+        let bits = self.view.layout().bits();
+        if code.bits() != bits {
+            return Err(Error::CodeLength {
+                expected: bits,
+                got: code.bits(),
+            });
+        }
+        if self.meta.next_id >= MAX_IDS {
+            return Err(Error::Full { max: MAX_IDS });
+        }
+        // Leave room for the record's own framing under the codec's limit.
+        let size = item.key.as_ref().map_or(0, String::len)
+            + item.label.as_ref().map_or(0, String::len)
+            + item.metadata.as_ref().map_or(0, Vec::len);
+        if size > MAX_RECORD_BYTES - 1024 {
+            return Err(Error::ItemTooLarge {
+                bytes: size,
+                max: MAX_RECORD_BYTES - 1024,
+            });
+        }
+        let id = self.meta.next_id;
+        self.meta.next_id += 1;
+        self.adds.push(PendingAdd {
+            id,
+            bytes: code.as_bytes().to_vec(),
+            item,
+        });
+        Ok(id)
+    }
+
+    /// Deletes a live id (committed, or added in this transaction). Returns false when there is no
+    /// such live id.
+    pub fn delete(&mut self, id: u64) -> Result<bool> {
+        if let Ok(at) = self.adds.binary_search_by_key(&id, |add| add.id) {
+            self.adds.remove(at);
+            return Ok(true);
+        }
+        if self.view.is_live(id) && self.deleted.insert(id) {
+            self.deletes.push(id);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Number of adds waiting for the commit.
+    pub fn pending_adds(&self) -> usize {
+        self.adds.len()
+    }
+
+    /// Makes every add and delete durable and visible to new readers, atomically.
+    pub fn commit(self) -> Result<()> {
+        let Writer {
+            index,
+            _exclusive,
+            txn,
+            view,
+            mut meta,
+            adds,
+            deletes,
+            ..
+        } = self;
+        let path = &index.db_path;
+        let st = |err: redb::Error| Error::storage(path, err);
+        let layout = view.layout().clone();
+        let mut added_words = Vec::with_capacity(adds.len());
+        {
+            let mut items = txn.open_table(store::ITEMS).map_err(|e| st(e.into()))?;
+            let mut codes = txn.open_table(store::CODES).map_err(|e| st(e.into()))?;
+            let mut buckets = txn.open_table(store::BUCKETS).map_err(|e| st(e.into()))?;
+            let mut hashes = txn
+                .open_multimap_table(store::CONTENT_HASHES)
+                .map_err(|e| st(e.into()))?;
+            let mut entries = Vec::with_capacity(adds.len() * layout.substrings.len());
+            for add in &adds {
+                items
+                    .insert(add.id, add.item.encode().as_slice())
+                    .map_err(|e| st(e.into()))?;
+                codes
+                    .insert(add.id, add.bytes.as_slice())
+                    .map_err(|e| st(e.into()))?;
+                if let Some(hash) = &add.item.content_hash {
+                    hashes.insert(hash, add.id).map_err(|e| st(e.into()))?;
+                }
+                let words = bytes_to_words(&add.bytes);
+                for (j, sub) in layout.substrings.iter().enumerate() {
+                    entries.push((j as u16, sub.value(&words), add.id));
+                }
+                added_words.push((add.id, words));
+            }
+            store::add_bucket_chunks(&mut buckets, &mut entries).map_err(|e| st(e.into()))?;
+            for &id in &deletes {
+                let words = view.code(id).expect("deletes are live ids");
+                for (j, sub) in layout.substrings.iter().enumerate() {
+                    let removed = store::remove_from_bucket(&mut buckets, j as u16, sub.value(words), id)
+                        .map_err(|e| st(e.into()))?;
+                    if !removed {
+                        return Err(Error::Corrupted {
+                            path: index.dir.clone(),
+                            detail: format!("id {id} is missing from its bucket in hash table {j}"),
+                        });
+                    }
+                }
+                let hash = match items.remove(id).map_err(|e| st(e.into()))? {
+                    Some(record) => ItemRecord::decode(record.value())
+                        .ok()
+                        .and_then(|item| item.content_hash),
+                    None => None,
+                };
+                if let Some(hash) = hash {
+                    hashes.remove(&hash, id).map_err(|e| st(e.into()))?;
+                }
+                codes.remove(id).map_err(|e| st(e.into()))?;
+            }
+            meta.live_count = view.live() + adds.len() as u64 - deletes.len() as u64;
+            meta.written_by = MILAN_VERSION.to_string();
+            txn.open_table(store::META)
+                .map_err(|e| st(e.into()))?
+                .insert(META_KEY, meta.encode().as_slice())
+                .map_err(|e| st(e.into()))?;
+        }
+        let next = view.apply(&added_words, &deletes);
+        index.commit_and_publish(txn, meta, next)
+    }
+
+    /// Discards every add and delete (the same as dropping the writer).
+    pub fn abort(self) {}
+}

@@ -1,0 +1,449 @@
+//! Exact Hamming search over a [`View`]: radius and top-k, by multi-index hashing or a linear scan.
+//!
+//! Multi-index hashing splits each code into `m` substrings, one hash table each. A code within
+//! distance `r = m * q + a` (`0 <= a < m`) of the query matches it within `q` bits on one of the
+//! first `a + 1` substrings or within `q - 1` bits on one of the others (pigeonhole), so probing those
+//! buckets and checking the full distance of every candidate is exact. Top-k probes all tables at
+//! substring distance 0, then 1, and so on: after table `j` at distance `s`, every code not yet seen
+//! is at least `m * s + j + 1` away, so the search stops once `k` results lie below that bound.
+//!
+//! A candidate found in several tables is reported only from the first probe that reaches it, which
+//! the per-substring distances of its XOR with the query tell without any "seen" set.
+//!
+//! Multi-index hashing loses to a scan on tiny indexes, long codes and large radii over uniform
+//! codes; [`Strategy::Auto`] prices both per query (probes and candidates against codes scanned)
+//! and takes the cheaper. Codes added since the last table build (the delta) are always scanned.
+
+use super::View;
+
+/// How a search finds its answers. The answers are the same whichever is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Per query, whichever the cost model expects to be faster.
+    #[default]
+    Auto,
+    /// Always multi-index hashing.
+    MultiIndex,
+    /// Always a linear scan of every code.
+    Scan,
+}
+
+/// A result packed as `distance << 32 | id`, so that sorting orders by distance, then id.
+pub(crate) type Packed = u64;
+
+fn pack(distance: u32, id: usize) -> Packed {
+    (u64::from(distance) << 32) | id as u64
+}
+
+/// Most words in a code (1024 bits).
+const MAX_WORDS: usize = 16;
+
+// Cost model, in nanoseconds, measured with `milan bench search` (see docs/benchmarks.md). Only the
+// ratios matter: they decide where multi-index hashing stops paying.
+const SCAN_NS_PER_WORD: f64 = 0.45;
+const PROBE_NS: f64 = 4.0;
+const VERIFY_NS: f64 = 5.0;
+/// Below this many slots a scan is always cheaper.
+const SCAN_BELOW_SLOTS: usize = 2048;
+/// A top-k search that has spent this fraction of a scan's cost without finishing switches to the
+/// scan, bounding the loss on workloads where multi-index hashing cannot pay.
+const TOP_K_GIVE_UP: f64 = 0.1;
+
+#[inline(always)]
+fn stride<const W: usize>(dynamic: usize) -> usize {
+    if W == 0 {
+        dynamic
+    } else {
+        W
+    }
+}
+
+/// XOR of two codes into `out`; returns the Hamming distance.
+#[inline(always)]
+fn xor_distance<const W: usize>(
+    a: &[u64],
+    b: &[u64],
+    words: usize,
+    out: &mut [u64; MAX_WORDS],
+) -> u32 {
+    let n = stride::<W>(words);
+    let mut distance = 0;
+    for ((x, y), o) in a[..n].iter().zip(&b[..n]).zip(out.iter_mut()) {
+        *o = x ^ y;
+        distance += o.count_ones();
+    }
+    distance
+}
+
+/// Calls `f` with every `width`-bit value at Hamming distance exactly `s` from `value` (Gosper's
+/// hack enumerates the `s`-bit masks in increasing order).
+#[inline(always)]
+fn for_each_at_distance(value: u32, width: u32, s: u32, mut f: impl FnMut(u32) -> bool) -> bool {
+    if s == 0 {
+        return f(value);
+    }
+    if s > width {
+        return true;
+    }
+    let limit = 1u64 << width;
+    let mut mask: u64 = (1u64 << s) - 1;
+    while mask < limit {
+        if !f(value ^ mask as u32) {
+            return false;
+        }
+        let lowest = mask & mask.wrapping_neg();
+        let ripple = mask + lowest;
+        mask = (((ripple ^ mask) >> 2) >> lowest.trailing_zeros()) | ripple;
+    }
+    true
+}
+
+fn binomial(n: u32, k: u32) -> f64 {
+    (0..k).fold(1.0, |acc, i| acc * f64::from(n - i) / f64::from(i + 1))
+}
+
+/// The best `k` results seen so far, with `cap` the largest distance that can still make the cut.
+struct TopK {
+    k: usize,
+    hits: Vec<Packed>,
+    counts: Vec<usize>,
+    cap: u32,
+    /// Hits at or below `cap`.
+    within_cap: usize,
+}
+
+impl TopK {
+    fn new(k: usize, bits: u32) -> TopK {
+        TopK {
+            k,
+            hits: Vec::with_capacity(k.min(1 << 16) * 2),
+            counts: vec![0; bits as usize + 1],
+            cap: bits,
+            within_cap: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, distance: u32, id: usize) {
+        self.hits.push(pack(distance, id));
+        self.counts[distance as usize] += 1;
+        self.within_cap += 1;
+        while self.cap > 0 && self.within_cap - self.counts[self.cap as usize] >= self.k {
+            self.within_cap -= self.counts[self.cap as usize];
+            self.counts[self.cap as usize] = 0;
+            self.cap -= 1;
+        }
+        if self.hits.len() >= 4 * self.k + 64 {
+            let cap = self.cap;
+            self.hits.retain(|&hit| (hit >> 32) as u32 <= cap);
+        }
+    }
+
+    /// Whether the `k` best are known when every unseen code is at least `bound` away.
+    fn complete_below(&self, bound: u32) -> bool {
+        self.within_cap >= self.k && self.cap < bound
+    }
+
+    fn finish(mut self) -> Vec<Packed> {
+        let cap = self.cap;
+        self.hits.retain(|&hit| (hit >> 32) as u32 <= cap);
+        self.hits.sort_unstable();
+        self.hits.truncate(self.k);
+        self.hits
+    }
+}
+
+impl View {
+    /// Every live code within `radius` of `query`, ordered by distance, then id.
+    pub(crate) fn radius(&self, query: &[u64], radius: u32, strategy: Strategy) -> Vec<Packed> {
+        match self.layout.words {
+            1 => self.radius_impl::<1>(query, radius, strategy),
+            2 => self.radius_impl::<2>(query, radius, strategy),
+            _ => self.radius_impl::<0>(query, radius, strategy),
+        }
+    }
+
+    /// The `k` live codes nearest to `query`, ordered by distance, then id.
+    pub(crate) fn top_k(&self, query: &[u64], k: usize, strategy: Strategy) -> Vec<Packed> {
+        match self.layout.words {
+            1 => self.top_k_impl::<1>(query, k, strategy),
+            2 => self.top_k_impl::<2>(query, k, strategy),
+            _ => self.top_k_impl::<0>(query, k, strategy),
+        }
+    }
+
+    fn scan_cost(&self) -> f64 {
+        self.base.slots as f64 * SCAN_NS_PER_WORD * self.layout.words as f64
+    }
+
+    /// Probe radius per table for an exact radius search (negative: table not probed).
+    fn table_radii(&self, radius: u32) -> Vec<i64> {
+        let m = self.layout.substrings.len() as u32;
+        let (q, a) = (radius / m, radius % m);
+        self.layout
+            .substrings
+            .iter()
+            .enumerate()
+            .map(|(j, sub)| {
+                let r = if (j as u32) <= a {
+                    i64::from(q)
+                } else {
+                    i64::from(q) - 1
+                };
+                r.min(i64::from(sub.width))
+            })
+            .collect()
+    }
+
+    fn radius_impl<const W: usize>(
+        &self,
+        query: &[u64],
+        radius: u32,
+        strategy: Strategy,
+    ) -> Vec<Packed> {
+        let mut out = Vec::new();
+        self.scan_range::<W>(query, self.base.slots..self.slots(), |d, id| {
+            if d <= radius && !self.deleted[id] {
+                out.push(pack(d, id));
+            }
+        });
+        let radii = self.table_radii(radius);
+        let use_tables = match strategy {
+            Strategy::MultiIndex => true,
+            Strategy::Scan => false,
+            Strategy::Auto => self.tables_pay_for_radius(query, &radii),
+        };
+        if use_tables {
+            self.radius_tables::<W>(query, radius, &radii, &mut out);
+        } else {
+            self.scan_range::<W>(query, 0..self.base.slots, |d, id| {
+                if d <= radius && !self.deleted[id] {
+                    out.push(pack(d, id));
+                }
+            });
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Prices the probes first (cheap to count), then the candidates (bucket sizes, with an early
+    /// exit), against a scan.
+    fn tables_pay_for_radius(&self, query: &[u64], radii: &[i64]) -> bool {
+        if self.base.slots < SCAN_BELOW_SLOTS {
+            return false;
+        }
+        let scan = self.scan_cost();
+        let probes: f64 = self
+            .layout
+            .substrings
+            .iter()
+            .zip(radii)
+            .map(|(sub, &r)| (0..=r).map(|s| binomial(sub.width, s as u32)).sum::<f64>())
+            .sum();
+        let probe_cost = probes * PROBE_NS;
+        if probe_cost > 0.1 * scan {
+            return false;
+        }
+        let candidate_budget = ((scan - probe_cost) / VERIFY_NS) as usize;
+        let mut candidates = 0usize;
+        for ((sub, table), &r) in self.layout.substrings.iter().zip(&self.base.tables).zip(radii) {
+            let value = sub.value(query);
+            for s in 0..=r {
+                let within = for_each_at_distance(value, sub.width, s as u32, |key| {
+                    candidates += table.bucket(key).len();
+                    candidates <= candidate_budget
+                });
+                if !within {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn radius_tables<const W: usize>(
+        &self,
+        query: &[u64],
+        radius: u32,
+        radii: &[i64],
+        out: &mut Vec<Packed>,
+    ) {
+        let words = self.layout.words;
+        let subs = &self.layout.substrings;
+        let max_r = radii.iter().copied().max().unwrap_or(-1);
+        let mut xor = [0u64; MAX_WORDS];
+        for s in 0..=max_r {
+            for (j, (sub, table)) in subs.iter().zip(&self.base.tables).enumerate() {
+                if s > radii[j] {
+                    continue;
+                }
+                let value = sub.value(query);
+                for_each_at_distance(value, sub.width, s as u32, |key| {
+                    for &id in table.bucket(key) {
+                        let slot = id as usize;
+                        let code = &self.base.words[slot * words..];
+                        let d = xor_distance::<W>(query, code, words, &mut xor);
+                        if d > radius {
+                            continue;
+                        }
+                        // Reported already if an earlier probe (lower substring distance, or the
+                        // same distance in an earlier table) reached it.
+                        let seen = subs.iter().zip(radii).enumerate().any(|(t, (other, &rt))| {
+                            let dt = i64::from(other.distance(&xor));
+                            dt <= rt && (dt < s || (dt == s && t < j))
+                        });
+                        if !seen && !self.deleted[slot] {
+                            out.push(pack(d, slot));
+                        }
+                    }
+                    true
+                });
+            }
+        }
+    }
+
+    fn top_k_impl<const W: usize>(&self, query: &[u64], k: usize, strategy: Strategy) -> Vec<Packed> {
+        let bits = self.layout.bits();
+        let scan_all = |top: &mut TopK| {
+            self.scan_range::<W>(query, 0..self.slots(), |d, id| {
+                if d <= top.cap && !self.deleted[id] {
+                    top.push(d, id);
+                }
+            })
+        };
+        let mut top = TopK::new(k, bits);
+        let use_tables = match strategy {
+            Strategy::MultiIndex => true,
+            Strategy::Scan => false,
+            Strategy::Auto => self.base.slots >= SCAN_BELOW_SLOTS,
+        } && (k as u64) < self.live;
+        if !use_tables {
+            scan_all(&mut top);
+            return top.finish();
+        }
+        self.scan_range::<W>(query, self.base.slots..self.slots(), |d, id| {
+            if d <= top.cap && !self.deleted[id] {
+                top.push(d, id);
+            }
+        });
+        let budget = match strategy {
+            Strategy::Auto => TOP_K_GIVE_UP * self.scan_cost(),
+            _ => f64::INFINITY,
+        };
+        if self.top_k_tables::<W>(query, &mut top, budget) {
+            top.finish()
+        } else {
+            let mut top = TopK::new(k, bits);
+            scan_all(&mut top);
+            top.finish()
+        }
+    }
+
+    /// Grows the substring radius until the `k` best are certain. Returns false, leaving `top`
+    /// partial, when the work would exceed `budget` nanoseconds of the cost model.
+    fn top_k_tables<const W: usize>(&self, query: &[u64], top: &mut TopK, budget: f64) -> bool {
+        let words = self.layout.words;
+        let subs = &self.layout.substrings;
+        let m = subs.len() as u32;
+        let values: Vec<u32> = subs.iter().map(|sub| sub.value(query)).collect();
+        let mut xor = [0u64; MAX_WORDS];
+        let mut spent = 0.0;
+        let max_width = subs.iter().map(|sub| sub.width).max().unwrap_or(0);
+        for s in 0..=max_width {
+            for (j, (sub, table)) in subs.iter().zip(&self.base.tables).enumerate() {
+                spent += binomial(sub.width, s) * PROBE_NS;
+                if spent > budget {
+                    return false;
+                }
+                let mut candidates = 0usize;
+                for_each_at_distance(values[j], sub.width, s, |key| {
+                    let bucket = table.bucket(key);
+                    candidates += bucket.len();
+                    for &id in bucket {
+                        let slot = id as usize;
+                        let code = &self.base.words[slot * words..];
+                        let d = xor_distance::<W>(query, code, words, &mut xor);
+                        if d > top.cap {
+                            continue;
+                        }
+                        let seen = subs.iter().enumerate().any(|(t, other)| {
+                            let dt = other.distance(&xor);
+                            dt < s || (dt == s && t < j)
+                        });
+                        if !seen && !self.deleted[slot] {
+                            top.push(d, slot);
+                        }
+                    }
+                    spent + candidates as f64 * VERIFY_NS <= budget
+                });
+                spent += candidates as f64 * VERIFY_NS;
+                if spent > budget {
+                    return false;
+                }
+                // Table j fully enumerated: every code has been seen.
+                if s == sub.width {
+                    return true;
+                }
+                if top.complete_below(m * s + j as u32 + 1) {
+                    return true;
+                }
+            }
+        }
+        true
+    }
+
+    /// Calls `f(distance, slot)` for every slot in `range`, deleted ones included: callers test the
+    /// deleted flag only for codes they would report, which are few.
+    #[inline(always)]
+    fn scan_range<const W: usize>(
+        &self,
+        query: &[u64],
+        range: std::ops::Range<usize>,
+        mut f: impl FnMut(u32, usize),
+    ) {
+        let words = self.layout.words;
+        let n = stride::<W>(words);
+        let mut xor = [0u64; MAX_WORDS];
+        let base_end = range.end.min(self.base.slots);
+        if range.start < base_end {
+            let codes = &self.base.words[range.start * n..base_end * n];
+            for (i, code) in codes.chunks_exact(n).enumerate() {
+                let d = xor_distance::<W>(query, code, words, &mut xor);
+                f(d, range.start + i);
+            }
+        }
+        let delta_start = range.start.max(self.base.slots);
+        if delta_start < range.end {
+            let from = delta_start - self.base.slots;
+            let to = range.end - self.base.slots;
+            for (i, code) in self.delta[from * n..to * n].chunks_exact(n).enumerate() {
+                let d = xor_distance::<W>(query, code, words, &mut xor);
+                f(d, delta_start + i);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enumerates_each_value_at_distance_once() {
+        for (width, s) in [(5u32, 0u32), (5, 2), (8, 3), (12, 12), (4, 5)] {
+            let mut seen = Vec::new();
+            for_each_at_distance(0b1010 & ((1 << width) - 1), width, s, |v| {
+                seen.push(v);
+                true
+            });
+            let expected = if s > width { 0.0 } else { binomial(width, s) };
+            assert_eq!(seen.len() as f64, expected, "width {width} s {s}");
+            let value = 0b1010 & ((1u32 << width) - 1);
+            assert!(seen.iter().all(|&v| (v ^ value).count_ones() == s && v < (1 << width)));
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len() as f64, expected);
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The redb tables that make up an index on disk, and the reads and writes the engine needs.
+//!
+//! The byte layout of every table is specified in `index-format/README.md` and encoded by the
+//! `milan-index-format` crate; this module only moves those bytes in and out of redb:
+//! - [`Db`]: a database opened writable or read-only;
+//! - [`read_meta`], [`load_view`]: what an open reads (validating as it goes, so a damaged index is
+//!   refused rather than searched wrongly);
+//! - [`add_bucket_chunks`], [`remove_from_bucket`], [`rewrite_buckets`]: bucket maintenance;
+//! - [`check`](mod@check): the full invariant check behind `milan index check`.
+
+pub(crate) mod check;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bitvec::vec::BitVec;
+use milan_index_format::{
+    check_code_bytes, decode_bucket_ids, encode_bucket_ids, BucketKey, MetaRecord,
+    BUCKETS_TABLE, BUCKET_KEY_BYTES, CODES_TABLE, CONTENT_HASHES_TABLE, ITEMS_TABLE, META_KEY,
+    META_TABLE,
+};
+use redb::{
+    MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
+    Table, TableDefinition,
+};
+
+use crate::code::bytes_to_words;
+use crate::error::{Error, Result};
+use crate::mih::layout::WordLayout;
+use crate::mih::table::TableBuilder;
+use crate::mih::{View, MAX_IDS};
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new(META_TABLE);
+pub(crate) const ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new(ITEMS_TABLE);
+pub(crate) const CODES: TableDefinition<u64, &[u8]> = TableDefinition::new(CODES_TABLE);
+pub(crate) const BUCKETS: TableDefinition<&[u8; BUCKET_KEY_BYTES], &[u8]> =
+    TableDefinition::new(BUCKETS_TABLE);
+pub(crate) const CONTENT_HASHES: MultimapTableDefinition<&[u8; 32], u64> =
+    MultimapTableDefinition::new(CONTENT_HASHES_TABLE);
+
+/// Most ids in one bucket chunk: keeps a delete's read-modify-write of a chunk short.
+pub(crate) const MAX_CHUNK_IDS: usize = 4096;
+
+/// An open redb database.
+pub(crate) enum Db {
+    Writable(redb::Database),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+impl Db {
+    pub(crate) fn begin_read(&self, path: &Path) -> Result<ReadTransaction> {
+        match self {
+            Db::Writable(db) => db.begin_read(),
+            Db::ReadOnly(db) => db.begin_read(),
+        }
+        .map_err(|err| Error::storage(path, err))
+    }
+}
+
+/// Reads and decodes the meta record.
+pub(crate) fn read_meta(dir: &Path, txn: &ReadTransaction) -> Result<MetaRecord> {
+    let table = match txn.open_table(META) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Err(Error::NotAnIndex {
+                path: dir.to_path_buf(),
+            })
+        }
+        Err(err) => return Err(Error::storage(dir, err)),
+    };
+    let bytes = table
+        .get(META_KEY)
+        .map_err(|err| Error::storage(dir, err))?
+        .ok_or_else(|| Error::NotAnIndex {
+            path: dir.to_path_buf(),
+        })?;
+    MetaRecord::decode(bytes.value()).map_err(|err| Error::from_decode(dir, err))
+}
+
+fn corrupted(dir: &Path, detail: impl Into<String>) -> Error {
+    Error::Corrupted {
+        path: dir.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// Loads every code and the bucket tables into a search snapshot, checking on the way that each
+/// bucket entry names a stored code whose substring matches the bucket and that every table holds
+/// each live code once.
+pub(crate) fn load_view(dir: &Path, txn: &ReadTransaction, meta: &MetaRecord) -> Result<View> {
+    let layout = Arc::new(WordLayout::new(meta.layout()));
+    if meta.next_id > MAX_IDS {
+        return Err(corrupted(dir, format!("next id {} is out of range", meta.next_id)));
+    }
+    let slots = meta.next_id as usize;
+    let w = layout.words;
+    let mut words = vec![0u64; slots * w];
+    let mut deleted: BitVec<u64> = BitVec::repeat(true, slots);
+    let storage = |err: redb::StorageError| Error::storage(dir, err);
+
+    let codes = txn.open_table(CODES).map_err(|err| Error::storage(dir, err))?;
+    for entry in codes.iter().map_err(storage)? {
+        let (id, bytes) = entry.map_err(storage)?;
+        let (id, bytes) = (id.value(), bytes.value());
+        if id >= meta.next_id {
+            return Err(corrupted(dir, format!("code id {id} is at or past the next id {}", meta.next_id)));
+        }
+        check_code_bytes(&layout.code, bytes).map_err(|err| corrupted(dir, format!("code {id}: {err}")))?;
+        let slot = id as usize;
+        words[slot * w..(slot + 1) * w].copy_from_slice(&bytes_to_words(bytes));
+        deleted.set(slot, false);
+    }
+    let live = (slots - deleted.count_ones()) as u64;
+    if live != meta.live_count {
+        return Err(corrupted(dir, format!("{live} codes stored but the meta record counts {}", meta.live_count)));
+    }
+
+    let m = layout.substrings.len();
+    let mut builders: Vec<TableBuilder> = layout
+        .substrings
+        .iter()
+        .map(|sub| TableBuilder::new(sub.width, slots))
+        .collect();
+    let mut per_table = vec![0u64; m];
+    let buckets = txn.open_table(BUCKETS).map_err(|err| Error::storage(dir, err))?;
+    let mut ids32 = Vec::new();
+    for entry in buckets.iter().map_err(storage)? {
+        let (key, value) = entry.map_err(storage)?;
+        let key = BucketKey::decode(key.value());
+        let j = key.substring as usize;
+        let sub = layout
+            .substrings
+            .get(j)
+            .ok_or_else(|| corrupted(dir, format!("bucket of substring {j} in an index of {m} substrings")))?;
+        if u64::from(key.value) >= 1u64 << sub.width {
+            return Err(corrupted(dir, format!("bucket value {} does not fit substring {j}", key.value)));
+        }
+        let ids = decode_bucket_ids(value.value()).map_err(|err| corrupted(dir, err.to_string()))?;
+        ids32.clear();
+        for id in ids {
+            let slot = id as usize;
+            if id >= meta.next_id || deleted[slot] {
+                return Err(corrupted(dir, format!("bucket {j}:{} lists id {id}, which has no code", key.value)));
+            }
+            if id < key.first_id || sub.value(&words[slot * w..(slot + 1) * w]) != key.value {
+                return Err(corrupted(dir, format!("id {id} is filed under the wrong bucket ({j}:{})", key.value)));
+            }
+            ids32.push(id as u32);
+        }
+        per_table[j] += ids32.len() as u64;
+        builders[j].push(key.value, &ids32);
+    }
+    if let Some(j) = per_table.iter().position(|&n| n != live) {
+        return Err(corrupted(dir, format!("hash table {j} holds {} ids for {live} codes", per_table[j])));
+    }
+    let tables = builders.into_iter().map(TableBuilder::finish).collect();
+    Ok(View::from_parts(layout, words, deleted, tables))
+}
+
+/// Writes new bucket chunks for `entries` (`(substring, value, id)`, any order), whose ids are all
+/// larger than any id already stored, so each chunk sorts after the bucket's existing ones.
+pub(crate) fn add_bucket_chunks(
+    buckets: &mut Table<&[u8; BUCKET_KEY_BYTES], &[u8]>,
+    entries: &mut [(u16, u32, u64)],
+) -> std::result::Result<(), redb::StorageError> {
+    entries.sort_unstable();
+    for group in entries.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
+        for chunk in group.chunks(MAX_CHUNK_IDS) {
+            let key = BucketKey {
+                substring: chunk[0].0,
+                value: chunk[0].1,
+                first_id: chunk[0].2,
+            };
+            let ids: Vec<u64> = chunk.iter().map(|e| e.2).collect();
+            buckets.insert(&key.encode(), encode_bucket_ids(&ids).as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes `id` from bucket `(substring, value)`. Returns false when it is not there.
+pub(crate) fn remove_from_bucket(
+    buckets: &mut Table<&[u8; BUCKET_KEY_BYTES], &[u8]>,
+    substring: u16,
+    value: u32,
+    id: u64,
+) -> std::result::Result<bool, redb::StorageError> {
+    let low = BucketKey { substring, value, first_id: 0 }.encode();
+    let high = BucketKey { substring, value, first_id: id }.encode();
+    let found = {
+        let mut range = buckets.range::<&[u8; BUCKET_KEY_BYTES]>(&low..=&high)?;
+        match range.next_back() {
+            Some(entry) => {
+                let (key, chunk) = entry?;
+                Some((*key.value(), chunk.value().to_vec()))
+            }
+            None => None,
+        }
+    };
+    let Some((key, chunk)) = found else {
+        return Ok(false);
+    };
+    let Ok(mut ids) = decode_bucket_ids(&chunk) else {
+        return Ok(false);
+    };
+    let Ok(position) = ids.binary_search(&id) else {
+        return Ok(false);
+    };
+    ids.remove(position);
+    if ids.is_empty() {
+        buckets.remove(&key)?;
+    } else {
+        buckets.insert(&key, encode_bucket_ids(&ids).as_slice())?;
+    }
+    Ok(true)
+}
+
+/// Replaces every bucket with one built for `layout` from the live codes of `view`, one chunk per
+/// bucket (split at [`MAX_CHUNK_IDS`]).
+pub(crate) fn rewrite_buckets(
+    txn: &redb::WriteTransaction,
+    layout: &WordLayout,
+    view: &View,
+) -> std::result::Result<(), redb::Error> {
+    txn.delete_table(BUCKETS)?;
+    let mut buckets = txn.open_table(BUCKETS)?;
+    for (j, sub) in layout.substrings.iter().enumerate() {
+        let mut entries: Vec<(u16, u32, u64)> = view
+            .live_ids()
+            .map(|id| (j as u16, sub.value(view.code(id).expect("live id")), id))
+            .collect();
+        add_bucket_chunks(&mut buckets, &mut entries)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Bad input gets a clear, typed error and changes nothing.

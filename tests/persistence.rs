@@ -1,0 +1,1 @@
+//! What is committed survives reopening, read-write and read-only.

@@ -1,0 +1,6 @@
+//! milan's integration tests: one binary, shared helpers in `util`.
+
+mod bad_input;
+mod engine;
+mod persistence;
+mod util;

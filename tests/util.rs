@@ -1,0 +1,56 @@
+//! Helpers shared by the integration tests: code generators and a brute-force reference.
+
+use milan::{Code, Hit};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+pub fn random_code(rng: &mut ChaCha8Rng, bits: u32) -> Code {
+    Code::from_fn(bits, |_| rng.random_bool(0.5)).unwrap()
+}
+
+/// A code near `centre`: each bit flipped with probability `flip`.
+pub fn near(rng: &mut ChaCha8Rng, centre: &Code, flip: f64) -> Code {
+    let bits = centre.as_bitslice();
+    Code::from_fn(centre.bits(), |i| bits[i] ^ rng.random_bool(flip)).unwrap()
+}
+
+/// `n` codes drawn around `centres` random centres.
+pub fn clustered(rng: &mut ChaCha8Rng, bits: u32, n: usize, centres: usize, flip: f64) -> Vec<Code> {
+    let centres: Vec<Code> = (0..centres.max(1)).map(|_| random_code(rng, bits)).collect();
+    (0..n)
+        .map(|_| {
+            let c = &centres[rng.random_range(0..centres.len())];
+            near(rng, c, flip)
+        })
+        .collect()
+}
+
+/// Every live `(id, code)` by distance then id, the reference that search must equal.
+pub fn brute_force(live: &[(u64, Code)], query: &Code) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = live
+        .iter()
+        .map(|(id, code)| Hit {
+            id: *id,
+            distance: code.distance(query).unwrap(),
+        })
+        .collect();
+    hits.sort();
+    hits
+}
+
+pub fn brute_top_k(live: &[(u64, Code)], query: &Code, k: usize) -> Vec<Hit> {
+    let mut hits = brute_force(live, query);
+    hits.truncate(k);
+    hits
+}
+
+pub fn brute_radius(live: &[(u64, Code)], query: &Code, radius: u32) -> Vec<Hit> {
+    brute_force(live, query)
+        .into_iter()
+        .filter(|hit| hit.distance <= radius)
+        .collect()
+}
