@@ -2,9 +2,10 @@
 
 use milan_index_format::CodeLayout;
 
-/// One substring's position, with the masks that select it from an XOR of two codes.
+/// A run of at most 32 bits of a code (a substring, or a filter), with the masks that select it
+/// from an XOR of two codes.
 #[derive(Debug, Clone)]
-pub(crate) struct Substring {
+pub(crate) struct BitField {
     pub(crate) width: u32,
     word: usize,
     offset: u32,
@@ -12,8 +13,30 @@ pub(crate) struct Substring {
     mask_low: u64,
 }
 
-impl Substring {
-    /// The substring's value in `code`, first bit most significant.
+impl BitField {
+    fn new(start: u32, width: u32) -> BitField {
+        let offset = start % 64;
+        let end_in_word = (offset + width).min(64);
+        let mask_high = if width == 0 {
+            0
+        } else {
+            (u64::MAX >> offset) & (u64::MAX << (64 - end_in_word))
+        };
+        let mask_low = if offset + width > 64 {
+            u64::MAX << (128 - offset - width)
+        } else {
+            0
+        };
+        BitField {
+            width,
+            word: (start / 64) as usize,
+            offset,
+            mask_high,
+            mask_low,
+        }
+    }
+
+    /// The field's value in `code`, first bit most significant.
     #[inline(always)]
     pub(crate) fn value(&self, code: &[u64]) -> u32 {
         let high = code[self.word] << self.offset;
@@ -22,10 +45,13 @@ impl Substring {
         } else {
             high
         };
+        if self.width == 0 {
+            return 0;
+        }
         (joined >> (64 - self.width)) as u32
     }
 
-    /// Number of set bits of `xor` inside this substring.
+    /// Number of set bits of `xor` inside this field.
     #[inline(always)]
     pub(crate) fn distance(&self, xor: &[u64]) -> u32 {
         let high = (xor[self.word] & self.mask_high).count_ones();
@@ -37,42 +63,46 @@ impl Substring {
     }
 }
 
+/// Bits of a filter: stored beside each bucket entry, they bound the entry's distance from below
+/// without reading its code.
+pub(crate) const FILTER_BITS: u32 = 16;
+
 /// A [`CodeLayout`] resolved to word positions and masks.
 #[derive(Debug, Clone)]
 pub(crate) struct WordLayout {
     pub(crate) code: CodeLayout,
     /// 64-bit words per code.
     pub(crate) words: usize,
-    pub(crate) substrings: Vec<Substring>,
+    pub(crate) substrings: Vec<BitField>,
+    /// Per substring, up to [`FILTER_BITS`] bits outside it (just after it, or just before it when
+    /// it ends the code). An entry found by substring distance `s` is at least
+    /// `s + distance(filters)` from the query.
+    pub(crate) filters: Vec<BitField>,
 }
 
 impl WordLayout {
     pub(crate) fn new(code: CodeLayout) -> WordLayout {
+        let bits = code.bits();
         let substrings = (0..code.substrings())
+            .map(|j| BitField::new(code.substring_start(j), code.substring_width(j)))
+            .collect();
+        let filters = (0..code.substrings())
             .map(|j| {
-                let start = code.substring_start(j);
-                let width = code.substring_width(j);
-                let offset = start % 64;
-                let end_in_word = (offset + width).min(64);
-                let mask_high = (u64::MAX >> offset) & (u64::MAX << (64 - end_in_word));
-                let mask_low = if offset + width > 64 {
-                    u64::MAX << (128 - offset - width)
+                let (start, width) = (code.substring_start(j), code.substring_width(j));
+                // Whichever side of the substring has more room, up to FILTER_BITS.
+                let (after, before) = (bits - start - width, start);
+                if after >= before.min(FILTER_BITS) {
+                    BitField::new(start + width, after.min(FILTER_BITS))
                 } else {
-                    0
-                };
-                Substring {
-                    width,
-                    word: (start / 64) as usize,
-                    offset,
-                    mask_high,
-                    mask_low,
+                    BitField::new(start - before.min(FILTER_BITS), before.min(FILTER_BITS))
                 }
             })
             .collect();
         WordLayout {
             code,
-            words: (code.bits() as usize).div_ceil(64),
+            words: (bits as usize).div_ceil(64),
             substrings,
+            filters,
         }
     }
 
@@ -88,9 +118,9 @@ mod tests {
 
     #[test]
     fn word_extraction_matches_byte_extraction() {
-        let bytes: Vec<u8> = (0..24u8).map(|i| i.wrapping_mul(97).wrapping_add(13)).collect();
-        for substrings in [6, 7, 13, 48] {
-            let code = CodeLayout::new(192, substrings).unwrap();
+        for (bits, substrings) in [(192, 6), (192, 7), (192, 13), (192, 48), (24, 3), (16, 2), (8, 1), (40, 3)] {
+            let bytes: Vec<u8> = (0..bits as u8 / 8).map(|i| i.wrapping_mul(97).wrapping_add(13)).collect();
+            let code = CodeLayout::new(bits, substrings).unwrap();
             let layout = WordLayout::new(code);
             let words = bytes_to_words(&bytes);
             let zero = vec![0u64; words.len()];
@@ -98,6 +128,13 @@ mod tests {
                 assert_eq!(sub.value(&words), code.substring_value(&bytes, j as u32));
                 assert_eq!(sub.distance(&words), sub.value(&words).count_ones());
                 assert_eq!(sub.distance(&zero), 0);
+            }
+            for (j, filter) in layout.filters.iter().enumerate() {
+                let sub = &layout.substrings[j];
+                let (a, b) = (sub.word * 64 + sub.offset as usize, filter.word * 64 + filter.offset as usize);
+                let disjoint = a + sub.width as usize <= b || b + filter.width as usize <= a;
+                assert!(disjoint, "filter {j} overlaps its substring");
+                assert!(b + filter.width as usize <= bits as usize);
             }
             let total: u32 = layout.substrings.iter().map(|s| s.distance(&words)).sum();
             assert_eq!(total, bytes.iter().map(|b| b.count_ones()).sum::<u32>());

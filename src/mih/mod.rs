@@ -53,15 +53,16 @@ impl Base {
         let tables = layout
             .substrings
             .par_iter()
-            .map(|sub| {
-                let mut pairs: Vec<(u32, u32)> = (0..slots)
+            .zip(&layout.filters)
+            .map(|(sub, filter)| {
+                let mut entries: Vec<table::Entry> = (0..slots)
                     .filter(|&slot| !deleted[slot])
                     .map(|slot| {
                         let code = &words[slot * layout.words..(slot + 1) * layout.words];
-                        (sub.value(code), slot as u32)
+                        (sub.value(code), slot as u32, filter.value(code) as u16)
                     })
                     .collect();
-                Table::from_pairs(sub.width, slots, &mut pairs)
+                Table::from_entries(sub.width, slots, &mut entries)
             })
             .collect();
         Base {

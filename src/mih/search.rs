@@ -39,16 +39,21 @@ fn pack(distance: u32, id: usize) -> Packed {
 /// Most words in a code (1024 bits).
 const MAX_WORDS: usize = 16;
 
-// Cost model, in nanoseconds, measured with `milan bench search` (see docs/benchmarks.md). Only the
+// Cost model, in nanoseconds, calibrated with `milan bench search` (docs/benchmarks.md). Only the
 // ratios matter: they decide where multi-index hashing stops paying.
+/// Scanning one code, per 64-bit word.
 const SCAN_NS_PER_WORD: f64 = 0.45;
-const PROBE_NS: f64 = 4.0;
-const VERIFY_NS: f64 = 5.0;
+/// Enumerating one probe and looking up its bucket.
+const PROBE_NS: f64 = 3.0;
+/// Reading one bucket entry and its filter, including the share of entries whose code is read.
+const ENTRY_NS: f64 = 2.5;
 /// Below this many slots a scan is always cheaper.
 const SCAN_BELOW_SLOTS: usize = 2048;
-/// A top-k search that has spent this fraction of a scan's cost without finishing switches to the
-/// scan, bounding the loss on workloads where multi-index hashing cannot pay.
-const TOP_K_GIVE_UP: f64 = 0.1;
+/// Until a top-k search can predict its remaining cost (k candidates found, two substring levels
+/// probed), it gives up for the scan after spending this fraction of a scan's cost.
+const UNGUIDED_BUDGET: f64 = 0.1;
+/// Codes per block of the scan kernel: distances first (a tight loop), reports second.
+const SCAN_BLOCK: usize = 128;
 
 #[inline(always)]
 fn stride<const W: usize>(dynamic: usize) -> usize {
@@ -76,8 +81,15 @@ fn xor_distance<const W: usize>(
     distance
 }
 
+/// Hamming distance of two codes.
+#[inline(always)]
+fn distance<const W: usize>(a: &[u64], b: &[u64], words: usize) -> u32 {
+    let n = stride::<W>(words);
+    a[..n].iter().zip(&b[..n]).map(|(x, y)| (x ^ y).count_ones()).sum()
+}
+
 /// Calls `f` with every `width`-bit value at Hamming distance exactly `s` from `value` (Gosper's
-/// hack enumerates the `s`-bit masks in increasing order).
+/// hack enumerates the `s`-bit masks in increasing order); stops early when `f` returns false.
 #[inline(always)]
 fn for_each_at_distance(value: u32, width: u32, s: u32, mut f: impl FnMut(u32) -> bool) -> bool {
     if s == 0 {
@@ -99,7 +111,36 @@ fn for_each_at_distance(value: u32, width: u32, s: u32, mut f: impl FnMut(u32) -
     true
 }
 
+/// Calls `verify(slot)` for each bucket entry whose filter is within `slack` of the query's.
+///
+/// Survivors are gathered first, without branches, then verified: their code reads are then
+/// independent of each other and the processor overlaps their cache misses.
+#[inline(always)]
+fn for_each_survivor(
+    ids: &[u32],
+    filters: &[u16],
+    query_filter: u16,
+    slack: u32,
+    mut verify: impl FnMut(usize),
+) {
+    const BATCH: usize = 64;
+    let mut survivors = [0u32; BATCH];
+    for (ids, filters) in ids.chunks(BATCH).zip(filters.chunks(BATCH)) {
+        let mut count = 0;
+        for (&id, &filter) in ids.iter().zip(filters) {
+            survivors[count] = id;
+            count += usize::from((filter ^ query_filter).count_ones() <= slack);
+        }
+        for &slot in &survivors[..count] {
+            verify(slot as usize);
+        }
+    }
+}
+
 fn binomial(n: u32, k: u32) -> f64 {
+    if k > n {
+        return 0.0;
+    }
     (0..k).fold(1.0, |acc, i| acc * f64::from(n - i) / f64::from(i + 1))
 }
 
@@ -124,8 +165,9 @@ impl TopK {
         }
     }
 
+    /// Adds a hit at or below `cap`; returns the (possibly lowered) cap.
     #[inline(always)]
-    fn push(&mut self, distance: u32, id: usize) {
+    fn push(&mut self, distance: u32, id: usize) -> u32 {
         self.hits.push(pack(distance, id));
         self.counts[distance as usize] += 1;
         self.within_cap += 1;
@@ -138,11 +180,17 @@ impl TopK {
             let cap = self.cap;
             self.hits.retain(|&hit| (hit >> 32) as u32 <= cap);
         }
+        self.cap
+    }
+
+    /// Whether k hits are known (so `cap` bounds the k-th distance).
+    fn full(&self) -> bool {
+        self.within_cap >= self.k
     }
 
     /// Whether the `k` best are known when every unseen code is at least `bound` away.
     fn complete_below(&self, bound: u32) -> bool {
-        self.within_cap >= self.k && self.cap < bound
+        self.full() && self.cap < bound
     }
 
     fn finish(mut self) -> Vec<Packed> {
@@ -177,6 +225,11 @@ impl View {
         self.base.slots as f64 * SCAN_NS_PER_WORD * self.layout.words as f64
     }
 
+    /// Expected entries in one bucket of table `j` if codes were uniform.
+    fn uniform_bucket_len(&self, j: usize) -> f64 {
+        self.live as f64 / (1u64 << self.layout.substrings[j].width) as f64
+    }
+
     /// Probe radius per table for an exact radius search (negative: table not probed).
     fn table_radii(&self, radius: u32) -> Vec<i64> {
         let m = self.layout.substrings.len() as u32;
@@ -203,11 +256,12 @@ impl View {
         strategy: Strategy,
     ) -> Vec<Packed> {
         let mut out = Vec::new();
-        self.scan_range::<W>(query, self.base.slots..self.slots(), |d, id| {
-            if d <= radius && !self.deleted[id] {
-                out.push(pack(d, id));
+        let mut report = |d: u32, slot: usize| {
+            if !self.deleted[slot] {
+                out.push(pack(d, slot));
             }
-        });
+            radius
+        };
         let radii = self.table_radii(radius);
         let use_tables = match strategy {
             Strategy::MultiIndex => true,
@@ -215,20 +269,17 @@ impl View {
             Strategy::Auto => self.tables_pay_for_radius(query, &radii),
         };
         if use_tables {
+            self.scan_range::<W>(query, self.base.slots..self.slots(), radius, &mut report);
             self.radius_tables::<W>(query, radius, &radii, &mut out);
         } else {
-            self.scan_range::<W>(query, 0..self.base.slots, |d, id| {
-                if d <= radius && !self.deleted[id] {
-                    out.push(pack(d, id));
-                }
-            });
+            self.scan_range::<W>(query, 0..self.slots(), radius, &mut report);
         }
         out.sort_unstable();
         out
     }
 
-    /// Prices the probes first (cheap to count), then the candidates (bucket sizes, with an early
-    /// exit), against a scan.
+    /// Prices the probes first (cheap to count), then the bucket entries (with an early exit),
+    /// against a scan.
     fn tables_pay_for_radius(&self, query: &[u64], radii: &[i64]) -> bool {
         if self.base.slots < SCAN_BELOW_SLOTS {
             return false;
@@ -242,17 +293,19 @@ impl View {
             .map(|(sub, &r)| (0..=r).map(|s| binomial(sub.width, s as u32)).sum::<f64>())
             .sum();
         let probe_cost = probes * PROBE_NS;
+        // Counting the entries costs about as much as the probes: not worth it when they alone
+        // already take a tenth of a scan.
         if probe_cost > 0.1 * scan {
             return false;
         }
-        let candidate_budget = ((scan - probe_cost) / VERIFY_NS) as usize;
-        let mut candidates = 0usize;
+        let entry_budget = ((scan - probe_cost) / ENTRY_NS) as usize;
+        let mut entries = 0usize;
         for ((sub, table), &r) in self.layout.substrings.iter().zip(&self.base.tables).zip(radii) {
             let value = sub.value(query);
             for s in 0..=r {
                 let within = for_each_at_distance(value, sub.width, s as u32, |key| {
-                    candidates += table.bucket(key).len();
-                    candidates <= candidate_budget
+                    entries += table.bucket_len(key);
+                    entries <= entry_budget
                 });
                 if !within {
                     return false;
@@ -278,14 +331,16 @@ impl View {
                 if s > radii[j] {
                     continue;
                 }
-                let value = sub.value(query);
-                for_each_at_distance(value, sub.width, s as u32, |key| {
-                    for &id in table.bucket(key) {
-                        let slot = id as usize;
+                let query_filter = self.layout.filters[j].value(query) as u16;
+                // Entries whose filter alone puts them beyond the radius need no code read.
+                let filter_slack = radius - s as u32;
+                for_each_at_distance(sub.value(query), sub.width, s as u32, |key| {
+                    let (ids, filters) = table.bucket(key);
+                    for_each_survivor(ids, filters, query_filter, filter_slack, |slot| {
                         let code = &self.base.words[slot * words..];
                         let d = xor_distance::<W>(query, code, words, &mut xor);
                         if d > radius {
-                            continue;
+                            return;
                         }
                         // Reported already if an earlier probe (lower substring distance, or the
                         // same distance in an earlier table) reached it.
@@ -296,7 +351,7 @@ impl View {
                         if !seen && !self.deleted[slot] {
                             out.push(pack(d, slot));
                         }
-                    }
+                    });
                     true
                 });
             }
@@ -305,87 +360,128 @@ impl View {
 
     fn top_k_impl<const W: usize>(&self, query: &[u64], k: usize, strategy: Strategy) -> Vec<Packed> {
         let bits = self.layout.bits();
-        let scan_all = |top: &mut TopK| {
-            self.scan_range::<W>(query, 0..self.slots(), |d, id| {
-                if d <= top.cap && !self.deleted[id] {
-                    top.push(d, id);
+        let scan_all = || {
+            let mut top = TopK::new(k, bits);
+            let mut report = |d: u32, slot: usize| {
+                if self.deleted[slot] {
+                    top.cap
+                } else {
+                    top.push(d, slot)
                 }
-            })
+            };
+            self.scan_range::<W>(query, 0..self.slots(), bits, &mut report);
+            top.finish()
         };
-        let mut top = TopK::new(k, bits);
         let use_tables = match strategy {
             Strategy::MultiIndex => true,
             Strategy::Scan => false,
             Strategy::Auto => self.base.slots >= SCAN_BELOW_SLOTS,
         } && (k as u64) < self.live;
         if !use_tables {
-            scan_all(&mut top);
-            return top.finish();
+            return scan_all();
         }
-        self.scan_range::<W>(query, self.base.slots..self.slots(), |d, id| {
-            if d <= top.cap && !self.deleted[id] {
-                top.push(d, id);
-            }
-        });
-        let budget = match strategy {
-            Strategy::Auto => TOP_K_GIVE_UP * self.scan_cost(),
-            _ => f64::INFINITY,
-        };
-        if self.top_k_tables::<W>(query, &mut top, budget) {
+        let mut top = TopK::new(k, bits);
+        {
+            let mut report = |d: u32, slot: usize| {
+                if self.deleted[slot] {
+                    top.cap
+                } else {
+                    top.push(d, slot)
+                }
+            };
+            self.scan_range::<W>(query, self.base.slots..self.slots(), bits, &mut report);
+        }
+        let planned = strategy == Strategy::Auto;
+        if self.top_k_tables::<W>(query, &mut top, planned) {
             top.finish()
         } else {
-            let mut top = TopK::new(k, bits);
-            scan_all(&mut top);
-            top.finish()
+            scan_all()
+        }
+    }
+
+    /// Predicted cost of the probe steps from `(s, j)` on until the bound passes `cap`, with
+    /// buckets holding `entries_per_probe` entries.
+    fn predicted_top_k_cost(&self, s: u32, j: usize, cap: u32, entries_per_probe: f64) -> f64 {
+        let subs = &self.layout.substrings;
+        let m = subs.len() as u32;
+        let mut cost = 0.0;
+        let (mut s, mut j) = (s, j);
+        loop {
+            let width = subs[j].width;
+            if s > width {
+                return cost;
+            }
+            let probes = binomial(width, s);
+            cost += probes * (PROBE_NS + entries_per_probe.max(self.uniform_bucket_len(j)) * ENTRY_NS);
+            if s == width || m * s + j as u32 + 1 > cap {
+                return cost;
+            }
+            j += 1;
+            if j == subs.len() {
+                j = 0;
+                s += 1;
+            }
         }
     }
 
     /// Grows the substring radius until the `k` best are certain. Returns false, leaving `top`
-    /// partial, when the work would exceed `budget` nanoseconds of the cost model.
-    fn top_k_tables<const W: usize>(&self, query: &[u64], top: &mut TopK, budget: f64) -> bool {
+    /// partial, when `planned` and the cost model expects the rest to cost more than a scan.
+    fn top_k_tables<const W: usize>(&self, query: &[u64], top: &mut TopK, planned: bool) -> bool {
         let words = self.layout.words;
         let subs = &self.layout.substrings;
         let m = subs.len() as u32;
         let values: Vec<u32> = subs.iter().map(|sub| sub.value(query)).collect();
+        let filters: Vec<u16> = self.layout.filters.iter().map(|f| f.value(query) as u16).collect();
         let mut xor = [0u64; MAX_WORDS];
-        let mut spent = 0.0;
+        let scan = self.scan_cost();
+        let (mut spent, mut probes_done, mut entries_seen) = (0.0f64, 0.0f64, 0usize);
         let max_width = subs.iter().map(|sub| sub.width).max().unwrap_or(0);
         for s in 0..=max_width {
             for (j, (sub, table)) in subs.iter().zip(&self.base.tables).enumerate() {
-                spent += binomial(sub.width, s) * PROBE_NS;
-                if spent > budget {
-                    return false;
+                if planned {
+                    // The cap falls fast over the first two levels (which cost little), so it
+                    // predicts the rest only from then on.
+                    let give_up = if s >= 2 && top.full() {
+                        let per_probe = entries_seen as f64 / probes_done.max(1.0);
+                        spent + self.predicted_top_k_cost(s, j, top.cap, per_probe) > scan
+                    } else {
+                        spent > UNGUIDED_BUDGET * scan
+                    };
+                    if give_up {
+                        return false;
+                    }
                 }
-                let mut candidates = 0usize;
+                let mut cap = top.cap;
+                let mut entries = 0usize;
                 for_each_at_distance(values[j], sub.width, s, |key| {
-                    let bucket = table.bucket(key);
-                    candidates += bucket.len();
-                    for &id in bucket {
-                        let slot = id as usize;
+                    let (ids, bucket_filters) = table.bucket(key);
+                    entries += ids.len();
+                    let slack = cap.saturating_sub(s);
+                    if s > cap {
+                        return true;
+                    }
+                    for_each_survivor(ids, bucket_filters, filters[j], slack, |slot| {
                         let code = &self.base.words[slot * words..];
                         let d = xor_distance::<W>(query, code, words, &mut xor);
-                        if d > top.cap {
-                            continue;
+                        if d > cap {
+                            return;
                         }
                         let seen = subs.iter().enumerate().any(|(t, other)| {
                             let dt = other.distance(&xor);
                             dt < s || (dt == s && t < j)
                         });
                         if !seen && !self.deleted[slot] {
-                            top.push(d, slot);
+                            cap = top.push(d, slot);
                         }
-                    }
-                    spent + candidates as f64 * VERIFY_NS <= budget
+                    });
+                    true
                 });
-                spent += candidates as f64 * VERIFY_NS;
-                if spent > budget {
-                    return false;
-                }
+                let probes = binomial(sub.width, s);
+                probes_done += probes;
+                entries_seen += entries;
+                spent += probes * PROBE_NS + entries as f64 * ENTRY_NS;
                 // Table j fully enumerated: every code has been seen.
-                if s == sub.width {
-                    return true;
-                }
-                if top.complete_below(m * s + j as u32 + 1) {
+                if s == sub.width || top.complete_below(m * s + j as u32 + 1) {
                     return true;
                 }
             }
@@ -393,33 +489,45 @@ impl View {
         true
     }
 
-    /// Calls `f(distance, slot)` for every slot in `range`, deleted ones included: callers test the
-    /// deleted flag only for codes they would report, which are few.
+    /// Calls `report(distance, slot)` for every slot in `range` within `limit`, deleted slots
+    /// included (callers test the flag only for what they keep, which is little); `report`
+    /// returns the limit from then on.
     #[inline(always)]
     fn scan_range<const W: usize>(
         &self,
         query: &[u64],
         range: std::ops::Range<usize>,
-        mut f: impl FnMut(u32, usize),
+        mut limit: u32,
+        report: &mut impl FnMut(u32, usize) -> u32,
     ) {
         let words = self.layout.words;
         let n = stride::<W>(words);
-        let mut xor = [0u64; MAX_WORDS];
+        let mut distances = [0u32; SCAN_BLOCK];
         let base_end = range.end.min(self.base.slots);
-        if range.start < base_end {
-            let codes = &self.base.words[range.start * n..base_end * n];
-            for (i, code) in codes.chunks_exact(n).enumerate() {
-                let d = xor_distance::<W>(query, code, words, &mut xor);
-                f(d, range.start + i);
-            }
-        }
         let delta_start = range.start.max(self.base.slots);
-        if delta_start < range.end {
-            let from = delta_start - self.base.slots;
-            let to = range.end - self.base.slots;
-            for (i, code) in self.delta[from * n..to * n].chunks_exact(n).enumerate() {
-                let d = xor_distance::<W>(query, code, words, &mut xor);
-                f(d, delta_start + i);
+        let parts = [
+            (range.start, &self.base.words[range.start.min(base_end) * n..base_end * n]),
+            (
+                delta_start,
+                &self.delta[(delta_start - self.base.slots) * n
+                    ..range.end.max(delta_start).saturating_sub(self.base.slots) * n],
+            ),
+        ];
+        for (first_slot, codes) in parts {
+            for (block, chunk) in codes.chunks(SCAN_BLOCK * n).enumerate() {
+                let count = chunk.len() / n;
+                for (d, code) in distances.iter_mut().zip(chunk.chunks_exact(n)) {
+                    *d = distance::<W>(query, code, words);
+                }
+                // Most blocks hold nothing within the limit: one vectorised minimum skips them.
+                if distances[..count].iter().copied().min().unwrap_or(u32::MAX) > limit {
+                    continue;
+                }
+                for (i, &d) in distances[..count].iter().enumerate() {
+                    if d <= limit {
+                        limit = report(d, first_slot + block * SCAN_BLOCK + i);
+                    }
+                }
             }
         }
     }

@@ -2,13 +2,19 @@
 //!
 //! Narrow substrings use a directly addressed offset array (one `u32` per possible value); wide ones,
 //! where that array would dwarf the ids, keep only the occupied values, sorted, and binary-search them.
-//! Ids within a bucket are increasing.
+//! Ids within a bucket are increasing. Beside each id sits its filter (a few code bits outside the
+//! substring, see [`super::layout::WordLayout::filters`]), so most candidates are rejected by a
+//! sequential read instead of a random access to their code.
 
 /// One hash table.
 pub(crate) struct Table {
     lookup: Lookup,
     ids: Vec<u32>,
+    filters: Vec<u16>,
 }
+
+/// One table entry as built: substring value, id, filter.
+pub(crate) type Entry = (u32, u32, u16);
 
 enum Lookup {
     /// `offsets[v]..offsets[v + 1]` is bucket `v`; `2^width + 1` entries.
@@ -23,20 +29,25 @@ fn is_dense(width: u32, slots: usize) -> bool {
 }
 
 impl Table {
-    /// The ids whose substring equals `key`.
+    /// The ids whose substring equals `key`, with their filters.
     #[inline]
-    pub(crate) fn bucket(&self, key: u32) -> &[u32] {
-        match &self.lookup {
+    pub(crate) fn bucket(&self, key: u32) -> (&[u32], &[u16]) {
+        let range = match &self.lookup {
             Lookup::Dense(offsets) => {
-                let start = offsets[key as usize] as usize;
-                let end = offsets[key as usize + 1] as usize;
-                &self.ids[start..end]
+                offsets[key as usize] as usize..offsets[key as usize + 1] as usize
             }
             Lookup::Sparse { keys, offsets } => match keys.binary_search(&key) {
-                Ok(i) => &self.ids[offsets[i] as usize..offsets[i + 1] as usize],
-                Err(_) => &[],
+                Ok(i) => offsets[i] as usize..offsets[i + 1] as usize,
+                Err(_) => 0..0,
             },
-        }
+        };
+        (&self.ids[range.clone()], &self.filters[range])
+    }
+
+    /// Number of ids in bucket `key`.
+    #[inline]
+    pub(crate) fn bucket_len(&self, key: u32) -> usize {
+        self.bucket(key).0.len()
     }
 
     /// Heap bytes held.
@@ -45,40 +56,42 @@ impl Table {
             Lookup::Dense(offsets) => offsets.capacity() * 4,
             Lookup::Sparse { keys, offsets } => (keys.capacity() + offsets.capacity()) * 4,
         };
-        lookup + self.ids.capacity() * 4
+        lookup + self.ids.capacity() * 4 + self.filters.capacity() * 2
     }
 
-    /// Builds a table from `(value, id)` pairs in any order (a counting sort when dense).
-    pub(crate) fn from_pairs(width: u32, slots: usize, pairs: &mut [(u32, u32)]) -> Table {
+    /// Builds a table from entries in any order (a counting sort when dense).
+    pub(crate) fn from_entries(width: u32, slots: usize, entries: &mut [Entry]) -> Table {
         if is_dense(width, slots) {
             let mut offsets = vec![0u32; (1usize << width) + 1];
-            for &(value, _) in pairs.iter() {
+            for &(value, _, _) in entries.iter() {
                 offsets[value as usize + 1] += 1;
             }
             for i in 1..offsets.len() {
                 offsets[i] += offsets[i - 1];
             }
             let mut cursor = offsets.clone();
-            let mut ids = vec![0u32; pairs.len()];
-            // Pairs arrive in id order from the rebuild, so buckets stay sorted; sort otherwise.
-            let in_id_order = pairs.windows(2).all(|w| w[0].1 <= w[1].1);
-            if !in_id_order {
-                pairs.sort_unstable_by_key(|&(_, id)| id);
+            let mut ids = vec![0u32; entries.len()];
+            let mut filters = vec![0u16; entries.len()];
+            // Entries arrive in id order from a rebuild, so buckets stay sorted; sort otherwise.
+            if !entries.windows(2).all(|w| w[0].1 <= w[1].1) {
+                entries.sort_unstable_by_key(|&(_, id, _)| id);
             }
-            for &(value, id) in pairs.iter() {
+            for &(value, id, filter) in entries.iter() {
                 let at = &mut cursor[value as usize];
                 ids[*at as usize] = id;
+                filters[*at as usize] = filter;
                 *at += 1;
             }
             Table {
                 lookup: Lookup::Dense(offsets),
                 ids,
+                filters,
             }
         } else {
-            pairs.sort_unstable();
+            entries.sort_unstable();
             let mut builder = TableBuilder::new(width, slots);
-            for &(value, id) in pairs.iter() {
-                builder.push(value, &[id]);
+            for &(value, id, filter) in entries.iter() {
+                builder.push(value, id, filter);
             }
             builder.finish()
         }
@@ -91,6 +104,7 @@ pub(crate) struct TableBuilder {
     keys: Vec<u32>,
     offsets: Vec<u32>,
     ids: Vec<u32>,
+    filters: Vec<u16>,
     width: u32,
 }
 
@@ -101,17 +115,19 @@ impl TableBuilder {
             keys: Vec::new(),
             offsets: Vec::new(),
             ids: Vec::new(),
+            filters: Vec::new(),
             width,
         }
     }
 
-    /// Appends ids to bucket `value`; values must not decrease between calls.
-    pub(crate) fn push(&mut self, value: u32, ids: &[u32]) {
+    /// Appends an entry to bucket `value`; values must not decrease between calls.
+    pub(crate) fn push(&mut self, value: u32, id: u32, filter: u16) {
         if self.keys.last() != Some(&value) {
             self.keys.push(value);
             self.offsets.push(self.ids.len() as u32);
         }
-        self.ids.extend_from_slice(ids);
+        self.ids.push(id);
+        self.filters.push(filter);
     }
 
     pub(crate) fn finish(mut self) -> Table {
@@ -132,6 +148,7 @@ impl TableBuilder {
             Table {
                 lookup: Lookup::Dense(offsets),
                 ids: self.ids,
+                filters: self.filters,
             }
         } else {
             self.offsets.push(total);
@@ -141,6 +158,7 @@ impl TableBuilder {
                     offsets: self.offsets,
                 },
                 ids: self.ids,
+                filters: self.filters,
             }
         }
     }
@@ -152,18 +170,18 @@ mod tests {
 
     #[test]
     fn dense_and_sparse_agree() {
-        let pairs = vec![(3u32, 0u32), (1, 1), (3, 2), (7, 3), (1, 4)];
+        let entries = vec![(3u32, 0u32, 30u16), (1, 1, 11), (3, 2, 32), (7, 3, 73), (1, 4, 14)];
         for (width, slots) in [(4, 10), (30, 10)] {
-            let table = Table::from_pairs(width, slots, &mut pairs.clone());
-            assert_eq!(table.bucket(3), &[0, 2]);
-            assert_eq!(table.bucket(1), &[1, 4]);
-            assert_eq!(table.bucket(7), &[3]);
-            assert!(table.bucket(0).is_empty());
-            assert!(table.bucket(5).is_empty());
+            let table = Table::from_entries(width, slots, &mut entries.clone());
+            assert_eq!(table.bucket(3), (&[0, 2][..], &[30, 32][..]));
+            assert_eq!(table.bucket(1), (&[1, 4][..], &[11, 14][..]));
+            assert_eq!(table.bucket(7).0, &[3]);
+            assert_eq!(table.bucket_len(0), 0);
+            assert_eq!(table.bucket_len(5), 0);
             let mut builder = TableBuilder::new(width, slots);
-            builder.push(1, &[1, 4]);
-            builder.push(3, &[0, 2]);
-            builder.push(7, &[3]);
+            for (value, id, filter) in [(1, 1, 11), (1, 4, 14), (3, 0, 30), (3, 2, 32), (7, 3, 73)] {
+                builder.push(value, id, filter);
+            }
             let built = builder.finish();
             for key in 0..16 {
                 assert_eq!(built.bucket(key), table.bucket(key), "key {key}");

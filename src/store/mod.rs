@@ -123,7 +123,6 @@ pub(crate) fn load_view(dir: &Path, txn: &ReadTransaction, meta: &MetaRecord) ->
         .collect();
     let mut per_table = vec![0u64; m];
     let buckets = txn.open_table(BUCKETS).map_err(|err| Error::storage(dir, err))?;
-    let mut ids32 = Vec::new();
     for entry in buckets.iter().map_err(storage)? {
         let (key, value) = entry.map_err(storage)?;
         let key = BucketKey::decode(key.value());
@@ -136,19 +135,19 @@ pub(crate) fn load_view(dir: &Path, txn: &ReadTransaction, meta: &MetaRecord) ->
             return Err(corrupted(dir, format!("bucket value {} does not fit substring {j}", key.value)));
         }
         let ids = decode_bucket_ids(value.value()).map_err(|err| corrupted(dir, err.to_string()))?;
-        ids32.clear();
+        per_table[j] += ids.len() as u64;
+        let filter = &layout.filters[j];
         for id in ids {
             let slot = id as usize;
             if id >= meta.next_id || deleted[slot] {
                 return Err(corrupted(dir, format!("bucket {j}:{} lists id {id}, which has no code", key.value)));
             }
-            if id < key.first_id || sub.value(&words[slot * w..(slot + 1) * w]) != key.value {
+            let code = &words[slot * w..(slot + 1) * w];
+            if id < key.first_id || sub.value(code) != key.value {
                 return Err(corrupted(dir, format!("id {id} is filed under the wrong bucket ({j}:{})", key.value)));
             }
-            ids32.push(id as u32);
+            builders[j].push(key.value, id as u32, filter.value(code) as u16);
         }
-        per_table[j] += ids32.len() as u64;
-        builders[j].push(key.value, &ids32);
     }
     if let Some(j) = per_table.iter().position(|&n| n != live) {
         return Err(corrupted(dir, format!("hash table {j} holds {} ids for {live} codes", per_table[j])));

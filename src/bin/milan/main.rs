@@ -1,1 +1,58 @@
-fn main() {}
+//! The `milan` command line: one module per subcommand, each with its clap `Args` and a `run`.
+//!
+//! Exit status: 0 success, 1 error, 2 usage error (from clap), 3 partial failure where a command
+//! documents one.
+
+mod bench;
+mod codes_file;
+mod index;
+mod progress;
+mod query;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Embedded content-based image retrieval with binary hash codes.
+#[derive(Parser)]
+#[command(name = "milan", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, fill, inspect and maintain an index directory.
+    #[command(subcommand)]
+    Index(index::IndexCommand),
+    /// Search an index by code, by a file of codes, or by a stored id.
+    Query(query::QueryArgs),
+    /// Measure search speed against a linear scan.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// What a subcommand's `run` reports when it did not simply succeed.
+pub enum Outcome {
+    Success,
+    /// Finished, but the check it ran failed (exit 1, the report already printed).
+    Failed,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Index(command) => index::run(command),
+        Command::Query(args) => query::run(args),
+        Command::Bench(command) => bench::run(command),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

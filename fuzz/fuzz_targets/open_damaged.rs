@@ -1,0 +1,187 @@
+//! `open_damaged`: opening a damaged index file gives an error, never a crash.
+//!
+//! A small valid index (64-bit codes, two commits, a few deletes) is built once per process. Each
+//! input damages a copy of its database file (byte overwrites plus an optional truncation), or is
+//! itself the whole file. Asserts that `Index::open` and `Index::open_read_only` return Ok or Err
+//! without panicking or hanging, and that an index that opens anyway can be searched, read,
+//! written and verified, again with Ok or Err results only.
+//!
+//! Input layout: byte 0 is the mode; the rest is the file (mode % 16 == 0) or, otherwise, an
+//! optional truncation length (u32 LE, when mode & 0x10) followed by 5-byte overwrites (u32 LE
+//! offset, byte). Mode & 0x20 also runs a small write transaction on the opened index.
+
+#![no_main]
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use libfuzzer_sys::fuzz_target;
+use milan::{Code, Index, Item, Strategy};
+use milan_index_format::DATABASE_FILE;
+
+/// Granularity at which the base file is split into used (non-zero) and unused regions.
+const PAGE: usize = 4096;
+/// Most overwrites applied per input: enough to break several structures at once.
+const MAX_WRITES: usize = 64;
+const STRATEGIES: [Strategy; 3] = [Strategy::Auto, Strategy::MultiIndex, Strategy::Scan];
+
+struct Base {
+    /// The database file of the valid index.
+    bytes: Vec<u8>,
+    /// Start offsets of its pages that hold anything but zeros: overwrites land there, where
+    /// redb and the decoders look, instead of in preallocated empty space.
+    used_pages: Vec<usize>,
+    /// Where each input's damaged copy is written (reused, emptied after each input).
+    scratch: tempfile::TempDir,
+}
+
+static BASE: LazyLock<Base> = LazyLock::new(build_base);
+
+fuzz_target!(|data: &[u8]| {
+    let base = &*BASE;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let file = if mode % 16 == 0 {
+        rest.to_vec()
+    } else {
+        damage(base, mode, rest)
+    };
+    exercise(base.scratch.path(), &file, mode & 0x20 != 0);
+});
+
+/// A directory on tmpfs when there is one: redb syncs on every commit.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    let builder = tempfile::Builder::new().prefix("milan-fuzz-").tempdir_in(shm);
+    builder.or_else(|_| tempfile::tempdir()).expect("temporary directory")
+}
+
+/// A deterministic generator, so that every process builds the same base file and reproducers
+/// stay valid.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn build_base() -> Base {
+    let build = scratch_dir();
+    let dir = build.path().join("base");
+    let index = Index::builder(64).substrings(8).create(&dir).expect("create base index");
+    // Clustered codes, so that searches of the opened index find neighbours at small distances.
+    let mut state = 0x9e37_79b9_7f4a_7c15;
+    let centres: Vec<u64> = (0..8).map(|_| xorshift(&mut state)).collect();
+    let next_code = |state: &mut u64| {
+        let centre = centres[(xorshift(state) % 8) as usize];
+        let flips = xorshift(state) & xorshift(state) & xorshift(state);
+        Code::from_bytes(&(centre ^ flips).to_be_bytes()).expect("8-byte code")
+    };
+    for (round, count) in [(0u64, 80u64), (1, 40)] {
+        let mut writer = index.writer().expect("writer");
+        for i in 0..count {
+            let item = Item {
+                key: Some(format!("img-{round}-{i}.png")),
+                content_hash: (i % 3 == 0).then_some([(i % 7) as u8; 32]),
+                label: (i % 5 == 0).then(|| "cat".to_string()),
+                metadata: (i % 11 == 0).then(|| vec![round as u8; 4]),
+            };
+            writer.add(&next_code(&mut state), item).expect("add");
+        }
+        if round == 1 {
+            for id in (0..80).step_by(13) {
+                assert!(writer.delete(id).expect("delete"));
+            }
+        }
+        writer.commit().expect("commit");
+    }
+    drop(index);
+    let bytes = std::fs::read(dir.join(DATABASE_FILE)).expect("read base file");
+    let used_pages: Vec<usize> = (0..bytes.len())
+        .step_by(PAGE)
+        .filter(|&at| bytes[at..(at + PAGE).min(bytes.len())].iter().any(|&b| b != 0))
+        .collect();
+    Base {
+        bytes,
+        used_pages,
+        scratch: scratch_dir(),
+    }
+}
+
+/// The base file with the input's truncation and overwrites applied.
+fn damage(base: &Base, mode: u8, mut rest: &[u8]) -> Vec<u8> {
+    let mut file = base.bytes.clone();
+    let mut truncate = None;
+    if mode & 0x10 != 0 {
+        if let Some((len, tail)) = rest.split_first_chunk::<4>() {
+            truncate = Some(u32::from_le_bytes(*len) as usize % (file.len() + 1));
+            rest = tail;
+        }
+    }
+    let span = base.used_pages.len() * PAGE;
+    for write in rest.chunks_exact(5).take(MAX_WRITES) {
+        let offset = u32::from_le_bytes([write[0], write[1], write[2], write[3]]) as usize % span;
+        let at = base.used_pages[offset / PAGE] + offset % PAGE;
+        if let Some(byte) = file.get_mut(at) {
+            *byte = write[4];
+        }
+    }
+    if let Some(len) = truncate {
+        file.truncate(len);
+    }
+    file
+}
+
+fn exercise(dir: &Path, file: &[u8], write: bool) {
+    let db: PathBuf = dir.join(DATABASE_FILE);
+    std::fs::write(&db, file).expect("write damaged file");
+    if let Ok(mut index) = Index::open(dir) {
+        use_index(&index, write);
+        // Writable handles also run redb's integrity check.
+        let _ = index.verify();
+    }
+    // The writable open may have repaired or rewritten the file: damage it afresh.
+    std::fs::write(&db, file).expect("write damaged file");
+    if let Ok(index) = Index::open_read_only(dir) {
+        // No verify here: its table walk is the writable one's, and it would double the time.
+        use_index(&index, write);
+    }
+    let _ = std::fs::remove_file(&db);
+}
+
+/// Everything a user may do with an opened index; each call may fail, none may panic.
+fn use_index(index: &Index, write: bool) {
+    let _ = index.info();
+    let bits = index.bits();
+    if let Ok(reader) = index.reader() {
+        let ids: Vec<u64> = reader.ids().take(4).collect();
+        for &id in &ids {
+            let _ = reader.code(id);
+            let _ = reader.item(id);
+            // A stored code as the query: its neighbours are close, so multi-index search is cheap.
+            for strategy in STRATEGIES {
+                if let Ok(search) = reader.search_id(id) {
+                    let search = search.strategy(strategy);
+                    let _ = (search.top_k(5), search.within(4));
+                }
+            }
+        }
+        let _ = reader.search_id(u64::MAX);
+        let _ = reader.ids_with_content_hash(&[0; 32]);
+        if let Ok(query) = Code::from_fn(bits, |i| i % 3 == 0) {
+            if let Ok(search) = reader.search(&query) {
+                let _ = (search.top_k(2), search.within(2));
+            }
+        }
+    }
+    if write {
+        if let Ok(mut writer) = index.writer() {
+            let code = Code::from_fn(bits, |i| i % 2 == 0);
+            let _ = code.map(|code| writer.add(&code, Item::default()));
+            let first = index.reader().ok().and_then(|r| r.ids().next());
+            let _ = first.map(|id| writer.delete(id));
+            let _ = writer.commit();
+        }
+    }
+}

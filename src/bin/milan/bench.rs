@@ -1,0 +1,303 @@
+//! `milan bench`: `search` times queries on one thread against the linear scan and checks every
+//! answer; `generate` writes the synthetic workloads the benchmarks use.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use milan::{Code, Hit, Index, Strategy};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::codes_file::{read_codes, rows_to_codes, write_codes};
+use crate::Outcome;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Time exact top-k and radius queries (one thread) and check each against a linear scan.
+    Search(SearchArgs),
+    /// Write synthetic codes: clustered around random centres, or uniform with --centres 0.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// The index directory.
+    dir: PathBuf,
+    /// Query codes: a numpy uint8 array [n, bits / 8].
+    #[arg(long)]
+    codes: PathBuf,
+    /// k for the top-k queries.
+    #[arg(long, default_value_t = 20)]
+    top_k: usize,
+    /// Radii for the radius queries, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
+    radius: Vec<u32>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// How the timed searches run: auto (the planner picks per query), multi-index, or scan.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
+    strategy: StrategyArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StrategyArg {
+    Auto,
+    MultiIndex,
+    Scan,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(arg: StrategyArg) -> Strategy {
+        match arg {
+            StrategyArg::Auto => Strategy::Auto,
+            StrategyArg::MultiIndex => Strategy::MultiIndex,
+            StrategyArg::Scan => Strategy::Scan,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Code length in bits.
+    #[arg(long)]
+    bits: u32,
+    /// Number of codes.
+    #[arg(long)]
+    count: usize,
+    /// Random centre codes to draw around; 0 for uniform random codes.
+    #[arg(long, default_value_t = 1000)]
+    centres: usize,
+    /// Probability of flipping each bit of the centre.
+    #[arg(long, default_value_t = 0.12)]
+    flip: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output .npy file for the codes.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also draw this many queries from the same distribution...
+    #[arg(long, default_value_t = 0)]
+    queries: usize,
+    /// ...into this file.
+    #[arg(long)]
+    queries_out: Option<PathBuf>,
+}
+
+pub fn run(command: BenchCommand) -> Result<Outcome> {
+    match command {
+        BenchCommand::Search(args) => search(args),
+        BenchCommand::Generate(args) => generate(args),
+    }
+}
+
+#[derive(Serialize)]
+struct Timing {
+    mean_us: f64,
+    median_us: f64,
+    p99_us: f64,
+}
+
+fn timing(mut micros: Vec<f64>) -> Timing {
+    micros.sort_by(f64::total_cmp);
+    let n = micros.len().max(1);
+    let at = |q: f64| micros.get(((n - 1) as f64 * q).round() as usize).copied().unwrap_or(0.0);
+    Timing {
+        mean_us: micros.iter().sum::<f64>() / n as f64,
+        median_us: at(0.5),
+        p99_us: at(0.99),
+    }
+}
+
+#[derive(Serialize)]
+struct TopKReport {
+    k: usize,
+    #[serde(flatten)]
+    timing: Timing,
+    recall: f64,
+    scan_mean_us: f64,
+}
+
+#[derive(Serialize)]
+struct RadiusReport {
+    r: u32,
+    #[serde(flatten)]
+    timing: Timing,
+    mean_hits: f64,
+    recall: f64,
+    scan_mean_us: f64,
+}
+
+#[derive(Serialize)]
+struct ScanReport {
+    mean_us: f64,
+    median_us: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    queries: usize,
+    codes: u64,
+    bits: u32,
+    substrings: u32,
+    open_ms: f64,
+    memory_bytes_per_code: f64,
+    top_k: TopKReport,
+    radius: Vec<RadiusReport>,
+    linear_scan: ScanReport,
+}
+
+/// Times `run` once per query; returns the answers and the times in microseconds.
+fn timed(queries: &[Code], mut run: impl FnMut(&Code) -> milan::Result<Vec<Hit>>) -> Result<(Vec<Vec<Hit>>, Vec<f64>)> {
+    let mut answers = Vec::with_capacity(queries.len());
+    let mut micros = Vec::with_capacity(queries.len());
+    for query in queries {
+        let started = Instant::now();
+        let hits = run(query)?;
+        micros.push(started.elapsed().as_secs_f64() * 1e6);
+        answers.push(hits);
+    }
+    Ok((answers, micros))
+}
+
+/// Fraction of the scan's answers also returned, over all queries.
+fn recall(answers: &[Vec<Hit>], truth: &[Vec<Hit>]) -> f64 {
+    let expected: usize = truth.iter().map(Vec::len).sum();
+    if expected == 0 {
+        return 1.0;
+    }
+    let found: usize = answers
+        .iter()
+        .zip(truth)
+        .map(|(a, t)| t.iter().filter(|hit| a.contains(hit)).count())
+        .sum();
+    found as f64 / expected as f64
+}
+
+fn search(args: SearchArgs) -> Result<Outcome> {
+    if args.top_k == 0 {
+        bail!("--top-k must be at least 1");
+    }
+    let started = Instant::now();
+    let index = Index::open_read_only(&args.dir)?;
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    let reader = index.reader()?;
+    let info = index.info();
+    for &r in &args.radius {
+        if r > info.bits {
+            bail!("radius {r} is larger than the code length ({} bits)", info.bits);
+        }
+    }
+    let queries = rows_to_codes(&read_codes(&args.codes, Some(info.bits))?)?;
+    let k = args.top_k;
+    let strategy = Strategy::from(args.strategy);
+    let (answers, micros) = timed(&queries, |q| reader.search(q)?.strategy(strategy).top_k(k))?;
+    let (truth, scan_micros) =
+        timed(&queries, |q| reader.search(q)?.strategy(Strategy::Scan).top_k(k))?;
+    let scan = timing(scan_micros);
+    let top_k = TopKReport {
+        k,
+        recall: recall(&answers, &truth),
+        timing: timing(micros),
+        scan_mean_us: scan.mean_us,
+    };
+    let mut radius = Vec::new();
+    for &r in &args.radius {
+        let (answers, micros) = timed(&queries, |q| reader.search(q)?.strategy(strategy).within(r))?;
+        let (truth, scan_micros) =
+            timed(&queries, |q| reader.search(q)?.strategy(Strategy::Scan).within(r))?;
+        radius.push(RadiusReport {
+            r,
+            mean_hits: answers.iter().map(Vec::len).sum::<usize>() as f64 / queries.len().max(1) as f64,
+            recall: recall(&answers, &truth),
+            timing: timing(micros),
+            scan_mean_us: timing(scan_micros).mean_us,
+        });
+    }
+    let report = Report {
+        queries: queries.len(),
+        codes: info.len,
+        bits: info.bits,
+        substrings: info.substrings,
+        open_ms,
+        memory_bytes_per_code: info.memory_bytes as f64 / info.len.max(1) as f64,
+        top_k,
+        radius,
+        linear_scan: ScanReport {
+            mean_us: scan.mean_us,
+            median_us: scan.median_us,
+        },
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} queries on {} {}-bit codes, {} substrings; open {:.1} ms; {:.1} bytes per code in memory",
+            report.queries, report.codes, report.bits, report.substrings, report.open_ms, report.memory_bytes_per_code
+        );
+        println!("{:<12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10}", "search", "mean µs", "median µs", "p99 µs", "scan µs", "recall", "mean hits");
+        let t = &report.top_k;
+        println!(
+            "{:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.3} {:>10}",
+            format!("top-{}", t.k), t.timing.mean_us, t.timing.median_us, t.timing.p99_us, t.scan_mean_us, t.recall, "-"
+        );
+        for r in &report.radius {
+            println!(
+                "{:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.3} {:>10.1}",
+                format!("radius {}", r.r), r.timing.mean_us, r.timing.median_us, r.timing.p99_us, r.scan_mean_us, r.recall, r.mean_hits
+            );
+        }
+    }
+    let exact = report.top_k.recall == 1.0 && report.radius.iter().all(|r| r.recall == 1.0);
+    Ok(if exact { Outcome::Success } else { Outcome::Failed })
+}
+
+fn generate(args: GenerateArgs) -> Result<Outcome> {
+    let layout_ok = args.bits % 8 == 0 && (8..=1024).contains(&args.bits);
+    if !layout_ok {
+        bail!("--bits {}: use a multiple of 8 from 8 to 1024", args.bits);
+    }
+    if !(0.0..=1.0).contains(&args.flip) {
+        bail!("--flip {}: a probability, from 0 to 1", args.flip);
+    }
+    if args.queries > 0 && args.queries_out.is_none() {
+        bail!("--queries needs --queries-out");
+    }
+    let bytes = args.bits as usize / 8;
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let centres: Vec<Vec<u8>> = (0..args.centres)
+        .map(|_| (0..bytes).map(|_| rng.random::<u8>()).collect())
+        .collect();
+    let draw = |n: usize, rng: &mut ChaCha8Rng| -> Vec<u8> {
+        let mut out = Vec::with_capacity(n * bytes);
+        for _ in 0..n {
+            if centres.is_empty() {
+                out.extend((0..bytes).map(|_| rng.random::<u8>()));
+                continue;
+            }
+            let centre = &centres[rng.random_range(0..centres.len())];
+            for &byte in centre {
+                let mut flips = 0u8;
+                for bit in 0..8 {
+                    if rng.random_bool(args.flip) {
+                        flips |= 1 << bit;
+                    }
+                }
+                out.push(byte ^ flips);
+            }
+        }
+        out
+    };
+    let codes = draw(args.count, &mut rng);
+    write_codes(&args.out, bytes, &codes)?;
+    if let Some(path) = &args.queries_out {
+        let queries = draw(args.queries, &mut rng);
+        write_codes(path, bytes, &queries)?;
+    }
+    println!("wrote {} codes to {}", args.count, args.out.display());
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,290 @@
+//! `milan index ...`: create, import, export, info, check, delete, optimize.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use milan::{Index, Item};
+
+use crate::codes_file::{read_codes, read_keys, rows_to_codes, write_codes};
+use crate::{progress, Outcome};
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Create an empty index directory for codes of a given length.
+    Create(CreateArgs),
+    /// Add codes from a numpy file (uint8 [n, bits/8], numpy.packbits order), with optional keys.
+    Import(ImportArgs),
+    /// Write every live code (and key) out, in id order; `import` reads the result back.
+    Export(ExportArgs),
+    /// Show the index's layout, size and versions.
+    Info(InfoArgs),
+    /// Verify every invariant of the stored index; exit 0 only when all hold.
+    Check(DirArgs),
+    /// Delete codes by id (all ids must exist, or nothing is deleted).
+    Delete(DeleteArgs),
+    /// Rebuild the hash tables for a better number of substrings, in one transaction.
+    Optimize(OptimizeArgs),
+}
+
+#[derive(Args)]
+pub struct DirArgs {
+    /// The index directory.
+    pub dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// The index directory (created if missing).
+    dir: PathBuf,
+    /// Code length in bits: a multiple of 8 from 8 to 1024.
+    #[arg(long)]
+    bits: u32,
+    /// Multi-index-hashing substrings [default: about bits / log2(expected size)].
+    #[arg(long)]
+    substrings: Option<u32>,
+    /// Number of codes expected, which sets the default number of substrings.
+    #[arg(long, default_value_t = milan::DEFAULT_EXPECTED_LEN)]
+    expected_size: u64,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The index directory.
+    dir: PathBuf,
+    /// Codes: a numpy uint8 array [n, bits / 8].
+    #[arg(long)]
+    codes: PathBuf,
+    /// Keys, one line per code, in row order.
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// Codes per commit: a killed import keeps every committed batch.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The index directory.
+    dir: PathBuf,
+    /// Output codes file (.npy).
+    #[arg(long)]
+    codes: PathBuf,
+    /// Output keys file, one line per code (empty line where a code has no key).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// The index directory.
+    dir: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// The index directory.
+    dir: PathBuf,
+    /// Ids to delete.
+    #[arg(long = "id", required = true, num_args = 1..)]
+    ids: Vec<u64>,
+}
+
+#[derive(Args)]
+pub struct OptimizeArgs {
+    /// The index directory.
+    dir: PathBuf,
+    /// Substrings to rebuild for [default: the recommended number for the current size].
+    #[arg(long)]
+    substrings: Option<u32>,
+}
+
+pub fn run(command: IndexCommand) -> Result<Outcome> {
+    match command {
+        IndexCommand::Create(args) => create(args),
+        IndexCommand::Import(args) => import(args),
+        IndexCommand::Export(args) => export(args),
+        IndexCommand::Info(args) => info(args),
+        IndexCommand::Check(args) => check(args),
+        IndexCommand::Delete(args) => delete(args),
+        IndexCommand::Optimize(args) => optimize(args),
+    }
+}
+
+fn create(args: CreateArgs) -> Result<Outcome> {
+    let mut builder = Index::builder(args.bits).expected_len(args.expected_size);
+    if let Some(m) = args.substrings {
+        builder = builder.substrings(m);
+    }
+    let index = builder.create(&args.dir)?;
+    println!(
+        "created {} for {}-bit codes with {} substrings",
+        args.dir.display(),
+        index.bits(),
+        index.substrings()
+    );
+    Ok(Outcome::Success)
+}
+
+fn import(args: ImportArgs) -> Result<Outcome> {
+    let started = Instant::now();
+    let index = Index::open(&args.dir)?;
+    // Everything is read and checked before the first write, so bad input changes nothing.
+    let array = read_codes(&args.codes, Some(index.bits()))?;
+    let keys = match &args.keys {
+        Some(path) => Some(read_keys(path, array.nrows(), &args.codes)?),
+        None => None,
+    };
+    let codes = rows_to_codes(&array)?;
+    let bar = progress::bar(codes.len() as u64, "importing", args.quiet);
+    let mut first_id = None;
+    for (batch_number, batch) in codes.chunks(args.batch_size as usize).enumerate() {
+        let offset = batch_number * args.batch_size as usize;
+        let mut writer = index.writer()?;
+        for (i, code) in batch.iter().enumerate() {
+            let key = keys.as_ref().map(|keys| keys[offset + i].clone());
+            let id = writer.add(code, Item { key, ..Item::default() })?;
+            first_id.get_or_insert(id);
+        }
+        writer
+            .commit()
+            .with_context(|| format!("committing rows {offset}.. of {}", args.codes.display()))?;
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    let info = index.info();
+    match first_id {
+        Some(first) => println!(
+            "imported {} codes into {} (ids {first}..={}) in {:.2} s; {} codes in the index",
+            codes.len(),
+            args.dir.display(),
+            info.next_id - 1,
+            started.elapsed().as_secs_f64(),
+            info.len
+        ),
+        None => println!("{} holds no codes; nothing imported", args.codes.display()),
+    }
+    if info.recommended_substrings != info.substrings {
+        eprintln!(
+            "hint: {} substrings suit {} codes better than {}; run `milan index optimize {}`",
+            info.recommended_substrings,
+            info.len,
+            info.substrings,
+            args.dir.display()
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+fn export(args: ExportArgs) -> Result<Outcome> {
+    let index = Index::open_read_only(&args.dir)?;
+    let reader = index.reader()?;
+    let bytes_per_code = reader.bits() as usize / 8;
+    let mut codes = Vec::with_capacity(reader.len() as usize * bytes_per_code);
+    let mut keys = String::new();
+    for id in reader.ids() {
+        let code = reader.code(id).expect("live id");
+        codes.extend_from_slice(code.as_bytes());
+        if args.keys.is_some() {
+            let key = reader.item(id)?.and_then(|item| item.key).unwrap_or_default();
+            if key.contains('\n') {
+                bail!("the key of id {id} contains a line break and cannot be written one per line");
+            }
+            keys.push_str(&key);
+            keys.push('\n');
+        }
+    }
+    write_codes(&args.codes, bytes_per_code, &codes)?;
+    if let Some(path) = &args.keys {
+        std::fs::write(path, keys).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    println!("exported {} codes to {}", reader.len(), args.codes.display());
+    Ok(Outcome::Success)
+}
+
+fn info(args: InfoArgs) -> Result<Outcome> {
+    let index = Index::open_read_only(&args.dir)?;
+    let info = index.info();
+    if args.json {
+        println!("{}", serde_json::to_string(&info)?);
+        return Ok(Outcome::Success);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "index:          {}", info.path.display())?;
+    writeln!(out, "format version: {}", info.format_version)?;
+    writeln!(out, "code length:    {} bits", info.bits)?;
+    writeln!(
+        out,
+        "substrings:     {} (recommended for this size: {})",
+        info.substrings, info.recommended_substrings
+    )?;
+    writeln!(out, "codes:          {} (next id {})", info.len, info.next_id)?;
+    writeln!(out, "file size:      {} bytes", info.file_bytes)?;
+    writeln!(out, "memory:         {} bytes", info.memory_bytes)?;
+    writeln!(out, "created by:     milan {}", info.created_by)?;
+    writeln!(out, "written by:     milan {}", info.written_by)?;
+    Ok(Outcome::Success)
+}
+
+fn check(args: DirArgs) -> Result<Outcome> {
+    let mut index = Index::open(&args.dir)?;
+    let report = index.verify()?;
+    if report.storage_ok == Some(false) {
+        println!("storage: redb found structural damage and repaired it");
+    }
+    for problem in &report.problems {
+        println!("problem: {problem}");
+    }
+    if report.unlisted > 0 {
+        println!("... and {} more problems", report.unlisted);
+    }
+    if report.is_ok() {
+        println!(
+            "{}: ok ({} codes, {} bucket chunks)",
+            args.dir.display(),
+            report.codes,
+            report.chunks
+        );
+        Ok(Outcome::Success)
+    } else {
+        println!("{}: damaged", args.dir.display());
+        Ok(Outcome::Failed)
+    }
+}
+
+fn delete(mut args: DeleteArgs) -> Result<Outcome> {
+    args.ids.sort_unstable();
+    args.ids.dedup();
+    let index = Index::open(&args.dir)?;
+    let mut writer = index.writer()?;
+    for &id in &args.ids {
+        if !writer.delete(id)? {
+            bail!("no item with id {id} in {}; nothing deleted", args.dir.display());
+        }
+    }
+    writer.commit()?;
+    println!("deleted {} codes; {} remain", args.ids.len(), index.len());
+    Ok(Outcome::Success)
+}
+
+fn optimize(args: OptimizeArgs) -> Result<Outcome> {
+    let index = Index::open(&args.dir)?;
+    let started = Instant::now();
+    let report = index.optimize(args.substrings)?;
+    println!(
+        "rebuilt the hash tables of {}: {} -> {} substrings in {:.2} s",
+        args.dir.display(),
+        report.old_substrings,
+        report.new_substrings,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Outcome::Success)
+}
