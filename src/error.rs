@@ -49,6 +49,12 @@ pub enum Error {
         /// Newest version supported.
         supported: u32,
     },
+    /// A writer was killed while the index was open; a read-only open cannot recover it.
+    #[error("{}: the index was not closed cleanly (a writer stopped mid-way) and must be recovered by a writable open, such as `milan index check`", path.display())]
+    NeedsRecovery {
+        /// The database file.
+        path: PathBuf,
+    },
     /// The index format is too old to read.
     #[error("{}: index format version {found} is older than this milan can read (oldest {oldest}); export it with the milan that wrote it and import it again", path.display())]
     UpgradeRequired {
@@ -173,6 +179,7 @@ impl Error {
                 Error::Locked { path }
             }
             redb::Error::Corrupted(detail) => Error::Corrupted { path, detail },
+            redb::Error::RepairAborted => Error::NeedsRecovery { path },
             redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
                 Error::Corrupted {
                     path,

@@ -11,12 +11,7 @@ const STRATEGIES: [Strategy; 3] = [Strategy::Auto, Strategy::MultiIndex, Strateg
 
 /// Builds an index from `codes` over several commits, deleting some ids on the way; returns the
 /// live `(id, code)` pairs.
-fn build(
-    index: &Index,
-    codes: &[Code],
-    commits: usize,
-    delete_every: usize,
-) -> Vec<(u64, Code)> {
+fn build(index: &Index, codes: &[Code], commits: usize, delete_every: usize) -> Vec<(u64, Code)> {
     let mut live: Vec<(u64, Code)> = Vec::new();
     let per_commit = codes.len().div_ceil(commits.max(1)).max(1);
     for batch in codes.chunks(per_commit) {
@@ -26,7 +21,11 @@ fn build(
             live.push((id, code.clone()));
         }
         if delete_every > 0 {
-            let doomed: Vec<u64> = live.iter().map(|(id, _)| *id).step_by(delete_every).collect();
+            let doomed: Vec<u64> = live
+                .iter()
+                .map(|(id, _)| *id)
+                .step_by(delete_every)
+                .collect();
             for id in &doomed {
                 assert!(writer.delete(*id).unwrap());
             }
@@ -37,17 +36,31 @@ fn build(
     live
 }
 
-fn assert_search_matches(index: &Index, live: &[(u64, Code)], queries: &[Code], radii: &[u32], ks: &[usize]) {
+fn assert_search_matches(
+    index: &Index,
+    live: &[(u64, Code)],
+    queries: &[Code],
+    radii: &[u32],
+    ks: &[usize],
+) {
     let reader = index.reader().unwrap();
     assert_eq!(reader.len(), live.len() as u64);
     for query in queries {
         for strategy in STRATEGIES {
             let search = reader.search(query).unwrap().strategy(strategy);
             for &k in ks {
-                assert_eq!(search.top_k(k).unwrap(), brute_top_k(live, query, k), "top {k} {strategy:?} {query:?}");
+                assert_eq!(
+                    search.top_k(k).unwrap(),
+                    brute_top_k(live, query, k),
+                    "top {k} {strategy:?} {query:?}"
+                );
             }
             for &r in radii {
-                assert_eq!(search.within(r).unwrap(), brute_radius(live, query, r), "radius {r} {strategy:?} {query:?}");
+                assert_eq!(
+                    search.within(r).unwrap(),
+                    brute_radius(live, query, r),
+                    "radius {r} {strategy:?} {query:?}"
+                );
             }
         }
     }
@@ -97,7 +110,11 @@ fn hash_tables_rebuilt_after_many_adds_still_match() {
     // Enough codes in later commits to push the scanned delta over its rebuild threshold.
     let codes = clustered(&mut rng, 64, 12_000, 50, 0.1);
     let live = build(&index, &codes, 3, 11);
-    let queries: Vec<Code> = codes.iter().step_by(1500).map(|c| near(&mut rng, c, 0.05)).collect();
+    let queries: Vec<Code> = codes
+        .iter()
+        .step_by(1500)
+        .map(|c| near(&mut rng, c, 0.05))
+        .collect();
     assert_search_matches(&index, &live, &queries, &[0, 4, 9], &[1, 20, 300]);
 }
 
@@ -156,24 +173,42 @@ fn a_reader_keeps_its_snapshot_across_commits() {
     let code = Code::from_hex("00ff").unwrap();
     let mut writer = index.writer().unwrap();
     writer
-        .add(&code, Item { key: Some("first".into()), ..Item::default() })
+        .add(
+            &code,
+            Item {
+                key: Some("first".into()),
+                ..Item::default()
+            },
+        )
         .unwrap();
     writer.commit().unwrap();
     let before = index.reader().unwrap();
     let mut writer = index.writer().unwrap();
     writer.delete(0).unwrap();
     writer
-        .add(&code, Item { key: Some("second".into()), ..Item::default() })
+        .add(
+            &code,
+            Item {
+                key: Some("second".into()),
+                ..Item::default()
+            },
+        )
         .unwrap();
     writer.commit().unwrap();
     let after = index.reader().unwrap();
     let old_hits = before.search(&code).unwrap().within(0).unwrap();
     assert_eq!(old_hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![0]);
-    assert_eq!(before.item(0).unwrap().unwrap().key.as_deref(), Some("first"));
+    assert_eq!(
+        before.item(0).unwrap().unwrap().key.as_deref(),
+        Some("first")
+    );
     let new_hits = after.search(&code).unwrap().within(0).unwrap();
     assert_eq!(new_hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![1]);
     assert!(after.item(0).unwrap().is_none());
-    assert_eq!(after.item(1).unwrap().unwrap().key.as_deref(), Some("second"));
+    assert_eq!(
+        after.item(1).unwrap().unwrap().key.as_deref(),
+        Some("second")
+    );
 }
 
 #[test]
@@ -187,16 +222,26 @@ fn search_by_id_and_items_round_trip() {
         label: Some("forest".into()),
         metadata: Some(b"{\"x\":1}".to_vec()),
     };
-    writer.add(&Code::from_hex("abcdef").unwrap(), item.clone()).unwrap();
-    writer.add(&Code::from_hex("abcdee").unwrap(), Item::default()).unwrap();
+    writer
+        .add(&Code::from_hex("abcdef").unwrap(), item.clone())
+        .unwrap();
+    writer
+        .add(&Code::from_hex("abcdee").unwrap(), Item::default())
+        .unwrap();
     writer.commit().unwrap();
     let reader = index.reader().unwrap();
     assert_eq!(reader.item(0).unwrap(), Some(item));
     assert_eq!(reader.ids_with_content_hash(&[9; 32]).unwrap(), vec![0]);
     let hits = reader.search_id(1).unwrap().top_k(5).unwrap();
-    assert_eq!(hits.iter().map(|h| (h.id, h.distance)).collect::<Vec<_>>(), vec![(1, 0), (0, 1)]);
+    assert_eq!(
+        hits.iter().map(|h| (h.id, h.distance)).collect::<Vec<_>>(),
+        vec![(1, 0), (0, 1)]
+    );
     assert_eq!(reader.code(0).unwrap().to_hex(), "abcdef");
-    assert!(matches!(reader.search_id(7), Err(milan::Error::UnknownId { id: 7 })));
+    assert!(matches!(
+        reader.search_id(7),
+        Err(milan::Error::UnknownId { id: 7 })
+    ));
 }
 
 #[test]
@@ -210,7 +255,11 @@ fn optimize_changes_substrings_and_keeps_answers() {
     let report = index.optimize(Some(3)).unwrap();
     assert_eq!((report.old_substrings, report.new_substrings), (8, 3));
     assert_eq!(index.substrings(), 3);
-    let queries: Vec<Code> = codes.iter().step_by(500).map(|c| near(&mut rng, c, 0.05)).collect();
+    let queries: Vec<Code> = codes
+        .iter()
+        .step_by(500)
+        .map(|c| near(&mut rng, c, 0.05))
+        .collect();
     assert_search_matches(&index, &live, &queries, &[0, 5, 12], &[1, 10]);
     assert!(index.verify().unwrap().is_ok());
     drop(index);
@@ -218,6 +267,9 @@ fn optimize_changes_substrings_and_keeps_answers() {
     assert_eq!(index.substrings(), 3);
     assert_search_matches(&index, &live, &queries, &[5], &[10]);
     let default = index.optimize(None).unwrap();
-    assert_eq!(default.new_substrings, Index::recommended_substrings(64, live.len() as u64));
+    assert_eq!(
+        default.new_substrings,
+        Index::recommended_substrings(64, live.len() as u64)
+    );
     let _ = rng.random::<u8>();
 }

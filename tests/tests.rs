@@ -1,6 +1,7 @@
 //! milan's integration tests: one binary, shared helpers in `util`.
 
 mod bad_input;
+mod cli;
 mod engine;
 mod persistence;
 mod util;

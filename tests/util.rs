@@ -19,8 +19,16 @@ pub fn near(rng: &mut ChaCha8Rng, centre: &Code, flip: f64) -> Code {
 }
 
 /// `n` codes drawn around `centres` random centres.
-pub fn clustered(rng: &mut ChaCha8Rng, bits: u32, n: usize, centres: usize, flip: f64) -> Vec<Code> {
-    let centres: Vec<Code> = (0..centres.max(1)).map(|_| random_code(rng, bits)).collect();
+pub fn clustered(
+    rng: &mut ChaCha8Rng,
+    bits: u32,
+    n: usize,
+    centres: usize,
+    flip: f64,
+) -> Vec<Code> {
+    let centres: Vec<Code> = (0..centres.max(1))
+        .map(|_| random_code(rng, bits))
+        .collect();
     (0..n)
         .map(|_| {
             let c = &centres[rng.random_range(0..centres.len())];

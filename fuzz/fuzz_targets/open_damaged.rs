@@ -12,7 +12,7 @@
 
 #![no_main]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -31,8 +31,6 @@ struct Base {
     /// Start offsets of its pages that hold anything but zeros: overwrites land there, where
     /// redb and the decoders look, instead of in preallocated empty space.
     used_pages: Vec<usize>,
-    /// Where each input's damaged copy is written (reused, emptied after each input).
-    scratch: tempfile::TempDir,
 }
 
 static BASE: LazyLock<Base> = LazyLock::new(build_base);
@@ -47,7 +45,9 @@ fuzz_target!(|data: &[u8]| {
     } else {
         damage(base, mode, rest)
     };
-    exercise(base.scratch.path(), &file, mode & 0x20 != 0);
+    // A fresh directory per input (cheap on tmpfs), removed when done.
+    let scratch = scratch_dir();
+    exercise(scratch.path(), &file, mode & 0x20 != 0);
 });
 
 /// A directory on tmpfs when there is one: redb syncs on every commit.
@@ -102,11 +102,7 @@ fn build_base() -> Base {
         .step_by(PAGE)
         .filter(|&at| bytes[at..(at + PAGE).min(bytes.len())].iter().any(|&b| b != 0))
         .collect();
-    Base {
-        bytes,
-        used_pages,
-        scratch: scratch_dir(),
-    }
+    Base { bytes, used_pages }
 }
 
 /// The base file with the input's truncation and overwrites applied.
@@ -134,7 +130,7 @@ fn damage(base: &Base, mode: u8, mut rest: &[u8]) -> Vec<u8> {
 }
 
 fn exercise(dir: &Path, file: &[u8], write: bool) {
-    let db: PathBuf = dir.join(DATABASE_FILE);
+    let db = dir.join(DATABASE_FILE);
     std::fs::write(&db, file).expect("write damaged file");
     if let Ok(mut index) = Index::open(dir) {
         use_index(&index, write);
@@ -147,7 +143,6 @@ fn exercise(dir: &Path, file: &[u8], write: bool) {
         // No verify here: its table walk is the writable one's, and it would double the time.
         use_index(&index, write);
     }
-    let _ = std::fs::remove_file(&db);
 }
 
 /// Everything a user may do with an opened index; each call may fail, none may panic.

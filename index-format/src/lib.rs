@@ -269,7 +269,8 @@ impl MetaRecord {
             });
         }
         let meta: MetaRecord = decode_exact("meta", bytes)?;
-        CodeLayout::new(meta.bits, meta.substrings).map_err(|err| malformed("meta", err.to_string()))?;
+        CodeLayout::new(meta.bits, meta.substrings)
+            .map_err(|err| malformed("meta", err.to_string()))?;
         if meta.live_count > meta.next_id {
             return Err(malformed(
                 "meta",
@@ -438,7 +439,10 @@ mod tests {
             MetaRecord::decode(&older.encode()),
             Err(DecodeError::UpgradeRequired { found: 0, .. })
         ));
-        assert_eq!(MetaRecord::decode(b"SQLite format 3"), Err(DecodeError::BadMagic));
+        assert_eq!(
+            MetaRecord::decode(b"SQLite format 3"),
+            Err(DecodeError::BadMagic)
+        );
     }
 
     #[test]
@@ -469,12 +473,27 @@ mod tests {
 
     #[test]
     fn bucket_keys_sort_numerically() {
-        let a = BucketKey { substring: 0, value: 255, first_id: 9 };
-        let b = BucketKey { substring: 0, value: 256, first_id: 0 };
-        let c = BucketKey { substring: 1, value: 0, first_id: 0 };
+        let a = BucketKey {
+            substring: 0,
+            value: 255,
+            first_id: 9,
+        };
+        let b = BucketKey {
+            substring: 0,
+            value: 256,
+            first_id: 0,
+        };
+        let c = BucketKey {
+            substring: 1,
+            value: 0,
+            first_id: 0,
+        };
         assert!(a.encode() < b.encode() && b.encode() < c.encode());
         assert_eq!(BucketKey::decode(&a.encode()), a);
-        assert_eq!(decode_bucket_ids(&encode_bucket_ids(&[1, 5, 9])).unwrap(), vec![1, 5, 9]);
+        assert_eq!(
+            decode_bucket_ids(&encode_bucket_ids(&[1, 5, 9])).unwrap(),
+            vec![1, 5, 9]
+        );
         assert!(decode_bucket_ids(&encode_bucket_ids(&[5])[..7]).is_err());
         let mut unsorted = encode_bucket_ids(&[5]);
         unsorted.extend(encode_bucket_ids(&[5]));

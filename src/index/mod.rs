@@ -10,9 +10,8 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use milan_index_format::{
-    CodeLayout, MetaRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC, META_KEY,
-};
+use milan_index_format::{CodeLayout, MetaRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC, META_KEY};
+use redb::ReadableDatabase;
 
 pub use reader::{BatchSearch, Hit, Reader, Search};
 pub use writer::{Item, Writer};
@@ -132,19 +131,24 @@ impl IndexBuilder {
     }
 
     fn open_mode(&self, dir: &Path, writable: bool) -> Result<Index> {
-        if !dir.is_dir() {
-            return Err(Error::MissingDirectory {
-                path: dir.to_path_buf(),
-            });
-        }
-        let db_path = dir.join(DATABASE_FILE);
-        if !db_path.is_file() {
-            return Err(Error::NotAnIndex {
-                path: dir.to_path_buf(),
-            });
-        }
+        let db_path = database_path(dir)?;
         let mut builder = redb::Builder::new();
         builder.set_cache_size(self.cache_bytes);
+        if writable {
+            // Read the meta record through a read-only handle first: an index of another format
+            // version must be refused before anything could write to it. A file left by a killed
+            // writer cannot be opened read-only; the writable open below recovers it.
+            match builder.open_read_only(&db_path) {
+                Ok(db) => {
+                    let txn = db
+                        .begin_read()
+                        .map_err(|err| Error::storage(&db_path, err))?;
+                    store::read_meta(dir, &txn)?;
+                }
+                Err(redb::DatabaseError::RepairAborted) => {}
+                Err(err) => return Err(Error::storage(&db_path, err)),
+            }
+        }
         let db = if writable {
             Db::Writable(
                 builder
@@ -164,6 +168,22 @@ impl IndexBuilder {
         drop(txn);
         Ok(Index::assemble(dir, db_path, db, meta, view))
     }
+}
+
+/// The database file of the index in `dir`, which must exist.
+fn database_path(dir: &Path) -> Result<PathBuf> {
+    if !dir.is_dir() {
+        return Err(Error::MissingDirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+    let db_path = dir.join(DATABASE_FILE);
+    if !db_path.is_file() {
+        return Err(Error::NotAnIndex {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(db_path)
 }
 
 /// Facts about an index, for `milan index info`.
@@ -310,7 +330,9 @@ impl Index {
             recommended_substrings: Index::recommended_substrings(meta.bits, view.live()),
             len: view.live(),
             next_id: meta.next_id,
-            file_bytes: std::fs::metadata(&self.db_path).map(|m| m.len()).unwrap_or(0),
+            file_bytes: std::fs::metadata(&self.db_path)
+                .map(|m| m.len())
+                .unwrap_or(0),
             memory_bytes: view.heap_bytes() as u64,
             created_by: meta.created_by,
             written_by: meta.written_by,
@@ -343,6 +365,25 @@ impl Index {
         let txn = self.db.begin_read(&self.db_path)?;
         let mut report = store::check::check(&self.dir, &txn)?;
         report.storage_ok = storage_ok;
+        Ok(report)
+    }
+
+    /// Checks the index in `dir` like [`Index::verify`], without opening it for search first: an
+    /// open stops at the first damage it meets, this lists all of it.
+    pub fn verify_dir(dir: impl AsRef<Path>) -> Result<CheckReport> {
+        let dir = dir.as_ref();
+        let db_path = database_path(dir)?;
+        let mut db = redb::Builder::new()
+            .set_cache_size(DEFAULT_CACHE_BYTES)
+            .open(&db_path)
+            .map_err(|err| Error::storage(&db_path, err))?;
+        let storage_ok = db
+            .check_integrity()
+            .map_err(|err| Error::storage(&db_path, err))?;
+        let db = Db::Writable(db);
+        let txn = db.begin_read(&db_path)?;
+        let mut report = store::check::check(dir, &txn)?;
+        report.storage_ok = Some(storage_ok);
         Ok(report)
     }
 
@@ -379,7 +420,9 @@ impl Index {
                 None => vec![0; layout.words],
             })
             .collect();
-        let deleted = (0..view.slots() as u64).map(|id| !view.is_live(id)).collect();
+        let deleted = (0..view.slots() as u64)
+            .map(|id| !view.is_live(id))
+            .collect();
         let rebuilt = View::build(Arc::new(layout), words, deleted);
         self.commit_and_publish(txn, meta, rebuilt)?;
         Ok(OptimizeReport {

@@ -163,8 +163,9 @@ impl<'a> Writer<'a> {
             for &id in &deletes {
                 let words = view.code(id).expect("deletes are live ids");
                 for (j, sub) in layout.substrings.iter().enumerate() {
-                    let removed = store::remove_from_bucket(&mut buckets, j as u16, sub.value(words), id)
-                        .map_err(|e| st(e.into()))?;
+                    let removed =
+                        store::remove_from_bucket(&mut buckets, j as u16, sub.value(words), id)
+                            .map_err(|e| st(e.into()))?;
                     if !removed {
                         return Err(Error::Corrupted {
                             path: index.dir.clone(),

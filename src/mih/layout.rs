@@ -118,8 +118,19 @@ mod tests {
 
     #[test]
     fn word_extraction_matches_byte_extraction() {
-        for (bits, substrings) in [(192, 6), (192, 7), (192, 13), (192, 48), (24, 3), (16, 2), (8, 1), (40, 3)] {
-            let bytes: Vec<u8> = (0..bits as u8 / 8).map(|i| i.wrapping_mul(97).wrapping_add(13)).collect();
+        for (bits, substrings) in [
+            (192, 6),
+            (192, 7),
+            (192, 13),
+            (192, 48),
+            (24, 3),
+            (16, 2),
+            (8, 1),
+            (40, 3),
+        ] {
+            let bytes: Vec<u8> = (0..bits as u8 / 8)
+                .map(|i| i.wrapping_mul(97).wrapping_add(13))
+                .collect();
             let code = CodeLayout::new(bits, substrings).unwrap();
             let layout = WordLayout::new(code);
             let words = bytes_to_words(&bytes);
@@ -131,7 +142,10 @@ mod tests {
             }
             for (j, filter) in layout.filters.iter().enumerate() {
                 let sub = &layout.substrings[j];
-                let (a, b) = (sub.word * 64 + sub.offset as usize, filter.word * 64 + filter.offset as usize);
+                let (a, b) = (
+                    sub.word * 64 + sub.offset as usize,
+                    filter.word * 64 + filter.offset as usize,
+                );
                 let disjoint = a + sub.width as usize <= b || b + filter.width as usize <= a;
                 assert!(disjoint, "filter {j} overlaps its substring");
                 assert!(b + filter.width as usize <= bits as usize);

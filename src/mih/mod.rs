@@ -155,7 +155,12 @@ impl View {
     /// Heap bytes held by this snapshot (codes, tables, flags).
     pub(crate) fn heap_bytes(&self) -> usize {
         self.base.words.capacity() * 8
-            + self.base.tables.iter().map(Table::heap_bytes).sum::<usize>()
+            + self
+                .base
+                .tables
+                .iter()
+                .map(Table::heap_bytes)
+                .sum::<usize>()
             + self.delta.capacity() * 8
             + self.deleted.as_raw_slice().len() * 8
     }

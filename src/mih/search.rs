@@ -85,7 +85,11 @@ fn xor_distance<const W: usize>(
 #[inline(always)]
 fn distance<const W: usize>(a: &[u64], b: &[u64], words: usize) -> u32 {
     let n = stride::<W>(words);
-    a[..n].iter().zip(&b[..n]).map(|(x, y)| (x ^ y).count_ones()).sum()
+    a[..n]
+        .iter()
+        .zip(&b[..n])
+        .map(|(x, y)| (x ^ y).count_ones())
+        .sum()
 }
 
 /// Calls `f` with every `width`-bit value at Hamming distance exactly `s` from `value` (Gosper's
@@ -300,7 +304,13 @@ impl View {
         }
         let entry_budget = ((scan - probe_cost) / ENTRY_NS) as usize;
         let mut entries = 0usize;
-        for ((sub, table), &r) in self.layout.substrings.iter().zip(&self.base.tables).zip(radii) {
+        for ((sub, table), &r) in self
+            .layout
+            .substrings
+            .iter()
+            .zip(&self.base.tables)
+            .zip(radii)
+        {
             let value = sub.value(query);
             for s in 0..=r {
                 let within = for_each_at_distance(value, sub.width, s as u32, |key| {
@@ -358,7 +368,12 @@ impl View {
         }
     }
 
-    fn top_k_impl<const W: usize>(&self, query: &[u64], k: usize, strategy: Strategy) -> Vec<Packed> {
+    fn top_k_impl<const W: usize>(
+        &self,
+        query: &[u64],
+        k: usize,
+        strategy: Strategy,
+    ) -> Vec<Packed> {
         let bits = self.layout.bits();
         let scan_all = || {
             let mut top = TopK::new(k, bits);
@@ -412,7 +427,8 @@ impl View {
                 return cost;
             }
             let probes = binomial(width, s);
-            cost += probes * (PROBE_NS + entries_per_probe.max(self.uniform_bucket_len(j)) * ENTRY_NS);
+            cost +=
+                probes * (PROBE_NS + entries_per_probe.max(self.uniform_bucket_len(j)) * ENTRY_NS);
             if s == width || m * s + j as u32 + 1 > cap {
                 return cost;
             }
@@ -431,7 +447,12 @@ impl View {
         let subs = &self.layout.substrings;
         let m = subs.len() as u32;
         let values: Vec<u32> = subs.iter().map(|sub| sub.value(query)).collect();
-        let filters: Vec<u16> = self.layout.filters.iter().map(|f| f.value(query) as u16).collect();
+        let filters: Vec<u16> = self
+            .layout
+            .filters
+            .iter()
+            .map(|f| f.value(query) as u16)
+            .collect();
         let mut xor = [0u64; MAX_WORDS];
         let scan = self.scan_cost();
         let (mut spent, mut probes_done, mut entries_seen) = (0.0f64, 0.0f64, 0usize);
@@ -506,7 +527,10 @@ impl View {
         let base_end = range.end.min(self.base.slots);
         let delta_start = range.start.max(self.base.slots);
         let parts = [
-            (range.start, &self.base.words[range.start.min(base_end) * n..base_end * n]),
+            (
+                range.start,
+                &self.base.words[range.start.min(base_end) * n..base_end * n],
+            ),
             (
                 delta_start,
                 &self.delta[(delta_start - self.base.slots) * n
@@ -548,7 +572,9 @@ mod tests {
             let expected = if s > width { 0.0 } else { binomial(width, s) };
             assert_eq!(seen.len() as f64, expected, "width {width} s {s}");
             let value = 0b1010 & ((1u32 << width) - 1);
-            assert!(seen.iter().all(|&v| (v ^ value).count_ones() == s && v < (1 << width)));
+            assert!(seen
+                .iter()
+                .all(|&v| (v ^ value).count_ones() == s && v < (1 << width)));
             seen.sort_unstable();
             seen.dedup();
             assert_eq!(seen.len() as f64, expected);

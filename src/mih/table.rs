@@ -170,7 +170,13 @@ mod tests {
 
     #[test]
     fn dense_and_sparse_agree() {
-        let entries = vec![(3u32, 0u32, 30u16), (1, 1, 11), (3, 2, 32), (7, 3, 73), (1, 4, 14)];
+        let entries = vec![
+            (3u32, 0u32, 30u16),
+            (1, 1, 11),
+            (3, 2, 32),
+            (7, 3, 73),
+            (1, 4, 14),
+        ];
         for (width, slots) in [(4, 10), (30, 10)] {
             let table = Table::from_entries(width, slots, &mut entries.clone());
             assert_eq!(table.bucket(3), (&[0, 2][..], &[30, 32][..]));
@@ -179,7 +185,8 @@ mod tests {
             assert_eq!(table.bucket_len(0), 0);
             assert_eq!(table.bucket_len(5), 0);
             let mut builder = TableBuilder::new(width, slots);
-            for (value, id, filter) in [(1, 1, 11), (1, 4, 14), (3, 0, 30), (3, 2, 32), (7, 3, 73)] {
+            for (value, id, filter) in [(1, 1, 11), (1, 4, 14), (3, 0, 30), (3, 2, 32), (7, 3, 73)]
+            {
                 builder.push(value, id, filter);
             }
             let built = builder.finish();

@@ -58,7 +58,10 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
         let (id, bytes) = entry.map_err(|e| storage(e.into()))?;
         let (id, bytes) = (id.value(), bytes.value());
         if id >= meta.next_id {
-            report.problem(format!("code {id} is at or past the next id {}", meta.next_id));
+            report.problem(format!(
+                "code {id} is at or past the next id {}",
+                meta.next_id
+            ));
         }
         match check_code_bytes(&layout, bytes) {
             Ok(()) => codes.push((id, bytes.to_vec())),
@@ -97,7 +100,9 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
         report.problem(format!("code {id} has no item record"));
     }
 
-    let hashes = txn.open_multimap_table(CONTENT_HASHES).map_err(|e| storage(e.into()))?;
+    let hashes = txn
+        .open_multimap_table(CONTENT_HASHES)
+        .map_err(|e| storage(e.into()))?;
     let mut hash_entries = HashSet::new();
     for entry in hashes.iter().map_err(|e| storage(e.into()))? {
         let (hash, ids) = entry.map_err(|e| storage(e.into()))?;
@@ -105,13 +110,17 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
         for id in ids {
             let id = id.map_err(|e| storage(e.into()))?.value();
             if !hashed_items.contains(&(hash, id)) {
-                report.problem(format!("content hash entry for id {id} matches no item with that hash"));
+                report.problem(format!(
+                    "content hash entry for id {id} matches no item with that hash"
+                ));
             }
             hash_entries.insert((hash, id));
         }
     }
     for (_, id) in hashed_items.difference(&hash_entries) {
-        report.problem(format!("item {id} has a content hash missing from the hash table"));
+        report.problem(format!(
+            "item {id} has a content hash missing from the hash table"
+        ));
     }
 
     // Each live code must appear exactly once in each of its m buckets, and nothing else may.
@@ -128,7 +137,10 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
         let (key, value) = entry.map_err(|e| storage(e.into()))?;
         report.chunks += 1;
         let key = BucketKey::decode(key.value());
-        let name = format!("bucket chunk {}:{}@{}", key.substring, key.value, key.first_id);
+        let name = format!(
+            "bucket chunk {}:{}@{}",
+            key.substring, key.value, key.first_id
+        );
         if u32::from(key.substring) >= m {
             report.problem(format!("{name}: substring out of range ({m} substrings)"));
             continue;
@@ -147,17 +159,25 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
             report.problem(format!("{name}: holds id {} below its first id", ids[0]));
         }
         if let Some((prev, prev_last)) = previous {
-            if (prev.substring, prev.value) == (key.substring, key.value) && prev_last >= key.first_id {
+            if (prev.substring, prev.value) == (key.substring, key.value)
+                && prev_last >= key.first_id
+            {
                 report.problem(format!("{name}: overlaps the previous chunk of its bucket"));
             }
         }
         previous = Some((key, *ids.last().expect("non-empty")));
-        actual.extend(ids.iter().map(|&id| (u32::from(key.substring), id, key.value)));
+        actual.extend(
+            ids.iter()
+                .map(|&id| (u32::from(key.substring), id, key.value)),
+        );
     }
     actual.sort_unstable();
     for pair in actual.windows(2) {
         if pair[0].0 == pair[1].0 && pair[0].1 == pair[1].1 {
-            report.problem(format!("id {} is filed twice in hash table {}", pair[0].1, pair[0].0));
+            report.problem(format!(
+                "id {} is filed twice in hash table {}",
+                pair[0].1, pair[0].0
+            ));
         }
     }
     let (mut e, mut a) = (0, 0);
@@ -173,9 +193,15 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
             }
             (_, Some(y)) => {
                 if code_ids.contains(&y.1) {
-                    report.problem(format!("id {} is filed under the wrong bucket {}:{}", y.1, y.0, y.2));
+                    report.problem(format!(
+                        "id {} is filed under the wrong bucket {}:{}",
+                        y.1, y.0, y.2
+                    ));
                 } else {
-                    report.problem(format!("bucket {}:{} lists id {}, which has no code", y.0, y.2, y.1));
+                    report.problem(format!(
+                        "bucket {}:{} lists id {}, which has no code",
+                        y.0, y.2, y.1
+                    ));
                 }
                 a += 1;
             }

@@ -15,9 +15,8 @@ use std::sync::Arc;
 
 use bitvec::vec::BitVec;
 use milan_index_format::{
-    check_code_bytes, decode_bucket_ids, encode_bucket_ids, BucketKey, MetaRecord,
-    BUCKETS_TABLE, BUCKET_KEY_BYTES, CODES_TABLE, CONTENT_HASHES_TABLE, ITEMS_TABLE, META_KEY,
-    META_TABLE,
+    check_code_bytes, decode_bucket_ids, encode_bucket_ids, BucketKey, MetaRecord, BUCKETS_TABLE,
+    BUCKET_KEY_BYTES, CODES_TABLE, CONTENT_HASHES_TABLE, ITEMS_TABLE, META_KEY, META_TABLE,
 };
 use redb::{
     MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -90,7 +89,10 @@ fn corrupted(dir: &Path, detail: impl Into<String>) -> Error {
 pub(crate) fn load_view(dir: &Path, txn: &ReadTransaction, meta: &MetaRecord) -> Result<View> {
     let layout = Arc::new(WordLayout::new(meta.layout()));
     if meta.next_id > MAX_IDS {
-        return Err(corrupted(dir, format!("next id {} is out of range", meta.next_id)));
+        return Err(corrupted(
+            dir,
+            format!("next id {} is out of range", meta.next_id),
+        ));
     }
     let slots = meta.next_id as usize;
     let w = layout.words;
@@ -98,21 +100,33 @@ pub(crate) fn load_view(dir: &Path, txn: &ReadTransaction, meta: &MetaRecord) ->
     let mut deleted: BitVec<u64> = BitVec::repeat(true, slots);
     let storage = |err: redb::StorageError| Error::storage(dir, err);
 
-    let codes = txn.open_table(CODES).map_err(|err| Error::storage(dir, err))?;
+    let codes = txn
+        .open_table(CODES)
+        .map_err(|err| Error::storage(dir, err))?;
     for entry in codes.iter().map_err(storage)? {
         let (id, bytes) = entry.map_err(storage)?;
         let (id, bytes) = (id.value(), bytes.value());
         if id >= meta.next_id {
-            return Err(corrupted(dir, format!("code id {id} is at or past the next id {}", meta.next_id)));
+            return Err(corrupted(
+                dir,
+                format!("code id {id} is at or past the next id {}", meta.next_id),
+            ));
         }
-        check_code_bytes(&layout.code, bytes).map_err(|err| corrupted(dir, format!("code {id}: {err}")))?;
+        check_code_bytes(&layout.code, bytes)
+            .map_err(|err| corrupted(dir, format!("code {id}: {err}")))?;
         let slot = id as usize;
         words[slot * w..(slot + 1) * w].copy_from_slice(&bytes_to_words(bytes));
         deleted.set(slot, false);
     }
     let live = (slots - deleted.count_ones()) as u64;
     if live != meta.live_count {
-        return Err(corrupted(dir, format!("{live} codes stored but the meta record counts {}", meta.live_count)));
+        return Err(corrupted(
+            dir,
+            format!(
+                "{live} codes stored but the meta record counts {}",
+                meta.live_count
+            ),
+        ));
     }
 
     let m = layout.substrings.len();
@@ -122,35 +136,55 @@ pub(crate) fn load_view(dir: &Path, txn: &ReadTransaction, meta: &MetaRecord) ->
         .map(|sub| TableBuilder::new(sub.width, slots))
         .collect();
     let mut per_table = vec![0u64; m];
-    let buckets = txn.open_table(BUCKETS).map_err(|err| Error::storage(dir, err))?;
+    let buckets = txn
+        .open_table(BUCKETS)
+        .map_err(|err| Error::storage(dir, err))?;
     for entry in buckets.iter().map_err(storage)? {
         let (key, value) = entry.map_err(storage)?;
         let key = BucketKey::decode(key.value());
         let j = key.substring as usize;
-        let sub = layout
-            .substrings
-            .get(j)
-            .ok_or_else(|| corrupted(dir, format!("bucket of substring {j} in an index of {m} substrings")))?;
+        let sub = layout.substrings.get(j).ok_or_else(|| {
+            corrupted(
+                dir,
+                format!("bucket of substring {j} in an index of {m} substrings"),
+            )
+        })?;
         if u64::from(key.value) >= 1u64 << sub.width {
-            return Err(corrupted(dir, format!("bucket value {} does not fit substring {j}", key.value)));
+            return Err(corrupted(
+                dir,
+                format!("bucket value {} does not fit substring {j}", key.value),
+            ));
         }
-        let ids = decode_bucket_ids(value.value()).map_err(|err| corrupted(dir, err.to_string()))?;
+        let ids =
+            decode_bucket_ids(value.value()).map_err(|err| corrupted(dir, err.to_string()))?;
         per_table[j] += ids.len() as u64;
         let filter = &layout.filters[j];
         for id in ids {
             let slot = id as usize;
             if id >= meta.next_id || deleted[slot] {
-                return Err(corrupted(dir, format!("bucket {j}:{} lists id {id}, which has no code", key.value)));
+                return Err(corrupted(
+                    dir,
+                    format!("bucket {j}:{} lists id {id}, which has no code", key.value),
+                ));
             }
             let code = &words[slot * w..(slot + 1) * w];
             if id < key.first_id || sub.value(code) != key.value {
-                return Err(corrupted(dir, format!("id {id} is filed under the wrong bucket ({j}:{})", key.value)));
+                return Err(corrupted(
+                    dir,
+                    format!(
+                        "id {id} is filed under the wrong bucket ({j}:{})",
+                        key.value
+                    ),
+                ));
             }
             builders[j].push(key.value, id as u32, filter.value(code) as u16);
         }
     }
     if let Some(j) = per_table.iter().position(|&n| n != live) {
-        return Err(corrupted(dir, format!("hash table {j} holds {} ids for {live} codes", per_table[j])));
+        return Err(corrupted(
+            dir,
+            format!("hash table {j} holds {} ids for {live} codes", per_table[j]),
+        ));
     }
     let tables = builders.into_iter().map(TableBuilder::finish).collect();
     Ok(View::from_parts(layout, words, deleted, tables))
@@ -184,8 +218,18 @@ pub(crate) fn remove_from_bucket(
     value: u32,
     id: u64,
 ) -> std::result::Result<bool, redb::StorageError> {
-    let low = BucketKey { substring, value, first_id: 0 }.encode();
-    let high = BucketKey { substring, value, first_id: id }.encode();
+    let low = BucketKey {
+        substring,
+        value,
+        first_id: 0,
+    }
+    .encode();
+    let high = BucketKey {
+        substring,
+        value,
+        first_id: id,
+    }
+    .encode();
     let found = {
         let mut range = buckets.range::<&[u8; BUCKET_KEY_BYTES]>(&low..=&high)?;
         match range.next_back() {

@@ -105,7 +105,12 @@ struct Timing {
 fn timing(mut micros: Vec<f64>) -> Timing {
     micros.sort_by(f64::total_cmp);
     let n = micros.len().max(1);
-    let at = |q: f64| micros.get(((n - 1) as f64 * q).round() as usize).copied().unwrap_or(0.0);
+    let at = |q: f64| {
+        micros
+            .get(((n - 1) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     Timing {
         mean_us: micros.iter().sum::<f64>() / n as f64,
         median_us: at(0.5),
@@ -152,7 +157,10 @@ struct Report {
 }
 
 /// Times `run` once per query; returns the answers and the times in microseconds.
-fn timed(queries: &[Code], mut run: impl FnMut(&Code) -> milan::Result<Vec<Hit>>) -> Result<(Vec<Vec<Hit>>, Vec<f64>)> {
+fn timed(
+    queries: &[Code],
+    mut run: impl FnMut(&Code) -> milan::Result<Vec<Hit>>,
+) -> Result<(Vec<Vec<Hit>>, Vec<f64>)> {
     let mut answers = Vec::with_capacity(queries.len());
     let mut micros = Vec::with_capacity(queries.len());
     for query in queries {
@@ -189,15 +197,19 @@ fn search(args: SearchArgs) -> Result<Outcome> {
     let info = index.info();
     for &r in &args.radius {
         if r > info.bits {
-            bail!("radius {r} is larger than the code length ({} bits)", info.bits);
+            bail!(
+                "radius {r} is larger than the code length ({} bits)",
+                info.bits
+            );
         }
     }
     let queries = rows_to_codes(&read_codes(&args.codes, Some(info.bits))?)?;
     let k = args.top_k;
     let strategy = Strategy::from(args.strategy);
     let (answers, micros) = timed(&queries, |q| reader.search(q)?.strategy(strategy).top_k(k))?;
-    let (truth, scan_micros) =
-        timed(&queries, |q| reader.search(q)?.strategy(Strategy::Scan).top_k(k))?;
+    let (truth, scan_micros) = timed(&queries, |q| {
+        reader.search(q)?.strategy(Strategy::Scan).top_k(k)
+    })?;
     let scan = timing(scan_micros);
     let top_k = TopKReport {
         k,
@@ -207,12 +219,15 @@ fn search(args: SearchArgs) -> Result<Outcome> {
     };
     let mut radius = Vec::new();
     for &r in &args.radius {
-        let (answers, micros) = timed(&queries, |q| reader.search(q)?.strategy(strategy).within(r))?;
-        let (truth, scan_micros) =
-            timed(&queries, |q| reader.search(q)?.strategy(Strategy::Scan).within(r))?;
+        let (answers, micros) =
+            timed(&queries, |q| reader.search(q)?.strategy(strategy).within(r))?;
+        let (truth, scan_micros) = timed(&queries, |q| {
+            reader.search(q)?.strategy(Strategy::Scan).within(r)
+        })?;
         radius.push(RadiusReport {
             r,
-            mean_hits: answers.iter().map(Vec::len).sum::<usize>() as f64 / queries.len().max(1) as f64,
+            mean_hits: answers.iter().map(Vec::len).sum::<usize>() as f64
+                / queries.len().max(1) as f64,
             recall: recall(&answers, &truth),
             timing: timing(micros),
             scan_mean_us: timing(scan_micros).mean_us,
@@ -239,21 +254,40 @@ fn search(args: SearchArgs) -> Result<Outcome> {
             "{} queries on {} {}-bit codes, {} substrings; open {:.1} ms; {:.1} bytes per code in memory",
             report.queries, report.codes, report.bits, report.substrings, report.open_ms, report.memory_bytes_per_code
         );
-        println!("{:<12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10}", "search", "mean µs", "median µs", "p99 µs", "scan µs", "recall", "mean hits");
+        println!(
+            "{:<12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10}",
+            "search", "mean µs", "median µs", "p99 µs", "scan µs", "recall", "mean hits"
+        );
         let t = &report.top_k;
         println!(
             "{:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.3} {:>10}",
-            format!("top-{}", t.k), t.timing.mean_us, t.timing.median_us, t.timing.p99_us, t.scan_mean_us, t.recall, "-"
+            format!("top-{}", t.k),
+            t.timing.mean_us,
+            t.timing.median_us,
+            t.timing.p99_us,
+            t.scan_mean_us,
+            t.recall,
+            "-"
         );
         for r in &report.radius {
             println!(
                 "{:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.3} {:>10.1}",
-                format!("radius {}", r.r), r.timing.mean_us, r.timing.median_us, r.timing.p99_us, r.scan_mean_us, r.recall, r.mean_hits
+                format!("radius {}", r.r),
+                r.timing.mean_us,
+                r.timing.median_us,
+                r.timing.p99_us,
+                r.scan_mean_us,
+                r.recall,
+                r.mean_hits
             );
         }
     }
     let exact = report.top_k.recall == 1.0 && report.radius.iter().all(|r| r.recall == 1.0);
-    Ok(if exact { Outcome::Success } else { Outcome::Failed })
+    Ok(if exact {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
 }
 
 fn generate(args: GenerateArgs) -> Result<Outcome> {

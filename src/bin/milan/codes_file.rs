@@ -26,7 +26,10 @@ pub fn read_codes(path: &Path, bits: Option<u32>) -> Result<Array2<u8>> {
             );
         }
     } else if width == 0 || width > 128 {
-        bail!("{}: rows of {width} bytes are not codes of 8 to 1024 bits", path.display());
+        bail!(
+            "{}: rows of {width} bytes are not codes of 8 to 1024 bits",
+            path.display()
+        );
     }
     Ok(array)
 }
@@ -45,12 +48,14 @@ pub fn write_codes(path: &Path, bytes_per_code: usize, codes: &[u8]) -> Result<(
     let rows = codes.len() / bytes_per_code.max(1);
     let array = Array2::from_shape_vec((rows, bytes_per_code), codes.to_vec())
         .context("codes of uneven length")?;
-    ndarray_npy::write_npy(path, &array).with_context(|| format!("{}: cannot write", path.display()))
+    ndarray_npy::write_npy(path, &array)
+        .with_context(|| format!("{}: cannot write", path.display()))
 }
 
 /// Reads one key per line; the count must equal `expected`.
 pub fn read_keys(path: &Path, expected: usize, codes_path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read keys", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read keys", path.display()))?;
     let keys: Vec<String> = text.lines().map(str::to_string).collect();
     if keys.len() != expected {
         bail!(

@@ -151,7 +151,13 @@ fn import(args: ImportArgs) -> Result<Outcome> {
         let mut writer = index.writer()?;
         for (i, code) in batch.iter().enumerate() {
             let key = keys.as_ref().map(|keys| keys[offset + i].clone());
-            let id = writer.add(code, Item { key, ..Item::default() })?;
+            let id = writer.add(
+                code,
+                Item {
+                    key,
+                    ..Item::default()
+                },
+            )?;
             first_id.get_or_insert(id);
         }
         writer
@@ -172,7 +178,8 @@ fn import(args: ImportArgs) -> Result<Outcome> {
         ),
         None => println!("{} holds no codes; nothing imported", args.codes.display()),
     }
-    if info.recommended_substrings != info.substrings {
+    // Below this size every query scans, so the number of substrings does not matter.
+    if info.len >= 65_536 && info.recommended_substrings != info.substrings {
         eprintln!(
             "hint: {} substrings suit {} codes better than {}; run `milan index optimize {}`",
             info.recommended_substrings,
@@ -194,9 +201,14 @@ fn export(args: ExportArgs) -> Result<Outcome> {
         let code = reader.code(id).expect("live id");
         codes.extend_from_slice(code.as_bytes());
         if args.keys.is_some() {
-            let key = reader.item(id)?.and_then(|item| item.key).unwrap_or_default();
+            let key = reader
+                .item(id)?
+                .and_then(|item| item.key)
+                .unwrap_or_default();
             if key.contains('\n') {
-                bail!("the key of id {id} contains a line break and cannot be written one per line");
+                bail!(
+                    "the key of id {id} contains a line break and cannot be written one per line"
+                );
             }
             keys.push_str(&key);
             keys.push('\n');
@@ -206,7 +218,11 @@ fn export(args: ExportArgs) -> Result<Outcome> {
     if let Some(path) = &args.keys {
         std::fs::write(path, keys).with_context(|| format!("{}: cannot write", path.display()))?;
     }
-    println!("exported {} codes to {}", reader.len(), args.codes.display());
+    println!(
+        "exported {} codes to {}",
+        reader.len(),
+        args.codes.display()
+    );
     Ok(Outcome::Success)
 }
 
@@ -226,7 +242,11 @@ fn info(args: InfoArgs) -> Result<Outcome> {
         "substrings:     {} (recommended for this size: {})",
         info.substrings, info.recommended_substrings
     )?;
-    writeln!(out, "codes:          {} (next id {})", info.len, info.next_id)?;
+    writeln!(
+        out,
+        "codes:          {} (next id {})",
+        info.len, info.next_id
+    )?;
     writeln!(out, "file size:      {} bytes", info.file_bytes)?;
     writeln!(out, "memory:         {} bytes", info.memory_bytes)?;
     writeln!(out, "created by:     milan {}", info.created_by)?;
@@ -235,8 +255,7 @@ fn info(args: InfoArgs) -> Result<Outcome> {
 }
 
 fn check(args: DirArgs) -> Result<Outcome> {
-    let mut index = Index::open(&args.dir)?;
-    let report = index.verify()?;
+    let report = Index::verify_dir(&args.dir)?;
     if report.storage_ok == Some(false) {
         println!("storage: redb found structural damage and repaired it");
     }
@@ -267,7 +286,10 @@ fn delete(mut args: DeleteArgs) -> Result<Outcome> {
     let mut writer = index.writer()?;
     for &id in &args.ids {
         if !writer.delete(id)? {
-            bail!("no item with id {id} in {}; nothing deleted", args.dir.display());
+            bail!(
+                "no item with id {id} in {}; nothing deleted",
+                args.dir.display()
+            );
         }
     }
     writer.commit()?;

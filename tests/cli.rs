@@ -1,0 +1,356 @@
+//! The `milan` binary end to end: exit statuses, JSON output, import and export round trips, and
+//! refusals of bad input that leave the index as it was.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use milan::{Code, Index};
+use ndarray::Array2;
+
+use crate::util::*;
+
+fn milan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_milan"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let output = milan(args);
+    assert!(
+        output.status.success(),
+        "milan {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs a command that must fail with `status`; returns its standard error.
+fn fails(args: &[&str], status: i32) -> String {
+    let output = milan(args);
+    assert_eq!(
+        output.status.code(),
+        Some(status),
+        "milan {args:?}: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8(output.stderr).unwrap()
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn write_codes(path: &Path, codes: &[Code]) {
+    let width = codes[0].as_bytes().len();
+    let bytes: Vec<u8> = codes.iter().flat_map(|c| c.as_bytes().to_vec()).collect();
+    ndarray_npy::write_npy(
+        path,
+        &Array2::from_shape_vec((codes.len(), width), bytes).unwrap(),
+    )
+    .unwrap();
+}
+
+fn len_of(dir: &Path) -> u64 {
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["index", "info", s(dir), "--json"])).unwrap();
+    info["len"].as_u64().unwrap()
+}
+
+#[test]
+fn create_import_query_export_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, codes_path, keys_path) = (
+        tmp.path().join("idx"),
+        tmp.path().join("c.npy"),
+        tmp.path().join("k.txt"),
+    );
+    let codes = clustered(&mut rng(4), 64, 3000, 30, 0.1);
+    write_codes(&codes_path, &codes);
+    let keys: String = (0..codes.len()).map(|i| format!("img/{i}.png\n")).collect();
+    std::fs::write(&keys_path, &keys).unwrap();
+    assert!(ok(&[
+        "index",
+        "create",
+        s(&dir),
+        "--bits",
+        "64",
+        "--substrings",
+        "4"
+    ])
+    .contains("4 substrings"));
+    ok(&[
+        "index",
+        "import",
+        s(&dir),
+        "--codes",
+        s(&codes_path),
+        "--keys",
+        s(&keys_path),
+        "--batch-size",
+        "700",
+    ]);
+    assert_eq!(len_of(&dir), 3000);
+    assert!(ok(&["index", "check", s(&dir)]).contains("ok"));
+
+    let live: Vec<(u64, Code)> = codes
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, c)| (i as u64, c))
+        .collect();
+    let out = ok(&[
+        "query",
+        s(&dir),
+        "--code",
+        &codes[5].to_hex(),
+        "--top-k",
+        "7",
+        "--json",
+    ]);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["query"], 0);
+    let expected = brute_top_k(&live, &codes[5], 7);
+    let results = line["results"].as_array().unwrap();
+    assert_eq!(results.len(), 7);
+    for (got, want) in results.iter().zip(&expected) {
+        assert_eq!(got["id"].as_u64().unwrap(), want.id);
+        assert_eq!(got["distance"].as_u64().unwrap(), u64::from(want.distance));
+        assert_eq!(got["key"].as_str().unwrap(), format!("img/{}.png", want.id));
+    }
+
+    let queries_path = tmp.path().join("q.npy");
+    write_codes(&queries_path, &codes[100..110]);
+    let out = ok(&[
+        "query",
+        s(&dir),
+        "--codes",
+        s(&queries_path),
+        "--radius",
+        "6",
+        "--json",
+    ]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["query"].as_u64().unwrap(), i as u64);
+        let ids: Vec<u64> = line["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_u64().unwrap())
+            .collect();
+        let want: Vec<u64> = brute_radius(&live, &codes[100 + i], 6)
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(ids, want);
+    }
+    let by_id = ok(&["query", s(&dir), "--id", "42", "--top-k", "1", "--json"]);
+    assert!(by_id.contains("\"id\":42,\"distance\":0"), "{by_id}");
+    assert!(ok(&["query", s(&dir), "--id", "42", "--top-k", "2"]).contains("img/42.png"));
+
+    ok(&[
+        "index",
+        "delete",
+        s(&dir),
+        "--id",
+        "1",
+        "--id",
+        "2",
+        "--id",
+        "1",
+    ]);
+    assert_eq!(len_of(&dir), 2998);
+    let err = fails(&["index", "delete", s(&dir), "--id", "3", "--id", "1"], 1);
+    assert!(
+        err.contains("no item with id 1") && err.contains("nothing deleted"),
+        "{err}"
+    );
+    assert_eq!(len_of(&dir), 2998);
+
+    let (out_codes, out_keys) = (tmp.path().join("out.npy"), tmp.path().join("out.txt"));
+    ok(&[
+        "index",
+        "export",
+        s(&dir),
+        "--codes",
+        s(&out_codes),
+        "--keys",
+        s(&out_keys),
+    ]);
+    let copy = tmp.path().join("copy");
+    ok(&["index", "create", s(&copy), "--bits", "64"]);
+    ok(&[
+        "index",
+        "import",
+        s(&copy),
+        "--codes",
+        s(&out_codes),
+        "--keys",
+        s(&out_keys),
+    ]);
+    let (again_codes, again_keys) = (tmp.path().join("again.npy"), tmp.path().join("again.txt"));
+    ok(&[
+        "index",
+        "export",
+        s(&copy),
+        "--codes",
+        s(&again_codes),
+        "--keys",
+        s(&again_keys),
+    ]);
+    assert_eq!(
+        std::fs::read(&out_codes).unwrap(),
+        std::fs::read(&again_codes).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(&out_keys).unwrap(),
+        std::fs::read(&again_keys).unwrap()
+    );
+    assert!(!std::fs::read_to_string(&out_keys)
+        .unwrap()
+        .contains("img/1.png\n"));
+
+    assert!(ok(&["index", "optimize", s(&dir), "--substrings", "3"]).contains("4 -> 3 substrings"));
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["index", "info", s(&dir), "--json"])).unwrap();
+    assert_eq!(info["substrings"], 3);
+    assert!(ok(&["index", "check", s(&dir)]).contains("ok"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1_naming_the_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    fails(&["index", "create", s(tmp.path())], 2);
+    fails(&["query", s(tmp.path()), "--top-k", "3"], 2);
+    fails(
+        &[
+            "query",
+            s(tmp.path()),
+            "--code",
+            "00",
+            "--id",
+            "1",
+            "--top-k",
+            "3",
+        ],
+        2,
+    );
+    let missing = tmp.path().join("missing");
+    let err = fails(&["index", "info", s(&missing)], 1);
+    assert!(
+        err.contains("no such directory") && err.contains("missing"),
+        "{err}"
+    );
+    let err = fails(&["index", "check", s(tmp.path())], 1);
+    assert!(err.contains("not a milan index"), "{err}");
+    for sub in [
+        "create", "import", "export", "info", "check", "delete", "optimize",
+    ] {
+        assert!(ok(&["index", sub, "--help"]).contains("Usage"));
+    }
+    assert!(ok(&["query", "--help"]).contains("--radius"));
+    assert!(ok(&["bench", "search", "--help"]).contains("--top-k"));
+}
+
+#[test]
+fn bad_imports_and_queries_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("idx");
+    ok(&["index", "create", s(&dir), "--bits", "32"]);
+    let floats = tmp.path().join("f.npy");
+    ndarray_npy::write_npy(&floats, &Array2::<f32>::zeros((4, 4))).unwrap();
+    let err = fails(&["index", "import", s(&dir), "--codes", s(&floats)], 1);
+    assert!(err.contains("f.npy") && err.contains("uint8"), "{err}");
+    let rank3 = tmp.path().join("r.npy");
+    ndarray_npy::write_npy(&rank3, &ndarray::Array3::<u8>::zeros((2, 2, 4))).unwrap();
+    let err = fails(&["index", "import", s(&dir), "--codes", s(&rank3)], 1);
+    assert!(err.contains("r.npy"), "{err}");
+    let wide = tmp.path().join("w.npy");
+    write_codes(&wide, &clustered(&mut rng(1), 64, 5, 1, 0.1));
+    let err = fails(&["index", "import", s(&dir), "--codes", s(&wide)], 1);
+    assert!(
+        err.contains("64-bit codes") && err.contains("32-bit"),
+        "{err}"
+    );
+    let good = tmp.path().join("g.npy");
+    write_codes(&good, &clustered(&mut rng(1), 32, 5, 1, 0.1));
+    let keys = tmp.path().join("k.txt");
+    std::fs::write(&keys, "a\nb\n").unwrap();
+    let err = fails(
+        &[
+            "index",
+            "import",
+            s(&dir),
+            "--codes",
+            s(&good),
+            "--keys",
+            s(&keys),
+        ],
+        1,
+    );
+    assert!(
+        err.contains("has 2 lines") && err.contains("5 codes"),
+        "{err}"
+    );
+    assert_eq!(len_of(&dir), 0);
+
+    ok(&["index", "import", s(&dir), "--codes", s(&good)]);
+    let err = fails(
+        &["query", s(&dir), "--code", "00112233", "--radius", "33"],
+        1,
+    );
+    assert!(err.contains("larger than the code length"), "{err}");
+    let err = fails(&["query", s(&dir), "--code", "00112233", "--top-k", "0"], 1);
+    assert!(err.contains("k must be at least 1"), "{err}");
+    let err = fails(&["query", s(&dir), "--code", "0011", "--top-k", "1"], 1);
+    assert!(err.contains("16 bits") && err.contains("32-bit"), "{err}");
+    let err = fails(&["query", s(&dir), "--id", "77", "--top-k", "1"], 1);
+    assert!(err.contains("no item with id 77"), "{err}");
+    let err = fails(&["index", "create", s(&dir), "--bits", "32"], 1);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(len_of(&dir), 5);
+}
+
+#[test]
+fn a_killed_import_keeps_whole_batches_and_stays_consistent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, codes_path) = (tmp.path().join("idx"), tmp.path().join("c.npy"));
+    let codes = clustered(&mut rng(8), 64, 60_000, 50, 0.1);
+    write_codes(&codes_path, &codes);
+    ok(&["index", "create", s(&dir), "--bits", "64"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_milan"))
+        .args([
+            "index",
+            "import",
+            s(&dir),
+            "--codes",
+            s(&codes_path),
+            "--batch-size",
+            "1000",
+            "--quiet",
+        ])
+        .spawn()
+        .unwrap();
+    // Let some batches commit; wherever the kill lands, only whole batches may remain.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A read-only open cannot recover a killed writer's file, and says so; a writable one does.
+    if let Err(err) = Index::open_read_only(&dir) {
+        assert!(matches!(err, milan::Error::NeedsRecovery { .. }), "{err}");
+    }
+    let mut index = Index::open(&dir).unwrap();
+    let len = index.len();
+    assert_eq!(len % 1000, 0, "{len} codes: a partial batch survived");
+    assert!(index.verify().unwrap().is_ok());
+    let reader = index.reader().unwrap();
+    for id in (0..len).step_by(997) {
+        assert_eq!(reader.code(id).unwrap(), codes[id as usize]);
+    }
+}
