@@ -354,3 +354,23 @@ fn a_killed_import_keeps_whole_batches_and_stays_consistent() {
         assert_eq!(reader.code(id).unwrap(), codes[id as usize]);
     }
 }
+
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, codes_path) = (tmp.path().join("idx"), tmp.path().join("c.npy"));
+    write_codes(&codes_path, &clustered(&mut rng(2), 16, 500, 3, 0.1));
+    ok(&["index", "create", s(&dir), "--bits", "16"]);
+    ok(&["index", "import", s(&dir), "--codes", s(&codes_path)]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_milan"))
+        .args(["query", s(&dir), "--codes", s(&codes_path), "--top-k", "50"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}

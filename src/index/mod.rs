@@ -431,6 +431,25 @@ impl Index {
         })
     }
 
+    /// Gives the file space freed by earlier commits back to the file system (redb compaction).
+    /// Returns false when nothing could be reclaimed. Fails with a storage error while a
+    /// [`Reader`] of this handle is alive.
+    pub fn compact(&mut self) -> Result<bool> {
+        let Db::Writable(db) = &mut self.db else {
+            return Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            });
+        };
+        let mut compacted = false;
+        while db
+            .compact()
+            .map_err(|err| Error::storage(&self.db_path, err))?
+        {
+            compacted = true;
+        }
+        Ok(compacted)
+    }
+
     /// Commits `txn` and makes `view` current in one step as readers see it: the view lock is held
     /// across the commit, so no reader pairs the old codes with the new items or the reverse.
     fn commit_and_publish(

@@ -248,18 +248,24 @@ fn search(args: SearchArgs) -> Result<Outcome> {
         },
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?)?;
     } else {
-        println!(
+        outln!(
             "{} queries on {} {}-bit codes, {} substrings; open {:.1} ms; {:.1} bytes per code in memory",
             report.queries, report.codes, report.bits, report.substrings, report.open_ms, report.memory_bytes_per_code
-        );
-        println!(
+        )?;
+        outln!(
             "{:<12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10}",
-            "search", "mean µs", "median µs", "p99 µs", "scan µs", "recall", "mean hits"
-        );
+            "search",
+            "mean µs",
+            "median µs",
+            "p99 µs",
+            "scan µs",
+            "recall",
+            "mean hits"
+        )?;
         let t = &report.top_k;
-        println!(
+        outln!(
             "{:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.3} {:>10}",
             format!("top-{}", t.k),
             t.timing.mean_us,
@@ -268,9 +274,9 @@ fn search(args: SearchArgs) -> Result<Outcome> {
             t.scan_mean_us,
             t.recall,
             "-"
-        );
+        )?;
         for r in &report.radius {
-            println!(
+            outln!(
                 "{:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.3} {:>10.1}",
                 format!("radius {}", r.r),
                 r.timing.mean_us,
@@ -279,7 +285,7 @@ fn search(args: SearchArgs) -> Result<Outcome> {
                 r.scan_mean_us,
                 r.recall,
                 r.mean_hits
-            );
+            )?;
         }
     }
     let exact = report.top_k.recall == 1.0 && report.radius.iter().all(|r| r.recall == 1.0);
@@ -332,6 +338,6 @@ fn generate(args: GenerateArgs) -> Result<Outcome> {
         let queries = draw(args.queries, &mut rng);
         write_codes(path, bytes, &queries)?;
     }
-    println!("wrote {} codes to {}", args.count, args.out.display());
+    outln!("wrote {} codes to {}", args.count, args.out.display())?;
     Ok(Outcome::Success)
 }

@@ -125,12 +125,12 @@ fn create(args: CreateArgs) -> Result<Outcome> {
         builder = builder.substrings(m);
     }
     let index = builder.create(&args.dir)?;
-    println!(
+    outln!(
         "created {} for {}-bit codes with {} substrings",
         args.dir.display(),
         index.bits(),
         index.substrings()
-    );
+    )?;
     Ok(Outcome::Success)
 }
 
@@ -166,17 +166,24 @@ fn import(args: ImportArgs) -> Result<Outcome> {
         bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
+    // Each batch adds a small chunk to most buckets and leaves free pages behind: merge the chunks
+    // (keeping the number of substrings) and give the pages back, which halves the next open.
+    let mut index = index;
+    if !codes.is_empty() {
+        index.optimize(Some(index.substrings()))?;
+        index.compact()?;
+    }
     let info = index.info();
     match first_id {
-        Some(first) => println!(
+        Some(first) => outln!(
             "imported {} codes into {} (ids {first}..={}) in {:.2} s; {} codes in the index",
             codes.len(),
             args.dir.display(),
             info.next_id - 1,
             started.elapsed().as_secs_f64(),
             info.len
-        ),
-        None => println!("{} holds no codes; nothing imported", args.codes.display()),
+        )?,
+        None => outln!("{} holds no codes; nothing imported", args.codes.display())?,
     }
     // Below this size every query scans, so the number of substrings does not matter.
     if info.len >= 65_536 && info.recommended_substrings != info.substrings {
@@ -218,11 +225,11 @@ fn export(args: ExportArgs) -> Result<Outcome> {
     if let Some(path) = &args.keys {
         std::fs::write(path, keys).with_context(|| format!("{}: cannot write", path.display()))?;
     }
-    println!(
+    outln!(
         "exported {} codes to {}",
         reader.len(),
         args.codes.display()
-    );
+    )?;
     Ok(Outcome::Success)
 }
 
@@ -230,7 +237,7 @@ fn info(args: InfoArgs) -> Result<Outcome> {
     let index = Index::open_read_only(&args.dir)?;
     let info = index.info();
     if args.json {
-        println!("{}", serde_json::to_string(&info)?);
+        outln!("{}", serde_json::to_string(&info)?)?;
         return Ok(Outcome::Success);
     }
     let mut out = std::io::stdout().lock();
@@ -257,24 +264,24 @@ fn info(args: InfoArgs) -> Result<Outcome> {
 fn check(args: DirArgs) -> Result<Outcome> {
     let report = Index::verify_dir(&args.dir)?;
     if report.storage_ok == Some(false) {
-        println!("storage: redb found structural damage and repaired it");
+        outln!("storage: redb found structural damage and repaired it")?;
     }
     for problem in &report.problems {
-        println!("problem: {problem}");
+        outln!("problem: {problem}")?;
     }
     if report.unlisted > 0 {
-        println!("... and {} more problems", report.unlisted);
+        outln!("... and {} more problems", report.unlisted)?;
     }
     if report.is_ok() {
-        println!(
+        outln!(
             "{}: ok ({} codes, {} bucket chunks)",
             args.dir.display(),
             report.codes,
             report.chunks
-        );
+        )?;
         Ok(Outcome::Success)
     } else {
-        println!("{}: damaged", args.dir.display());
+        outln!("{}: damaged", args.dir.display())?;
         Ok(Outcome::Failed)
     }
 }
@@ -293,20 +300,24 @@ fn delete(mut args: DeleteArgs) -> Result<Outcome> {
         }
     }
     writer.commit()?;
-    println!("deleted {} codes; {} remain", args.ids.len(), index.len());
+    outln!("deleted {} codes; {} remain", args.ids.len(), index.len())?;
     Ok(Outcome::Success)
 }
 
 fn optimize(args: OptimizeArgs) -> Result<Outcome> {
-    let index = Index::open(&args.dir)?;
+    let mut index = Index::open(&args.dir)?;
     let started = Instant::now();
+    let before = index.info().file_bytes;
     let report = index.optimize(args.substrings)?;
-    println!(
-        "rebuilt the hash tables of {}: {} -> {} substrings in {:.2} s",
+    index.compact()?;
+    outln!(
+        "rebuilt the hash tables of {}: {} -> {} substrings, file {} -> {} bytes, in {:.2} s",
         args.dir.display(),
         report.old_substrings,
         report.new_substrings,
+        before,
+        index.info().file_bytes,
         started.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(Outcome::Success)
 }

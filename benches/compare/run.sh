@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Side-by-side comparison: milan, mih-rs and FAISS (IndexBinaryFlat, IndexBinaryMultiHash) on the
+# same generated codes, one thread, one query at a time. See benches/compare/README.md.
+#
+#   BITS=64 COUNT=1000000 CENTRES=1000 FLIP=0.12 QUERIES=1000 SEED=1 OUT=target/compare \
+#     bash benches/compare/run.sh
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+BITS="${BITS:-64}"
+COUNT="${COUNT:-1000000}"
+CENTRES="${CENTRES:-1000}"
+FLIP="${FLIP:-0.12}"
+QUERIES="${QUERIES:-1000}"
+SEED="${SEED:-1}"
+OUT="${OUT:-target/compare}"
+TOP_K="${TOP_K:-20}"
+RADIUS="${RADIUS:-2,4,8}"
+NHASH="${NHASH:-3}"            # IndexBinaryMultiHash tables; b = BITS / NHASH, rounded down
+NFLIP="${NFLIP:-0}"            # IndexBinaryMultiHash bit flips probed per table (FAISS's default)
+SUBSTRINGS="${SUBSTRINGS:-}"   # milan substrings; empty: milan's default for COUNT codes
+BLOCKS="${BLOCKS:-}"           # mih-rs blocks; empty: mih-rs's own choice
+CPU="${CPU:-}"                 # pin every timed command to this CPU with taskset
+VENV="${VENV:-target/compare-venv}"
+# MILAN_BIN: an already built milan binary to use instead of building target/release/milan.
+FAISS_VERSION="${FAISS_VERSION:-1.15.1}"
+
+# One thread everywhere.
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 RAYON_NUM_THREADS=1
+
+PIN=()
+if [[ -n "$CPU" ]]; then
+    PIN=(taskset -c "$CPU")
+fi
+
+log() { echo "== $*" >&2; }
+now() { date +%s.%N; }
+
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+rm -f "$OUT"/{run.json,milan.json,milan-import.json,mihrs.json,faiss.jsonl,results.jsonl}
+
+if [[ -n "${MILAN_BIN:-}" ]]; then
+    MILAN="$(cd "$(dirname "$MILAN_BIN")" && pwd)/$(basename "$MILAN_BIN")"
+    log "using the milan binary $MILAN (MILAN_BIN set: not building)"
+else
+    log "building milan (release)"
+    cargo build --release --quiet
+    MILAN="$ROOT/target/release/milan"
+fi
+
+log "building the mih-rs harness (release, x86-64-v2)"
+MIHRS_OK=1
+(
+    cd benches/compare/mihrs
+    CARGO_TARGET_DIR="$ROOT/target/compare-mihrs" RUSTFLAGS="-C target-cpu=x86-64-v2" \
+        cargo build --release --quiet
+) || { log "warning: the mih-rs harness did not build; its row will be empty"; MIHRS_OK=0; }
+MIHRS="$ROOT/target/compare-mihrs/release/milan-compare-mihrs"
+
+log "preparing the Python environment in $VENV (faiss-cpu $FAISS_VERSION, numpy)"
+FAISS_OK=1
+if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import faiss, numpy, sys; sys.exit(faiss.__version__ != '$FAISS_VERSION')" 2>/dev/null; then
+    "$VENV/bin/pip" install --quiet "faiss-cpu==$FAISS_VERSION" numpy \
+        || { log "warning: could not install faiss-cpu $FAISS_VERSION; its rows will be empty"; FAISS_OK=0; }
+fi
+PY="$VENV/bin/python"
+
+log "generating $COUNT ${BITS}-bit codes and $QUERIES queries in $OUT"
+"$MILAN" bench generate --bits "$BITS" --count "$COUNT" --centres "$CENTRES" --flip "$FLIP" \
+    --seed "$SEED" --out "$OUT/codes.npy" --queries "$QUERIES" --queries-out "$OUT/queries.npy" >&2
+
+if [[ -n "${MILAN_BIN:-}" ]]; then
+    MILAN_VERSION="binary $MILAN"
+else
+    MILAN_VERSION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    git diff --quiet HEAD -- src index-format Cargo.toml Cargo.lock 2>/dev/null || MILAN_VERSION+="-dirty"
+fi
+cat >"$OUT/run.json" <<EOF
+{"bits": $BITS, "count": $COUNT, "centres": $CENTRES, "flip": $FLIP, "queries": $QUERIES, "seed": $SEED, "top_k": $TOP_K, "radius": "$RADIUS", "nhash": $NHASH, "nflip": $NFLIP, "cpu": "${CPU}", "milan_version": "$MILAN_VERSION", "started": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "cpu_model": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//; s/"//g')"}
+EOF
+
+log "milan: create + import"
+INDEX="$OUT/milan-index"
+rm -rf "$INDEX"
+CREATE_ARGS=(--bits "$BITS" --expected-size "$COUNT")
+if [[ -n "$SUBSTRINGS" ]]; then
+    CREATE_ARGS+=(--substrings "$SUBSTRINGS")
+fi
+"$MILAN" index create "$INDEX" "${CREATE_ARGS[@]}" >&2
+started=$(now)
+"${PIN[@]}" "$MILAN" index import "$INDEX" --codes "$OUT/codes.npy" --quiet >&2
+finished=$(now)
+awk -v a="$started" -v b="$finished" 'BEGIN { printf "{\"import_s\": %.6f}\n", b - a }' >"$OUT/milan-import.json"
+
+log "milan: bench search"
+"${PIN[@]}" "$MILAN" bench search "$INDEX" --codes "$OUT/queries.npy" --top-k "$TOP_K" --radius "$RADIUS" \
+    --json >"$OUT/milan.json" || log "warning: milan bench search failed"
+
+if [[ "$MIHRS_OK" == 1 ]]; then
+    log "mih-rs"
+    MIHRS_ARGS=(--codes "$OUT/codes.npy" --queries "$OUT/queries.npy" --top-k "$TOP_K" --radius "$RADIUS"
+        --index-file "$OUT/mihrs.index")
+    if [[ -n "$BLOCKS" ]]; then
+        MIHRS_ARGS+=(--blocks "$BLOCKS")
+    fi
+    "${PIN[@]}" "$MIHRS" "${MIHRS_ARGS[@]}" >"$OUT/mihrs.json" || log "warning: mih-rs failed"
+fi
+
+if [[ "$FAISS_OK" == 1 ]]; then
+    log "faiss"
+    "${PIN[@]}" "$PY" benches/compare/faiss_bench.py --codes "$OUT/codes.npy" --queries "$OUT/queries.npy" \
+        --top-k "$TOP_K" --radius "$RADIUS" --nhash "$NHASH" --nflip "$NFLIP" --index-dir "$OUT" \
+        >"$OUT/faiss.jsonl" || log "warning: faiss failed"
+fi
+
+python3 benches/compare/report.py "$OUT"
+log "raw JSON: $OUT/results.jsonl"
