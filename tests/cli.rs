@@ -363,7 +363,7 @@ fn a_closed_output_pipe_ends_quietly() {
     ok(&["index", "create", s(&dir), "--bits", "16"]);
     ok(&["index", "import", s(&dir), "--codes", s(&codes_path)]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_milan"))
-        .args(["query", s(&dir), "--codes", s(&codes_path), "--top-k", "50"])
+        .args(["index", "check", s(&dir)])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
