@@ -127,6 +127,58 @@ pub enum Error {
         /// The index directory.
         path: PathBuf,
     },
+    /// ONNX Runtime could not be found or loaded.
+    #[error("{detail}")]
+    Runtime {
+        /// What was tried and what failed.
+        detail: String,
+    },
+    /// The ONNX model cannot serve as a feature extractor.
+    #[error("{}: {detail}", path.display())]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong, and how to fix it.
+        detail: String,
+    },
+    /// An image that cannot be read or decoded.
+    #[error("{}: {reason}", path.display())]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// Why it was skipped.
+        reason: crate::extract::SkipReason,
+    },
+    /// An index bound to one extractor or head, used with another.
+    #[error("{}: {detail}", path.display())]
+    Mismatch {
+        /// The index directory.
+        path: PathBuf,
+        /// What differs, and what to do.
+        detail: String,
+    },
+    /// A hash head file is unreadable or inconsistent.
+    #[error("{}: not a usable hash head: {detail}", path.display())]
+    BadHead {
+        /// The head file (empty when decoded from memory).
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Features of another dimension than expected.
+    #[error("features have {got} dimensions but {expected} are expected")]
+    FeatureDim {
+        /// Expected dimension.
+        expected: u32,
+        /// Given dimension.
+        got: u32,
+    },
+    /// An argument out of range.
+    #[error("{detail}")]
+    InvalidArgument {
+        /// What is wrong.
+        detail: String,
+    },
     /// A long operation was cancelled through its callback.
     #[error("cancelled")]
     Cancelled,

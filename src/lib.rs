@@ -35,12 +35,17 @@
 
 mod code;
 mod error;
+pub mod extract;
+mod head;
 mod index;
+pub mod ingest;
 mod mih;
+pub mod report;
 mod store;
 
 pub use code::Code;
 pub use error::{Error, Result};
+pub use head::{ExtractorBinding, HashHead};
 pub use index::{
     BatchSearch, Hit, Index, IndexBuilder, Info, Item, OptimizeReport, Reader, Search, Writer,
     DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN,

@@ -2,45 +2,12 @@
 //! refusals of bad input that leave the index as it was.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use milan::{Code, Index};
 use ndarray::Array2;
 
 use crate::util::*;
-
-fn milan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_milan"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let output = milan(args);
-    assert!(
-        output.status.success(),
-        "milan {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// Runs a command that must fail with `status`; returns its standard error.
-fn fails(args: &[&str], status: i32) -> String {
-    let output = milan(args);
-    assert_eq!(
-        output.status.code(),
-        Some(status),
-        "milan {args:?}: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8(output.stderr).unwrap()
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 fn write_codes(path: &Path, codes: &[Code]) {
     let width = codes[0].as_bytes().len();

@@ -3,5 +3,6 @@
 mod bad_input;
 mod cli;
 mod engine;
+mod images;
 mod persistence;
 mod util;

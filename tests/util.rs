@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests: code generators and a brute-force reference.
 
+use std::path::Path;
+use std::process::{Command, Output};
+
 use milan::{Code, Hit};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -61,4 +64,38 @@ pub fn brute_radius(live: &[(u64, Code)], query: &Code, radius: u32) -> Vec<Hit>
         .into_iter()
         .filter(|hit| hit.distance <= radius)
         .collect()
+}
+
+/// Runs the `milan` binary.
+pub fn milan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_milan"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn ok(args: &[&str]) -> String {
+    let output = milan(args);
+    assert!(
+        output.status.success(),
+        "milan {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs a command that must fail with `status`; returns its standard error.
+pub fn fails(args: &[&str], status: i32) -> String {
+    let output = milan(args);
+    assert_eq!(
+        output.status.code(),
+        Some(status),
+        "milan {args:?}: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8(output.stderr).unwrap()
+}
+
+pub fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
 }

@@ -11,6 +11,11 @@
 //! - [`BucketKey`] and the bucket value codec ([`encode_bucket_ids`], [`decode_bucket_ids`]): one
 //!   chunk of a multi-index-hashing bucket.
 //! - [`CodeLayout`]: how a code of `bits` bits splits into `substrings` substrings.
+//! - [`ModelRecord`]: the feature extractor an image index is bound to (its contract and
+//!   fingerprint), under [`MODEL_KEY`].
+//! - [`HeadFile`]: a hash head (weights, activation, the extractor it expects), as a standalone
+//!   file and, embedded, under [`HEAD_KEY`].
+//! - Feature vectors kept for re-coding ([`encode_features`], [`decode_features`]).
 //!
 //! Every decoder takes arbitrary bytes and returns a [`DecodeError`] rather than panicking; the
 //! fuzz target `decode_records` holds them to that.
@@ -33,6 +38,18 @@ pub const CODES_TABLE: &str = "codes";
 pub const BUCKETS_TABLE: &str = "buckets";
 /// Multimap table `&[u8; 32] -> u64`: content hash to the ids of the items that carry it.
 pub const CONTENT_HASHES_TABLE: &str = "content_hashes";
+/// Table `u64 -> &[u8]`: id to its feature vector (`f32` little-endian), for indexes that keep them.
+pub const FEATURES_TABLE: &str = "features";
+/// Key in [`META_TABLE`] of the [`ModelRecord`] of an image index.
+pub const MODEL_KEY: &str = "model";
+/// Key in [`META_TABLE`] of the encoded [`HeadFile`] of an image index.
+pub const HEAD_KEY: &str = "head";
+/// The eight bytes every head file starts with.
+pub const HEAD_MAGIC: [u8; 8] = *b"MILANHD\0";
+/// The head file version this crate writes and reads.
+pub const HEAD_VERSION: u32 = 1;
+/// Upper bound on an encoded head file (a 2048-1024-512-1024 network is about 11 MiB).
+pub const MAX_HEAD_BYTES: usize = 1 << 28;
 
 /// The eight bytes every meta record starts with.
 pub const MAGIC: [u8; 8] = *b"MILANIDX";
@@ -101,8 +118,25 @@ fn malformed(record: &'static str, detail: impl Into<String>) -> DecodeError {
     }
 }
 
+const HEAD_CONFIG: bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+    bincode::config::Limit<MAX_HEAD_BYTES>,
+> = bincode::config::standard()
+    .with_little_endian()
+    .with_fixed_int_encoding()
+    .with_limit::<MAX_HEAD_BYTES>();
+
 fn decode_exact<T: Decode<()>>(record: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
-    let (value, read) = bincode::decode_from_slice::<T, _>(bytes, CONFIG)
+    decode_exact_with(record, bytes, CONFIG)
+}
+
+fn decode_exact_with<T: Decode<()>, C: bincode::config::Config>(
+    record: &'static str,
+    bytes: &[u8],
+    config: C,
+) -> Result<T, DecodeError> {
+    let (value, read) = bincode::decode_from_slice::<T, _>(bytes, config)
         .map_err(|err| malformed(record, err.to_string()))?;
     if read != bytes.len() {
         return Err(malformed(
@@ -391,6 +425,177 @@ pub fn check_code_bytes(layout: &CodeLayout, bytes: &[u8]) -> Result<(), DecodeE
     Ok(())
 }
 
+/// How pixels are scaled before they reach the extractor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum PixelRange {
+    /// RGB divided by 255.
+    ZeroOne,
+    /// RGB scaled to -1..1.
+    MinusOneOne,
+    /// RGB divided by 255, then normalised with the ImageNet mean and standard deviation.
+    ImageNet,
+}
+
+/// Where the channel axis of the extractor's input sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum TensorLayout {
+    /// `[batch, channels, height, width]`.
+    Nchw,
+    /// `[batch, height, width, channels]`.
+    Nhwc,
+}
+
+/// The feature extractor an image index is bound to, under [`MODEL_KEY`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ModelRecord {
+    /// BLAKE3 of the ONNX model file's bytes.
+    pub fingerprint: [u8; 32],
+    /// The model file when the index was made (a hint for later runs; the fingerprint decides).
+    pub path: String,
+    /// Input tensor name.
+    pub input: String,
+    /// Input layout.
+    pub layout: TensorLayout,
+    /// Input height and width in pixels.
+    pub size: u32,
+    /// Pixel scaling.
+    pub pixel_range: PixelRange,
+    /// Output tensor name.
+    pub output: String,
+    /// Feature dimension (after global average pooling of a 4-D output).
+    pub dim: u32,
+}
+
+impl ModelRecord {
+    /// Encodes the record.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes a record from arbitrary bytes.
+    pub fn decode(bytes: &[u8]) -> Result<ModelRecord, DecodeError> {
+        decode_exact("model", bytes)
+    }
+}
+
+/// One dense layer of a hash head: `y = W x + b`, `W` row-major `[outputs, inputs]`.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct DenseLayer {
+    /// Number of inputs.
+    pub inputs: u32,
+    /// Number of outputs.
+    pub outputs: u32,
+    /// `outputs * inputs` weights, row-major.
+    pub weights: Vec<f32>,
+    /// `outputs` biases.
+    pub bias: Vec<f32>,
+}
+
+/// A hash head: dense layers with LeakyReLU between them; bit `i` of the code is set where output
+/// `i` of the last layer is positive (the sigmoid above 0.5).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct HeadFile {
+    /// Always [`HEAD_MAGIC`].
+    pub magic: [u8; 8],
+    /// Always [`HEAD_VERSION`].
+    pub version: u32,
+    /// Code length: outputs of the last layer.
+    pub bits: u32,
+    /// Feature dimension: inputs of the first layer.
+    pub input_dim: u32,
+    /// Negative slope of the LeakyReLU between layers.
+    pub leaky_slope: f32,
+    /// The layers, first to last.
+    pub layers: Vec<DenseLayer>,
+    /// The extractor it was made for (BLAKE3 of the model file), if bound to one.
+    pub extractor_fingerprint: Option<[u8; 32]>,
+    /// The extractor output it was made for.
+    pub extractor_output: Option<String>,
+    /// How it was made: `lsh`, or the training recipe.
+    pub kind: String,
+    /// Free-form description of the settings and data that made it (JSON).
+    pub provenance: String,
+}
+
+impl HeadFile {
+    /// Encodes the head.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::encode_to_vec(self, HEAD_CONFIG).expect("head within MAX_HEAD_BYTES")
+    }
+
+    /// Decodes and checks a head: magic, version, and layer shapes that chain from `input_dim`
+    /// to `bits`.
+    pub fn decode(bytes: &[u8]) -> Result<HeadFile, DecodeError> {
+        if bytes.len() < 12 || bytes[..8] != HEAD_MAGIC {
+            return Err(malformed("head", "not a milan head file (bad magic bytes)"));
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if version != HEAD_VERSION {
+            return Err(malformed(
+                "head",
+                format!("head file version {version}; this milan reads version {HEAD_VERSION}"),
+            ));
+        }
+        let head: HeadFile = decode_exact_with("head", bytes, HEAD_CONFIG)?;
+        head.check().map_err(|detail| malformed("head", detail))?;
+        Ok(head)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.layers.is_empty() {
+            return Err("no layers".into());
+        }
+        if !(MIN_BITS..=MAX_BITS).contains(&self.bits) || self.bits % 8 != 0 {
+            return Err(format!("{} bits is not a supported code length", self.bits));
+        }
+        let mut inputs = self.input_dim;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let expected = u64::from(layer.inputs) * u64::from(layer.outputs);
+            if layer.inputs != inputs
+                || layer.weights.len() as u64 != expected
+                || layer.bias.len() != layer.outputs as usize
+            {
+                return Err(format!("layer {i} has inconsistent shapes"));
+            }
+            if layer
+                .weights
+                .iter()
+                .chain(&layer.bias)
+                .any(|w| !w.is_finite())
+            {
+                return Err(format!("layer {i} holds a NaN or infinite weight"));
+            }
+            inputs = layer.outputs;
+        }
+        if inputs != self.bits {
+            return Err(format!(
+                "the last layer has {inputs} outputs for {}-bit codes",
+                self.bits
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Encodes a feature vector as consecutive `f32` little-endian.
+pub fn encode_features(features: &[f32]) -> Vec<u8> {
+    features.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Decodes a feature vector of `dim` values.
+pub fn decode_features(bytes: &[u8], dim: u32) -> Result<Vec<f32>, DecodeError> {
+    if bytes.len() != dim as usize * 4 {
+        return Err(malformed(
+            "features",
+            format!("{} bytes for {dim} features", bytes.len()),
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|chunk| f32::from_le_bytes(chunk.try_into().expect("4 bytes")))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,6 +703,64 @@ mod tests {
         let mut unsorted = encode_bucket_ids(&[5]);
         unsorted.extend(encode_bucket_ids(&[5]));
         assert!(decode_bucket_ids(&unsorted).is_err());
+    }
+
+    fn head() -> HeadFile {
+        HeadFile {
+            magic: HEAD_MAGIC,
+            version: HEAD_VERSION,
+            bits: 8,
+            input_dim: 3,
+            leaky_slope: 0.2,
+            layers: vec![DenseLayer {
+                inputs: 3,
+                outputs: 8,
+                weights: (0..24).map(|i| i as f32).collect(),
+                bias: vec![0.5; 8],
+            }],
+            extractor_fingerprint: Some([7; 32]),
+            extractor_output: Some("pool".into()),
+            kind: "lsh".into(),
+            provenance: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn heads_round_trip_and_bad_shapes_are_refused() {
+        let bytes = head().encode();
+        assert_eq!(&bytes[..8], b"MILANHD\0");
+        assert_eq!(HeadFile::decode(&bytes).unwrap(), head());
+        let mut short = head();
+        short.layers[0].weights.pop();
+        assert!(HeadFile::decode(&short.encode()).is_err());
+        let mut wrong_bits = head();
+        wrong_bits.bits = 16;
+        assert!(HeadFile::decode(&wrong_bits.encode()).is_err());
+        let mut nan = head();
+        nan.layers[0].bias[0] = f32::NAN;
+        assert!(HeadFile::decode(&nan.encode()).is_err());
+        assert!(HeadFile::decode(b"MILANIDX").is_err());
+        assert_eq!(
+            decode_features(&encode_features(&[1.5, -2.0]), 2).unwrap(),
+            vec![1.5, -2.0]
+        );
+        assert!(decode_features(&[0; 7], 2).is_err());
+    }
+
+    #[test]
+    fn model_records_round_trip() {
+        let model = ModelRecord {
+            fingerprint: [1; 32],
+            path: "m.onnx".into(),
+            input: "input".into(),
+            layout: TensorLayout::Nhwc,
+            size: 299,
+            pixel_range: PixelRange::ZeroOne,
+            output: "pool".into(),
+            dim: 2048,
+        };
+        assert_eq!(ModelRecord::decode(&model.encode()).unwrap(), model);
+        assert!(ModelRecord::decode(&model.encode()[1..]).is_err());
     }
 
     #[test]

@@ -10,13 +10,17 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use milan_index_format::{CodeLayout, MetaRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC, META_KEY};
+use milan_index_format::{
+    CodeLayout, MetaRecord, ModelRecord, DATABASE_FILE, FORMAT_VERSION, HEAD_KEY, MAGIC, META_KEY,
+    MODEL_KEY,
+};
 use redb::ReadableDatabase;
 
 pub use reader::{BatchSearch, Hit, Reader, Search};
 pub use writer::{Item, Writer};
 
 use crate::error::{Error, Result};
+use crate::head::HashHead;
 use crate::mih::layout::WordLayout;
 use crate::mih::View;
 use crate::store::check::CheckReport;
@@ -47,6 +51,7 @@ pub struct IndexBuilder {
     substrings: Option<u32>,
     expected_len: u64,
     cache_bytes: usize,
+    images: Option<(ModelRecord, HashHead)>,
 }
 
 impl IndexBuilder {
@@ -64,6 +69,14 @@ impl IndexBuilder {
         self
     }
 
+    /// Binds the index to a feature extractor and a hash head, so that it can take images: the
+    /// head's code length must be the index's, its input the extractor's output, and, when the
+    /// head was made for a particular extractor, that extractor. Default: a code-only index.
+    pub fn images(mut self, model: ModelRecord, head: HashHead) -> Self {
+        self.images = Some((model, head));
+        self
+    }
+
     /// Size of redb's page cache in bytes. Default: [`DEFAULT_CACHE_BYTES`].
     pub fn cache_size(mut self, bytes: usize) -> Self {
         self.cache_bytes = bytes;
@@ -77,6 +90,9 @@ impl IndexBuilder {
             .substrings
             .unwrap_or_else(|| Index::recommended_substrings(self.bits, self.expected_len));
         let layout = CodeLayout::new(self.bits, substrings)?;
+        if let Some((model, head)) = &self.images {
+            check_binding(dir, self.bits, model, head)?;
+        }
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.to_path_buf(),
             source,
@@ -104,8 +120,13 @@ impl IndexBuilder {
         let init = || -> std::result::Result<(), redb::Error> {
             let txn = db.begin_write()?;
             {
-                txn.open_table(store::META)?
-                    .insert(META_KEY, meta.encode().as_slice())?;
+                let mut table = txn.open_table(store::META)?;
+                table.insert(META_KEY, meta.encode().as_slice())?;
+                if let Some((model, head)) = &self.images {
+                    table.insert(MODEL_KEY, model.encode().as_slice())?;
+                    table.insert(HEAD_KEY, head.as_bytes())?;
+                }
+                txn.open_table(store::FEATURES)?;
                 txn.open_table(store::ITEMS)?;
                 txn.open_table(store::CODES)?;
                 txn.open_table(store::BUCKETS)?;
@@ -117,7 +138,19 @@ impl IndexBuilder {
         init().map_err(|err| Error::storage(&db_path, err))?;
         let layout = Arc::new(WordLayout::new(layout));
         let view = View::build(layout, Vec::new(), Default::default());
-        Ok(Index::assemble(dir, db_path, Db::Writable(db), meta, view))
+        let (model, head) = match self.images.clone() {
+            Some((model, head)) => (Some(model), Some(head)),
+            None => (None, None),
+        };
+        Ok(Index::assemble(
+            dir,
+            db_path,
+            Db::Writable(db),
+            meta,
+            view,
+            model,
+            head,
+        ))
     }
 
     /// Opens the index in `dir` for reading and writing.
@@ -138,36 +171,108 @@ impl IndexBuilder {
             // Read the meta record through a read-only handle first: an index of another format
             // version must be refused before anything could write to it. A file left by a killed
             // writer cannot be opened read-only; the writable open below recovers it.
-            match builder.open_read_only(&db_path) {
+            let checked = guard_storage(&db_path, || match builder.open_read_only(&db_path) {
                 Ok(db) => {
                     let txn = db
                         .begin_read()
                         .map_err(|err| Error::storage(&db_path, err))?;
-                    store::read_meta(dir, &txn)?;
+                    store::read_meta(dir, &txn).map(|_| ())
                 }
-                Err(redb::DatabaseError::RepairAborted) => {}
-                Err(err) => return Err(Error::storage(&db_path, err)),
-            }
+                Err(redb::DatabaseError::RepairAborted) => Ok(()),
+                Err(err) => Err(Error::storage(&db_path, err)),
+            });
+            checked?;
+            // Every page's checksum is verified before anything is trusted: a damaged file
+            // fails here with a clear error instead of misbehaving later.
+            builder.set_check_integrity_on_open(true);
         }
-        let db = if writable {
-            Db::Writable(
-                builder
-                    .open(&db_path)
-                    .map_err(|err| Error::storage(&db_path, err))?,
-            )
-        } else {
-            Db::ReadOnly(
-                builder
-                    .open_read_only(&db_path)
-                    .map_err(|err| Error::storage(&db_path, err))?,
-            )
-        };
-        let txn = db.begin_read(&db_path)?;
-        let meta = store::read_meta(dir, &txn)?;
-        let view = store::load_view(dir, &txn, &meta)?;
-        drop(txn);
-        Ok(Index::assemble(dir, db_path, db, meta, view))
+        guard_storage(&db_path, || {
+            let db = if writable {
+                Db::Writable(
+                    builder
+                        .open(&db_path)
+                        .map_err(|err| Error::storage(&db_path, err))?,
+                )
+            } else {
+                Db::ReadOnly(
+                    builder
+                        .open_read_only(&db_path)
+                        .map_err(|err| Error::storage(&db_path, err))?,
+                )
+            };
+            let txn = db.begin_read(&db_path)?;
+            let meta = store::read_meta(dir, &txn)?;
+            let (model, head) = store::read_binding(dir, &txn)?;
+            let view = store::load_view(dir, &txn, &meta)?;
+            drop(txn);
+            Ok(Index::assemble(
+                dir,
+                db_path.clone(),
+                db,
+                meta,
+                view,
+                model,
+                head,
+            ))
+        })
     }
+}
+
+/// Runs a read of the database, turning a panic of the storage engine on damaged data into
+/// [`Error::Corrupted`]. Writable opens verify every page's checksum first; read-only opens
+/// cannot, and this keeps a damaged file from taking the process down with it.
+pub(crate) fn guard_storage<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+        let detail = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(Error::Corrupted {
+            path: path.to_path_buf(),
+            detail: format!("the storage engine failed on damaged data ({detail})"),
+        })
+    })
+}
+
+/// Checks that `head` codes `bits`-bit codes from the features of `model`.
+fn check_binding(dir: &Path, bits: u32, model: &ModelRecord, head: &HashHead) -> Result<()> {
+    let mismatch = |detail: String| Error::Mismatch {
+        path: dir.to_path_buf(),
+        detail,
+    };
+    if head.bits() != bits {
+        return Err(mismatch(format!(
+            "the hash head makes {}-bit codes but the index is for {bits}-bit codes",
+            head.bits()
+        )));
+    }
+    if head.input_dim() != model.dim {
+        return Err(mismatch(format!(
+            "the hash head takes {}-dimensional features but output {:?} of the model gives {}",
+            head.input_dim(),
+            model.output,
+            model.dim
+        )));
+    }
+    if let Some(made_for) = head.extractor() {
+        if made_for.fingerprint != model.fingerprint || made_for.output != model.output {
+            return Err(mismatch(format!(
+                "the hash head was made for another extractor (model {}, output {:?}) than {} (model {}, output {:?})",
+                hex(&made_for.fingerprint[..8]),
+                made_for.output,
+                model.path,
+                hex(&model.fingerprint[..8]),
+                model.output
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Lower-case hex of some bytes, for naming fingerprints in messages.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The database file of the index in `dir`, which must exist.
@@ -233,6 +338,8 @@ pub struct Index {
     meta: Mutex<MetaRecord>,
     view: RwLock<Arc<View>>,
     writer_lock: Mutex<()>,
+    model: Option<ModelRecord>,
+    head: Option<HashHead>,
 }
 
 impl std::fmt::Debug for Index {
@@ -253,6 +360,7 @@ impl Index {
             substrings: None,
             expected_len: DEFAULT_EXPECTED_LEN,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            images: None,
         }
     }
 
@@ -274,8 +382,18 @@ impl Index {
         ((f64::from(bits) / log).ceil() as u32).clamp(min, max)
     }
 
-    fn assemble(dir: &Path, db_path: PathBuf, db: Db, meta: MetaRecord, view: View) -> Index {
+    fn assemble(
+        dir: &Path,
+        db_path: PathBuf,
+        db: Db,
+        meta: MetaRecord,
+        view: View,
+        model: Option<ModelRecord>,
+        head: Option<HashHead>,
+    ) -> Index {
         Index {
+            model,
+            head,
             dir: dir.to_path_buf(),
             db_path,
             db,
@@ -296,6 +414,16 @@ impl Index {
 
     fn snapshot(&self) -> Arc<View> {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The feature extractor the index is bound to (`None` for a code-only index).
+    pub fn model(&self) -> Option<&ModelRecord> {
+        self.model.as_ref()
+    }
+
+    /// The hash head the index codes images with (`None` for a code-only index).
+    pub fn head(&self) -> Option<&HashHead> {
+        self.head.as_ref()
     }
 
     /// Code length in bits.
@@ -373,6 +501,11 @@ impl Index {
     pub fn verify_dir(dir: impl AsRef<Path>) -> Result<CheckReport> {
         let dir = dir.as_ref();
         let db_path = database_path(dir)?;
+        guard_storage(&db_path, || Index::verify_unguarded(dir, &db_path))
+    }
+
+    fn verify_unguarded(dir: &Path, db_path: &Path) -> Result<CheckReport> {
+        let db_path = db_path.to_path_buf();
         let mut db = redb::Builder::new()
             .set_cache_size(DEFAULT_CACHE_BYTES)
             .open(&db_path)

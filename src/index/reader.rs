@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use milan_index_format::ItemRecord;
 use rayon::prelude::*;
-use redb::ReadTransaction;
+use redb::{ReadTransaction, ReadableMultimapTable};
 
+use super::guard_storage;
 use super::writer::Item;
 use crate::code::{words_to_bytes, Code};
 use crate::error::{Error, Result};
@@ -79,31 +80,69 @@ impl Reader {
 
     /// The item stored with a live id.
     pub fn item(&self, id: u64) -> Result<Option<Item>> {
-        let storage = |err: redb::Error| Error::storage(&self.dir, err);
-        let table = self
-            .txn
-            .open_table(store::ITEMS)
-            .map_err(|e| storage(e.into()))?;
-        let Some(bytes) = table.get(id).map_err(|e| storage(e.into()))? else {
-            return Ok(None);
-        };
-        ItemRecord::decode(bytes.value())
-            .map(Some)
-            .map_err(|err| Error::from_decode(&self.dir, err))
+        guard_storage(&self.dir, || {
+            let storage = |err: redb::Error| Error::storage(&self.dir, err);
+            let table = self
+                .txn
+                .open_table(store::ITEMS)
+                .map_err(|e| storage(e.into()))?;
+            let Some(bytes) = table.get(id).map_err(|e| storage(e.into()))? else {
+                return Ok(None);
+            };
+            ItemRecord::decode(bytes.value())
+                .map(Some)
+                .map_err(|err| Error::from_decode(&self.dir, err))
+        })
     }
 
     /// The ids of the items stored with this content hash.
     pub fn ids_with_content_hash(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
-        let storage = |err: redb::Error| Error::storage(&self.dir, err);
-        let table = self
-            .txn
-            .open_multimap_table(store::CONTENT_HASHES)
-            .map_err(|e| storage(e.into()))?;
-        let mut ids = Vec::new();
-        for id in table.get(hash).map_err(|e| storage(e.into()))? {
-            ids.push(id.map_err(|e| storage(e.into()))?.value());
-        }
-        Ok(ids)
+        guard_storage(&self.dir, || {
+            let storage = |err: redb::Error| Error::storage(&self.dir, err);
+            let table = self
+                .txn
+                .open_multimap_table(store::CONTENT_HASHES)
+                .map_err(|e| storage(e.into()))?;
+            let mut ids = Vec::new();
+            for id in table.get(hash).map_err(|e| storage(e.into()))? {
+                ids.push(id.map_err(|e| storage(e.into()))?.value());
+            }
+            Ok(ids)
+        })
+    }
+
+    /// Every content hash stored.
+    pub fn content_hashes(&self) -> Result<std::collections::HashSet<[u8; 32]>> {
+        guard_storage(&self.dir, || {
+            let storage = |err: redb::Error| Error::storage(&self.dir, err);
+            let table = self
+                .txn
+                .open_multimap_table(store::CONTENT_HASHES)
+                .map_err(|e| storage(e.into()))?;
+            let mut hashes = std::collections::HashSet::new();
+            for entry in table.iter().map_err(|e| storage(e.into()))? {
+                let (hash, _) = entry.map_err(|e| storage(e.into()))?;
+                hashes.insert(*hash.value());
+            }
+            Ok(hashes)
+        })
+    }
+
+    /// The feature vector kept for a live id (indexes built with kept features).
+    pub fn features(&self, id: u64, dim: u32) -> Result<Option<Vec<f32>>> {
+        guard_storage(&self.dir, || {
+            let storage = |err: redb::Error| Error::storage(&self.dir, err);
+            let table = self
+                .txn
+                .open_table(store::FEATURES)
+                .map_err(|e| storage(e.into()))?;
+            let Some(bytes) = table.get(id).map_err(|e| storage(e.into()))? else {
+                return Ok(None);
+            };
+            milan_index_format::decode_features(bytes.value(), dim)
+                .map(Some)
+                .map_err(|err| Error::from_decode(&self.dir, err))
+        })
     }
 
     fn query_words(&self, query: &Code) -> Result<Vec<u64>> {

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, MutexGuard};
 
-use milan_index_format::{ItemRecord, MetaRecord, MAX_RECORD_BYTES, META_KEY};
+use milan_index_format::{encode_features, ItemRecord, MetaRecord, MAX_RECORD_BYTES, META_KEY};
 
 use super::{Index, MILAN_VERSION};
 use crate::code::{bytes_to_words, Code};
@@ -19,6 +19,7 @@ struct PendingAdd {
     id: u64,
     bytes: Vec<u8>,
     item: ItemRecord,
+    features: Option<Vec<f32>>,
 }
 
 /// A write transaction on an [`Index`].
@@ -70,6 +71,33 @@ impl<'a> Writer<'a> {
 
     /// Adds a code with its item; returns the new id (dense, in insertion order, never reused).
     pub fn add(&mut self, code: &Code, item: Item) -> Result<u64> {
+        self.add_inner(code, item, None)
+    }
+
+    /// Adds a code with its item and the feature vector it was made from, kept so that a new
+    /// hash head can re-code the index later. Only for an index bound to an extractor, whose
+    /// dimension the features must have.
+    pub fn add_with_features(
+        &mut self,
+        code: &Code,
+        item: Item,
+        features: Vec<f32>,
+    ) -> Result<u64> {
+        let Some(model) = self.index.model() else {
+            return Err(Error::InvalidArgument {
+                detail: "features can only be kept in an index bound to an extractor".into(),
+            });
+        };
+        if features.len() != model.dim as usize {
+            return Err(Error::FeatureDim {
+                expected: model.dim,
+                got: features.len() as u32,
+            });
+        }
+        self.add_inner(code, item, Some(features))
+    }
+
+    fn add_inner(&mut self, code: &Code, item: Item, features: Option<Vec<f32>>) -> Result<u64> {
         let bits = self.view.layout().bits();
         if code.bits() != bits {
             return Err(Error::CodeLength {
@@ -96,6 +124,7 @@ impl<'a> Writer<'a> {
             id,
             bytes: code.as_bytes().to_vec(),
             item,
+            features,
         });
         Ok(id)
     }
@@ -142,6 +171,7 @@ impl<'a> Writer<'a> {
             let mut hashes = txn
                 .open_multimap_table(store::CONTENT_HASHES)
                 .map_err(|e| st(e.into()))?;
+            let mut features = txn.open_table(store::FEATURES).map_err(|e| st(e.into()))?;
             let mut entries = Vec::with_capacity(adds.len() * layout.substrings.len());
             for add in &adds {
                 items
@@ -152,6 +182,11 @@ impl<'a> Writer<'a> {
                     .map_err(|e| st(e.into()))?;
                 if let Some(hash) = &add.item.content_hash {
                     hashes.insert(hash, add.id).map_err(|e| st(e.into()))?;
+                }
+                if let Some(vector) = &add.features {
+                    features
+                        .insert(add.id, encode_features(vector).as_slice())
+                        .map_err(|e| st(e.into()))?;
                 }
                 let words = bytes_to_words(&add.bytes);
                 for (j, sub) in layout.substrings.iter().enumerate() {
@@ -183,6 +218,7 @@ impl<'a> Writer<'a> {
                     hashes.remove(&hash, id).map_err(|e| st(e.into()))?;
                 }
                 codes.remove(id).map_err(|e| st(e.into()))?;
+                features.remove(id).map_err(|e| st(e.into()))?;
             }
             meta.live_count = view.live() + adds.len() as u64 - deletes.len() as u64;
             meta.written_by = MILAN_VERSION.to_string();

@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use bitvec::vec::BitVec;
 use milan_index_format::{
-    check_code_bytes, decode_bucket_ids, encode_bucket_ids, BucketKey, MetaRecord, BUCKETS_TABLE,
-    BUCKET_KEY_BYTES, CODES_TABLE, CONTENT_HASHES_TABLE, ITEMS_TABLE, META_KEY, META_TABLE,
+    check_code_bytes, decode_bucket_ids, encode_bucket_ids, BucketKey, MetaRecord, ModelRecord,
+    BUCKETS_TABLE, BUCKET_KEY_BYTES, CODES_TABLE, CONTENT_HASHES_TABLE, FEATURES_TABLE, HEAD_KEY,
+    ITEMS_TABLE, META_KEY, META_TABLE, MODEL_KEY,
 };
 use redb::{
     MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -25,6 +26,7 @@ use redb::{
 
 use crate::code::bytes_to_words;
 use crate::error::{Error, Result};
+use crate::head::HashHead;
 use crate::mih::layout::WordLayout;
 use crate::mih::table::TableBuilder;
 use crate::mih::{View, MAX_IDS};
@@ -36,6 +38,7 @@ pub(crate) const BUCKETS: TableDefinition<&[u8; BUCKET_KEY_BYTES], &[u8]> =
     TableDefinition::new(BUCKETS_TABLE);
 pub(crate) const CONTENT_HASHES: MultimapTableDefinition<&[u8; 32], u64> =
     MultimapTableDefinition::new(CONTENT_HASHES_TABLE);
+pub(crate) const FEATURES: TableDefinition<u64, &[u8]> = TableDefinition::new(FEATURES_TABLE);
 
 /// Most ids in one bucket chunk: keeps a delete's read-modify-write of a chunk short.
 pub(crate) const MAX_CHUNK_IDS: usize = 4096;
@@ -76,6 +79,42 @@ pub(crate) fn read_meta(dir: &Path, txn: &ReadTransaction) -> Result<MetaRecord>
     MetaRecord::decode(bytes.value()).map_err(|err| Error::from_decode(dir, err))
 }
 
+/// Reads the extractor and head an image index is bound to (both absent for a code-only index).
+pub(crate) fn read_binding(
+    dir: &Path,
+    txn: &ReadTransaction,
+) -> Result<(Option<ModelRecord>, Option<HashHead>)> {
+    let table = txn
+        .open_table(META)
+        .map_err(|err| Error::storage(dir, err))?;
+    let get = |key: &str| -> Result<Option<Vec<u8>>> {
+        Ok(table
+            .get(key)
+            .map_err(|err| Error::storage(dir, err))?
+            .map(|bytes| bytes.value().to_vec()))
+    };
+    let model = match get(MODEL_KEY)? {
+        Some(bytes) => {
+            Some(ModelRecord::decode(&bytes).map_err(|err| Error::from_decode(dir, err))?)
+        }
+        None => None,
+    };
+    let head = match get(HEAD_KEY)? {
+        Some(bytes) => Some(
+            HashHead::from_bytes(bytes)
+                .map_err(|err| corrupted(dir, format!("the stored hash head: {err}")))?,
+        ),
+        None => None,
+    };
+    if model.is_some() != head.is_some() {
+        return Err(corrupted(
+            dir,
+            "the index stores a model record without a head, or the reverse",
+        ));
+    }
+    Ok((model, head))
+}
+
 fn corrupted(dir: &Path, detail: impl Into<String>) -> Error {
     Error::Corrupted {
         path: dir.to_path_buf(),
@@ -94,7 +133,38 @@ pub(crate) fn load_view(dir: &Path, txn: &ReadTransaction, meta: &MetaRecord) ->
             format!("next id {} is out of range", meta.next_id),
         ));
     }
-    let slots = meta.next_id as usize;
+    let storage = |err: redb::StorageError| Error::storage(dir, err);
+    let codes = txn
+        .open_table(CODES)
+        .map_err(|err| Error::storage(dir, err))?;
+    // Slots run to the largest stored id, not to next_id: trailing deleted ids need no memory,
+    // and a damaged counter cannot ask for a huge allocation.
+    let slots = match codes.last().map_err(storage)? {
+        Some((id, _)) => id.value().saturating_add(1),
+        None => 0,
+    };
+    if slots > meta.next_id {
+        return Err(corrupted(
+            dir,
+            format!(
+                "code id {} is at or past the next id {}",
+                slots - 1,
+                meta.next_id
+            ),
+        ));
+    }
+    // Ids are dense unless deleted; this many holes means a damaged key, not deletes.
+    if slots > meta.live_count.saturating_mul(64).saturating_add(1 << 24) {
+        return Err(corrupted(
+            dir,
+            format!(
+                "code ids run to {} for {} codes",
+                slots - 1,
+                meta.live_count
+            ),
+        ));
+    }
+    let slots = slots as usize;
     let w = layout.words;
     let mut words = vec![0u64; slots * w];
     let mut deleted: BitVec<u64> = BitVec::repeat(true, slots);
@@ -161,7 +231,7 @@ pub(crate) fn load_view(dir: &Path, txn: &ReadTransaction, meta: &MetaRecord) ->
         let filter = &layout.filters[j];
         for id in ids {
             let slot = id as usize;
-            if id >= meta.next_id || deleted[slot] {
+            if slot >= slots || deleted[slot] {
                 return Err(corrupted(
                     dir,
                     format!("bucket {j}:{} lists id {id}, which has no code", key.value),

@@ -6,15 +6,20 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use milan::{Index, Item};
+use milan::extract::{layout_name, pixel_range_name};
+use milan::{HashHead, Index, Item};
 
+use crate::add::AddArgs;
 use crate::codes_file::{read_codes, read_keys, rows_to_codes, write_codes};
+use crate::extractor_args::ExtractorArgs;
 use crate::{progress, Outcome};
 
 #[derive(Subcommand)]
 pub enum IndexCommand {
-    /// Create an empty index directory for codes of a given length.
+    /// Create an empty index: for codes of a given length, or for images with a model and a head.
     Create(CreateArgs),
+    /// Add images (files or folders) through the index's model and hash head.
+    Add(AddArgs),
     /// Add codes from a numpy file (uint8 [n, bits/8], numpy.packbits order), with optional keys.
     Import(ImportArgs),
     /// Write every live code (and key) out, in id order; `import` reads the result back.
@@ -36,12 +41,18 @@ pub struct DirArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["bits", "head"])))]
 pub struct CreateArgs {
     /// The index directory (created if missing).
     dir: PathBuf,
-    /// Code length in bits: a multiple of 8 from 8 to 1024.
+    /// Code length in bits, for a code-only index: a multiple of 8 from 8 to 1024.
     #[arg(long)]
-    bits: u32,
+    bits: Option<u32>,
+    /// The hash head file, for an image index (needs --model; the head sets the code length).
+    #[arg(long, requires = "model")]
+    head: Option<PathBuf>,
+    #[command(flatten)]
+    extractor: ExtractorArgs,
     /// Multi-index-hashing substrings [default: about bits / log2(expected size)].
     #[arg(long)]
     substrings: Option<u32>,
@@ -110,6 +121,7 @@ pub struct OptimizeArgs {
 pub fn run(command: IndexCommand) -> Result<Outcome> {
     match command {
         IndexCommand::Create(args) => create(args),
+        IndexCommand::Add(args) => crate::add::run(args),
         IndexCommand::Import(args) => import(args),
         IndexCommand::Export(args) => export(args),
         IndexCommand::Info(args) => info(args),
@@ -120,7 +132,26 @@ pub fn run(command: IndexCommand) -> Result<Outcome> {
 }
 
 fn create(args: CreateArgs) -> Result<Outcome> {
-    let mut builder = Index::builder(args.bits).expected_len(args.expected_size);
+    let (bits, images) = match &args.head {
+        Some(head_path) => {
+            let head = HashHead::read(head_path)?;
+            let extractor = args.extractor.open(None)?;
+            let mut model = extractor.contract().clone();
+            model.path = std::path::absolute(&model.path)
+                .unwrap_or_else(|_| model.path.clone().into())
+                .display()
+                .to_string();
+            (
+                head.bits(),
+                Some((model, head, extractor.device().to_string())),
+            )
+        }
+        None => (args.bits.expect("clap requires --bits or --head"), None),
+    };
+    let mut builder = Index::builder(bits).expected_len(args.expected_size);
+    if let Some((model, head, _)) = &images {
+        builder = builder.images(model.clone(), head.clone());
+    }
     if let Some(m) = args.substrings {
         builder = builder.substrings(m);
     }
@@ -131,6 +162,19 @@ fn create(args: CreateArgs) -> Result<Outcome> {
         index.bits(),
         index.substrings()
     )?;
+    if let (Some(model), Some(head)) = (index.model(), index.head()) {
+        outln!(
+            "images go through {} (output {:?}, {} features, {}x{} {} input, pixels {}) and a {} head",
+            model.path,
+            model.output,
+            model.dim,
+            model.size,
+            model.size,
+            layout_name(model.layout),
+            pixel_range_name(model.pixel_range),
+            head.kind()
+        )?;
+    }
     Ok(Outcome::Success)
 }
 

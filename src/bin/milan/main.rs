@@ -12,8 +12,11 @@ macro_rules! outln {
     }};
 }
 
+mod add;
 mod bench;
 mod codes_file;
+mod extractor_args;
+mod head;
 mod index;
 mod progress;
 mod query;
@@ -37,6 +40,9 @@ enum Command {
     Index(index::IndexCommand),
     /// Search an index by code, by a file of codes, or by a stored id.
     Query(query::QueryArgs),
+    /// Make hash heads (the networks that turn features into codes).
+    #[command(subcommand)]
+    Head(head::HeadCommand),
     /// Measure search speed against a linear scan.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -47,6 +53,8 @@ pub enum Outcome {
     Success,
     /// Finished, but the check it ran failed (exit 1, the report already printed).
     Failed,
+    /// Finished, but some inputs were skipped (exit 3, each named).
+    Partial,
 }
 
 fn main() -> ExitCode {
@@ -55,10 +63,12 @@ fn main() -> ExitCode {
         Command::Index(command) => index::run(command),
         Command::Query(args) => query::run(args),
         Command::Bench(command) => bench::run(command),
+        Command::Head(command) => head::run(command),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
+        Ok(Outcome::Partial) => ExitCode::from(3),
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -1,18 +1,21 @@
 //! `milan query`: exact top-k or radius search by code, by a file of codes, or by stored id.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{ArgGroup, Args};
 use milan::{Code, Hit, Index, Reader};
 use serde::Serialize;
 
+use milan::report::{results_page, QueryRow, Tile};
+
 use crate::codes_file::{read_codes, rows_to_codes};
+use crate::extractor_args::ExtractorArgs;
 use crate::Outcome;
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("query").required(true).args(["code", "codes", "id"])))]
+#[command(group(ArgGroup::new("query").required(true).args(["code", "codes", "id", "image"])))]
 #[command(group(ArgGroup::new("mode").required(true).args(["top_k", "radius"])))]
 pub struct QueryArgs {
     /// The index directory.
@@ -26,6 +29,9 @@ pub struct QueryArgs {
     /// Query by the code stored under this id.
     #[arg(long)]
     id: Option<u64>,
+    /// Query by an image, coded with the index's model and hash head.
+    #[arg(long)]
+    image: Option<PathBuf>,
     /// The k nearest codes.
     #[arg(long)]
     top_k: Option<usize>,
@@ -35,6 +41,19 @@ pub struct QueryArgs {
     /// One JSON object per line per query: {"query": i, "results": [{"id", "distance", "key"}]}.
     #[arg(long)]
     json: bool,
+    /// Also write a self-contained HTML page of the results, with thumbnails.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    #[command(flatten)]
+    extractor: ExtractorArgs,
+}
+
+/// What the HTML page shows for a query.
+#[derive(Default)]
+struct QueryInfo {
+    caption: String,
+    image: Option<PathBuf>,
+    label: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -53,9 +72,31 @@ struct JsonQuery<'a> {
 pub fn run(args: QueryArgs) -> Result<Outcome> {
     let index = Index::open_read_only(&args.dir)?;
     let reader = index.reader()?;
+    let mut infos = Vec::new();
     let results: Vec<Vec<Hit>> = if let Some(id) = args.id {
         let search = reader.search_id(id)?;
+        let item = reader.item(id)?.unwrap_or_default();
+        infos.push(QueryInfo {
+            caption: item.key.clone().unwrap_or_else(|| format!("id {id}")),
+            image: item.key.map(PathBuf::from),
+            label: item.label,
+        });
         vec![search_one(&search, &args)?]
+    } else if let Some(image) = &args.image {
+        let mut extractor = args.extractor.open(index.model())?;
+        let (code, _) = milan::ingest::code_image(&index, &mut extractor, image)?;
+        // An image already in the index lends the query its stored label.
+        let hash = *blake3::hash(&std::fs::read(image)?).as_bytes();
+        let label = match reader.ids_with_content_hash(&hash)?.first() {
+            Some(&id) => reader.item(id)?.and_then(|item| item.label),
+            None => None,
+        };
+        infos.push(QueryInfo {
+            caption: image.display().to_string(),
+            image: Some(image.clone()),
+            label,
+        });
+        vec![search_one(&reader.search(&code)?, &args)?]
     } else {
         let queries = match (&args.code, &args.codes) {
             (Some(hex), _) => vec![Code::from_hex(hex)?],
@@ -70,7 +111,50 @@ pub fn run(args: QueryArgs) -> Result<Outcome> {
         }
     };
     print_results(&reader, &results, args.json)?;
+    if let Some(path) = &args.html {
+        write_html(&reader, &results, infos, path)?;
+    }
     Ok(Outcome::Success)
+}
+
+fn write_html(
+    reader: &Reader,
+    results: &[Vec<Hit>],
+    mut infos: Vec<QueryInfo>,
+    path: &Path,
+) -> Result<()> {
+    infos.resize_with(results.len(), QueryInfo::default);
+    let mut rows = Vec::new();
+    for (i, (hits, info)) in results.iter().zip(infos).enumerate() {
+        let caption = if info.caption.is_empty() {
+            format!("query {i}")
+        } else {
+            info.caption
+        };
+        let mut row = QueryRow {
+            query: Tile {
+                caption,
+                label: info.label,
+                distance: None,
+                image: info.image,
+            },
+            results: Vec::new(),
+        };
+        for hit in hits {
+            let item = reader.item(hit.id)?.unwrap_or_default();
+            row.results.push(Tile {
+                caption: item.key.clone().unwrap_or_else(|| format!("id {}", hit.id)),
+                label: item.label,
+                distance: Some(hit.distance),
+                image: item.key.map(PathBuf::from).filter(|p| p.is_file()),
+            });
+        }
+        rows.push(row);
+    }
+    let page = results_page("milan query results", &rows);
+    std::fs::write(path, page).with_context(|| format!("{}: cannot write", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }
 
 fn search_one(search: &milan::Search<'_>, args: &QueryArgs) -> Result<Vec<Hit>> {

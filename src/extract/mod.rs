@@ -1,0 +1,18 @@
+//! Feature extraction: images in, feature vectors out.
+//!
+//! - [`Extractor`] (`session.rs`): an ONNX model run by ONNX Runtime behind the extractor contract.
+//! - `runtime.rs`: finding and loading the ONNX Runtime library.
+//! - `image.rs`: decoding with limits, RGB conversion, resizing and pixel scaling.
+//! - [`pipeline`]: decoding batches in parallel while the previous batch runs in the model.
+
+pub(crate) mod image;
+pub mod pipeline;
+pub(crate) mod runtime;
+mod session;
+
+pub use image::{read_image, Decoded, SkipReason};
+pub use runtime::library_candidates;
+pub use session::{
+    layout_name, parse_layout, parse_pixel_range, pixel_range_name, Device, Extractor,
+    ExtractorOptions,
+};

@@ -1,0 +1,476 @@
+//! [`Extractor`]: an ONNX image model run by ONNX Runtime, on the CPU or a CUDA GPU, behind the
+//! extractor contract (input name, layout, size, pixel range, output name, dimension).
+//!
+//! The contract comes from the model's own metadata (`milan.*` keys, written by the project's
+//! converters), overridden by explicit options; what neither gives is inferred from the model's
+//! input and output shapes where that is unambiguous, and otherwise asked for by name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use milan_index_format::{ModelRecord, PixelRange, TensorLayout};
+use ndarray::{Array2, ArrayViewD, Axis, Ix2, Ix4};
+use ort::session::Session;
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
+use ort::value::TensorRef;
+
+use super::runtime;
+use crate::error::{Error, Result};
+
+/// Which device runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// CUDA when the CUDA build of ONNX Runtime and a GPU are there, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The CUDA GPU with this index.
+    Cuda(i32),
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Device, String> {
+        match text {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => text
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device {text:?}: use auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+/// Parses `nchw` or `nhwc`.
+pub fn parse_layout(text: &str) -> std::result::Result<TensorLayout, String> {
+    match text {
+        "nchw" => Ok(TensorLayout::Nchw),
+        "nhwc" => Ok(TensorLayout::Nhwc),
+        _ => Err(format!("unknown layout {text:?}: use nchw or nhwc")),
+    }
+}
+
+/// Parses `0..1`, `-1..1` or `imagenet`.
+pub fn parse_pixel_range(text: &str) -> std::result::Result<PixelRange, String> {
+    match text {
+        "0..1" => Ok(PixelRange::ZeroOne),
+        "-1..1" => Ok(PixelRange::MinusOneOne),
+        "imagenet" => Ok(PixelRange::ImageNet),
+        _ => Err(format!(
+            "unknown pixel range {text:?}: use 0..1, -1..1 or imagenet"
+        )),
+    }
+}
+
+/// The name of a pixel range as `parse_pixel_range` reads it.
+pub fn pixel_range_name(range: PixelRange) -> &'static str {
+    match range {
+        PixelRange::ZeroOne => "0..1",
+        PixelRange::MinusOneOne => "-1..1",
+        PixelRange::ImageNet => "imagenet",
+    }
+}
+
+/// The name of a layout as `parse_layout` reads it.
+pub fn layout_name(layout: TensorLayout) -> &'static str {
+    match layout {
+        TensorLayout::Nchw => "nchw",
+        TensorLayout::Nhwc => "nhwc",
+    }
+}
+
+/// How to open an extractor. Unset contract fields come from the model's metadata.
+#[derive(Debug, Clone, Default)]
+pub struct ExtractorOptions {
+    /// The ONNX model file.
+    pub model: PathBuf,
+    /// Input height and width.
+    pub input_size: Option<u32>,
+    /// Input layout.
+    pub layout: Option<TensorLayout>,
+    /// Pixel scaling.
+    pub pixel_range: Option<PixelRange>,
+    /// Output tensor name.
+    pub output: Option<String>,
+    /// Device to run on. Default: auto.
+    pub device: Device,
+    /// ONNX Runtime intra-op threads. Default: ONNX Runtime's choice (all cores).
+    pub threads: Option<usize>,
+    /// The ONNX Runtime library, when not found by the usual search.
+    pub ort_library: Option<PathBuf>,
+}
+
+impl ExtractorOptions {
+    /// Options for `model` with everything else from its metadata.
+    pub fn new(model: impl Into<PathBuf>) -> ExtractorOptions {
+        ExtractorOptions {
+            model: model.into(),
+            ..ExtractorOptions::default()
+        }
+    }
+}
+
+/// A loaded feature extractor.
+pub struct Extractor {
+    session: Session,
+    contract: ModelRecord,
+    device: String,
+    run_options: RunOptions<HasSelectedOutputs>,
+}
+
+impl std::fmt::Debug for Extractor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extractor")
+            .field("contract", &self.contract)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+fn model_error(path: &Path, detail: impl std::fmt::Display) -> Error {
+    Error::Model {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+/// What the session says about its input and outputs, for contract resolution.
+struct Signature {
+    inputs: Vec<(String, Vec<i64>)>,
+    outputs: Vec<String>,
+}
+
+/// Fills the contract from overrides, then metadata, then the signature.
+fn resolve(
+    options: &ExtractorOptions,
+    metadata: &HashMap<String, String>,
+    signature: &Signature,
+) -> std::result::Result<ModelRecord, String> {
+    let meta = |key: &str| metadata.get(&format!("milan.{key}")).cloned();
+    let input = match meta("input") {
+        Some(name) => name,
+        None if signature.inputs.len() == 1 => signature.inputs[0].0.clone(),
+        None => return Err("the model has several inputs and no milan.input metadata".into()),
+    };
+    let shape = signature
+        .inputs
+        .iter()
+        .find(|(name, _)| *name == input)
+        .map(|(_, shape)| shape.clone())
+        .ok_or_else(|| format!("the model has no input named {input:?}"))?;
+    if shape.len() != 4 {
+        return Err(format!(
+            "input {input:?} has rank {}, not an image batch of rank 4",
+            shape.len()
+        ));
+    }
+    let layout = match options.layout {
+        Some(layout) => layout,
+        None => match meta("layout") {
+            Some(text) => parse_layout(&text)?,
+            None if shape[1] == 3 => TensorLayout::Nchw,
+            None if shape[3] == 3 => TensorLayout::Nhwc,
+            None => return Err("cannot tell the input layout: pass --layout nchw or nhwc".into()),
+        },
+    };
+    let spatial = match layout {
+        TensorLayout::Nchw => (shape[2], shape[3]),
+        TensorLayout::Nhwc => (shape[1], shape[2]),
+    };
+    let size = match options.input_size {
+        Some(size) => size,
+        None => match meta("size") {
+            Some(text) => text
+                .parse()
+                .map_err(|_| format!("bad milan.size metadata {text:?}"))?,
+            None if spatial.0 > 0 && spatial.0 == spatial.1 => spatial.0 as u32,
+            None => return Err("cannot tell the input size: pass --input-size".into()),
+        },
+    };
+    if !(8..=4096).contains(&size) || (spatial.0 > 0 && spatial.0 != i64::from(size)) {
+        return Err(format!(
+            "input size {size} does not fit the model's input shape {shape:?}"
+        ));
+    }
+    let pixel_range = match options.pixel_range {
+        Some(range) => range,
+        None => match meta("pixel_range") {
+            Some(text) => parse_pixel_range(&text)?,
+            None => return Err("the model does not say how to scale pixels: pass --pixel-range 0..1, -1..1 or imagenet".into()),
+        },
+    };
+    let output = match options.output.clone().or_else(|| meta("output")) {
+        Some(name) => name,
+        None => signature
+            .outputs
+            .first()
+            .cloned()
+            .ok_or("the model has no outputs")?,
+    };
+    if !signature.outputs.contains(&output) {
+        return Err(format!(
+            "the model has no output named {output:?}; it has {}",
+            signature.outputs.join(", ")
+        ));
+    }
+    Ok(ModelRecord {
+        fingerprint: [0; 32],
+        path: options.model.display().to_string(),
+        input,
+        layout,
+        size,
+        pixel_range,
+        output,
+        dim: 0,
+    })
+}
+
+impl Extractor {
+    /// Loads the model, resolves its contract and checks it by running one blank image.
+    pub fn open(options: &ExtractorOptions) -> Result<Extractor> {
+        let path = &options.model;
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let prefer_gpu = options.device != Device::Cpu;
+        let runtime = runtime::runtime(options.ort_library.as_deref(), prefer_gpu)?;
+        let (session, device) = build_session(runtime, options, &bytes)?;
+        let metadata = read_metadata(&session).map_err(|err| model_error(path, err))?;
+        let signature = Signature {
+            inputs: session
+                .inputs()
+                .iter()
+                .map(|outlet| {
+                    let shape = outlet
+                        .dtype()
+                        .tensor_shape()
+                        .map(|s| s.to_vec())
+                        .unwrap_or_default();
+                    (outlet.name().to_string(), shape)
+                })
+                .collect(),
+            outputs: session
+                .outputs()
+                .iter()
+                .map(|o| o.name().to_string())
+                .collect(),
+        };
+        let mut contract =
+            resolve(options, &metadata, &signature).map_err(|detail| model_error(path, detail))?;
+        contract.fingerprint = *blake3::hash(&bytes).as_bytes();
+        let run_options = RunOptions::new()
+            .map_err(|err| model_error(path, err))?
+            .with_outputs(OutputSelector::no_default().with(contract.output.clone()));
+        let mut extractor = Extractor {
+            session,
+            contract,
+            device,
+            run_options,
+        };
+        let blank = vec![0.0f32; extractor.input_len()];
+        let probe = extractor.run(&blank, 1).map_err(|err| match err {
+            Error::Model { detail, .. } => {
+                model_error(path, format!("a test run failed: {detail}"))
+            }
+            other => other,
+        })?;
+        extractor.contract.dim = probe.ncols() as u32;
+        Ok(extractor)
+    }
+
+    /// The resolved contract, with the model's fingerprint and feature dimension.
+    pub fn contract(&self) -> &ModelRecord {
+        &self.contract
+    }
+
+    /// The device the model runs on (`cpu` or `cuda:N`).
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Floats in one image's input.
+    pub fn input_len(&self) -> usize {
+        3 * self.contract.size as usize * self.contract.size as usize
+    }
+
+    /// Runs `count` images laid out back to back in `input`; returns `[count, dim]` features,
+    /// a 4-D output averaged over its spatial axes.
+    pub fn run(&mut self, input: &[f32], count: usize) -> Result<Array2<f32>> {
+        let path = PathBuf::from(&self.contract.path);
+        let size = self.contract.size as usize;
+        let shape = match self.contract.layout {
+            TensorLayout::Nchw => [count, 3, size, size],
+            TensorLayout::Nhwc => [count, size, size, 3],
+        };
+        let tensor = TensorRef::from_array_view((shape, &input[..count * self.input_len()]))
+            .map_err(|err| model_error(&path, err))?;
+        let outputs = self
+            .session
+            .run_with_options(
+                ort::inputs![self.contract.input.as_str() => tensor],
+                &self.run_options,
+            )
+            .map_err(|err| model_error(&path, format!("inference failed: {err}")))?;
+        let value = &outputs[self.contract.output.as_str()];
+        let array: ArrayViewD<'_, f32> = value.try_extract_array::<f32>().map_err(|err| {
+            model_error(
+                &path,
+                format!("output {:?} is not float32: {err}", self.contract.output),
+            )
+        })?;
+        pool(array, self.contract.layout).map_err(|detail| model_error(&path, detail))
+    }
+}
+
+/// `[n, d]` as is; `[n, c, h, w]` (or `[n, h, w, c]` for NHWC models) averaged over h and w.
+fn pool(
+    array: ArrayViewD<'_, f32>,
+    layout: TensorLayout,
+) -> std::result::Result<Array2<f32>, String> {
+    match array.ndim() {
+        2 => Ok(array
+            .into_dimensionality::<Ix2>()
+            .expect("rank 2")
+            .to_owned()),
+        4 => {
+            let array = array.into_dimensionality::<Ix4>().expect("rank 4");
+            let (first, second) = match layout {
+                TensorLayout::Nchw => (Axis(3), Axis(2)),
+                TensorLayout::Nhwc => (Axis(2), Axis(1)),
+            };
+            let pooled = array
+                .mean_axis(first)
+                .and_then(|a| a.mean_axis(second))
+                .ok_or("the output has an empty spatial axis")?;
+            Ok(pooled)
+        }
+        rank => Err(format!(
+            "the output has rank {rank}; features must be [batch, dim] or a 4-D map"
+        )),
+    }
+}
+
+fn read_metadata(session: &Session) -> ort::Result<HashMap<String, String>> {
+    let metadata = session.metadata()?;
+    let mut map = HashMap::new();
+    for key in metadata.custom_keys()? {
+        if let Some(value) = metadata.custom(&key) {
+            map.insert(key, value);
+        }
+    }
+    Ok(map)
+}
+
+fn build_session(
+    runtime: &runtime::Runtime,
+    options: &ExtractorOptions,
+    bytes: &[u8],
+) -> Result<(Session, String)> {
+    let path = &options.model;
+    let cuda_device = match options.device {
+        Device::Cpu => None,
+        Device::Cuda(n) => Some(n),
+        Device::Auto if runtime.gpu_build => Some(0),
+        Device::Auto => None,
+    };
+    let builder = || -> Result<ort::session::builder::SessionBuilder> {
+        let mut builder =
+            Session::builder(&runtime.environment).map_err(|err| model_error(path, err))?;
+        if let Some(threads) = options.threads {
+            builder = builder
+                .with_intra_threads(threads)
+                .map_err(|err| model_error(path, err))?;
+        }
+        Ok(builder)
+    };
+    if let Some(device) = cuda_device {
+        let cuda = ort::ep::CUDA::default()
+            .with_device_id(device)
+            .build()
+            .error_on_failure();
+        let attempt = builder()?
+            .with_execution_providers([cuda])
+            .map_err(|err| err.to_string())
+            .and_then(|mut b| b.commit_from_memory(bytes).map_err(|err| err.to_string()));
+        match attempt {
+            Ok(session) => return Ok((session, format!("cuda:{device}"))),
+            Err(detail) if options.device == Device::Auto => {
+                let _ = detail; // no usable GPU: the CPU serves, and `device()` says so
+            }
+            Err(detail) => {
+                return Err(Error::Runtime {
+                    detail: format!(
+                        "CUDA device {device} is not usable with {} ({detail}); run `make setup-gpu`, or use --device cpu",
+                        runtime.library.display()
+                    ),
+                })
+            }
+        }
+    }
+    let session = builder()?
+        .commit_from_memory(bytes)
+        .map_err(|err| model_error(path, format!("not a loadable ONNX model: {err}")))?;
+    Ok((session, "cpu".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signature() -> Signature {
+        Signature {
+            inputs: vec![("x".into(), vec![-1, 3, 32, 32])],
+            outputs: vec!["f".into(), "g".into()],
+        }
+    }
+
+    #[test]
+    fn contract_from_metadata_overrides_and_shapes() {
+        let options = ExtractorOptions {
+            pixel_range: Some(PixelRange::ImageNet),
+            ..ExtractorOptions::new("m.onnx")
+        };
+        let contract = resolve(&options, &HashMap::new(), &signature()).unwrap();
+        assert_eq!(
+            (contract.layout, contract.size, contract.output.as_str()),
+            (TensorLayout::Nchw, 32, "f")
+        );
+        let metadata: HashMap<String, String> =
+            [("milan.output", "g"), ("milan.pixel_range", "-1..1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let contract = resolve(&ExtractorOptions::new("m.onnx"), &metadata, &signature()).unwrap();
+        assert_eq!(
+            (contract.output.as_str(), contract.pixel_range),
+            ("g", PixelRange::MinusOneOne)
+        );
+        let missing = resolve(
+            &ExtractorOptions::new("m.onnx"),
+            &HashMap::new(),
+            &signature(),
+        )
+        .unwrap_err();
+        assert!(missing.contains("--pixel-range"), "{missing}");
+        let wrong = ExtractorOptions {
+            output: Some("nope".into()),
+            ..options.clone()
+        };
+        assert!(resolve(&wrong, &HashMap::new(), &signature())
+            .unwrap_err()
+            .contains("f, g"));
+        let size = ExtractorOptions {
+            input_size: Some(64),
+            ..options
+        };
+        assert!(resolve(&size, &HashMap::new(), &signature()).is_err());
+        assert_eq!("cuda:2".parse::<Device>(), Ok(Device::Cuda(2)));
+        assert!("gpu".parse::<Device>().is_err());
+    }
+}

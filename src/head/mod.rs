@@ -1,0 +1,285 @@
+//! [`HashHead`]: turns feature vectors into binary codes.
+//!
+//! A head is a small network of dense layers with LeakyReLU between them; bit `i` of the code is
+//! set where output `i` of the last layer is positive (MiLaN's sigmoid above 0.5). Random-hyperplane
+//! LSH ([`HashHead::lsh`]) is the one-layer case, a baseline that works before any training. The
+//! file format is `milan_index_format::HeadFile`.
+
+use std::path::Path;
+
+use milan_index_format::{DenseLayer, HeadFile, HEAD_MAGIC, HEAD_VERSION};
+use ndarray::{Array2, ArrayView2, Axis};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::code::Code;
+use crate::error::{Error, Result};
+
+/// A hash head, with the fingerprint of its encoded bytes.
+#[derive(Debug, Clone)]
+pub struct HashHead {
+    file: HeadFile,
+    bytes: Vec<u8>,
+    fingerprint: [u8; 32],
+}
+
+/// The extractor a head is made for: its fingerprint and output name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractorBinding {
+    /// BLAKE3 of the ONNX model file.
+    pub fingerprint: [u8; 32],
+    /// The output the features come from.
+    pub output: String,
+}
+
+impl HashHead {
+    /// Reads and checks a head file.
+    pub fn read(path: impl AsRef<Path>) -> Result<HashHead> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        HashHead::from_bytes(bytes).map_err(|err| match err {
+            Error::BadHead { detail, .. } => Error::BadHead {
+                path: path.to_path_buf(),
+                detail,
+            },
+            other => other,
+        })
+    }
+
+    /// A head from its encoded bytes.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<HashHead> {
+        let file = HeadFile::decode(&bytes).map_err(|err| Error::BadHead {
+            path: Default::default(),
+            detail: err.to_string(),
+        })?;
+        Ok(HashHead::assemble(file, bytes))
+    }
+
+    fn assemble(file: HeadFile, bytes: Vec<u8>) -> HashHead {
+        let fingerprint = *blake3::hash(&bytes).as_bytes();
+        HashHead {
+            file,
+            bytes,
+            fingerprint,
+        }
+    }
+
+    /// A head from a checked file structure.
+    pub(crate) fn from_file(file: HeadFile) -> Result<HashHead> {
+        HashHead::from_bytes(file.encode())
+    }
+
+    /// Random-hyperplane LSH: `bits` hyperplanes through `mean` (or the origin), drawn from a
+    /// standard normal with `seed`.
+    pub fn lsh(
+        bits: u32,
+        dim: u32,
+        seed: u64,
+        mean: Option<&[f32]>,
+        extractor: Option<ExtractorBinding>,
+    ) -> Result<HashHead> {
+        if dim == 0 {
+            return Err(Error::InvalidArgument {
+                detail: "feature dimension must be at least 1".into(),
+            });
+        }
+        if let Some(mean) = mean {
+            if mean.len() != dim as usize {
+                return Err(Error::FeatureDim {
+                    expected: dim,
+                    got: mean.len() as u32,
+                });
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let weights: Vec<f32> = (0..bits as usize * dim as usize)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
+        // w . (x - mean) = w . x - w . mean: the centring folds into the bias.
+        let bias = (0..bits as usize)
+            .map(|row| match mean {
+                Some(mean) => -weights[row * dim as usize..(row + 1) * dim as usize]
+                    .iter()
+                    .zip(mean)
+                    .map(|(w, m)| w * m)
+                    .sum::<f32>(),
+                None => 0.0,
+            })
+            .collect();
+        let file = HeadFile {
+            magic: HEAD_MAGIC,
+            version: HEAD_VERSION,
+            bits,
+            input_dim: dim,
+            leaky_slope: 0.2,
+            layers: vec![DenseLayer {
+                inputs: dim,
+                outputs: bits,
+                weights,
+                bias,
+            }],
+            extractor_fingerprint: extractor.as_ref().map(|e| e.fingerprint),
+            extractor_output: extractor.map(|e| e.output),
+            kind: "lsh".into(),
+            provenance: format!("{{\"seed\":{seed},\"centred\":{}}}", mean.is_some()),
+        };
+        HashHead::from_file(file)
+    }
+
+    /// Writes the head file.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        std::fs::write(path, &self.bytes).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The encoded head.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// BLAKE3 of the encoded head.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// Code length in bits.
+    pub fn bits(&self) -> u32 {
+        self.file.bits
+    }
+
+    /// Feature dimension expected.
+    pub fn input_dim(&self) -> u32 {
+        self.file.input_dim
+    }
+
+    /// How the head was made (`lsh`, or a training recipe).
+    pub fn kind(&self) -> &str {
+        &self.file.kind
+    }
+
+    /// The extractor the head was made for, if bound to one.
+    pub fn extractor(&self) -> Option<ExtractorBinding> {
+        Some(ExtractorBinding {
+            fingerprint: self.file.extractor_fingerprint?,
+            output: self.file.extractor_output.clone().unwrap_or_default(),
+        })
+    }
+
+    /// The file structure.
+    pub fn file(&self) -> &HeadFile {
+        &self.file
+    }
+
+    /// The last layer's outputs for each row of `features` (`[n, input_dim]`).
+    pub fn logits(&self, features: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
+        if features.ncols() != self.file.input_dim as usize {
+            return Err(Error::FeatureDim {
+                expected: self.file.input_dim,
+                got: features.ncols() as u32,
+            });
+        }
+        if features.iter().any(|x| !x.is_finite()) {
+            return Err(Error::InvalidArgument {
+                detail: "features hold NaN or infinite values".into(),
+            });
+        }
+        let slope = self.file.leaky_slope;
+        let mut x = features.to_owned();
+        for (i, layer) in self.file.layers.iter().enumerate() {
+            let w = ArrayView2::from_shape(
+                (layer.outputs as usize, layer.inputs as usize),
+                &layer.weights,
+            )
+            .expect("shapes checked at decode");
+            let mut y = x.dot(&w.t());
+            y += &ndarray::ArrayView1::from(&layer.bias);
+            if i + 1 < self.file.layers.len() {
+                y.mapv_inplace(|v| if v > 0.0 { v } else { slope * v });
+            }
+            x = y;
+        }
+        Ok(x)
+    }
+
+    /// The codes of each row of `features`.
+    pub fn codes(&self, features: ArrayView2<'_, f32>) -> Result<Vec<Code>> {
+        let logits = self.logits(features)?;
+        logits
+            .axis_iter(Axis(0))
+            .map(|row| Code::from_fn(self.bits(), |i| row[i] > 0.0))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsh_codes_are_signs_of_centred_projections() {
+        let mean = [1.0f32, -1.0, 0.5];
+        let head = HashHead::lsh(16, 3, 5, Some(&mean), None).unwrap();
+        let again = HashHead::from_bytes(head.as_bytes().to_vec()).unwrap();
+        assert_eq!(again.fingerprint(), head.fingerprint());
+        let x = ndarray::arr2(&[[2.0f32, 0.0, 1.0], [1.0, -1.0, 0.5]]);
+        let codes = head.codes(x.view()).unwrap();
+        let w = &head.file().layers[0].weights;
+        for bit in 0..16 {
+            let projection: f32 = (0..3).map(|j| w[bit * 3 + j] * (x[[0, j]] - mean[j])).sum();
+            assert_eq!(codes[0].as_bitslice()[bit], projection > 0.0, "bit {bit}");
+        }
+        // The mean itself projects to zero everywhere: no bit set.
+        assert_eq!(codes[1].as_bitslice().count_ones(), 0);
+        assert_ne!(
+            HashHead::lsh(16, 3, 6, None, None).unwrap().fingerprint(),
+            head.fingerprint()
+        );
+        assert!(matches!(
+            head.codes(ndarray::Array2::zeros((1, 4)).view()),
+            Err(Error::FeatureDim {
+                expected: 3,
+                got: 4
+            })
+        ));
+    }
+
+    #[test]
+    fn hidden_layers_use_leaky_relu() {
+        let file = HeadFile {
+            magic: HEAD_MAGIC,
+            version: HEAD_VERSION,
+            bits: 8,
+            input_dim: 1,
+            leaky_slope: 0.5,
+            layers: vec![
+                DenseLayer {
+                    inputs: 1,
+                    outputs: 1,
+                    weights: vec![1.0],
+                    bias: vec![0.0],
+                },
+                DenseLayer {
+                    inputs: 1,
+                    outputs: 8,
+                    weights: vec![1.0; 8],
+                    bias: (0..8).map(|i| -(i as f32) * 0.1).collect(),
+                },
+            ],
+            extractor_fingerprint: None,
+            extractor_output: None,
+            kind: "test".into(),
+            provenance: String::new(),
+        };
+        let head = HashHead::from_file(file).unwrap();
+        let logits = head.logits(ndarray::arr2(&[[-1.0f32]]).view()).unwrap();
+        // Hidden: LeakyReLU(-1) = -0.5; output i = -0.5 - 0.1 i.
+        assert!((logits[[0, 3]] - (-0.8)).abs() < 1e-6);
+    }
+}

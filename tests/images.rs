@@ -1,0 +1,453 @@
+//! Images end to end with the tiny test models in tests/data: every supported format, every kind
+//! of bad file, re-runs, kills, model and head mismatches, and query by image.
+
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
+use milan::extract::{Extractor, ExtractorOptions};
+use milan::format::TensorLayout;
+use rand::RngExt;
+
+use crate::util::*;
+
+pub fn tiny_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_extractor.onnx")
+}
+
+fn tiny_nhwc_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_extractor_nhwc.onnx")
+}
+
+/// A noisy image of one of two classes: reddish with horizontal stripes, or bluish with vertical.
+fn class_image(class: usize, seed: u64, width: u32, height: u32) -> RgbImage {
+    let mut rng = rng(seed);
+    RgbImage::from_fn(width, height, |x, y| {
+        let stripe = if class == 0 { y / 4 % 2 } else { x / 4 % 2 } as u8;
+        let noise: u8 = rng.random_range(0..40);
+        match class {
+            0 => Rgb([200 + noise / 2, 30 + noise + 60 * stripe, 30]),
+            _ => Rgb([30, 40 + noise + 60 * stripe, 190 + noise / 2]),
+        }
+    })
+}
+
+/// Writes two class folders with images in every supported format; returns the good files.
+pub fn write_image_set(root: &Path, per_class: usize) -> Vec<PathBuf> {
+    let formats = ["png", "jpg", "tif", "webp", "bmp", "gif"];
+    let mut files = Vec::new();
+    for (class, name) in ["red", "blue"].iter().enumerate() {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let format = formats[i % formats.len()];
+            let path = dir.join(format!("{name}{i:03}.{format}"));
+            let image = class_image(
+                class,
+                (class * 1000 + i) as u64,
+                40 + (i as u32 % 3) * 12,
+                36,
+            );
+            image.save(&path).unwrap();
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Writes one file of each kind of bad input into `dir`.
+fn write_bad_files(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("empty.png"), b"").unwrap();
+    std::fs::write(dir.join("notes.png"), b"these are notes, not pixels").unwrap();
+    let mut png = Vec::new();
+    class_image(0, 9, 64, 64)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(dir.join("truncated.png"), &png[..png.len() / 2]).unwrap();
+    // A valid PNG whose header claims 100000 x 100000 pixels: a decompression bomb.
+    let mut bomb = png.clone();
+    bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let crc = crc32fast::hash(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(dir.join("bomb.png"), bomb).unwrap();
+}
+
+#[test]
+fn the_extractor_follows_the_model_contract() {
+    let mut extractor = Extractor::open(&ExtractorOptions::new(tiny_model())).unwrap();
+    let contract = extractor.contract().clone();
+    assert_eq!(
+        (contract.size, contract.layout, contract.dim),
+        (32, TensorLayout::Nchw, 16)
+    );
+    assert_eq!(
+        contract.fingerprint,
+        *blake3::hash(&std::fs::read(tiny_model()).unwrap()).as_bytes()
+    );
+    assert_eq!(extractor.device(), "cpu");
+    // The 4-D output, pooled here, equals the model's own pooled output.
+    let mut fmap = Extractor::open(&ExtractorOptions {
+        output: Some("fmap".into()),
+        ..ExtractorOptions::new(tiny_model())
+    })
+    .unwrap();
+    assert_eq!(fmap.contract().dim, 16);
+    let input: Vec<f32> = (0..2 * extractor.input_len())
+        .map(|i| ((i % 97) as f32 / 97.0) - 0.5)
+        .collect();
+    let a = extractor.run(&input, 2).unwrap();
+    let b = fmap.run(&input, 2).unwrap();
+    assert_eq!(a.dim(), (2, 16));
+    for (x, y) in a.iter().zip(b.iter()) {
+        assert!((x - y).abs() < 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
+    }
+    assert!(
+        a.row(0) != a.row(1),
+        "different images give different features"
+    );
+    let nhwc = Extractor::open(&ExtractorOptions::new(tiny_nhwc_model())).unwrap();
+    assert_eq!(nhwc.contract().layout, TensorLayout::Nhwc);
+    let wrong = Extractor::open(&ExtractorOptions {
+        output: Some("logits".into()),
+        ..ExtractorOptions::new(tiny_model())
+    })
+    .unwrap_err();
+    assert!(wrong.to_string().contains("features, fmap"), "{wrong}");
+}
+
+#[test]
+fn not_a_model_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("fake.onnx");
+    std::fs::write(&fake, b"not a protobuf").unwrap();
+    let err = Extractor::open(&ExtractorOptions::new(&fake)).unwrap_err();
+    assert!(matches!(err, milan::Error::Model { .. }), "{err}");
+    assert!(err.to_string().contains("fake.onnx"), "{err}");
+}
+
+#[test]
+fn add_and_query_images_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    let good = write_image_set(&images, 12);
+    write_bad_files(&images.join("bad"));
+    // Formats the encoder above does not cover: 16-bit greyscale and transparent RGBA.
+    DynamicImage::ImageLuma16(ImageBuffer::from_fn(30, 30, |x, _| {
+        image::Luma([(x * 2000) as u16])
+    }))
+    .save(images.join("red/grey16.png"))
+    .unwrap();
+    DynamicImage::ImageRgba8(ImageBuffer::from_fn(30, 30, |x, _| {
+        image::Rgba([200, 20, 20, (x * 8) as u8])
+    }))
+    .save(images.join("red/alpha.png"))
+    .unwrap();
+    let (head, index) = (tmp.path().join("h.head"), tmp.path().join("idx"));
+    let model = tiny_model();
+    ok(&[
+        "head",
+        "init",
+        "--lsh",
+        "--bits",
+        "32",
+        "--model",
+        s(&model),
+        "--out",
+        s(&head),
+        "--seed",
+        "3",
+    ]);
+    ok(&[
+        "index",
+        "create",
+        s(&index),
+        "--model",
+        s(&model),
+        "--head",
+        s(&head),
+    ]);
+    let output = milan(&[
+        "index",
+        "add",
+        s(&index),
+        s(&images),
+        "--recursive",
+        "--label-from-dir",
+        "--json",
+        "--batch-size",
+        "5",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["added"], good.len() + 2, "{report}");
+    for reason in ["empty", "unsupported", "corrupt", "too_large"] {
+        assert_eq!(report["failed_by_reason"][reason], 1, "{reason}: {report}");
+    }
+    assert_eq!(report["device"], "cpu");
+    assert!(ok(&["index", "check", s(&index)]).contains("ok"));
+
+    // A second run adds nothing: every file's content is already there.
+    let again = milan(&[
+        "index",
+        "add",
+        s(&index),
+        s(&images.join("red")),
+        s(&images.join("blue")),
+        "--json",
+    ]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        (again["added"].as_u64(), again["already_indexed"].as_u64()),
+        (Some(0), Some(good.len() as u64 + 2))
+    );
+
+    let query = &good[3];
+    let out = ok(&[
+        "query",
+        s(&index),
+        "--image",
+        s(query),
+        "--top-k",
+        "5",
+        "--json",
+    ]);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // An untrained head gives many images the same code: the query is among those at distance 0.
+    let results = line["results"].as_array().unwrap();
+    assert_eq!(results[0]["distance"], 0);
+    let own = ok(&[
+        "query",
+        s(&index),
+        "--image",
+        s(query),
+        "--radius",
+        "0",
+        "--json",
+    ]);
+    assert!(own.contains("red003.webp\""), "{own}");
+
+    // The head is LSH on a random network: still, same-class images should mostly come first.
+    let tops = ok(&[
+        "query",
+        s(&index),
+        "--image",
+        s(&good[0]),
+        "--top-k",
+        "8",
+        "--json",
+    ]);
+    let line: serde_json::Value = serde_json::from_str(tops.trim()).unwrap();
+    let red = line["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["key"].as_str().unwrap().contains("/red/"))
+        .count();
+    assert!(red >= 5, "{line}");
+
+    let err = fails(
+        &[
+            "query",
+            s(&index),
+            "--image",
+            s(&images.join("bad/notes.png")),
+            "--top-k",
+            "3",
+        ],
+        1,
+    );
+    assert!(
+        err.contains("notes.png") && err.contains("not an image"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mismatched_models_and_heads_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, other) = (tiny_model(), tiny_nhwc_model());
+    let (head, other_head) = (tmp.path().join("a.head"), tmp.path().join("b.head"));
+    ok(&[
+        "head",
+        "init",
+        "--lsh",
+        "--bits",
+        "16",
+        "--model",
+        s(&model),
+        "--out",
+        s(&head),
+    ]);
+    ok(&[
+        "head",
+        "init",
+        "--lsh",
+        "--bits",
+        "16",
+        "--model",
+        s(&other),
+        "--out",
+        s(&other_head),
+    ]);
+    let err = fails(
+        &[
+            "index",
+            "create",
+            s(&tmp.path().join("x")),
+            "--model",
+            s(&model),
+            "--head",
+            s(&other_head),
+        ],
+        1,
+    );
+    assert!(err.contains("made for another extractor"), "{err}");
+    let wide = tmp.path().join("wide.head");
+    ok(&[
+        "head",
+        "init",
+        "--lsh",
+        "--bits",
+        "16",
+        "--dim",
+        "99",
+        "--out",
+        s(&wide),
+    ]);
+    let err = fails(
+        &[
+            "index",
+            "create",
+            s(&tmp.path().join("y")),
+            "--model",
+            s(&model),
+            "--head",
+            s(&wide),
+        ],
+        1,
+    );
+    assert!(err.contains("99-dimensional"), "{err}");
+    let index = tmp.path().join("idx");
+    ok(&[
+        "index",
+        "create",
+        s(&index),
+        "--model",
+        s(&model),
+        "--head",
+        s(&head),
+    ]);
+    let images = tmp.path().join("images");
+    write_image_set(&images, 2);
+    let err = fails(
+        &[
+            "index",
+            "add",
+            s(&index),
+            s(&images.join("red")),
+            "--model",
+            s(&other),
+        ],
+        1,
+    );
+    assert!(err.contains("was built with model"), "{err}");
+    let err = fails(
+        &[
+            "query",
+            s(&index),
+            "--image",
+            s(&images.join("red/red000.png")),
+            "--top-k",
+            "1",
+            "--model",
+            s(&other),
+        ],
+        1,
+    );
+    assert!(err.contains("was built with model"), "{err}");
+    let codes_only = tmp.path().join("codes");
+    ok(&["index", "create", s(&codes_only), "--bits", "16"]);
+    let err = fails(&["index", "add", s(&codes_only), s(&images)], 1);
+    assert!(err.contains("stores codes only"), "{err}");
+    let garbage = tmp.path().join("garbage.head");
+    std::fs::write(&garbage, b"MILANHD\0garbage").unwrap();
+    let err = fails(
+        &[
+            "index",
+            "create",
+            s(&tmp.path().join("z")),
+            "--model",
+            s(&model),
+            "--head",
+            s(&garbage),
+        ],
+        1,
+    );
+    assert!(
+        err.contains("garbage.head") && err.contains("not a usable hash head"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&index).unwrap().count(), 1);
+}
+
+#[test]
+fn a_killed_add_keeps_its_commits_and_a_rerun_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    let good = write_image_set(&images, 400);
+    let (head, index) = (tmp.path().join("h.head"), tmp.path().join("idx"));
+    let model = tiny_model();
+    ok(&[
+        "head",
+        "init",
+        "--lsh",
+        "--bits",
+        "16",
+        "--dim",
+        "16",
+        "--out",
+        s(&head),
+    ]);
+    ok(&[
+        "index",
+        "create",
+        s(&index),
+        "--model",
+        s(&model),
+        "--head",
+        s(&head),
+    ]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_milan"))
+        .args([
+            "index",
+            "add",
+            s(&index),
+            s(&images),
+            "-r",
+            "--quiet",
+            "--batch-size",
+            "10",
+            "--commit-every",
+            "50",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut opened = milan::Index::open(&index).unwrap();
+    let len = opened.len();
+    assert!(len % 50 == 0 || len == good.len() as u64, "{len}");
+    assert!(opened.verify().unwrap().is_ok());
+    drop(opened);
+    ok(&["index", "add", s(&index), s(&images), "-r", "--quiet"]);
+    let reopened = milan::Index::open_read_only(&index).unwrap();
+    assert_eq!(reopened.len(), good.len() as u64);
+}
