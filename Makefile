@@ -7,26 +7,51 @@ FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := decode_records open_damaged model_ops
 BENCH := target/bench
 
-.PHONY: demo test check lint unit fuzz fuzz-tools bench bench-compare clean-demo
+.PHONY: demo demo-codes setup setup-gpu model test lint unit test-deps fuzz fuzz-tools bench bench-compare
 
-## demo: builds milan, makes 200,000 synthetic 64-bit codes, indexes them and queries them.
-demo: $(MILAN)
-	@rm -rf $(DEMO) && mkdir -p $(DEMO)
-	@echo "== generating 200,000 64-bit codes around 200 centres, and 5 queries"
-	$(MILAN) bench generate --bits 64 --count 200000 --centres 200 --flip 0.12 --seed 7 \
-		--out $(DEMO)/codes.npy --queries 5 --queries-out $(DEMO)/queries.npy
-	@echo "== creating and filling the index"
-	$(MILAN) index create $(DEMO)/index --bits 64 --expected-size 200000
-	$(MILAN) index import $(DEMO)/index --codes $(DEMO)/codes.npy --quiet
+## demo: sets up ONNX Runtime and the real InceptionV3, indexes real images (Fashion-MNIST, or
+## your own with IMAGES=DIR), queries by image and writes an HTML page of the results.
+MODEL := target/models/inception_v3.onnx
+IMAGES ?=
+DEMO_IMAGES := $(if $(IMAGES),$(IMAGES),$(DEMO)/images)
+
+demo: $(MILAN) setup model
+	@rm -rf $(DEMO)/index $(DEMO)/results.html && mkdir -p $(DEMO)
+	@if [ -z "$(IMAGES)" ]; then python3 scripts/fashion_mnist_images.py --per-class 40 --out $(DEMO)/images; fi
+	@echo "== an untrained 64-bit hash head (random hyperplanes) for the model's features"
+	$(MILAN) head init --lsh --bits 64 --seed 1 --model $(MODEL) --out $(DEMO)/lsh64.head
+	@echo "== creating the index and adding every image (labels from folder names)"
+	$(MILAN) index create $(DEMO)/index --model $(MODEL) --head $(DEMO)/lsh64.head
+	$(MILAN) index add $(DEMO)/index $(DEMO_IMAGES) --recursive --label-from-dir --keep-features
 	$(MILAN) index info $(DEMO)/index
-	$(MILAN) index check $(DEMO)/index
-	@echo "== the 5 nearest codes to each query, as JSON lines"
-	$(MILAN) query $(DEMO)/index --codes $(DEMO)/queries.npy --top-k 5 --json
-	@echo "== everything within 6 bits of stored id 42"
-	$(MILAN) query $(DEMO)/index --id 42 --radius 6
-	@echo "== search speed against a linear scan (one thread)"
-	$(MILAN) bench search $(DEMO)/index --codes $(DEMO)/queries.npy --top-k 20 --radius 2,4,8
-	@echo "done: the index is in $(DEMO)/index"
+	@echo "== three images as queries: top 19 results each, as JSON lines and as an HTML page"
+	$(MILAN) query $(DEMO)/index --top-k 19 --json --html $(DEMO)/results.html \
+		--image $$(find $(DEMO_IMAGES) -type f \( -name '*.png' -o -name '*.jpg' -o -name '*.tif' \) | sort | awk 'NR % 97 == 1' | head -3)
+	@echo
+	@echo "done. Index: $(DEMO)/index; results page: $(DEMO)/results.html (query framed blue, wrong class red)."
+
+## demo-codes: the search engine alone, on 200,000 synthetic 64-bit codes.
+demo-codes: $(MILAN)
+	@rm -rf $(DEMO)/codes && mkdir -p $(DEMO)/codes
+	$(MILAN) bench generate --bits 64 --count 200000 --centres 200 --flip 0.12 --seed 7 \
+		--out $(DEMO)/codes/codes.npy --queries 5 --queries-out $(DEMO)/codes/queries.npy
+	$(MILAN) index create $(DEMO)/codes/index --bits 64 --expected-size 200000
+	$(MILAN) index import $(DEMO)/codes/index --codes $(DEMO)/codes/codes.npy --quiet
+	$(MILAN) query $(DEMO)/codes/index --codes $(DEMO)/codes/queries.npy --top-k 5 --json
+	$(MILAN) bench search $(DEMO)/codes/index --codes $(DEMO)/codes/queries.npy --top-k 20 --radius 2,4,8
+
+## setup: ONNX Runtime 1.31.1 (CPU) into .onnxruntime/cpu; setup-gpu: the CUDA build.
+setup:
+	bash scripts/setup-onnxruntime.sh cpu
+
+setup-gpu:
+	bash scripts/setup-onnxruntime.sh gpu
+
+## model: the real InceptionV3 (nsfwjs 4.3.0, converted and checked), see docs/models.md.
+model: $(MODEL)
+
+$(MODEL): scripts/model/convert_nsfwjs.py scripts/model/make_model.sh
+	bash scripts/model/make_model.sh
 
 $(MILAN): FORCE
 	$(CARGO) build --release --locked
@@ -41,8 +66,14 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps --workspace
 
-unit:
+unit: setup test-deps
 	$(CARGO) test --locked --workspace
+
+# The HTML page test renders in a real headless Chromium (Debian's package).
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
 
 fuzz-tools:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

@@ -451,3 +451,102 @@ fn a_killed_add_keeps_its_commits_and_a_rerun_finishes() {
     let reopened = milan::Index::open_read_only(&index).unwrap();
     assert_eq!(reopened.len(), good.len() as u64);
 }
+
+#[test]
+fn the_results_page_shows_every_image_in_a_real_browser() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    let good = write_image_set(&images, 6);
+    let (head, index, page) = (
+        tmp.path().join("h.head"),
+        tmp.path().join("idx"),
+        tmp.path().join("page.html"),
+    );
+    let model = tiny_model();
+    ok(&[
+        "head",
+        "init",
+        "--lsh",
+        "--bits",
+        "16",
+        "--model",
+        s(&model),
+        "--out",
+        s(&head),
+    ]);
+    ok(&[
+        "index",
+        "create",
+        s(&index),
+        "--model",
+        s(&model),
+        "--head",
+        s(&head),
+    ]);
+    ok(&[
+        "index",
+        "add",
+        s(&index),
+        s(&images),
+        "-r",
+        "--label-from-dir",
+        "--quiet",
+    ]);
+    ok(&[
+        "query",
+        s(&index),
+        "--top-k",
+        "9",
+        "--html",
+        s(&page),
+        "--image",
+        s(&good[0]),
+        "--image",
+        s(&good[7]),
+    ]);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(html.matches("class=\"query\"").count(), 2);
+    // Two queries with 9 results each, every picture embedded: nothing refers to the disk.
+    assert_eq!(
+        html.matches("<img src=\"data:image/jpeg;base64,").count(),
+        20
+    );
+    // Each query shares its label with 6 images; the rest of its top 9 are the other class.
+    assert!(
+        html.matches("class=\"wrong\"").count() >= 6,
+        "wrong-label results framed red"
+    );
+
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|name| {
+            std::process::Command::new(name)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .expect("Chromium is needed for this test: `make test-deps` installs Debian's package");
+    let profile = tmp.path().join("profile");
+    let output = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("data-images-loaded=\"20/20\""),
+        "not every image loaded: {}",
+        &dom[dom.len().saturating_sub(300)..]
+    );
+}

@@ -29,9 +29,9 @@ pub struct QueryArgs {
     /// Query by the code stored under this id.
     #[arg(long)]
     id: Option<u64>,
-    /// Query by an image, coded with the index's model and hash head.
-    #[arg(long)]
-    image: Option<PathBuf>,
+    /// Query by images (repeat the flag for several), coded with the index's model and head.
+    #[arg(long, num_args = 1..)]
+    image: Vec<PathBuf>,
     /// The k nearest codes.
     #[arg(long)]
     top_k: Option<usize>,
@@ -82,21 +82,25 @@ pub fn run(args: QueryArgs) -> Result<Outcome> {
             label: item.label,
         });
         vec![search_one(&search, &args)?]
-    } else if let Some(image) = &args.image {
+    } else if !args.image.is_empty() {
         let mut extractor = args.extractor.open(index.model())?;
-        let (code, _) = milan::ingest::code_image(&index, &mut extractor, image)?;
-        // An image already in the index lends the query its stored label.
-        let hash = *blake3::hash(&std::fs::read(image)?).as_bytes();
-        let label = match reader.ids_with_content_hash(&hash)?.first() {
-            Some(&id) => reader.item(id)?.and_then(|item| item.label),
-            None => None,
-        };
-        infos.push(QueryInfo {
-            caption: image.display().to_string(),
-            image: Some(image.clone()),
-            label,
-        });
-        vec![search_one(&reader.search(&code)?, &args)?]
+        let mut results = Vec::new();
+        for image in &args.image {
+            let (code, _) = milan::ingest::code_image(&index, &mut extractor, image)?;
+            // An image already in the index lends the query its stored label.
+            let hash = *blake3::hash(&std::fs::read(image)?).as_bytes();
+            let label = match reader.ids_with_content_hash(&hash)?.first() {
+                Some(&id) => reader.item(id)?.and_then(|item| item.label),
+                None => None,
+            };
+            infos.push(QueryInfo {
+                caption: image.display().to_string(),
+                image: Some(image.clone()),
+                label,
+            });
+            results.push(search_one(&reader.search(&code)?, &args)?);
+        }
+        results
     } else {
         let queries = match (&args.code, &args.codes) {
             (Some(hex), _) => vec![Code::from_hex(hex)?],
