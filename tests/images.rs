@@ -550,3 +550,76 @@ fn the_results_page_shows_every_image_in_a_real_browser() {
         &dom[dom.len().saturating_sub(300)..]
     );
 }
+
+#[test]
+fn extract_writes_features_labels_and_the_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    let good = write_image_set(&images, 5);
+    std::fs::write(images.join("blue/broken.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    let data = tmp.path().join("data");
+    let model = tiny_model();
+    let output = milan(&[
+        "extract",
+        "--model",
+        s(&model),
+        "--images",
+        s(&images),
+        "--label-from-dir",
+        "--out",
+        s(&data),
+        "--quiet",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("broken.png"));
+    let features: ndarray::Array2<f32> = ndarray_npy::read_npy(data.join("features.npy")).unwrap();
+    let labels: ndarray::Array1<i64> = ndarray_npy::read_npy(data.join("labels.npy")).unwrap();
+    assert_eq!(features.dim(), (good.len(), 16));
+    let classes = std::fs::read_to_string(data.join("classes.txt")).unwrap();
+    assert_eq!(classes, "blue\nred\n");
+    let paths = std::fs::read_to_string(data.join("paths.txt")).unwrap();
+    for (path, label) in paths.lines().zip(labels.iter()) {
+        let expected = if path.contains("/red/") { 1 } else { 0 };
+        assert_eq!(*label, expected, "{path}");
+    }
+    // The same image extracted alone gives the same row.
+    let mut extractor = Extractor::open(&ExtractorOptions::new(&model)).unwrap();
+    let first = paths.lines().next().unwrap();
+    let index = milan::Index::builder(16)
+        .images(
+            extractor.contract().clone(),
+            milan::HashHead::lsh(16, 16, 1, None, None).unwrap(),
+        )
+        .create(tmp.path().join("idx"))
+        .unwrap();
+    let (_, row) = milan::ingest::code_image(&index, &mut extractor, Path::new(first)).unwrap();
+    for (a, b) in row.iter().zip(features.row(0)) {
+        assert!((a - b).abs() < 1e-5);
+    }
+    let about: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("extractor.json")).unwrap())
+            .unwrap();
+    assert_eq!(about["dim"], 16);
+    assert_eq!(about["layout"], "nchw");
+    let manifest = tmp.path().join("m.csv");
+    std::fs::write(
+        &manifest,
+        format!("{},x\nimages/blue/blue000.png,y\n", s(&good[0])),
+    )
+    .unwrap();
+    ok(&[
+        "extract",
+        "--model",
+        s(&model),
+        "--manifest",
+        s(&manifest),
+        "--out",
+        s(&tmp.path().join("d2")),
+        "--quiet",
+    ]);
+}

@@ -10,7 +10,7 @@ pub mod pipeline;
 pub(crate) mod runtime;
 mod session;
 
-pub use image::{read_image, Decoded, SkipReason};
+pub use image::{read_image, write_input, Decoded, SkipReason};
 pub use runtime::library_candidates;
 pub use session::{
     layout_name, parse_layout, parse_pixel_range, pixel_range_name, Device, Extractor,

@@ -51,7 +51,7 @@ pub struct AddArgs {
 }
 
 /// The image files under `paths`, sorted within each folder, each file once.
-fn collect(paths: &[PathBuf], recursive: bool) -> Result<Vec<PathBuf>> {
+pub fn collect(paths: &[PathBuf], recursive: bool) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut seen = BTreeSet::new();
     for path in paths {

@@ -15,6 +15,7 @@ macro_rules! outln {
 mod add;
 mod bench;
 mod codes_file;
+mod extract;
 mod extractor_args;
 mod head;
 mod index;
@@ -40,6 +41,8 @@ enum Command {
     Index(index::IndexCommand),
     /// Search an index by code, by a file of codes, or by a stored id.
     Query(query::QueryArgs),
+    /// Extract the features of a labelled image set (for training and evaluation).
+    Extract(extract::ExtractArgs),
     /// Make hash heads (the networks that turn features into codes).
     #[command(subcommand)]
     Head(head::HeadCommand),
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Query(args) => query::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Head(command) => head::run(command),
+        Command::Extract(args) => extract::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
