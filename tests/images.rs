@@ -623,3 +623,65 @@ fn extract_writes_features_labels_and_the_contract() {
         "--quiet",
     ]);
 }
+
+#[test]
+fn kept_features_follow_their_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    let good = write_image_set(&images, 3);
+    let (head, index_dir) = (tmp.path().join("h.head"), tmp.path().join("idx"));
+    let model = tiny_model();
+    ok(&[
+        "head",
+        "init",
+        "--lsh",
+        "--bits",
+        "16",
+        "--model",
+        s(&model),
+        "--out",
+        s(&head),
+    ]);
+    ok(&[
+        "index",
+        "create",
+        s(&index_dir),
+        "--model",
+        s(&model),
+        "--head",
+        s(&head),
+    ]);
+    ok(&[
+        "index",
+        "add",
+        s(&index_dir),
+        s(&images),
+        "-r",
+        "--keep-features",
+        "--quiet",
+    ]);
+    let mut index = milan::Index::open(&index_dir).unwrap();
+    let reader = index.reader().unwrap();
+    let kept = reader.features(0, 16).unwrap().expect("features kept");
+    // The kept features re-code to the stored code.
+    let code = index
+        .head()
+        .unwrap()
+        .codes(ndarray::ArrayView2::from_shape((1, 16), &kept).unwrap())
+        .unwrap();
+    assert_eq!(code[0], reader.code(0).unwrap());
+    drop(reader);
+    let mut writer = index.writer().unwrap();
+    writer.delete(0).unwrap();
+    assert!(matches!(
+        writer.add_with_features(&code[0], milan::Item::default(), vec![0.0; 3]),
+        Err(milan::Error::FeatureDim {
+            expected: 16,
+            got: 3
+        })
+    ));
+    writer.commit().unwrap();
+    assert!(index.reader().unwrap().features(0, 16).unwrap().is_none());
+    assert!(index.verify().unwrap().is_ok());
+    assert_eq!(index.len(), good.len() as u64 - 1);
+}

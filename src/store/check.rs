@@ -6,10 +6,12 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use milan_index_format::{check_code_bytes, decode_bucket_ids, BucketKey, ItemRecord};
+use milan_index_format::{
+    check_code_bytes, decode_bucket_ids, decode_features, BucketKey, ItemRecord,
+};
 use redb::{ReadTransaction, ReadableMultimapTable, ReadableTable};
 
-use super::{read_meta, BUCKETS, CODES, CONTENT_HASHES, ITEMS};
+use super::{read_meta, BUCKETS, CODES, CONTENT_HASHES, FEATURES, ITEMS};
 use crate::error::{Error, Result};
 
 /// Most problems listed one by one.
@@ -98,6 +100,27 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
     }
     for id in code_ids.difference(&item_ids) {
         report.problem(format!("code {id} has no item record"));
+    }
+
+    // Kept features: only for live codes, each of the bound extractor's dimension.
+    let (model, _) = super::read_binding(dir, txn)?;
+    let features = txn.open_table(FEATURES).map_err(|e| storage(e.into()))?;
+    for entry in features.iter().map_err(|e| storage(e.into()))? {
+        let (id, bytes) = entry.map_err(|e| storage(e.into()))?;
+        let id = id.value();
+        if !code_ids.contains(&id) {
+            report.problem(format!("features kept for id {id}, which has no code"));
+        }
+        match &model {
+            Some(model) => {
+                if let Err(err) = decode_features(bytes.value(), model.dim) {
+                    report.problem(format!("features of id {id}: {err}"));
+                }
+            }
+            None => report.problem(format!(
+                "features kept for id {id} in an index bound to no extractor"
+            )),
+        }
     }
 
     let hashes = txn
