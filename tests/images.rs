@@ -685,3 +685,44 @@ fn kept_features_follow_their_codes() {
     assert!(index.verify().unwrap().is_ok());
     assert_eq!(index.len(), good.len() as u64 - 1);
 }
+
+#[test]
+fn a_file_that_is_not_onnx_runtime_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("libonnxruntime.so");
+    std::fs::write(&fake, b"not a shared library").unwrap();
+    // A fresh process: the runtime is loaded once per process.
+    let err = fails(
+        &[
+            "head",
+            "init",
+            "--lsh",
+            "--bits",
+            "8",
+            "--model",
+            s(&tiny_model()),
+            "--ort-lib",
+            s(&fake),
+            "--out",
+            s(&tmp.path().join("h")),
+        ],
+        1,
+    );
+    assert!(
+        err.contains("libonnxruntime.so") && err.contains("cannot load ONNX Runtime"),
+        "{err}"
+    );
+    let err = fails(
+        &[
+            "index",
+            "create",
+            s(&tmp.path().join("i")),
+            "--model",
+            s(&tiny_model()),
+            "--head",
+            s(&tmp.path().join("missing.head")),
+        ],
+        1,
+    );
+    assert!(err.contains("missing.head"), "{err}");
+}

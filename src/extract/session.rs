@@ -394,9 +394,12 @@ fn build_session(
             .with_device_id(device)
             .build()
             .error_on_failure();
-        let attempt = builder()?
-            .with_execution_providers([cuda])
-            .map_err(|err| err.to_string())
+        let attempt = preload_cuda_libraries(&runtime.library)
+            .and_then(|()| builder().map_err(|err| err.to_string()))
+            .and_then(|b| {
+                b.with_execution_providers([cuda])
+                    .map_err(|err| err.to_string())
+            })
             .and_then(|mut b| b.commit_from_memory(bytes).map_err(|err| err.to_string()));
         match attempt {
             Ok(session) => return Ok((session, format!("cuda:{device}"))),
@@ -417,6 +420,27 @@ fn build_session(
         .commit_from_memory(bytes)
         .map_err(|err| model_error(path, format!("not a loadable ONNX model: {err}")))?;
     Ok((session, "cpu".to_string()))
+}
+
+/// Loads the CUDA 13 and cuDNN 9 libraries that `make setup-gpu` installs beside the GPU build
+/// (or that MILAN_CUDA_LIB_DIR and MILAN_CUDNN_LIB_DIR name), so that no LD_LIBRARY_PATH is needed.
+/// Without them, the system's search path has to provide the libraries.
+fn preload_cuda_libraries(library: &Path) -> std::result::Result<(), String> {
+    let nvidia = library
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("site-packages/nvidia");
+    let dir = |variable: &str, fallback: PathBuf| {
+        std::env::var_os(variable)
+            .map(PathBuf::from)
+            .unwrap_or(fallback)
+    };
+    let cuda = dir("MILAN_CUDA_LIB_DIR", nvidia.join("cu13/lib"));
+    let cudnn = dir("MILAN_CUDNN_LIB_DIR", nvidia.join("cudnn/lib"));
+    if !cuda.is_dir() || !cudnn.is_dir() {
+        return Ok(());
+    }
+    ort::ep::cuda::preload_dylibs(Some(&cuda), Some(&cudnn)).map_err(|err| err.to_string())
 }
 
 #[cfg(test)]
