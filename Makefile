@@ -78,11 +78,19 @@ test-deps:
 fuzz-tools:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 
-# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets this stable toolchain accept them.
+# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets this stable toolchain accept them. The
+# checked-in reproducers replay first, then each target runs for FUZZ_SECONDS.
+FUZZ_FLAGS_decode_records :=
+FUZZ_FLAGS_open_damaged := -timeout=10
+FUZZ_FLAGS_model_ops := -timeout=10 -len_control=0 -max_len=1024
+
 fuzz: fuzz-tools
-	cd fuzz && for target in $(FUZZ_TARGETS); do \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build
+	cd fuzz && for dir in regressions/*/; do \
+		target=$$(basename $$dir); \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target $$dir -- -runs=0 || exit 1; \
 	done
+	cd fuzz && $(foreach target,$(FUZZ_TARGETS),RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $(target) -- -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS_$(target)) &&) true
 
 ## bench: the 1,000,000-code workload of docs/benchmarks.md (about two minutes).
 bench: $(MILAN)

@@ -179,6 +179,60 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// Features and labels (or keys) that must hold one entry per item differ in length.
+    #[error("features have {features} rows but there are {labels} labels; give exactly one label per feature row")]
+    LengthMismatch {
+        /// Feature rows (or items).
+        features: usize,
+        /// Labels (or keys) given.
+        labels: usize,
+    },
+    /// A data set or split with no items where some are needed.
+    #[error("{what} is empty")]
+    EmptyData {
+        /// Which data, and what to do about it.
+        what: String,
+    },
+    /// A NaN or infinite feature value.
+    #[error(
+        "feature row {row}, column {column} is NaN or infinite; features must be finite numbers"
+    )]
+    NonFiniteFeature {
+        /// Row (item) number, from 0.
+        row: usize,
+        /// Column (dimension) number, from 0.
+        column: usize,
+    },
+    /// A class with fewer training items than the recipe's triplets need.
+    #[error("class {label} has {items} training items but at least {needed} are needed: {why}")]
+    ClassTooSmall {
+        /// The class label.
+        label: i64,
+        /// Its training items.
+        items: usize,
+        /// Items needed.
+        needed: usize,
+        /// Why, and what to do.
+        why: String,
+    },
+    /// Training data with fewer than two classes.
+    #[error("training needs at least 2 classes (triplets need a negative class), found {found}")]
+    TooFewClasses {
+        /// Distinct labels found.
+        found: usize,
+    },
+    /// A code length that is not a multiple of 8 from 8 to 1024.
+    #[error("{bits} bits: the code length must be a multiple of 8 from 8 to 1024")]
+    InvalidBits {
+        /// The length asked for.
+        bits: u32,
+    },
+    /// A training checkpoint that cannot be resumed.
+    #[error("not a usable training checkpoint: {detail}")]
+    BadCheckpoint {
+        /// What is wrong.
+        detail: String,
+    },
     /// A long operation was cancelled through its callback.
     #[error("cancelled")]
     Cancelled,

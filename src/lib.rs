@@ -35,6 +35,7 @@
 
 mod code;
 mod error;
+pub mod eval;
 pub mod extract;
 mod head;
 mod index;
@@ -42,6 +43,7 @@ pub mod ingest;
 mod mih;
 pub mod report;
 mod store;
+pub mod train;
 
 pub use code::Code;
 pub use error::{Error, Result};

@@ -5,4 +5,5 @@ mod cli;
 mod engine;
 mod images;
 mod persistence;
+mod training;
 mod util;

@@ -99,3 +99,43 @@ pub fn fails(args: &[&str], status: i32) -> String {
 pub fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// Labelled features: `classes` classes of `per_class` items in `dim` dimensions. The class shows
+/// only in the first `signal` dimensions (centres drawn with standard deviation 1, items spread
+/// `spread` around them); the other dimensions are class-free noise of standard deviation
+/// `noise`, which misleads a random projection but not a trained head.
+pub fn clustered_features(
+    seed: u64,
+    classes: usize,
+    per_class: usize,
+    dim: usize,
+    signal: usize,
+    spread: f32,
+    noise: f32,
+) -> (ndarray::Array2<f32>, Vec<i64>) {
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = rng(seed);
+    let centres: Vec<Vec<f32>> = (0..classes)
+        .map(|_| {
+            (0..signal)
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect()
+        })
+        .collect();
+    let mut features = ndarray::Array2::<f32>::zeros((classes * per_class, dim));
+    let mut labels = Vec::with_capacity(classes * per_class);
+    for i in 0..classes * per_class {
+        // Classes interleaved, so that data-set order is not class order.
+        let class = i % classes;
+        for j in 0..dim {
+            let z: f32 = StandardNormal.sample(&mut rng);
+            features[[i, j]] = if j < signal {
+                centres[class][j] + spread * z
+            } else {
+                noise * z
+            };
+        }
+        labels.push(class as i64 + 100);
+    }
+    (features, labels)
+}

@@ -1,4 +1,5 @@
-//! `decode_records`: every decoder of `milan-index-format` on arbitrary bytes.
+//! `decode_records`: every decoder of `milan-index-format` on arbitrary bytes (meta, item and
+//! model records, head files, bucket chunks and keys, feature vectors, code layouts).
 //!
 //! Asserts that no decoder panics (bad bytes give a `DecodeError`), that whatever decodes
 //! re-encodes to exactly the bytes it came from (so a decoded record hides nothing and rewriting
@@ -9,8 +10,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use milan_index_format::{
-    check_code_bytes, decode_bucket_ids, encode_bucket_ids, BucketKey, CodeLayout, DecodeError,
-    ItemRecord, LayoutError, MetaRecord, BUCKET_KEY_BYTES, FORMAT_VERSION, MAGIC, MAX_BITS,
+    check_code_bytes, decode_bucket_ids, decode_features, encode_bucket_ids, encode_features,
+    BucketKey, CodeLayout, DecodeError, HeadFile, ItemRecord, LayoutError, MetaRecord, ModelRecord,
+    BUCKET_KEY_BYTES, FORMAT_VERSION, HEAD_MAGIC, HEAD_VERSION, MAGIC, MAX_BITS,
     MAX_SUBSTRING_BITS, MIN_BITS, MIN_SUBSTRING_BITS, OLDEST_SUPPORTED_VERSION,
 };
 
@@ -20,6 +22,9 @@ fuzz_target!(|data: &[u8]| {
     bucket_ids(data);
     bucket_keys(data);
     layout(data);
+    model(data);
+    head(data);
+    features(data);
 });
 
 fn meta(data: &[u8]) {
@@ -31,7 +36,10 @@ fn meta(data: &[u8]) {
             assert!((OLDEST_SUPPORTED_VERSION..=FORMAT_VERSION).contains(&meta.format_version));
             assert!(meta.live_count <= meta.next_id);
             let layout = meta.layout(); // panics if decode let a bad layout through
-            assert_eq!((layout.bits(), layout.substrings()), (meta.bits, meta.substrings));
+            assert_eq!(
+                (layout.bits(), layout.substrings()),
+                (meta.bits, meta.substrings)
+            );
         }
         // The magic check comes first, so "not an index" is told apart from "damaged index".
         Err(DecodeError::BadMagic) => assert!(!has_magic),
@@ -49,10 +57,46 @@ fn item(data: &[u8]) {
     }
 }
 
+fn model(data: &[u8]) {
+    if let Ok(model) = ModelRecord::decode(data) {
+        assert_eq!(model.encode(), data, "model record does not round-trip");
+    }
+}
+
+fn head(data: &[u8]) {
+    if let Ok(head) = HeadFile::decode(data) {
+        assert!(data.starts_with(&HEAD_MAGIC) && head.version == HEAD_VERSION);
+        // Weights are compared as bytes: a decoded head keeps every bit of every f32.
+        assert_eq!(head.encode(), data, "head file does not round-trip");
+    }
+}
+
+fn features(data: &[u8]) {
+    // Once with the dimension the length implies, once with one read from the input.
+    let implied = (data.len() / 4) as u32;
+    let read = data
+        .first_chunk::<4>()
+        .map_or(0, |b| u32::from_le_bytes(*b));
+    for dim in [implied, read] {
+        if let Ok(features) = decode_features(data, dim) {
+            assert_eq!(features.len(), dim as usize);
+            assert_eq!(
+                encode_features(&features),
+                data,
+                "features do not round-trip"
+            );
+        }
+    }
+}
+
 fn bucket_ids(data: &[u8]) {
     if let Ok(ids) = decode_bucket_ids(data) {
         assert!(!ids.is_empty() && ids.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(encode_bucket_ids(&ids), data, "bucket chunk does not round-trip");
+        assert_eq!(
+            encode_bucket_ids(&ids),
+            data,
+            "bucket chunk does not round-trip"
+        );
     }
 }
 
@@ -65,7 +109,11 @@ fn bucket_keys(data: &[u8]) {
     // redb sorts keys by their bytes; the engine relies on that being the numeric order.
     if let Some(second) = rest.first_chunk::<BUCKET_KEY_BYTES>() {
         let b = BucketKey::decode(second);
-        assert_eq!(first.cmp(second), a.cmp(&b), "byte order differs from key order");
+        assert_eq!(
+            first.cmp(second),
+            a.cmp(&b),
+            "byte order differs from key order"
+        );
     }
 }
 
@@ -81,7 +129,10 @@ fn layout(data: &[u8]) {
     let bits = 8 * (1 + bits % (MAX_BITS / 8));
     let (min, max) = CodeLayout::substring_range(bits);
     let substrings = min + substrings % (max - min + 1);
-    assert!(CodeLayout::new(bits, substrings).is_ok(), "{bits} bits, {substrings} substrings");
+    assert!(
+        CodeLayout::new(bits, substrings).is_ok(),
+        "{bits} bits, {substrings} substrings"
+    );
     check_layout(bits, substrings, code);
 }
 
@@ -107,7 +158,11 @@ fn check_layout(bits: u32, substrings: u32, source: &[u8]) {
     // The substrings are contiguous, each of an allowed width, and cover the code exactly.
     let mut next = 0;
     for j in 0..substrings {
-        assert_eq!(layout.substring_start(j), next, "substring {j} of {layout:?}");
+        assert_eq!(
+            layout.substring_start(j),
+            next,
+            "substring {j} of {layout:?}"
+        );
         let width = layout.substring_width(j);
         assert!((MIN_SUBSTRING_BITS..=MAX_SUBSTRING_BITS).contains(&width));
         next += width;
@@ -128,7 +183,10 @@ fn check_layout(bits: u32, substrings: u32, source: &[u8]) {
     for j in 0..substrings {
         let width = layout.substring_width(j);
         let value = layout.substring_value(&code, j);
-        assert!(u64::from(value) < 1u64 << width, "substring {j} value {value} too wide");
+        assert!(
+            u64::from(value) < 1u64 << width,
+            "substring {j} value {value} too wide"
+        );
         for b in (0..width).rev() {
             if value >> b & 1 == 1 {
                 rebuilt[bit / 8] |= 0x80 >> (bit % 8);

@@ -24,7 +24,10 @@ use milan_index_format::{CodeLayout, LayoutError};
 const BITS: [u32; 6] = [8, 16, 32, 64, 72, 128];
 /// Caps that keep one input to milliseconds.
 const MAX_OPS: usize = 64;
-const MAX_CODES: usize = 512;
+const MAX_CODES: usize = 256;
+/// Reopens, read-only opens and optimizes each rebuild every hash table; past this many per input
+/// they are skipped.
+const MAX_REBUILDS: usize = 8;
 const MAX_BATCH: usize = 64;
 const MAX_FLIPS: usize = 8;
 /// `Strategy::MultiIndex` enumerates every probe whatever the index size (that is what Auto's cost
@@ -49,20 +52,45 @@ enum CodeSpec {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Add { code: CodeSpec, key: Option<u8> },
+    Add {
+        code: CodeSpec,
+        key: Option<u8>,
+    },
     /// Many codes at once, to fill buckets and chunks beyond what single adds reach.
-    AddBatch { seed: u64, count: u8, near: bool },
+    AddBatch {
+        seed: u64,
+        count: u8,
+        near: bool,
+    },
     /// `which` picks any id handed out so far, or the next one: live, deleted or never stored.
-    Delete { which: u16 },
+    Delete {
+        which: u16,
+    },
     Commit,
     Abort,
     Reopen,
-    OpenReadOnlyAndQuery { query: CodeSpec, k: u8 },
-    TopK { query: CodeSpec, k: u8 },
-    Radius { query: CodeSpec, r: u8 },
-    SearchId { which: u16, k: u8 },
-    WrongLength { bytes: u8 },
-    Optimize { substrings: Option<u8> },
+    OpenReadOnlyAndQuery {
+        query: CodeSpec,
+        k: u8,
+    },
+    TopK {
+        query: CodeSpec,
+        k: u8,
+    },
+    Radius {
+        query: CodeSpec,
+        r: u8,
+    },
+    SearchId {
+        which: u16,
+        k: u8,
+    },
+    WrongLength {
+        bytes: u8,
+    },
+    Optimize {
+        substrings: Option<u8>,
+    },
 }
 
 fuzz_target!(|input: Input| run(input));
@@ -98,6 +126,8 @@ struct Model {
     pending: Option<Pending>,
     /// Every code ever added, for `CodeSpec::Near`.
     history: Vec<Vec<u8>>,
+    /// Harness bookkeeping, not model state: table rebuilds so far (see `MAX_REBUILDS`).
+    rebuilds: usize,
 }
 
 impl Model {
@@ -167,7 +197,12 @@ impl Model {
             .iter()
             .map(|(&id, entry)| Hit {
                 id,
-                distance: entry.code.iter().zip(query).map(|(a, b)| (a ^ b).count_ones()).sum(),
+                distance: entry
+                    .code
+                    .iter()
+                    .zip(query)
+                    .map(|(a, b)| (a ^ b).count_ones())
+                    .sum(),
             })
             .collect();
         hits.sort();
@@ -186,6 +221,7 @@ fn run(input: Input) {
         next_id: 0,
         pending: None,
         history: Vec::new(),
+        rebuilds: 0,
     };
     let mut ops = input.ops.iter().take(MAX_OPS);
     // A session runs ops on one open handle until one needs the handle closed.
@@ -209,10 +245,19 @@ fn run(input: Input) {
                 let mut read_only = Index::open_read_only(&dir).expect("open read-only");
                 check_state(&read_only, &model);
                 let reader = read_only.reader().expect("reader");
-                top_k(&reader, &model, read_only.substrings(), &model.code(query), *k);
+                top_k(
+                    &reader,
+                    &model,
+                    read_only.substrings(),
+                    &model.code(query),
+                    *k,
+                );
                 drop(reader);
                 assert!(matches!(read_only.writer(), Err(Error::ReadOnly { .. })));
-                assert!(matches!(read_only.optimize(None), Err(Error::ReadOnly { .. })));
+                assert!(matches!(
+                    read_only.optimize(None),
+                    Err(Error::ReadOnly { .. })
+                ));
                 let report = read_only.verify().expect("verify read-only");
                 assert!(report.is_ok() && report.storage_ok.is_none(), "{report:?}");
                 drop(read_only);
@@ -227,8 +272,12 @@ fn run(input: Input) {
 /// A directory on tmpfs when there is one: redb syncs on every commit.
 fn scratch_dir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
-    let builder = tempfile::Builder::new().prefix("milan-fuzz-").tempdir_in(shm);
-    builder.or_else(|_| tempfile::tempdir()).expect("temporary directory")
+    let builder = tempfile::Builder::new()
+        .prefix("milan-fuzz-")
+        .tempdir_in(shm);
+    builder
+        .or_else(|_| tempfile::tempdir())
+        .expect("temporary directory")
 }
 
 /// Creates the index; substrings out of range must be refused with a layout error first.
@@ -277,8 +326,13 @@ fn session<'i, 'o>(
                     let random = xorshift(&mut state);
                     let spec = if *near {
                         // Up to three flips of an earlier code (repeats cancel out).
-                        let flips = (0..random % 4).map(|_| xorshift(&mut state) as u8).collect();
-                        CodeSpec::Near { of: random as u16, flips }
+                        let flips = (0..random % 4)
+                            .map(|_| xorshift(&mut state) as u8)
+                            .collect();
+                        CodeSpec::Near {
+                            of: random as u16,
+                            flips,
+                        }
                     } else {
                         let mut bytes = [0; 16];
                         bytes[..8].copy_from_slice(&random.to_le_bytes());
@@ -316,18 +370,35 @@ fn session<'i, 'o>(
                 model.abort();
                 check_state(index, model);
             }
-            Op::Reopen | Op::OpenReadOnlyAndQuery { .. } => return Some(op),
+            Op::Reopen | Op::OpenReadOnlyAndQuery { .. } => {
+                if model.rebuilds < MAX_REBUILDS {
+                    model.rebuilds += 1;
+                    return Some(op);
+                }
+            }
             Op::TopK { query, k } => {
                 let reader = index.reader().expect("reader");
                 top_k(&reader, model, index.substrings(), &model.code(query), *k);
             }
             Op::Radius { query, r } => {
                 let reader = index.reader().expect("reader");
-                radius(&reader, model, index.substrings(), &model.code(query), u32::from(*r));
+                radius(
+                    &reader,
+                    model,
+                    index.substrings(),
+                    &model.code(query),
+                    u32::from(*r),
+                );
             }
             Op::SearchId { which, k } => {
                 let reader = index.reader().expect("reader");
-                search_id(&reader, model, index.substrings(), model.pick_id(*which), *k);
+                search_id(
+                    &reader,
+                    model,
+                    index.substrings(),
+                    model.pick_id(*which),
+                    *k,
+                );
             }
             Op::WrongLength { bytes } => {
                 let mut len = 1 + usize::from(*bytes) % 128;
@@ -347,6 +418,10 @@ fn session<'i, 'o>(
                 }
             }
             Op::Optimize { substrings } => {
+                if model.rebuilds >= MAX_REBUILDS {
+                    continue;
+                }
+                model.rebuilds += 1;
                 // Optimize takes the writer lock: close the writer first, as a user must.
                 drop(writer.take());
                 model.abort();
@@ -380,7 +455,10 @@ fn optimize(index: &Index, model: &Model, substrings: Option<u32>) {
     let (min, max) = CodeLayout::substring_range(model.bits);
     match substrings {
         Some(s) if !(min..=max).contains(&s) => {
-            assert!(matches!(result, Err(Error::Layout(LayoutError::Substrings { .. }))));
+            assert!(matches!(
+                result,
+                Err(Error::Layout(LayoutError::Substrings { .. }))
+            ));
             assert_eq!(index.substrings(), before);
         }
         _ => {
@@ -406,10 +484,17 @@ fn check_state(index: &Index, model: &Model) {
             Some(entry) => {
                 assert!(reader.contains(id));
                 assert_eq!(reader.code(id).expect("live code").as_bytes(), entry.code);
-                assert_eq!(reader.item(id).expect("item"), Some(entry.item()), "item {id}");
+                assert_eq!(
+                    reader.item(id).expect("item"),
+                    Some(entry.item()),
+                    "item {id}"
+                );
             }
             None => {
-                assert!(!reader.contains(id) && reader.code(id).is_none(), "id {id} is dead");
+                assert!(
+                    !reader.contains(id) && reader.code(id).is_none(),
+                    "id {id} is dead"
+                );
                 assert_eq!(reader.item(id).expect("item"), None, "item of dead id {id}");
             }
         }
@@ -426,8 +511,27 @@ fn check_state(index: &Index, model: &Model) {
             .filter(|(_, e)| e.item().content_hash == Some(hash))
             .map(|(&id, _)| id)
             .collect();
-        assert_eq!(reader.ids_with_content_hash(&hash).expect("hash lookup"), expected);
+        assert_eq!(
+            reader.ids_with_content_hash(&hash).expect("hash lookup"),
+            expected
+        );
     }
+    spot_check(&reader, model, index.substrings());
+}
+
+/// Queries around a few committed codes (first, middle, last) and far from them, so that every
+/// state change is followed by searches whether or not the input asks for any.
+fn spot_check(reader: &Reader, model: &Model, substrings: u32) {
+    let codes: Vec<&Entry> = model.committed.values().collect();
+    let Some(last) = codes.last() else {
+        return;
+    };
+    for entry in [codes[0], codes[codes.len() / 2], last] {
+        radius(reader, model, substrings, &entry.code, model.bits / 8);
+        top_k(reader, model, substrings, &entry.code, 4);
+    }
+    let far: Vec<u8> = codes[0].code.iter().map(|b| !b).collect();
+    top_k(reader, model, substrings, &far, 3);
 }
 
 /// Bucket probes of a multi-index search that probes substring j of m up to distance `depth(j, m)`.
@@ -456,7 +560,10 @@ fn top_k(reader: &Reader, model: &Model, substrings: u32, query: &[u8], k: u8) {
     let query_code = Code::from_bytes(query).expect("query");
     if k == 0 {
         for strategy in STRATEGIES {
-            let search = reader.search(&query_code).expect("search").strategy(strategy);
+            let search = reader
+                .search(&query_code)
+                .expect("search")
+                .strategy(strategy);
             assert!(matches!(search.top_k(0), Err(Error::ZeroK)));
         }
         return;
@@ -482,7 +589,10 @@ fn radius(reader: &Reader, model: &Model, substrings: u32, query: &[u8], r: u32)
     let query_code = Code::from_bytes(query).expect("query");
     if r > model.bits {
         for strategy in STRATEGIES {
-            let search = reader.search(&query_code).expect("search").strategy(strategy);
+            let search = reader
+                .search(&query_code)
+                .expect("search")
+                .strategy(strategy);
             assert!(matches!(
                 search.within(r),
                 Err(Error::RadiusTooLarge { radius, bits }) if radius == r && bits == model.bits
@@ -511,16 +621,23 @@ fn radius(reader: &Reader, model: &Model, substrings: u32, query: &[u8], r: u32)
 
 fn search_id(reader: &Reader, model: &Model, substrings: u32, id: u64, k: u8) {
     let Some(entry) = model.committed.get(&id) else {
-        assert!(matches!(reader.search_id(id).map(drop), Err(Error::UnknownId { id: got }) if got == id));
+        assert!(
+            matches!(reader.search_id(id).map(drop), Err(Error::UnknownId { id: got }) if got == id)
+        );
         return;
     };
     if k == 0 {
-        assert!(matches!(reader.search_id(id).expect("search_id").top_k(0), Err(Error::ZeroK)));
+        assert!(matches!(
+            reader.search_id(id).expect("search_id").top_k(0),
+            Err(Error::ZeroK)
+        ));
         return;
     }
     let mut expected = model.ranked(&entry.code);
     expected.truncate(usize::from(k));
-    assert!(expected.iter().any(|hit| hit.id == id) || expected.iter().all(|hit| hit.distance == 0));
+    assert!(
+        expected.iter().any(|hit| hit.id == id) || expected.iter().all(|hit| hit.distance == 0)
+    );
     let kth = expected.last().map_or(0, |hit| hit.distance);
     let affordable = probes(model.bits, substrings, |_, m| i64::from(kth / m)) <= MAX_PROBES;
     for strategy in strategies(affordable) {
@@ -530,6 +647,9 @@ fn search_id(reader: &Reader, model: &Model, substrings: u32, id: u64, k: u8) {
             .strategy(strategy)
             .top_k(usize::from(k))
             .expect("top_k");
-        assert_eq!(got, expected, "search_id({id}).top_k({k}) with {strategy:?}");
+        assert_eq!(
+            got, expected,
+            "search_id({id}).top_k({k}) with {strategy:?}"
+        );
     }
 }

@@ -6,14 +6,21 @@
 //! without panicking or hanging, and that an index that opens anyway can be searched, read,
 //! written and verified, again with Ok or Err results only.
 //!
+//! "Without panicking" means no panic reaches the caller: milan catches the storage engine's
+//! panics on damaged pages and returns `Error::Corrupted`, which is allowed. libFuzzer's default
+//! hook would abort on those caught panics too, so this target installs its own (see
+//! `record_panics`); set `MILAN_FUZZ_ABORT_ON_ANY_PANIC=1` to get the default back and see them.
+//!
 //! Input layout: byte 0 is the mode; the rest is the file (mode % 16 == 0) or, otherwise, an
 //! optional truncation length (u32 LE, when mode & 0x10) followed by 5-byte overwrites (u32 LE
 //! offset, byte). Mode & 0x20 also runs a small write transaction on the opened index.
 
 #![no_main]
 
+use std::backtrace::Backtrace;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 
 use libfuzzer_sys::fuzz_target;
 use milan::{Code, Index, Item, Strategy};
@@ -35,7 +42,10 @@ struct Base {
 
 static BASE: LazyLock<Base> = LazyLock::new(build_base);
 
-fuzz_target!(|data: &[u8]| {
+/// The last panic, in whichever thread it happened: where, and the stack.
+static LAST_PANIC: Mutex<Option<(String, Backtrace)>> = Mutex::new(None);
+
+fuzz_target!(init: record_panics(), |data: &[u8]| {
     let base = &*BASE;
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -47,14 +57,36 @@ fuzz_target!(|data: &[u8]| {
     };
     // A fresh directory per input (cheap on tmpfs), removed when done.
     let scratch = scratch_dir();
-    exercise(scratch.path(), &file, mode & 0x20 != 0);
+    let escaped = catch_unwind(AssertUnwindSafe(|| exercise(scratch.path(), &file, mode & 0x20 != 0)));
+    if escaped.is_err() {
+        let last = LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (what, stack) = last.expect("a panic went through the hook");
+        eprintln!("a panic escaped milan's API: {what}\n{stack}");
+        std::process::abort();
+    }
 });
+
+/// Replaces libFuzzer's abort-on-every-panic hook with one that records the panic, so that panics
+/// the library catches pass and one that escapes is reported, by the target, with its stack.
+fn record_panics() {
+    if std::env::var_os("MILAN_FUZZ_ABORT_ON_ANY_PANIC").is_some() {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let last = (info.to_string(), Backtrace::force_capture());
+        *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(last);
+    }));
+}
 
 /// A directory on tmpfs when there is one: redb syncs on every commit.
 fn scratch_dir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
-    let builder = tempfile::Builder::new().prefix("milan-fuzz-").tempdir_in(shm);
-    builder.or_else(|_| tempfile::tempdir()).expect("temporary directory")
+    let builder = tempfile::Builder::new()
+        .prefix("milan-fuzz-")
+        .tempdir_in(shm);
+    builder
+        .or_else(|_| tempfile::tempdir())
+        .expect("temporary directory")
 }
 
 /// A deterministic generator, so that every process builds the same base file and reproducers
@@ -69,7 +101,10 @@ fn xorshift(state: &mut u64) -> u64 {
 fn build_base() -> Base {
     let build = scratch_dir();
     let dir = build.path().join("base");
-    let index = Index::builder(64).substrings(8).create(&dir).expect("create base index");
+    let index = Index::builder(64)
+        .substrings(8)
+        .create(&dir)
+        .expect("create base index");
     // Clustered codes, so that searches of the opened index find neighbours at small distances.
     let mut state = 0x9e37_79b9_7f4a_7c15;
     let centres: Vec<u64> = (0..8).map(|_| xorshift(&mut state)).collect();
@@ -100,7 +135,11 @@ fn build_base() -> Base {
     let bytes = std::fs::read(dir.join(DATABASE_FILE)).expect("read base file");
     let used_pages: Vec<usize> = (0..bytes.len())
         .step_by(PAGE)
-        .filter(|&at| bytes[at..(at + PAGE).min(bytes.len())].iter().any(|&b| b != 0))
+        .filter(|&at| {
+            bytes[at..(at + PAGE).min(bytes.len())]
+                .iter()
+                .any(|&b| b != 0)
+        })
         .collect();
     Base { bytes, used_pages }
 }

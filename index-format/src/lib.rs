@@ -127,6 +127,21 @@ const HEAD_CONFIG: bincode::config::Configuration<
     .with_fixed_int_encoding()
     .with_limit::<MAX_HEAD_BYTES>();
 
+/// Decodes a head with a limit just above the input's size: the limit bounds what a length
+/// prefix may reserve before the bytes behind it are read, so a tiny damaged file cannot ask for
+/// hundreds of megabytes.
+fn decode_head_bytes(bytes: &[u8]) -> Result<HeadFile, DecodeError> {
+    const MIB: usize = 1 << 20;
+    let config = bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding();
+    match bytes.len() {
+        n if n <= MIB / 4 => decode_exact_with("head", bytes, config.with_limit::<MIB>()),
+        n if n <= 4 * MIB => decode_exact_with("head", bytes, config.with_limit::<{ 16 * MIB }>()),
+        _ => decode_exact_with("head", bytes, HEAD_CONFIG),
+    }
+}
+
 fn decode_exact<T: Decode<()>>(record: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
     decode_exact_with(record, bytes, CONFIG)
 }
@@ -536,7 +551,7 @@ impl HeadFile {
                 format!("head file version {version}; this milan reads version {HEAD_VERSION}"),
             ));
         }
-        let head: HeadFile = decode_exact_with("head", bytes, HEAD_CONFIG)?;
+        let head = decode_head_bytes(bytes)?;
         head.check().map_err(|detail| malformed("head", detail))?;
         Ok(head)
     }

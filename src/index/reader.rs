@@ -80,68 +80,69 @@ impl Reader {
 
     /// The item stored with a live id.
     pub fn item(&self, id: u64) -> Result<Option<Item>> {
-        guard_storage(&self.dir, || {
-            let storage = |err: redb::Error| Error::storage(&self.dir, err);
-            let table = self
-                .txn
-                .open_table(store::ITEMS)
-                .map_err(|e| storage(e.into()))?;
-            let Some(bytes) = table.get(id).map_err(|e| storage(e.into()))? else {
-                return Ok(None);
-            };
-            ItemRecord::decode(bytes.value())
-                .map(Some)
-                .map_err(|err| Error::from_decode(&self.dir, err))
-        })
+        self.stored(store::ITEMS, id)?
+            .map(|bytes| ItemRecord::decode(&bytes))
+            .transpose()
+            .map_err(|err| Error::from_decode(&self.dir, err))
+    }
+
+    /// The feature vector kept for a live id (indexes built with kept features).
+    pub fn features(&self, id: u64, dim: u32) -> Result<Option<Vec<f32>>> {
+        self.stored(store::FEATURES, id)?
+            .map(|bytes| milan_index_format::decode_features(&bytes, dim))
+            .transpose()
+            .map_err(|err| Error::from_decode(&self.dir, err))
     }
 
     /// The ids of the items stored with this content hash.
     pub fn ids_with_content_hash(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
-        guard_storage(&self.dir, || {
-            let storage = |err: redb::Error| Error::storage(&self.dir, err);
-            let table = self
-                .txn
-                .open_multimap_table(store::CONTENT_HASHES)
-                .map_err(|e| storage(e.into()))?;
-            let mut ids = Vec::new();
-            for id in table.get(hash).map_err(|e| storage(e.into()))? {
-                ids.push(id.map_err(|e| storage(e.into()))?.value());
-            }
-            Ok(ids)
+        self.with_hashes(|table| {
+            table
+                .get(hash)?
+                .map(|id| Ok(id?.value()))
+                .collect::<std::result::Result<_, redb::StorageError>>()
         })
     }
 
     /// Every content hash stored.
     pub fn content_hashes(&self) -> Result<std::collections::HashSet<[u8; 32]>> {
-        guard_storage(&self.dir, || {
-            let storage = |err: redb::Error| Error::storage(&self.dir, err);
-            let table = self
-                .txn
-                .open_multimap_table(store::CONTENT_HASHES)
-                .map_err(|e| storage(e.into()))?;
-            let mut hashes = std::collections::HashSet::new();
-            for entry in table.iter().map_err(|e| storage(e.into()))? {
-                let (hash, _) = entry.map_err(|e| storage(e.into()))?;
-                hashes.insert(*hash.value());
-            }
-            Ok(hashes)
+        self.with_hashes(|table| {
+            table
+                .iter()?
+                .map(|entry| Ok(*entry?.0.value()))
+                .collect::<std::result::Result<_, redb::StorageError>>()
         })
     }
 
-    /// The feature vector kept for a live id (indexes built with kept features).
-    pub fn features(&self, id: u64, dim: u32) -> Result<Option<Vec<f32>>> {
+    /// The bytes stored under `id` in an id-keyed table, read under the storage guard.
+    fn stored(&self, table: redb::TableDefinition<u64, &[u8]>, id: u64) -> Result<Option<Vec<u8>>> {
         guard_storage(&self.dir, || {
-            let storage = |err: redb::Error| Error::storage(&self.dir, err);
+            let read = || -> std::result::Result<_, redb::Error> {
+                // Optional tables (`features`) may be absent from files that never used them.
+                let table = match self.txn.open_table(table) {
+                    Ok(table) => table,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                    Err(err) => return Err(err.into()),
+                };
+                Ok(table.get(id)?.map(|bytes| bytes.value().to_vec()))
+            };
+            read().map_err(|err| Error::storage(&self.dir, err))
+        })
+    }
+
+    /// Runs `read` on the content-hash table, under the storage guard.
+    fn with_hashes<T>(
+        &self,
+        read: impl FnOnce(
+            &redb::ReadOnlyMultimapTable<&'static [u8; 32], u64>,
+        ) -> std::result::Result<T, redb::StorageError>,
+    ) -> Result<T> {
+        guard_storage(&self.dir, || {
             let table = self
                 .txn
-                .open_table(store::FEATURES)
-                .map_err(|e| storage(e.into()))?;
-            let Some(bytes) = table.get(id).map_err(|e| storage(e.into()))? else {
-                return Ok(None);
-            };
-            milan_index_format::decode_features(bytes.value(), dim)
-                .map(Some)
-                .map_err(|err| Error::from_decode(&self.dir, err))
+                .open_multimap_table(store::CONTENT_HASHES)
+                .map_err(|err| Error::storage(&self.dir, err))?;
+            read(&table).map_err(|err| Error::storage(&self.dir, err))
         })
     }
 

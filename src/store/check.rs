@@ -104,8 +104,17 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
 
     // Kept features: only for live codes, each of the bound extractor's dimension.
     let (model, _) = super::read_binding(dir, txn)?;
-    let features = txn.open_table(FEATURES).map_err(|e| storage(e.into()))?;
-    for entry in features.iter().map_err(|e| storage(e.into()))? {
+    let features = match txn.open_table(FEATURES) {
+        Ok(table) => Some(table),
+        // Absent from files that never kept features: nothing to check.
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(err) => return Err(storage(err.into())),
+    };
+    let entries = match &features {
+        Some(table) => Some(table.iter().map_err(|e| storage(e.into()))?),
+        None => None,
+    };
+    for entry in entries.into_iter().flatten() {
         let (id, bytes) = entry.map_err(|e| storage(e.into()))?;
         let id = id.value();
         if !code_ids.contains(&id) {
