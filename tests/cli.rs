@@ -341,3 +341,27 @@ fn a_closed_output_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn another_process_writing_the_index_is_named_and_nothing_breaks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, codes_path) = (tmp.path().join("idx"), tmp.path().join("c.npy"));
+    write_codes(&codes_path, &clustered(&mut rng(3), 32, 100, 3, 0.1));
+    ok(&["index", "create", s(&dir), "--bits", "32"]);
+    ok(&["index", "import", s(&dir), "--codes", s(&codes_path)]);
+    let writer = Index::open(&dir).unwrap();
+    for args in [
+        vec!["query", s(&dir), "--code", "00000000", "--top-k", "1"],
+        vec!["index", "import", s(&dir), "--codes", s(&codes_path)],
+        vec!["index", "check", s(&dir)],
+    ] {
+        let err = fails(&args, 1);
+        assert!(
+            err.contains("milan.redb") && err.contains("locked by another process"),
+            "{args:?}: {err}"
+        );
+    }
+    drop(writer);
+    assert_eq!(len_of(&dir), 100);
+    assert!(ok(&["index", "check", s(&dir)]).contains("ok"));
+}

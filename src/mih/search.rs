@@ -14,6 +14,7 @@
 //! codes; [`Strategy::Auto`] prices both per query (probes and candidates against codes scanned)
 //! and takes the cheaper. Codes added since the last table build (the delta) are always scanned.
 
+use super::layout::BitField;
 use super::View;
 
 /// How a search finds its answers. The answers are the same whichever is used.
@@ -113,6 +114,24 @@ fn for_each_at_distance(value: u32, width: u32, s: u32, mut f: impl FnMut(u32) -
         mask = (((ripple ^ mask) >> 2) >> lowest.trailing_zeros()) | ripple;
     }
     true
+}
+
+/// Whether a candidate that table `j` reached at substring distance `s` was reported already: by
+/// a probe at a lower substring distance, or at the same distance in an earlier table, among the
+/// probes the search makes (`probed(table, distance)`). Its per-substring distances tell, so no
+/// "seen" set is needed.
+#[inline(always)]
+fn reached_earlier(
+    substrings: &[BitField],
+    xor: &[u64; MAX_WORDS],
+    s: i64,
+    j: usize,
+    probed: impl Fn(usize, i64) -> bool,
+) -> bool {
+    substrings.iter().enumerate().any(|(t, substring)| {
+        let dt = i64::from(substring.distance(xor));
+        probed(t, dt) && (dt < s || (dt == s && t < j))
+    })
 }
 
 /// Calls `verify(slot)` for each bucket entry whose filter is within `slack` of the query's.
@@ -352,12 +371,7 @@ impl View {
                         if d > radius {
                             return;
                         }
-                        // Reported already if an earlier probe (lower substring distance, or the
-                        // same distance in an earlier table) reached it.
-                        let seen = subs.iter().zip(radii).enumerate().any(|(t, (other, &rt))| {
-                            let dt = i64::from(other.distance(&xor));
-                            dt <= rt && (dt < s || (dt == s && t < j))
-                        });
+                        let seen = reached_earlier(subs, &xor, s, j, |t, dt| dt <= radii[t]);
                         if !seen && !self.deleted[slot] {
                             out.push(pack(d, slot));
                         }
@@ -487,10 +501,7 @@ impl View {
                         if d > cap {
                             return;
                         }
-                        let seen = subs.iter().enumerate().any(|(t, other)| {
-                            let dt = other.distance(&xor);
-                            dt < s || (dt == s && t < j)
-                        });
+                        let seen = reached_earlier(subs, &xor, i64::from(s), j, |_, _| true);
                         if !seen && !self.deleted[slot] {
                             cap = top.push(d, slot);
                         }
