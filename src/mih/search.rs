@@ -46,8 +46,11 @@ const MAX_WORDS: usize = 16;
 const SCAN_NS_PER_WORD: f64 = 0.45;
 /// Enumerating one probe and looking up its bucket.
 const PROBE_NS: f64 = 3.0;
-/// Reading one bucket entry and its filter, including the share of entries whose code is read.
-const ENTRY_NS: f64 = 2.5;
+/// Reading one bucket entry and its filter.
+const ENTRY_NS: f64 = 1.5;
+/// Reading and checking the code of an entry that its filter did not reject (a random access),
+/// before the per-word and per-table terms of `View::verify_ns`.
+const SURVIVOR_NS: f64 = 8.0;
 /// Below this many slots a scan is always cheaper.
 const SCAN_BELOW_SLOTS: usize = 2048;
 /// Until a top-k search can predict its remaining cost (k candidates found, two substring levels
@@ -160,6 +163,20 @@ fn for_each_survivor(
     }
 }
 
+/// Expected cost of one bucket entry whose filter (`filter_width` bits) may differ from the
+/// query's in up to `slack` bits: the share of entries that survive the filter, as if their filter
+/// bits were random, pays for a code read.
+fn entry_cost(filter_width: u32, slack: i64, verify_ns: f64) -> f64 {
+    if slack < 0 {
+        return ENTRY_NS;
+    }
+    let survive: f64 = (0..=(slack as u32).min(filter_width))
+        .map(|i| binomial(filter_width, i))
+        .sum::<f64>()
+        / 2f64.powi(filter_width as i32);
+    ENTRY_NS + verify_ns * survive
+}
+
 fn binomial(n: u32, k: u32) -> f64 {
     if k > n {
         return 0.0;
@@ -244,6 +261,12 @@ impl View {
         }
     }
 
+    /// Cost of checking one surviving candidate: its code's words, and one substring distance per
+    /// table for the "reported earlier" test.
+    fn verify_ns(&self) -> f64 {
+        SURVIVOR_NS + 0.5 * self.layout.words as f64 + 0.3 * self.layout.substrings.len() as f64
+    }
+
     fn scan_cost(&self) -> f64 {
         self.base.slots as f64 * SCAN_NS_PER_WORD * self.layout.words as f64
     }
@@ -289,7 +312,7 @@ impl View {
         let use_tables = match strategy {
             Strategy::MultiIndex => true,
             Strategy::Scan => false,
-            Strategy::Auto => self.tables_pay_for_radius(query, &radii),
+            Strategy::Auto => self.tables_pay_for_radius(query, radius, &radii),
         };
         if use_tables {
             self.scan_range::<W>(query, self.base.slots..self.slots(), radius, &mut report);
@@ -303,7 +326,7 @@ impl View {
 
     /// Prices the probes first (cheap to count), then the bucket entries (with an early exit),
     /// against a scan.
-    fn tables_pay_for_radius(&self, query: &[u64], radii: &[i64]) -> bool {
+    fn tables_pay_for_radius(&self, query: &[u64], total_radius: u32, radii: &[i64]) -> bool {
         if self.base.slots < SCAN_BELOW_SLOTS {
             return false;
         }
@@ -321,20 +344,22 @@ impl View {
         if probe_cost > 0.1 * scan {
             return false;
         }
-        let entry_budget = ((scan - probe_cost) / ENTRY_NS) as usize;
-        let mut entries = 0usize;
-        for ((sub, table), &r) in self
+        let mut cost = probe_cost;
+        for (((sub, filter), table), &r) in self
             .layout
             .substrings
             .iter()
+            .zip(&self.layout.filters)
             .zip(&self.base.tables)
             .zip(radii)
         {
             let value = sub.value(query);
             for s in 0..=r {
+                let per_entry =
+                    entry_cost(filter.width, i64::from(total_radius) - s, self.verify_ns());
                 let within = for_each_at_distance(value, sub.width, s as u32, |key| {
-                    entries += table.bucket_len(key);
-                    entries <= entry_budget
+                    cost += table.bucket_len(key) as f64 * per_entry;
+                    cost <= scan
                 });
                 if !within {
                     return false;
@@ -441,8 +466,13 @@ impl View {
                 return cost;
             }
             let probes = binomial(width, s);
+            let per_entry = entry_cost(
+                self.layout.filters[j].width,
+                i64::from(cap) - i64::from(s),
+                self.verify_ns(),
+            );
             cost +=
-                probes * (PROBE_NS + entries_per_probe.max(self.uniform_bucket_len(j)) * ENTRY_NS);
+                probes * (PROBE_NS + entries_per_probe.max(self.uniform_bucket_len(j)) * per_entry);
             if s == width || m * s + j as u32 + 1 > cap {
                 return cost;
             }
@@ -511,7 +541,12 @@ impl View {
                 let probes = binomial(sub.width, s);
                 probes_done += probes;
                 entries_seen += entries;
-                spent += probes * PROBE_NS + entries as f64 * ENTRY_NS;
+                let per_entry = entry_cost(
+                    self.layout.filters[j].width,
+                    i64::from(cap) - i64::from(s),
+                    self.verify_ns(),
+                );
+                spent += probes * PROBE_NS + entries as f64 * per_entry;
                 // Table j fully enumerated: every code has been seen.
                 if s == sub.width || top.complete_below(m * s + j as u32 + 1) {
                     return true;
