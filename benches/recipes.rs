@@ -10,6 +10,8 @@
 //! by `milan extract`. `--set` overrides any field of `TrainConfig` with a JSON value, for example
 //! `--set 'triplets="batch-all"'` or `--set 'sampling={"per-class":{"per_class":9}}'`.
 //! `--holdout F` trains on 1 - F of the training split and validates on the rest (best head kept).
+//! `--curve N` (exploration only) prints the test mAP@20 every N steps; the reported figure is
+//! still the final step's.
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -38,6 +40,7 @@ fn main() {
     let data = args.next().expect("usage: recipes DATA [options]");
     let (mut bits, mut recipe, mut seeds) = (vec![32u32, 64], Recipe::MilanPaper, vec![1u64, 2, 3]);
     let (mut iters, mut holdout, mut threads) = (None::<u64>, 0.0f64, 2usize);
+    let mut curve = 0u64;
     let mut sets: Vec<String> = Vec::new();
     while let Some(flag) = args.next() {
         let value = args
@@ -50,6 +53,7 @@ fn main() {
             "--iters" => iters = Some(value.parse().unwrap()),
             "--holdout" => holdout = value.parse().unwrap(),
             "--threads" => threads = value.parse().unwrap(),
+            "--curve" => curve = value.parse().unwrap(),
             "--set" => sets.push(value),
             other => panic!("unknown option {other}"),
         }
@@ -101,15 +105,24 @@ fn main() {
         let base: TrainConfig = serde_json::from_value(json).expect("a valid config");
         let (mut maps, mut lshs) = (Vec::new(), Vec::new());
         for &seed in &seeds {
-            let config = TrainConfig {
+            let mut config = TrainConfig {
                 seed,
                 ..base.clone()
             };
             let start = Instant::now();
-            let validation = (!val_y.is_empty()).then_some(TrainData {
+            let mut validation = (!val_y.is_empty()).then_some(TrainData {
                 features: val_x.view(),
                 labels: &val_y,
             });
+            if curve > 0 {
+                config.validate_every = curve;
+                config.patience = 0;
+                validation = Some(TrainData {
+                    features: test_x.view(),
+                    labels: &test_y,
+                });
+            }
+            let mut points = Vec::new();
             let mut trainer = Trainer::new(
                 config,
                 TrainData {
@@ -119,8 +132,25 @@ fn main() {
                 validation,
             )
             .unwrap();
-            trainer.run(&mut |_| {}, &AtomicBool::new(false)).unwrap();
-            let head = trainer.head(None, serde_json::Value::Null).unwrap();
+            trainer
+                .run(
+                    &mut |p| {
+                        if let Some(map) = p.val_map {
+                            points.push(format!("{}:{map:.3}", p.step))
+                        }
+                    },
+                    &AtomicBool::new(false),
+                )
+                .unwrap();
+            if curve > 0 {
+                println!("    curve (test mAP@20 by step) {}", points.join(" "));
+            }
+            let head = if curve > 0 {
+                milan::train::head_from_layers(&trainer.layers(), 0.2, "final", String::new(), None)
+                    .unwrap()
+            } else {
+                trainer.head(None, serde_json::Value::Null).unwrap()
+            };
             let map = map_at_k(
                 &PackedCodes::from_head(&head, test_x.view()).unwrap(),
                 &test_y,

@@ -221,6 +221,8 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let validation = data(&d.test_x, &d.test_y);
     let config = TrainConfig {
         validate_every: 10,
+        normalize_input: true,
+        keep_best: true,
         ..small_config(Recipe::MilanPlus, 45)
     };
     let never = AtomicBool::new(false);
@@ -508,6 +510,20 @@ fn bad_training_input_gets_typed_errors() {
     let one = vec![5i64; 120];
     let err = new(config(), x.view(), &one).unwrap_err();
     assert!(matches!(err, Error::TooFewClasses { found: 1 }), "{err}");
+    // A validation set too small to query.
+    let err = Trainer::new(
+        config(),
+        TrainData {
+            features: x.view(),
+            labels: &y,
+        },
+        Some(TrainData {
+            features: x.slice(ndarray::s![..1, ..]),
+            labels: &y[..1],
+        }),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::EmptyData { .. }), "{err}");
     // A batch that does not split in thirds.
     let err = new(
         TrainConfig {

@@ -30,9 +30,12 @@ pub fn split_per_class<K: AsRef<str>>(
     seed: Option<u64>,
 ) -> Result<Split> {
     if keys.len() != labels.len() {
-        return Err(Error::LengthMismatch {
-            features: keys.len(),
-            labels: labels.len(),
+        return Err(Error::InvalidArgument {
+            detail: format!(
+                "{} keys (paths) for {} labels; give exactly one key per item",
+                keys.len(),
+                labels.len()
+            ),
         });
     }
     if !(0.0..=1.0).contains(&fraction) {

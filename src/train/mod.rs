@@ -40,10 +40,10 @@ use sampler::Classes;
 #[serde(rename_all = "kebab-case")]
 pub enum Recipe {
     /// MiLaN exactly as in the papers and the authors' code: two classes per batch in thirds,
-    /// balance per code, Adam(1e-4, 0.5, 0.9), 10,000 steps, no validation.
+    /// balance per code, Adam(1e-4, 0.5, 0.9), 10,000 steps.
     MilanPaper,
     /// milan's recipe (docs/training.md has each change's measured effect): batches of many
-    /// classes, every valid triplet of the batch, balance per bit.
+    /// classes, semi-hard negatives mined in the batch, 2,000 steps.
     #[default]
     MilanPlus,
 }
@@ -120,6 +120,15 @@ pub struct TrainConfig {
     pub validate_k: usize,
     /// Stop when this many validations in a row did not improve on the best (0: never stop early).
     pub patience: u64,
+    /// Make the head from the parameters that scored best on validation rather than the last
+    /// ones. Validate on data held out of the training split, never on the test split.
+    #[serde(default)]
+    pub keep_best: bool,
+    /// Train on features centred on the training mean and divided by one global scale (the root
+    /// of the mean per-dimension variance); the head folds both into its first layer, so it
+    /// still takes raw features.
+    #[serde(default)]
+    pub normalize_input: bool,
 }
 
 impl TrainConfig {
@@ -148,12 +157,14 @@ impl TrainConfig {
             validate_every: 0,
             validate_k: 20,
             patience: 0,
+            keep_best: false,
+            normalize_input: false,
         };
         match recipe {
             Recipe::MilanPaper => paper,
             Recipe::MilanPlus => TrainConfig {
-                balance: BalanceMode::PerBit,
-                triplets: TripletMode::BatchAll,
+                iters: 2000,
+                triplets: TripletMode::SemiHard,
                 sampling: Sampling::PerClass { per_class: 9 },
                 validate_every: 500,
                 ..paper
@@ -316,6 +327,46 @@ pub struct TrainProgress {
     pub best: Option<(u64, f64)>,
 }
 
+/// The input normalisation: `(x - mean) / scale`.
+#[derive(Debug, Clone)]
+struct InputNorm {
+    mean: ndarray::Array1<f32>,
+    scale: f32,
+}
+
+impl InputNorm {
+    fn of(features: ArrayView2<'_, f32>) -> InputNorm {
+        let n = features.nrows() as f64;
+        let mut mean = vec![0f64; features.ncols()];
+        for row in features.axis_iter(Axis(0)) {
+            for (m, &x) in mean.iter_mut().zip(row) {
+                *m += f64::from(x);
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n);
+        let mut var = 0f64;
+        for row in features.axis_iter(Axis(0)) {
+            for (m, &x) in mean.iter().zip(row) {
+                var += (f64::from(x) - m).powi(2);
+            }
+        }
+        let var = var / (n * features.ncols() as f64);
+        let scale = if var > 1e-24 { var.sqrt() } else { 1.0 };
+        InputNorm {
+            mean: mean.into_iter().map(|m| m as f32).collect(),
+            scale: scale as f32,
+        }
+    }
+
+    /// The first layer applied to raw features: `W' = W / scale`, `b' = b - W' mean`.
+    fn fold(&self, layers: &mut [Layer<f32>]) {
+        let first = &mut layers[0];
+        first.weights.mapv_inplace(|w| w / self.scale);
+        let shift = first.weights.dot(&self.mean);
+        first.bias -= &shift;
+    }
+}
+
 /// The parameters that scored best on validation.
 #[derive(Debug, Clone)]
 struct Best {
@@ -336,6 +387,7 @@ pub struct Trainer<'a> {
     rng: ChaCha8Rng,
     step: u64,
     best: Option<Best>,
+    norm: Option<InputNorm>,
     stale_validations: u64,
     last_loss: f64,
     pool: std::sync::Arc<rayon::ThreadPool>,
@@ -428,6 +480,12 @@ impl<'a> Trainer<'a> {
         data.check("training")?;
         if let Some(validation) = validation {
             validation.check("validation")?;
+            if validation.labels.len() < 2 {
+                return Err(Error::EmptyData {
+                    what: "the validation set (1 item; retrieval needs a query and another item)"
+                        .into(),
+                });
+            }
             if validation.features.ncols() != data.features.ncols() {
                 return Err(Error::FeatureDim {
                     expected: data.features.ncols() as u32,
@@ -446,6 +504,7 @@ impl<'a> Trainer<'a> {
         rng: ChaCha8Rng,
     ) -> Result<Trainer<'a>> {
         let pool = std::sync::Arc::new(thread_pool(config.threads)?);
+        let norm = config.normalize_input.then(|| InputNorm::of(data.features));
         Ok(Trainer {
             classes: Classes::new(data.labels),
             data_fingerprint: data.fingerprint(),
@@ -457,6 +516,7 @@ impl<'a> Trainer<'a> {
             rng,
             step: 0,
             best: None,
+            norm,
             stale_validations: 0,
             last_loss: f64::NAN,
             pool,
@@ -487,9 +547,18 @@ impl<'a> Trainer<'a> {
         self.best.as_ref().map(|b| (b.step, b.map))
     }
 
-    /// The current parameters.
+    /// The current parameters, as a head applies them to raw features (any input
+    /// normalisation folded into the first layer).
     pub fn layers(&self) -> Vec<Layer<f32>> {
-        self.backend.layers()
+        self.current_layers()
+    }
+
+    fn current_layers(&self) -> Vec<Layer<f32>> {
+        let mut layers = self.backend.layers();
+        if let Some(norm) = &self.norm {
+            norm.fold(&mut layers);
+        }
+        layers
     }
 
     /// Runs to the end (see [`Trainer::run_until`]).
@@ -541,6 +610,10 @@ impl<'a> Trainer<'a> {
             }
             for (mut out, &row) in batch.axis_iter_mut(Axis(0)).zip(&rows) {
                 out.assign(&self.data.features.row(row));
+                if let Some(norm) = &self.norm {
+                    out -= &norm.mean;
+                    out /= norm.scale;
+                }
             }
             let backend = &mut self.backend;
             let loss = self.pool.install(|| {
@@ -580,7 +653,7 @@ impl<'a> Trainer<'a> {
         if every == 0 || (self.step % every != 0 && self.step != self.config.iters) {
             return Ok(None);
         }
-        let layers = self.backend.layers();
+        let layers = self.current_layers();
         let (slope, k) = (self.config.slope, self.config.validate_k);
         let map = self
             .pool
@@ -598,8 +671,8 @@ impl<'a> Trainer<'a> {
         Ok(Some(map))
     }
 
-    /// The trained head: the parameters that scored best on validation when there was
-    /// validation, else the current ones. `data` describes the training data for the provenance
+    /// The trained head: with `keep_best` and a validation set, the parameters that scored best
+    /// on validation, else the current ones. `data` describes the training data for the provenance
     /// (for example the data directory and the split); the trainer adds the counts, the
     /// fingerprint and every setting.
     pub fn head(
@@ -608,8 +681,8 @@ impl<'a> Trainer<'a> {
         data: serde_json::Value,
     ) -> Result<HashHead> {
         let (layers, chosen_step) = match &self.best {
-            Some(best) => (best.layers.clone(), best.step),
-            None => (self.backend.layers(), self.step),
+            Some(best) if self.config.keep_best => (best.layers.clone(), best.step),
+            _ => (self.current_layers(), self.step),
         };
         let provenance = serde_json::json!({
             "recipe": self.config.recipe.name(),
