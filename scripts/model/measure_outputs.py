@@ -23,33 +23,21 @@ Usage: measure_outputs.py [MODEL.onnx] [--data DIR]
 """
 
 import argparse
-import glob
 import gzip
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 import onnxruntime as ort
 
+# The dataset is fetched by the demo's image writer, one place for both.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from fashion_mnist_images import dataset_dir  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FETCH_DIR = os.path.join(REPO, "target", "model-work", "fmnist")
-DATA_SUBDIR = os.path.join("usr", "share", "datasets", "fashion-mnist")
 PER_CLASS, TRAIN_PER_CLASS, TOP_K = 100, 60, 20
 SIZE = 299
-
-
-def fetch_dataset():
-    data = os.path.join(FETCH_DIR, "root", DATA_SUBDIR)
-    if os.path.isdir(data):
-        return data
-    os.makedirs(FETCH_DIR, exist_ok=True)
-    print("fetching dataset-fashion-mnist with apt-get download ...", file=sys.stderr)
-    subprocess.run(["apt-get", "download", "dataset-fashion-mnist"], cwd=FETCH_DIR, check=True)
-    deb = sorted(glob.glob(os.path.join(FETCH_DIR, "dataset-fashion-mnist_*.deb")))[-1]
-    subprocess.run(["dpkg-deb", "-x", deb, os.path.join(FETCH_DIR, "root")], check=True)
-    return data
 
 
 def read_idx(path):
@@ -118,7 +106,7 @@ def main():
     ap.add_argument("--batch", type=int, default=10)
     args = ap.parse_args()
 
-    data = args.data or fetch_dataset()
+    data = args.data or dataset_dir()
     images = read_idx(os.path.join(data, "train-images-idx3-ubyte.gz"))
     labels = read_idx(os.path.join(data, "train-labels-idx1-ubyte.gz")).astype(int)
     train_idx, test_idx = select(labels)
