@@ -227,6 +227,14 @@ pub enum Error {
         /// The length asked for.
         bits: u32,
     },
+    /// A training or evaluation data set that cannot be used.
+    #[error("{}: not usable as training data: {detail}", path.display())]
+    BadData {
+        /// The data folder or the file in it.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        detail: String,
+    },
     /// A training checkpoint that cannot be resumed.
     #[error("not a usable training checkpoint: {detail}")]
     BadCheckpoint {

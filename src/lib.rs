@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod code;
+pub mod dataset;
 mod error;
 pub mod eval;
 pub mod extract;
@@ -49,8 +50,8 @@ pub use code::Code;
 pub use error::{Error, Result};
 pub use head::{ExtractorBinding, HashHead};
 pub use index::{
-    BatchSearch, Hit, Index, IndexBuilder, Info, Item, OptimizeReport, Reader, Search, Writer,
-    DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN,
+    BatchSearch, Hit, Index, IndexBuilder, Info, Item, OptimizeReport, Reader, RehashReport,
+    Search, Writer, DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN,
 };
 pub use mih::search::Strategy;
 pub use store::check::CheckReport;

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 
+use crate::eval::EvalReport;
 use crate::extract::read_image;
 
 /// Longest side of an embedded thumbnail, in pixels.
@@ -84,8 +85,199 @@ fn tile_html(out: &mut String, tile: &Tile, class: &str, rank: Option<usize>) {
     );
 }
 
-/// The whole page.
+/// The whole page of query results.
 pub fn results_page(title: &str, rows: &[QueryRow]) -> String {
+    page(title, "", rows)
+}
+
+/// The evaluation report of `milan eval`: the metric table, the precision-recall and
+/// precision@k plots, and the retrieval grids of `rows`.
+pub fn eval_page(title: &str, head_name: &str, report: &EvalReport, rows: &[QueryRow]) -> String {
+    let mut body = String::new();
+    let at = |curve: &[f64], cutoff: usize| {
+        curve
+            .get(cutoff - 1)
+            .map_or("-".into(), |p| format!("{p:.4}"))
+    };
+    let _ = write!(
+        body,
+        "<h2>mAP@{k} on {queries} test queries ({train} training items), {bits} bits</h2>\
+         <table><tr><th>codes</th><th>mAP@{k}</th><th>P@1</th><th>P@10</th><th>P@20</th>\
+         <th>P@50</th><th>P@100</th></tr>",
+        k = report.k,
+        queries = report.queries,
+        train = report.train_items,
+        bits = report.bits
+    );
+    let lines = [
+        (escape(head_name), report.map_at_k, &report.precision_at_k),
+        (
+            format!("LSH ({} bits)", report.bits),
+            report.baselines.lsh,
+            &report.baseline_details.lsh.precision_at_k,
+        ),
+        (
+            "float features, Euclidean".into(),
+            report.baselines.float_euclidean,
+            &report.baseline_details.float_euclidean.precision_at_k,
+        ),
+    ];
+    for (name, map, precision) in &lines {
+        let _ = write!(
+            body,
+            "<tr><td>{name}</td><td><b>{map:.4}</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            at(precision, 1),
+            at(precision, 10),
+            at(precision, 20),
+            at(precision, 50),
+            at(precision, 100)
+        );
+    }
+    body.push_str("</table><div class=\"plots\">");
+    let pr = |points: &[crate::eval::PrPoint]| -> Vec<(f64, f64)> {
+        points.iter().map(|p| (p.recall, p.precision)).collect()
+    };
+    body.push_str(&line_chart(
+        "Precision-recall over Hamming radius",
+        "recall",
+        "precision",
+        (1.0, 1.0),
+        &[
+            (head_name, HEAD_COLOUR, pr(&report.pr_curve)),
+            ("LSH", LSH_COLOUR, pr(&report.baseline_details.lsh.pr_curve)),
+        ],
+    ));
+    let by_cutoff = |precision: &[f64]| -> Vec<(f64, f64)> {
+        precision
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| ((i + 1) as f64, p))
+            .collect()
+    };
+    body.push_str(&line_chart(
+        "Precision at k",
+        "k",
+        "precision",
+        (report.precision_at_k.len().max(1) as f64, 1.0),
+        &[
+            (head_name, HEAD_COLOUR, by_cutoff(&report.precision_at_k)),
+            (
+                "LSH",
+                LSH_COLOUR,
+                by_cutoff(&report.baseline_details.lsh.precision_at_k),
+            ),
+            (
+                "float",
+                FLOAT_COLOUR,
+                by_cutoff(&report.baseline_details.float_euclidean.precision_at_k),
+            ),
+        ],
+    ));
+    body.push_str("</div><h2>Sample queries</h2>");
+    page(title, &body, rows)
+}
+
+/// One line of a chart: its name, its colour and its points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+const HEAD_COLOUR: &str = "#1f5fd6";
+const LSH_COLOUR: &str = "#d68a1f";
+const FLOAT_COLOUR: &str = "#3a9a3a";
+
+/// An inline SVG line chart of `series` (name, colour, points) on `[0, x_max] x [0, y_max]`.
+fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    (x_max, y_max): (f64, f64),
+    series: &[Series<'_>],
+) -> String {
+    const W: f64 = 420.0;
+    const H: f64 = 300.0;
+    const LEFT: f64 = 50.0;
+    const BOTTOM: f64 = 40.0;
+    const TOP: f64 = 30.0;
+    const RIGHT: f64 = 10.0;
+    let x = |v: f64| LEFT + v / x_max * (W - LEFT - RIGHT);
+    let y = |v: f64| H - BOTTOM - v / y_max * (H - BOTTOM - TOP);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
+         viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{t}\">\
+         <text x=\"{cx}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{t}</text>\
+         <rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#999\"/>",
+        t = escape(title),
+        cx = W / 2.0,
+        pw = W - LEFT - RIGHT,
+        ph = H - BOTTOM - TOP
+    );
+    for tick in 0..=4 {
+        let f = f64::from(tick) / 4.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{}</text>\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{:.2}</text>",
+            x(f * x_max),
+            H - BOTTOM + 14.0,
+            trim_number(f * x_max),
+            LEFT - 4.0,
+            y(f * y_max) + 3.0,
+            f * y_max
+        );
+    }
+    let _ = write!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\
+         <text x=\"12\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 12 {:.1})\">{}</text>",
+        (LEFT + W - RIGHT) / 2.0,
+        H - 6.0,
+        escape(x_label),
+        (TOP + H - BOTTOM) / 2.0,
+        (TOP + H - BOTTOM) / 2.0,
+        escape(y_label)
+    );
+    for (i, (name, colour, points)) in series.iter().enumerate() {
+        let path: Vec<String> = points
+            .iter()
+            .filter(|(a, b)| a.is_finite() && b.is_finite())
+            .map(|&(a, b)| {
+                format!(
+                    "{:.1},{:.1}",
+                    x(a.clamp(0.0, x_max)),
+                    y(b.clamp(0.0, y_max))
+                )
+            })
+            .collect();
+        if !path.is_empty() {
+            let _ = write!(
+                svg,
+                "<polyline class=\"series\" data-name=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+                escape(name),
+                path.join(" ")
+            );
+        }
+        let ly = TOP + 14.0 + 14.0 * i as f64;
+        let _ = write!(
+            svg,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"10\" height=\"3\" fill=\"{colour}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">{}</text>",
+            W - RIGHT - 130.0,
+            ly - 4.0,
+            W - RIGHT - 116.0,
+            ly,
+            escape(name)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// `1` for 1.0, `0.25` for 0.25: axis labels without trailing zeros.
+fn trim_number(value: f64) -> String {
+    let text = format!("{value:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn page(title: &str, preamble: &str, rows: &[QueryRow]) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
@@ -96,7 +288,10 @@ pub fn results_page(title: &str, rows: &[QueryRow]) -> String {
          figure.query{{border-color:#1f5fd6}} figure.wrong{{border-color:#d62a1f}}\
          figure img{{width:100%;display:block}} .missing{{height:80px;color:#999;text-align:center}}\
          figcaption{{font-size:11px;padding:2px;overflow-wrap:anywhere}}\
-         </style></head><body><h1>{title}</h1>\
+         table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
+         td:first-child,th:first-child{{text-align:left}} .plots{{display:flex;flex-wrap:wrap;gap:1em;margin:1em 0}}\
+         svg{{background:#fff}}\
+         </style></head><body><h1>{title}</h1>{preamble}\
          <p>Query framed blue; results in rank order with their Hamming distance; results whose \
          label differs from the query's framed red.</p>",
         title = escape(title),

@@ -7,3 +7,4 @@ mod images;
 mod persistence;
 mod training;
 mod util;
+mod workflow;

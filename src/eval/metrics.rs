@@ -110,6 +110,18 @@ impl PackedCodes {
         a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
     }
 
+    /// The `count` codes nearest to code `query`, ranked as the protocol ranks them: every other
+    /// code by Hamming distance, ties in database order. Pairs of (position, distance).
+    pub fn ranking(&self, query: usize, count: usize) -> Vec<(usize, u32)> {
+        let mut others: Vec<(usize, u32)> = (0..self.len())
+            .filter(|&i| i != query)
+            .map(|i| (i, self.distance(query, i)))
+            .collect();
+        others.sort_by_key(|&(i, d)| (d, i));
+        others.truncate(count);
+        others
+    }
+
     fn code(&self, i: usize) -> &[u64] {
         &self.data[i * self.words..(i + 1) * self.words]
     }

@@ -5,6 +5,7 @@
 //! codes and the stored items, so a reader never sees half a commit.
 
 mod reader;
+mod rehash;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use milan_index_format::{
 use redb::ReadableDatabase;
 
 pub use reader::{BatchSearch, Hit, Reader, Search};
+pub use rehash::RehashReport;
 pub use writer::{Item, Writer};
 
 use crate::error::{Error, Result};

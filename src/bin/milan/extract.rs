@@ -2,7 +2,7 @@
 //!
 //! Writes DATA/features.npy (float32 [n, d]), DATA/labels.npy (int64 [n]), DATA/classes.txt (one
 //! class name per line, label i on line i), DATA/paths.txt (one image per line, row order) and
-//! DATA/extractor.json (the extractor contract and fingerprint).
+//! DATA/extractor.json (the extractor contract and fingerprint); `milan::dataset` has the layout.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -10,9 +10,9 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
+use milan::dataset::Dataset;
 use milan::extract::pipeline::{extract_files, FileOutcome};
-use milan::extract::{layout_name, pixel_range_name};
-use ndarray::{Array1, Array2};
+use ndarray::Array2;
 
 use crate::extractor_args::ExtractorArgs;
 use crate::{progress, Outcome};
@@ -83,7 +83,11 @@ pub fn run(args: ExtractArgs) -> Result<Outcome> {
     }
     let mut extractor = args.extractor.open(None)?;
     let contract = extractor.contract().clone();
-    let paths: Vec<PathBuf> = rows.iter().map(|(path, _)| path.clone()).collect();
+    // Absolute paths, as `index add` stores them: reports can show the images from anywhere.
+    let paths: Vec<PathBuf> = rows
+        .iter()
+        .map(|(path, _)| std::path::absolute(path).unwrap_or_else(|_| path.clone()))
+        .collect();
     let classes: Vec<String> = rows
         .iter()
         .map(|(_, label)| label.clone())
@@ -129,32 +133,15 @@ pub fn run(args: ExtractArgs) -> Result<Outcome> {
     if kept_paths.is_empty() {
         bail!("no image could be decoded");
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create", args.out.display()))?;
     let dim = contract.dim as usize;
-    let matrix = Array2::from_shape_vec((kept_paths.len(), dim), features)?;
-    ndarray_npy::write_npy(args.out.join("features.npy"), &matrix)?;
-    ndarray_npy::write_npy(args.out.join("labels.npy"), &Array1::from(labels))?;
-    std::fs::write(args.out.join("classes.txt"), classes.join("\n") + "\n")?;
-    let listing: String = kept_paths
-        .iter()
-        .map(|p| format!("{}\n", p.display()))
-        .collect();
-    std::fs::write(args.out.join("paths.txt"), listing)?;
-    let about = serde_json::json!({
-        "model": contract.path,
-        "fingerprint": contract.fingerprint.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-        "input": contract.input,
-        "layout": layout_name(contract.layout),
-        "size": contract.size,
-        "pixel_range": pixel_range_name(contract.pixel_range),
-        "output": contract.output,
-        "dim": contract.dim,
-    });
-    std::fs::write(
-        args.out.join("extractor.json"),
-        serde_json::to_string_pretty(&about)? + "\n",
-    )?;
+    let dataset = Dataset {
+        features: Array2::from_shape_vec((kept_paths.len(), dim), features)?,
+        labels,
+        classes: classes.clone(),
+        keys: kept_paths.iter().map(|p| p.display().to_string()).collect(),
+        extractor: Some(contract),
+    };
+    dataset.save(&args.out)?;
     outln!(
         "wrote {} feature vectors ({dim} values, {} classes) to {} on {}; {failed} images skipped",
         kept_paths.len(),

@@ -32,6 +32,17 @@ pub enum IndexCommand {
     Delete(DeleteArgs),
     /// Rebuild the hash tables for a better number of substrings, in one transaction.
     Optimize(OptimizeArgs),
+    /// Re-code every image from its kept features with a new hash head, in one transaction.
+    Rehash(RehashArgs),
+}
+
+#[derive(Args)]
+pub struct RehashArgs {
+    /// The index directory (its images must have been added with --keep-features).
+    dir: PathBuf,
+    /// The new hash head (from `milan train`), made for the index's extractor.
+    #[arg(long)]
+    head: PathBuf,
 }
 
 #[derive(Args)]
@@ -128,6 +139,7 @@ pub fn run(command: IndexCommand) -> Result<Outcome> {
         IndexCommand::Check(args) => check(args),
         IndexCommand::Delete(args) => delete(args),
         IndexCommand::Optimize(args) => optimize(args),
+        IndexCommand::Rehash(args) => rehash(args),
     }
 }
 
@@ -361,6 +373,26 @@ fn optimize(args: OptimizeArgs) -> Result<Outcome> {
         report.new_substrings,
         before,
         index.info().file_bytes,
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(Outcome::Success)
+}
+
+fn rehash(args: RehashArgs) -> Result<Outcome> {
+    let head = HashHead::read(&args.head)?;
+    let mut index = Index::open(&args.dir)?;
+    let started = Instant::now();
+    let report = index.rehash(head)?;
+    index.compact()?;
+    outln!(
+        "re-coded {} items of {} with {} ({} -> {} bits, {} substrings): {} codes changed, in {:.2} s",
+        report.items,
+        args.dir.display(),
+        args.head.display(),
+        report.old_bits,
+        report.new_bits,
+        report.substrings,
+        report.changed,
         started.elapsed().as_secs_f64()
     )?;
     Ok(Outcome::Success)

@@ -15,12 +15,15 @@ macro_rules! outln {
 mod add;
 mod bench;
 mod codes_file;
+mod eval;
 mod extract;
 mod extractor_args;
 mod head;
 mod index;
 mod progress;
 mod query;
+mod split_args;
+mod train;
 
 use std::process::ExitCode;
 
@@ -43,6 +46,11 @@ enum Command {
     Query(query::QueryArgs),
     /// Extract the features of a labelled image set (for training and evaluation).
     Extract(extract::ExtractArgs),
+    /// Train a hash head on labelled features (MiLaN's triplet, push and balance losses).
+    Train(train::TrainArgs),
+    /// Measure a head's retrieval quality by the MiLaN papers' protocol, against LSH and float
+    /// features.
+    Eval(eval::EvalArgs),
     /// Make hash heads (the networks that turn features into codes).
     #[command(subcommand)]
     Head(head::HeadCommand),
@@ -68,6 +76,8 @@ fn main() -> ExitCode {
         Command::Bench(command) => bench::run(command),
         Command::Head(command) => head::run(command),
         Command::Extract(args) => extract::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

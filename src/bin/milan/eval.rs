@@ -1,0 +1,242 @@
+//! `milan eval`: a head's retrieval quality by the papers' protocol, against LSH and float
+//! features (docs/training.md, "Evaluation protocol").
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use milan::dataset::{Dataset, SplitSpec};
+use milan::eval::{evaluate, select, select_rows, EvalOptions, EvalReport, PackedCodes};
+use milan::report::{eval_page, QueryRow, Tile};
+use milan::HashHead;
+use ndarray::{Array1, Array2};
+
+use crate::split_args::SplitArgs;
+use crate::Outcome;
+
+/// Results shown per sample query in the HTML report, as in the papers' figures.
+const GRID_RESULTS: usize = 19;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Labelled features: a folder written by `milan extract`, or an index built with
+    /// --keep-features and --label-from-dir.
+    #[arg(long)]
+    data: PathBuf,
+    /// The head to evaluate.
+    #[arg(long)]
+    head: PathBuf,
+    /// The k of mAP@k.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    k: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Write an HTML report: metrics, plots and retrieval grids.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Sample queries in the HTML report (the first test item of each class, in turn).
+    #[arg(long, default_value_t = 10)]
+    grid_queries: usize,
+    /// Write the test split's codes (DIR/codes.npy, uint8 packed as `milan index import` reads),
+    /// labels (DIR/labels.npy, int64) and paths (DIR/paths.txt), in evaluation order.
+    #[arg(long)]
+    export: Option<PathBuf>,
+    /// Seed of the LSH baseline's hyperplanes.
+    #[arg(long, default_value_t = 0)]
+    lsh_seed: u64,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    #[command(flatten)]
+    split: SplitArgs,
+}
+
+/// The split the head was trained with, from its provenance.
+fn recorded_split(head: &HashHead) -> Option<SplitSpec> {
+    let provenance: serde_json::Value = serde_json::from_str(&head.file().provenance).ok()?;
+    serde_json::from_value(provenance.get("data")?.get("split")?.clone()).ok()
+}
+
+/// Refuses a head made for another extractor than the one that made the features.
+fn check_head(args: &EvalArgs, head: &HashHead, dataset: &Dataset) -> Result<()> {
+    let dim = dataset.features.ncols();
+    if head.input_dim() as usize != dim {
+        bail!(
+            "{}: the head takes {}-dimensional features but {} has {dim}-dimensional ones",
+            args.head.display(),
+            head.input_dim(),
+            args.data.display()
+        );
+    }
+    if let (Some(made_for), Some(model)) = (head.extractor(), &dataset.extractor) {
+        if made_for.fingerprint != model.fingerprint || made_for.output != model.output {
+            bail!(
+                "{}: the head was trained on features of another extractor (fingerprint {}, output {:?}) than {} (model {}, fingerprint {}, output {:?})",
+                args.head.display(),
+                hex(&made_for.fingerprint[..8]),
+                made_for.output,
+                args.data.display(),
+                model.path,
+                hex(&model.fingerprint[..8]),
+                model.output
+            );
+        }
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn run(args: EvalArgs) -> Result<Outcome> {
+    let dataset = Dataset::load(&args.data)?;
+    let head = HashHead::read(&args.head)?;
+    check_head(&args, &head, &dataset)?;
+    let spec = match args.split.spec()? {
+        Some(spec) => spec,
+        None => recorded_split(&head).unwrap_or_default(),
+    };
+    let split = dataset.split(&spec)?;
+    if split.test.len() < 2 {
+        bail!(
+            "{}: the test split has {} items; each test item queries the others, so at least 2 are needed (lower --train-fraction)",
+            args.data.display(),
+            split.test.len()
+        );
+    }
+    let train_features = select_rows(dataset.features.view(), &split.train);
+    let test_features = select_rows(dataset.features.view(), &split.test);
+    let test_labels = select(&dataset.labels, &split.test);
+    let options = EvalOptions {
+        k: args.k as usize,
+        lsh_seed: args.lsh_seed,
+        ..EvalOptions::default()
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()?;
+    let report = pool.install(|| {
+        evaluate(
+            &head,
+            train_features.view(),
+            test_features.view(),
+            &test_labels,
+            &options,
+        )
+    })?;
+    let codes = PackedCodes::from_head(&head, test_features.view())?;
+    if let Some(dir) = &args.export {
+        export(
+            dir,
+            &codes,
+            &test_labels,
+            &select(&dataset.keys, &split.test),
+        )?;
+    }
+    if let Some(path) = &args.html {
+        let rows = grid_rows(&args, &dataset, &split.test, &codes);
+        let title = format!("milan eval: {}", args.head.display());
+        let name = format!("{} head", head.kind());
+        std::fs::write(path, eval_page(&title, &name, &report, &rows))
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["head"] = serde_json::json!({
+            "path": args.head,
+            "kind": head.kind(),
+            "fingerprint": hex(&head.fingerprint()),
+        });
+        value["data"] = serde_json::json!(args.data);
+        value["split"] = serde_json::to_value(&spec)?;
+        outln!("{value}")?;
+    } else {
+        print_summary(&args, &head, &report)?;
+    }
+    Ok(Outcome::Success)
+}
+
+fn print_summary(args: &EvalArgs, head: &HashHead, report: &EvalReport) -> Result<()> {
+    let k = report.k;
+    outln!(
+        "{} test queries against each other ({} training items), {} bits:",
+        report.queries,
+        report.train_items,
+        report.bits
+    )?;
+    let p = |curve: &[f64], c: usize| curve.get(c - 1).copied().unwrap_or(f64::NAN);
+    let line = |name: &str, map: f64, curve: &[f64]| {
+        outln!(
+            "  {name:<24} mAP@{k} {map:.4}   P@1 {:.4}  P@10 {:.4}  P@100 {:.4}",
+            p(curve, 1),
+            p(curve, 10),
+            p(curve, 100)
+        )
+    };
+    line(
+        &format!("{} ({})", head.kind(), args.head.display()),
+        report.map_at_k,
+        &report.precision_at_k,
+    )?;
+    line(
+        "LSH",
+        report.baselines.lsh,
+        &report.baseline_details.lsh.precision_at_k,
+    )?;
+    line(
+        "float features",
+        report.baselines.float_euclidean,
+        &report.baseline_details.float_euclidean.precision_at_k,
+    )?;
+    Ok(())
+}
+
+/// DIR/codes.npy, DIR/labels.npy and DIR/paths.txt of the test split, in evaluation order.
+fn export(dir: &PathBuf, codes: &PackedCodes, labels: &[i64], keys: &[String]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let width = (codes.bits() as usize).div_ceil(8);
+    let packed = Array2::from_shape_vec((codes.len(), width), codes.to_bytes())?;
+    ndarray_npy::write_npy(dir.join("codes.npy"), &packed)?;
+    ndarray_npy::write_npy(dir.join("labels.npy"), &Array1::from(labels.to_vec()))?;
+    let listing: String = keys.iter().map(|k| format!("{k}\n")).collect();
+    std::fs::write(dir.join("paths.txt"), listing)?;
+    Ok(())
+}
+
+/// Sample queries for the HTML report: the first test item of each class in turn, with their
+/// nearest test items.
+fn grid_rows(
+    args: &EvalArgs,
+    dataset: &Dataset,
+    test_rows: &[usize],
+    codes: &PackedCodes,
+) -> Vec<QueryRow> {
+    let mut seen = std::collections::BTreeSet::new();
+    let queries: Vec<usize> = (0..test_rows.len())
+        .filter(|&q| seen.insert(dataset.labels[test_rows[q]]))
+        .take(args.grid_queries)
+        .collect();
+    let tile = |position: usize, distance: Option<u32>| {
+        let row = test_rows[position];
+        let key = &dataset.keys[row];
+        Tile {
+            caption: key.clone(),
+            label: Some(dataset.class_name(dataset.labels[row]).to_string()),
+            distance,
+            image: Some(PathBuf::from(key)),
+        }
+    };
+    queries
+        .into_iter()
+        .map(|q| QueryRow {
+            query: tile(q, None),
+            results: codes
+                .ranking(q, GRID_RESULTS)
+                .into_iter()
+                .map(|(i, d)| tile(i, Some(d)))
+                .collect(),
+        })
+        .collect()
+}
