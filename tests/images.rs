@@ -517,6 +517,16 @@ fn the_results_page_shows_every_image_in_a_real_browser() {
         "wrong-label results framed red"
     );
 
+    let dom = render_in_browser(&page, &tmp.path().join("profile"));
+    assert!(
+        dom.contains("data-images-loaded=\"20/20\""),
+        "not every image loaded: {}",
+        &dom[dom.len().saturating_sub(300)..]
+    );
+}
+
+/// The DOM of `page` after headless Chromium loaded it (the pages set `data-images-loaded`).
+pub fn render_in_browser(page: &Path, profile: &Path) -> String {
     let chromium = ["chromium", "chromium-browser"]
         .into_iter()
         .find(|name| {
@@ -526,7 +536,6 @@ fn the_results_page_shows_every_image_in_a_real_browser() {
                 .is_ok()
         })
         .expect("Chromium is needed for this test: `make test-deps` installs Debian's package");
-    let profile = tmp.path().join("profile");
     let output = std::process::Command::new(chromium)
         .args([
             "--headless",
@@ -543,12 +552,7 @@ fn the_results_page_shows_every_image_in_a_real_browser() {
         .arg(format!("file://{}", page.display()))
         .output()
         .unwrap();
-    let dom = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        dom.contains("data-images-loaded=\"20/20\""),
-        "not every image loaded: {}",
-        &dom[dom.len().saturating_sub(300)..]
-    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[test]

@@ -11,7 +11,7 @@ use milan::eval::{map_at_k, PackedCodes};
 use milan::format::{ModelRecord, PixelRange, TensorLayout};
 use milan::Code;
 
-use crate::images::{tiny_model, write_image_set};
+use crate::images::{render_in_browser, tiny_model, write_image_set};
 use crate::util::*;
 
 /// Writes a DATA folder of clustered features: `classes` classes of `per_class` items.
