@@ -167,6 +167,15 @@ fn images_to_a_trained_index_end_to_end() {
         2 * 8,
         "each query and its 7 others"
     );
+    // The 7 others of each query are the whole test split: its 4 items of the other class are
+    // framed red.
+    assert_eq!(page.matches("class=\"wrong\"").count(), 2 * 4);
+    let dom = render_in_browser(&report, &tmp.path().join("profile"));
+    assert!(
+        dom.contains("data-images-loaded=\"16/16\""),
+        "not every image loaded: {}",
+        &dom[dom.len().saturating_sub(300)..]
+    );
 
     // The trained head codes an image index; a query by image finds its own class first.
     ok(&[
