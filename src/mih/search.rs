@@ -56,6 +56,8 @@ const SCAN_BELOW_SLOTS: usize = 2048;
 /// Until a top-k search can predict its remaining cost (k candidates found, two substring levels
 /// probed), it gives up for the scan after spending this fraction of a scan's cost.
 const UNGUIDED_BUDGET: f64 = 0.1;
+/// Filter survivors gathered before their codes are read.
+const SURVIVOR_BATCH: usize = 64;
 /// Codes per block of the scan kernel: distances first (a tight loop), reports second.
 const SCAN_BLOCK: usize = 128;
 
@@ -166,22 +168,74 @@ fn for_each_survivor(
 /// Expected cost of one bucket entry whose filter (`filter_width` bits) may differ from the
 /// query's in up to `slack` bits: the share of entries that survive the filter, as if their filter
 /// bits were random, pays for a code read.
+#[inline]
 fn entry_cost(filter_width: u32, slack: i64, verify_ns: f64) -> f64 {
     if slack < 0 {
         return ENTRY_NS;
     }
-    let survive: f64 = (0..=(slack as u32).min(filter_width))
-        .map(|i| binomial(filter_width, i))
-        .sum::<f64>()
-        / 2f64.powi(filter_width as i32);
-    ENTRY_NS + verify_ns * survive
+    let (width, slack) = (
+        filter_width as usize,
+        (slack as usize).min(filter_width as usize),
+    );
+    ENTRY_NS + verify_ns * FILTER_SURVIVAL[width][slack]
 }
 
+/// Widest substring (and so the largest `n` of [`binomial`] that the search asks for).
+const MAX_WIDTH: usize = milan_index_format::MAX_SUBSTRING_BITS as usize;
+/// Widest filter: filters are `u16`.
+const MAX_FILTER: usize = 16;
+
+/// `n choose k` for `n, k <= MAX_WIDTH`, computed once at compile time: the planner asks for them
+/// on every query.
+static BINOMIALS: [[f64; MAX_WIDTH + 1]; MAX_WIDTH + 1] = binomials();
+
+/// `FILTER_SURVIVAL[w][s]`: the share of uniform `w`-bit values within `s` bits of a given one.
+static FILTER_SURVIVAL: [[f64; MAX_FILTER + 1]; MAX_FILTER + 1] = filter_survival();
+
+const fn binomials() -> [[f64; MAX_WIDTH + 1]; MAX_WIDTH + 1] {
+    let mut table = [[0.0; MAX_WIDTH + 1]; MAX_WIDTH + 1];
+    table[0][0] = 1.0;
+    let mut n = 1;
+    while n <= MAX_WIDTH {
+        table[n][0] = 1.0;
+        let mut k = 1;
+        while k <= n {
+            table[n][k] = table[n - 1][k - 1] + table[n - 1][k];
+            k += 1;
+        }
+        n += 1;
+    }
+    table
+}
+
+const fn filter_survival() -> [[f64; MAX_FILTER + 1]; MAX_FILTER + 1] {
+    let binomials = binomials();
+    let mut table = [[0.0; MAX_FILTER + 1]; MAX_FILTER + 1];
+    let mut width = 0;
+    while width <= MAX_FILTER {
+        let values = (1u32 << width) as f64;
+        let (mut within, mut slack) = (0.0, 0);
+        while slack <= MAX_FILTER {
+            if slack <= width {
+                within += binomials[width][slack];
+            }
+            table[width][slack] = within / values;
+            slack += 1;
+        }
+        width += 1;
+    }
+    table
+}
+
+#[inline]
 fn binomial(n: u32, k: u32) -> f64 {
     if k > n {
         return 0.0;
     }
-    (0..k).fold(1.0, |acc, i| acc * f64::from(n - i) / f64::from(i + 1))
+    match BINOMIALS.get(n as usize) {
+        Some(row) => row[k as usize],
+        None => (0..k).fold(1.0, |acc, i| acc * f64::from(n - i) / f64::from(i + 1)),
+    }
 }
 
 /// The best `k` results seen so far, with `cap` the largest distance that can still make the cut.
@@ -276,23 +330,13 @@ impl View {
         self.live as f64 / (1u64 << self.layout.substrings[j].width) as f64
     }
 
-    /// Probe radius per table for an exact radius search (negative: table not probed).
-    fn table_radii(&self, radius: u32) -> Vec<i64> {
+    /// Probe radius of table `j` for an exact radius search (negative: table not probed).
+    #[inline]
+    fn table_radius(&self, radius: u32, j: usize) -> i64 {
         let m = self.layout.substrings.len() as u32;
-        let (q, a) = (radius / m, radius % m);
-        self.layout
-            .substrings
-            .iter()
-            .enumerate()
-            .map(|(j, sub)| {
-                let r = if (j as u32) <= a {
-                    i64::from(q)
-                } else {
-                    i64::from(q) - 1
-                };
-                r.min(i64::from(sub.width))
-            })
-            .collect()
+        let (q, a) = (i64::from(radius / m), radius % m);
+        let r = if (j as u32) <= a { q } else { q - 1 };
+        r.min(i64::from(self.layout.substrings[j].width))
     }
 
     fn radius_impl<const W: usize>(
@@ -308,15 +352,14 @@ impl View {
             }
             radius
         };
-        let radii = self.table_radii(radius);
         let use_tables = match strategy {
             Strategy::MultiIndex => true,
             Strategy::Scan => false,
-            Strategy::Auto => self.tables_pay_for_radius(query, radius, &radii),
+            Strategy::Auto => self.tables_pay_for_radius(query, radius),
         };
         if use_tables {
             self.scan_range::<W>(query, self.base.slots..self.slots(), radius, &mut report);
-            self.radius_tables::<W>(query, radius, &radii, &mut out);
+            self.radius_tables::<W>(query, radius, &mut out);
         } else {
             self.scan_range::<W>(query, 0..self.slots(), radius, &mut report);
         }
@@ -326,7 +369,7 @@ impl View {
 
     /// Prices the probes first (cheap to count), then the bucket entries (with an early exit),
     /// against a scan.
-    fn tables_pay_for_radius(&self, query: &[u64], total_radius: u32, radii: &[i64]) -> bool {
+    fn tables_pay_for_radius(&self, query: &[u64], total_radius: u32) -> bool {
         if self.base.slots < SCAN_BELOW_SLOTS {
             return false;
         }
@@ -335,8 +378,12 @@ impl View {
             .layout
             .substrings
             .iter()
-            .zip(radii)
-            .map(|(sub, &r)| (0..=r).map(|s| binomial(sub.width, s as u32)).sum::<f64>())
+            .enumerate()
+            .map(|(j, sub)| {
+                (0..=self.table_radius(total_radius, j))
+                    .map(|s| binomial(sub.width, s as u32))
+                    .sum::<f64>()
+            })
             .sum();
         let probe_cost = probes * PROBE_NS;
         // Counting the entries costs about as much as the probes: not worth it when they alone
@@ -345,14 +392,15 @@ impl View {
             return false;
         }
         let mut cost = probe_cost;
-        for (((sub, filter), table), &r) in self
+        for (j, ((sub, filter), table)) in self
             .layout
             .substrings
             .iter()
             .zip(&self.layout.filters)
             .zip(&self.base.tables)
-            .zip(radii)
+            .enumerate()
         {
+            let r = self.table_radius(total_radius, j);
             let value = sub.value(query);
             for s in 0..=r {
                 let per_entry =
@@ -369,20 +417,41 @@ impl View {
         true
     }
 
-    fn radius_tables<const W: usize>(
-        &self,
-        query: &[u64],
-        radius: u32,
-        radii: &[i64],
-        out: &mut Vec<Packed>,
-    ) {
+    fn radius_tables<const W: usize>(&self, query: &[u64], radius: u32, out: &mut Vec<Packed>) {
         let words = self.layout.words;
         let subs = &self.layout.substrings;
-        let max_r = radii.iter().copied().max().unwrap_or(-1);
+        let max_r = (0..subs.len())
+            .map(|j| self.table_radius(radius, j))
+            .max()
+            .unwrap_or(-1);
+        let probed = |t: usize, dt: i64| dt <= self.table_radius(radius, t);
+        if max_r >= 0 {
+            for (sub, table) in subs.iter().zip(&self.base.tables) {
+                table.prefetch(sub.value(query));
+            }
+        }
         let mut xor = [0u64; MAX_WORDS];
+        // Survivors of every table of a level are gathered before any is verified, so that the
+        // code reads of different tables (each a likely cache miss) overlap.
+        let mut pending = [(0u32, 0u16); SURVIVOR_BATCH];
+        let mut count = 0;
         for s in 0..=max_r {
+            let mut verify = |batch: &[(u32, u16)]| {
+                for &(slot, j) in batch {
+                    let slot = slot as usize;
+                    let code = &self.base.words[slot * words..];
+                    let d = xor_distance::<W>(query, code, words, &mut xor);
+                    if d > radius {
+                        continue;
+                    }
+                    let seen = reached_earlier(subs, &xor, s, usize::from(j), probed);
+                    if !seen && !self.deleted[slot] {
+                        out.push(pack(d, slot));
+                    }
+                }
+            };
             for (j, (sub, table)) in subs.iter().zip(&self.base.tables).enumerate() {
-                if s > radii[j] {
+                if s > self.table_radius(radius, j) {
                     continue;
                 }
                 let query_filter = self.layout.filters[j].value(query) as u16;
@@ -390,20 +459,19 @@ impl View {
                 let filter_slack = radius - s as u32;
                 for_each_at_distance(sub.value(query), sub.width, s as u32, |key| {
                     let (ids, filters) = table.bucket(key);
-                    for_each_survivor(ids, filters, query_filter, filter_slack, |slot| {
-                        let code = &self.base.words[slot * words..];
-                        let d = xor_distance::<W>(query, code, words, &mut xor);
-                        if d > radius {
-                            return;
+                    for (&id, &filter) in ids.iter().zip(filters) {
+                        pending[count] = (id, j as u16);
+                        count += usize::from((filter ^ query_filter).count_ones() <= filter_slack);
+                        if count == SURVIVOR_BATCH {
+                            verify(&pending);
+                            count = 0;
                         }
-                        let seen = reached_earlier(subs, &xor, s, j, |t, dt| dt <= radii[t]);
-                        if !seen && !self.deleted[slot] {
-                            out.push(pack(d, slot));
-                        }
-                    });
+                    }
                     true
                 });
             }
+            verify(&pending[..count]);
+            count = 0;
         }
     }
 
@@ -490,13 +558,9 @@ impl View {
         let words = self.layout.words;
         let subs = &self.layout.substrings;
         let m = subs.len() as u32;
-        let values: Vec<u32> = subs.iter().map(|sub| sub.value(query)).collect();
-        let filters: Vec<u16> = self
-            .layout
-            .filters
-            .iter()
-            .map(|f| f.value(query) as u16)
-            .collect();
+        for (sub, table) in subs.iter().zip(&self.base.tables) {
+            table.prefetch(sub.value(query));
+        }
         let mut xor = [0u64; MAX_WORDS];
         let scan = self.scan_cost();
         let (mut spent, mut probes_done, mut entries_seen) = (0.0f64, 0.0f64, 0usize);
@@ -518,14 +582,15 @@ impl View {
                 }
                 let mut cap = top.cap;
                 let mut entries = 0usize;
-                for_each_at_distance(values[j], sub.width, s, |key| {
+                let query_filter = self.layout.filters[j].value(query) as u16;
+                for_each_at_distance(sub.value(query), sub.width, s, |key| {
                     let (ids, bucket_filters) = table.bucket(key);
                     entries += ids.len();
                     let slack = cap.saturating_sub(s);
                     if s > cap {
                         return true;
                     }
-                    for_each_survivor(ids, bucket_filters, filters[j], slack, |slot| {
+                    for_each_survivor(ids, bucket_filters, query_filter, slack, |slot| {
                         let code = &self.base.words[slot * words..];
                         let d = xor_distance::<W>(query, code, words, &mut xor);
                         if d > cap {
@@ -606,6 +671,22 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn precomputed_tables_match_direct_computation() {
+        let direct =
+            |n: u32, k: u32| (0..k).fold(1.0, |acc, i| acc * f64::from(n - i) / f64::from(i + 1));
+        for n in 0..=MAX_WIDTH as u32 {
+            for k in 0..=n {
+                assert_eq!(binomial(n, k), direct(n, k).round(), "{n} choose {k}");
+            }
+            assert_eq!(binomial(n, n + 1), 0.0);
+        }
+        assert_eq!(binomial(40, 3), 9880.0);
+        assert_eq!(FILTER_SURVIVAL[16][2], (1.0 + 16.0 + 120.0) / 65536.0);
+        assert_eq!(FILTER_SURVIVAL[4][9], 1.0);
+        assert_eq!(entry_cost(16, -1, 10.0), ENTRY_NS);
+    }
 
     #[test]
     fn enumerates_each_value_at_distance_once() {

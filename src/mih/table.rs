@@ -23,6 +23,20 @@ enum Lookup {
     Sparse { keys: Vec<u32>, offsets: Vec<u32> },
 }
 
+/// A hint to load the cache line holding `address`; never faults, does nothing elsewhere than on
+/// x86-64.
+#[inline(always)]
+pub(crate) fn prefetch(address: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never dereferences in a way that can fault, whatever
+    // the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(address.cast(), std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
 /// Whether a table of `width`-bit substrings over `slots` ids is directly addressed.
 fn is_dense(width: u32, slots: usize) -> bool {
     (1u64 << width) <= (slots as u64 * 2).max(1 << 16)
@@ -42,6 +56,15 @@ impl Table {
             },
         };
         (&self.ids[range.clone()], &self.filters[range])
+    }
+
+    /// Asks the processor to start loading bucket `key`'s entries and filters, so that the
+    /// buckets of several tables arrive in parallel instead of one cache miss after another.
+    #[inline]
+    pub(crate) fn prefetch(&self, key: u32) {
+        let (ids, filters) = self.bucket(key);
+        prefetch(ids.as_ptr().cast());
+        prefetch(filters.as_ptr().cast());
     }
 
     /// Number of ids in bucket `key`.
