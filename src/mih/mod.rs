@@ -14,6 +14,7 @@
 //! a cost model) is in [`search`].
 
 pub(crate) mod layout;
+mod sample;
 pub(crate) mod search;
 pub(crate) mod table;
 
@@ -23,6 +24,7 @@ use bitvec::vec::BitVec;
 use rayon::prelude::*;
 
 use layout::WordLayout;
+use sample::NeighbourSample;
 use table::Table;
 
 /// Ids at or above this cannot be held: bucket entries are `u32`.
@@ -34,6 +36,8 @@ pub(crate) struct Base {
     words: Vec<u64>,
     slots: usize,
     tables: Vec<Table>,
+    /// Typical k-th nearest distances, for the top-k planner.
+    sample: NeighbourSample,
 }
 
 /// An immutable snapshot of the index's codes.
@@ -65,10 +69,12 @@ impl Base {
                 Table::from_entries(sub.width, slots, &mut entries)
             })
             .collect();
+        let sample = NeighbourSample::of(&words, layout.words, deleted, layout.bits());
         Base {
             words,
             slots,
             tables,
+            sample,
         }
     }
 }
@@ -84,12 +90,14 @@ impl View {
         let slots = words.len() / layout.words;
         debug_assert_eq!(deleted.len(), slots);
         let live = (slots - deleted.count_ones()) as u64;
+        let sample = NeighbourSample::of(&words, layout.words, &deleted, layout.bits());
         View {
             layout,
             base: Arc::new(Base {
                 words,
                 slots,
                 tables,
+                sample,
             }),
             delta: Arc::new(Vec::new()),
             deleted: Arc::new(deleted),

@@ -56,6 +56,11 @@ const SCAN_BELOW_SLOTS: usize = 2048;
 /// Until a top-k search can predict its remaining cost (k candidates found, two substring levels
 /// probed), it gives up for the scan after spending this fraction of a scan's cost.
 const UNGUIDED_BUDGET: f64 = 0.1;
+/// A top-k search starts on the hash tables only when, at the sampled k-th distance, they are
+/// predicted to cost less than this fraction of a scan. The prediction is rough (it missed by
+/// 1.3x to 4x on the 128- and 1024-bit workloads of docs/benchmarks.md); measured clustered
+/// workloads predict under 0.1, uniform and very long codes 0.8 and more.
+const TOP_K_PLAN_MARGIN: f64 = 0.5;
 /// Filter survivors gathered before their codes are read.
 const SURVIVOR_BATCH: usize = 64;
 /// Codes per block of the scan kernel: distances first (a tight loop), reports second.
@@ -497,7 +502,9 @@ impl View {
         let use_tables = match strategy {
             Strategy::MultiIndex => true,
             Strategy::Scan => false,
-            Strategy::Auto => self.base.slots >= SCAN_BELOW_SLOTS,
+            Strategy::Auto => {
+                self.base.slots >= SCAN_BELOW_SLOTS && !self.scan_expected_cheaper_for_top(k)
+            }
         } && (k as u64) < self.live;
         if !use_tables {
             return scan_all();
@@ -518,6 +525,18 @@ impl View {
             top.finish()
         } else {
             scan_all()
+        }
+    }
+
+    /// Whether, at the k-th distance typical of this index (measured on sample codes), the hash
+    /// tables would cost more than a scan: then the scan runs from the start, instead of after
+    /// probing has found that out (uniform codes, very long codes).
+    pub(crate) fn scan_expected_cheaper_for_top(&self, k: usize) -> bool {
+        match self.base.sample.kth_distance(k) {
+            Some(cap) => {
+                self.predicted_top_k_cost(0, 0, cap, 0.0) > TOP_K_PLAN_MARGIN * self.scan_cost()
+            }
+            None => false,
         }
     }
 
@@ -671,6 +690,48 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `n` 64-bit codes around `centres` random centres (each bit flipped with `flip`), or
+    /// uniform when `centres` is 0, in a view with the recommended 4 substrings.
+    fn view_of(n: usize, centres: usize, flip: f64) -> View {
+        use rand::{Rng, RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let centre_codes: Vec<u64> = (0..centres.max(1)).map(|_| rng.next_u64()).collect();
+        let words: Vec<u64> = (0..n)
+            .map(|_| {
+                if centres == 0 {
+                    return rng.next_u64();
+                }
+                let centre = centre_codes[rng.random_range(0..centres)];
+                (0..64).fold(centre, |code, bit| {
+                    if rng.random_bool(flip) {
+                        code ^ (1 << bit)
+                    } else {
+                        code
+                    }
+                })
+            })
+            .collect();
+        let layout = super::super::layout::WordLayout::new(
+            milan_index_format::CodeLayout::new(64, 4).unwrap(),
+        );
+        View::build(
+            std::sync::Arc::new(layout),
+            words,
+            bitvec::vec::BitVec::repeat(false, n),
+        )
+    }
+
+    #[test]
+    fn top_k_scans_from_the_start_only_where_the_tables_cannot_pay() {
+        // Uniform codes: the 20th nearest of 200,000 lies about 15 bits away, where probing
+        // costs more than scanning.
+        assert!(view_of(200_000, 0, 0.0).scan_expected_cheaper_for_top(20));
+        // Clustered codes: it lies a few bits away, where a few probes find it.
+        let clustered = view_of(200_000, 200, 0.1);
+        assert!(!clustered.scan_expected_cheaper_for_top(20));
+        assert!(clustered.scan_expected_cheaper_for_top(150_000));
+    }
 
     #[test]
     fn precomputed_tables_match_direct_computation() {
