@@ -599,3 +599,97 @@ fn rehash_refuses_what_it_cannot_recode_and_changes_nothing() {
     assert!(said.contains("8 codes changed"), "{said}");
     ok(&["index", "check", s(&kept)]);
 }
+
+#[test]
+fn eval_uses_the_split_the_head_was_trained_with_unless_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dataset = clustered_data(&data, 3, 20);
+    let queries = |head: &Path, extra: &[&str]| {
+        let mut args = vec!["eval", "--data", s(&data), "--head", s(head), "--json"];
+        args.extend(extra);
+        let report: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+        report["queries"].as_u64().unwrap()
+    };
+    let half = tmp.path().join("half.head");
+    let mut args = vec![
+        "train",
+        "--data",
+        s(&data),
+        "--bits",
+        "16",
+        "--iters",
+        "5",
+        "--train-fraction",
+        "0.5",
+        "--out",
+        s(&half),
+        "--quiet",
+    ];
+    args.extend(QUICK);
+    ok(&args);
+    assert_eq!(queries(&half, &[]), 30, "the recorded split: half of 60");
+    assert_eq!(queries(&half, &["--train-fraction", "0.6"]), 24);
+
+    // A seeded split takes other items than the sorted one.
+    let exported = |extra: &[&str], dir: &str| {
+        let out = tmp.path().join(dir);
+        let mut args = vec![
+            "eval",
+            "--data",
+            s(&data),
+            "--head",
+            s(&half),
+            "--export",
+            s(&out),
+        ];
+        args.extend(extra);
+        ok(&args);
+        std::fs::read_to_string(out.join("paths.txt")).unwrap()
+    };
+    let sorted = exported(&[], "sorted");
+    let seeded = exported(&["--split-seed", "3"], "seeded");
+    assert_eq!(sorted.lines().count(), seeded.lines().count());
+    assert_ne!(sorted, seeded);
+
+    // Explicit lists of keys; a key that names no item is named.
+    let (train_list, test_list) = (tmp.path().join("train.txt"), tmp.path().join("test.txt"));
+    std::fs::write(&train_list, dataset.keys[..40].join("\n")).unwrap();
+    std::fs::write(&test_list, dataset.keys[40..].join("\n")).unwrap();
+    let listed = tmp.path().join("listed.head");
+    let mut args = vec![
+        "train",
+        "--data",
+        s(&data),
+        "--bits",
+        "16",
+        "--iters",
+        "5",
+        "--train-split",
+        s(&train_list),
+        "--test-split",
+        s(&test_list),
+        "--out",
+        s(&listed),
+        "--quiet",
+    ];
+    args.extend(QUICK);
+    ok(&args);
+    assert_eq!(queries(&listed, &[]), 20);
+    std::fs::write(&test_list, "item0041\nno-such-item\n").unwrap();
+    let said = fails(
+        &[
+            "eval",
+            "--data",
+            s(&data),
+            "--head",
+            s(&listed),
+            "--train-split",
+            s(&train_list),
+            "--test-split",
+            s(&test_list),
+        ],
+        1,
+    );
+    assert!(said.contains("no-such-item"), "{said}");
+}

@@ -94,10 +94,7 @@ pub fn run(args: EvalArgs) -> Result<Outcome> {
     let dataset = Dataset::load(&args.data)?;
     let head = HashHead::read(&args.head)?;
     check_head(&args, &head, &dataset)?;
-    let spec = match args.split.spec()? {
-        Some(spec) => spec,
-        None => recorded_split(&head).unwrap_or_default(),
-    };
+    let spec = args.split.spec(recorded_split(&head))?;
     let split = dataset.split(&spec)?;
     if split.test.len() < 2 {
         bail!(

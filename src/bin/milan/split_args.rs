@@ -24,24 +24,34 @@ pub struct SplitArgs {
 }
 
 impl SplitArgs {
-    /// The split asked for, or `None` when no split flag was given.
-    pub fn spec(&self) -> Result<Option<SplitSpec>> {
+    /// The split asked for: the flags given, the rest from `recorded` (the split a head was
+    /// trained with) when it splits per class, else the defaults.
+    pub fn spec(&self, recorded: Option<SplitSpec>) -> Result<SplitSpec> {
         if let (Some(train), Some(test)) = (&self.train_split, &self.test_split) {
-            return Ok(Some(SplitSpec::Lists {
+            return Ok(SplitSpec::Lists {
                 train: std::path::absolute(train).unwrap_or_else(|_| train.clone()),
                 test: std::path::absolute(test).unwrap_or_else(|_| test.clone()),
-            }));
+            });
         }
-        if self.train_fraction.is_none() && self.split_seed.is_none() {
-            return Ok(None);
-        }
-        let train_fraction = self.train_fraction.unwrap_or(0.6);
+        let (fraction, seed) = match recorded {
+            Some(lists @ SplitSpec::Lists { .. })
+                if self.train_fraction.is_none() && self.split_seed.is_none() =>
+            {
+                return Ok(lists)
+            }
+            Some(SplitSpec::PerClass {
+                train_fraction,
+                seed,
+            }) => (train_fraction, seed),
+            _ => (0.6, None),
+        };
+        let train_fraction = self.train_fraction.unwrap_or(fraction);
         if !(0.0..=1.0).contains(&train_fraction) {
             bail!("--train-fraction {train_fraction}: use a number from 0 to 1");
         }
-        Ok(Some(SplitSpec::PerClass {
+        Ok(SplitSpec::PerClass {
             train_fraction,
-            seed: self.split_seed,
-        }))
+            seed: self.split_seed.or(seed),
+        })
     }
 }

@@ -142,7 +142,7 @@ pub fn run(args: TrainArgs) -> Result<Outcome> {
         }
     }
     let dataset = Dataset::load(&args.data)?;
-    let spec = args.split.spec()?.unwrap_or_default();
+    let spec = args.split.spec(None)?;
     let split = dataset.split(&spec)?;
     let train_keys = select(&dataset.keys, &split.train);
     let train_labels = select(&dataset.labels, &split.train);
