@@ -396,6 +396,32 @@ impl View {
         if probe_cost > 0.1 * scan {
             return false;
         }
+        // Even if every probed bucket were the fullest of its table, would the tables win? Then
+        // no need to look at the buckets (their entries are counted otherwise).
+        let worst: f64 = self
+            .layout
+            .substrings
+            .iter()
+            .zip(&self.layout.filters)
+            .zip(&self.base.tables)
+            .enumerate()
+            .map(|(j, ((sub, filter), table))| {
+                (0..=self.table_radius(total_radius, j))
+                    .map(|s| {
+                        binomial(sub.width, s as u32)
+                            * table.largest_bucket() as f64
+                            * entry_cost(
+                                filter.width,
+                                i64::from(total_radius) - s,
+                                self.verify_ns(),
+                            )
+                    })
+                    .sum::<f64>()
+            })
+            .sum();
+        if probe_cost + worst <= scan {
+            return true;
+        }
         let mut cost = probe_cost;
         for (j, ((sub, filter), table)) in self
             .layout

@@ -11,6 +11,8 @@ pub(crate) struct Table {
     lookup: Lookup,
     ids: Vec<u32>,
     filters: Vec<u16>,
+    /// Entries in the fullest bucket: bounds a search's work without looking at its buckets.
+    largest_bucket: usize,
 }
 
 /// One table entry as built: substring value, id, filter.
@@ -43,6 +45,28 @@ fn is_dense(width: u32, slots: usize) -> bool {
 }
 
 impl Table {
+    fn assemble(lookup: Lookup, ids: Vec<u32>, filters: Vec<u16>) -> Table {
+        let offsets = match &lookup {
+            Lookup::Dense(offsets) | Lookup::Sparse { offsets, .. } => offsets,
+        };
+        let largest_bucket = offsets
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0);
+        Table {
+            lookup,
+            ids,
+            filters,
+            largest_bucket,
+        }
+    }
+
+    /// Entries in the fullest bucket.
+    pub(crate) fn largest_bucket(&self) -> usize {
+        self.largest_bucket
+    }
+
     /// The ids whose substring equals `key`, with their filters.
     #[inline]
     pub(crate) fn bucket(&self, key: u32) -> (&[u32], &[u16]) {
@@ -105,11 +129,7 @@ impl Table {
                 filters[*at as usize] = filter;
                 *at += 1;
             }
-            Table {
-                lookup: Lookup::Dense(offsets),
-                ids,
-                filters,
-            }
+            Table::assemble(Lookup::Dense(offsets), ids, filters)
         } else {
             entries.sort_unstable();
             let mut builder = TableBuilder::new(width, slots);
@@ -168,21 +188,17 @@ impl TableBuilder {
                 offsets[value] = next;
             }
             offsets[1usize << self.width] = total;
-            Table {
-                lookup: Lookup::Dense(offsets),
-                ids: self.ids,
-                filters: self.filters,
-            }
+            Table::assemble(Lookup::Dense(offsets), self.ids, self.filters)
         } else {
             self.offsets.push(total);
-            Table {
-                lookup: Lookup::Sparse {
+            Table::assemble(
+                Lookup::Sparse {
                     keys: self.keys,
                     offsets: self.offsets,
                 },
-                ids: self.ids,
-                filters: self.filters,
-            }
+                self.ids,
+                self.filters,
+            )
         }
     }
 }
