@@ -28,19 +28,20 @@ impl NeighbourSample {
         }
         let every = (live / SAMPLES).max(1);
         let picks: Vec<usize> = deleted.iter_zeros().step_by(every).take(SAMPLES).collect();
+        let deleted_words = deleted.as_raw_slice();
+        let is_live = |slot: usize| deleted_words[slot / 64] >> (slot % 64) & 1 == 0;
         let within = picks
             .par_iter()
             .map(|&pick| {
                 let query = &words[pick * stride..(pick + 1) * stride];
                 let mut counts = vec![0u32; bits as usize + 1];
-                for slot in deleted.iter_zeros() {
-                    let code = &words[slot * stride..(slot + 1) * stride];
+                for (slot, code) in words.chunks_exact(stride).enumerate() {
                     let d: u32 = query
                         .iter()
                         .zip(code)
                         .map(|(a, b)| (a ^ b).count_ones())
                         .sum();
-                    counts[d as usize] += 1;
+                    counts[d as usize] += u32::from(is_live(slot));
                 }
                 counts[0] -= 1; // the sample itself
                 let mut total = 0;
