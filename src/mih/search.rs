@@ -15,6 +15,7 @@
 //! and takes the cheaper. Codes added since the last table build (the delta) are always scanned.
 
 use super::layout::BitField;
+use super::table::Table;
 use super::View;
 
 /// How a search finds its answers. The answers are the same whichever is used.
@@ -124,6 +125,38 @@ fn for_each_at_distance(value: u32, width: u32, s: u32, mut f: impl FnMut(u32) -
         mask = (((ripple ^ mask) >> 2) >> lowest.trailing_zeros()) | ripple;
     }
     true
+}
+
+/// Keys prefetched ahead of the one being read by [`for_each_bucket`].
+const PREFETCH_AHEAD: usize = 8;
+
+/// Calls `visit(ids, filters)` with every bucket of `table` whose key is at distance `s` from
+/// `value`, in [`for_each_at_distance`] order, prefetching each bucket `PREFETCH_AHEAD` keys
+/// before it is read, so that the buckets' cache misses overlap instead of following each other.
+#[inline(always)]
+fn for_each_bucket(
+    table: &Table,
+    value: u32,
+    width: u32,
+    s: u32,
+    mut visit: impl FnMut(&[u32], &[u16]),
+) {
+    let mut ring = [0u32; PREFETCH_AHEAD];
+    let mut seen = 0usize;
+    for_each_at_distance(value, width, s, |key| {
+        table.prefetch(key);
+        if seen >= PREFETCH_AHEAD {
+            let (ids, filters) = table.bucket(ring[seen % PREFETCH_AHEAD]);
+            visit(ids, filters);
+        }
+        ring[seen % PREFETCH_AHEAD] = key;
+        seen += 1;
+        true
+    });
+    for i in seen.saturating_sub(PREFETCH_AHEAD)..seen {
+        let (ids, filters) = table.bucket(ring[i % PREFETCH_AHEAD]);
+        visit(ids, filters);
+    }
 }
 
 /// Whether a candidate that table `j` reached at substring distance `s` was reported already: by
@@ -488,18 +521,23 @@ impl View {
                 let query_filter = self.layout.filters[j].value(query) as u16;
                 // Entries whose filter alone puts them beyond the radius need no code read.
                 let filter_slack = radius - s as u32;
-                for_each_at_distance(sub.value(query), sub.width, s as u32, |key| {
-                    let (ids, filters) = table.bucket(key);
-                    for (&id, &filter) in ids.iter().zip(filters) {
-                        pending[count] = (id, j as u16);
-                        count += usize::from((filter ^ query_filter).count_ones() <= filter_slack);
-                        if count == SURVIVOR_BATCH {
-                            verify(&pending);
-                            count = 0;
+                for_each_bucket(
+                    table,
+                    sub.value(query),
+                    sub.width,
+                    s as u32,
+                    |ids, filters| {
+                        for (&id, &filter) in ids.iter().zip(filters) {
+                            pending[count] = (id, j as u16);
+                            count +=
+                                usize::from((filter ^ query_filter).count_ones() <= filter_slack);
+                            if count == SURVIVOR_BATCH {
+                                verify(&pending);
+                                count = 0;
+                            }
                         }
-                    }
-                    true
-                });
+                    },
+                );
             }
             verify(&pending[..count]);
             count = 0;
@@ -628,26 +666,30 @@ impl View {
                 let mut cap = top.cap;
                 let mut entries = 0usize;
                 let query_filter = self.layout.filters[j].value(query) as u16;
-                for_each_at_distance(sub.value(query), sub.width, s, |key| {
-                    let (ids, bucket_filters) = table.bucket(key);
-                    entries += ids.len();
-                    let slack = cap.saturating_sub(s);
-                    if s > cap {
-                        return true;
-                    }
-                    for_each_survivor(ids, bucket_filters, query_filter, slack, |slot| {
-                        let code = &self.base.words[slot * words..];
-                        let d = xor_distance::<W>(query, code, words, &mut xor);
-                        if d > cap {
+                for_each_bucket(
+                    table,
+                    sub.value(query),
+                    sub.width,
+                    s,
+                    |ids, bucket_filters| {
+                        entries += ids.len();
+                        if s > cap {
                             return;
                         }
-                        let seen = reached_earlier(subs, &xor, i64::from(s), j, |_, _| true);
-                        if !seen && !self.deleted[slot] {
-                            cap = top.push(d, slot);
-                        }
-                    });
-                    true
-                });
+                        let slack = cap - s;
+                        for_each_survivor(ids, bucket_filters, query_filter, slack, |slot| {
+                            let code = &self.base.words[slot * words..];
+                            let d = xor_distance::<W>(query, code, words, &mut xor);
+                            if d > cap {
+                                return;
+                            }
+                            let seen = reached_earlier(subs, &xor, i64::from(s), j, |_, _| true);
+                            if !seen && !self.deleted[slot] {
+                                cap = top.push(d, slot);
+                            }
+                        });
+                    },
+                );
                 let probes = binomial(sub.width, s);
                 probes_done += probes;
                 entries_seen += entries;
