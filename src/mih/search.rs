@@ -489,8 +489,8 @@ impl View {
             .max()
             .unwrap_or(-1);
         let probed = |t: usize, dt: i64| dt <= self.table_radius(radius, t);
-        if max_r >= 0 {
-            for (sub, table) in subs.iter().zip(&self.base.tables) {
+        for (j, (sub, table)) in subs.iter().zip(&self.base.tables).enumerate() {
+            if self.table_radius(radius, j) >= 0 {
                 table.prefetch(sub.value(query));
             }
         }
