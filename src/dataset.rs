@@ -171,6 +171,15 @@ impl Dataset {
                 format!("{} lines for {} items", keys.len(), labels.len()),
             ));
         }
+        if let Some((row, column)) = crate::eval::first_non_finite(features.view()) {
+            return Err(bad(
+                FEATURES_FILE,
+                format!(
+                    "row {row} ({}), column {column} is NaN or infinite; features must be finite numbers",
+                    keys[row]
+                ),
+            ));
+        }
         let extractor = match std::fs::read_to_string(dir.join(EXTRACTOR_FILE)) {
             Ok(text) => Some(parse_extractor(&text).map_err(|d| bad(EXTRACTOR_FILE, d))?),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
@@ -263,9 +272,9 @@ impl Dataset {
         let dir = dir.as_ref();
         let io = |path: PathBuf| move |source| Error::Io { path, source };
         std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
-        let npy = |file: &str, err: ndarray_npy::WriteNpyError| Error::BadData {
+        let npy = |file: &str, err: ndarray_npy::WriteNpyError| Error::Io {
             path: dir.join(file),
-            detail: format!("cannot write: {err}"),
+            source: std::io::Error::other(err),
         };
         ndarray_npy::write_npy(dir.join(FEATURES_FILE), &self.features)
             .map_err(|e| npy(FEATURES_FILE, e))?;
@@ -289,6 +298,9 @@ impl Dataset {
             };
             let text = serde_json::to_string_pretty(&file).expect("serialises") + "\n";
             std::fs::write(dir.join(EXTRACTOR_FILE), text).map_err(io(dir.join(EXTRACTOR_FILE)))?;
+        } else if dir.join(EXTRACTOR_FILE).exists() {
+            // An older contract left there would bind heads trained on this data to it.
+            std::fs::remove_file(dir.join(EXTRACTOR_FILE)).map_err(io(dir.join(EXTRACTOR_FILE)))?;
         }
         Ok(())
     }
@@ -313,7 +325,15 @@ impl Dataset {
                         .map(str::to_string)
                         .collect())
                 };
-                split_from_lists(&self.keys, &read(train)?, &read(test)?)
+                split_from_lists(&self.keys, &read(train)?, &read(test)?).map_err(|err| {
+                    Error::BadData {
+                        path: train.clone(),
+                        detail: format!(
+                            "with test list {}: {err}; list keys exactly as DATA/paths.txt writes them",
+                            test.display()
+                        ),
+                    }
+                })
             }
         }
     }

@@ -351,6 +351,21 @@ fn an_interrupted_training_resumes_to_the_same_head() {
         2,
     );
     assert!(refused.contains("--bits"), "{refused}");
+    let refused = fails(
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--out",
+            s(&resumed),
+            "--resume",
+            s(&checkpoint),
+            "--seed",
+            "7",
+        ],
+        2,
+    );
+    assert!(refused.contains("--seed"), "{refused}");
     ok(&[
         "train",
         "--data",
@@ -422,7 +437,10 @@ fn bad_training_and_evaluation_input_is_named() {
     broken.features[[7, 3]] = f32::NAN;
     broken.save(&nan).unwrap();
     let said = train_fails(&nan, &bits16);
-    assert!(said.contains("NaN or infinite"), "{said}");
+    assert!(
+        said.contains("NaN or infinite") && said.contains("row 7 (item0007)"),
+        "{said}"
+    );
 
     // A class too small for the paper's batches, named.
     let said = train_fails(&data, &["--bits", "16", "--recipe", "milan-paper"]);
@@ -440,6 +458,24 @@ fn bad_training_and_evaluation_input_is_named() {
     // Impossible arguments.
     let said = train_fails(&data, &["--bits", "16", "--holdout", "1.5"]);
     assert!(said.contains("--holdout 1.5"), "{said}");
+    let said = train_fails(&data, &["--bits", "16", "--holdout", "0.04"]);
+    assert!(
+        said.contains("holds out 0 of the 36 training items"),
+        "{said}"
+    );
+    let said = fails(
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--bits",
+            "16",
+            "--out",
+            "/no/such/folder/h.head",
+        ],
+        1,
+    );
+    assert!(said.contains("does not exist"), "{said}");
     let said = train_fails(&data, &["--bits", "16", "--train-fraction", "0"]);
     assert!(said.contains("training split is empty"), "{said}");
 
@@ -691,5 +727,8 @@ fn eval_uses_the_split_the_head_was_trained_with_unless_told() {
         ],
         1,
     );
-    assert!(said.contains("no-such-item"), "{said}");
+    assert!(
+        said.contains("no-such-item") && said.contains("test.txt") && said.contains("paths.txt"),
+        "{said}"
+    );
 }

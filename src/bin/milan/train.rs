@@ -75,7 +75,7 @@ pub struct TrainArgs {
     checkpoint_every: u64,
     /// Continue the run saved in this checkpoint (same data, split and --holdout; the settings
     /// come from the checkpoint). Further checkpoints go to the same file unless --checkpoint.
-    #[arg(long, conflicts_with_all = ["bits", "iters", "batch", "hidden", "alpha", "beta", "gamma", "lr"])]
+    #[arg(long, conflicts_with_all = ["bits", "recipe", "iters", "batch", "hidden", "alpha", "beta", "gamma", "lr", "seed", "validate_every", "patience"])]
     resume: Option<PathBuf>,
     /// Print a JSON summary instead of text.
     #[arg(long)]
@@ -141,6 +141,17 @@ pub fn run(args: TrainArgs) -> Result<Outcome> {
             bail!("--holdout {holdout}: use a fraction between 0 and 1 (exclusive)");
         }
     }
+    // A head that cannot be written should fail now, not after the whole run.
+    let out_dir = match args.out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !out_dir.is_dir() {
+        bail!(
+            "{}: the folder for --out does not exist",
+            args.out.display()
+        );
+    }
     let dataset = Dataset::load(&args.data)?;
     let spec = args.split.spec(None)?;
     let split = dataset.split(&spec)?;
@@ -155,6 +166,14 @@ pub fn run(args: TrainArgs) -> Result<Outcome> {
         }
         None => ((0..split.train.len()).collect(), Vec::new()),
     };
+    if args.holdout.is_some() && holdout_rows.len() < 2 {
+        bail!(
+            "--holdout {}: holds out {} of the {} training items; validation needs at least 2 (raise --holdout)",
+            args.holdout.unwrap_or_default(),
+            holdout_rows.len(),
+            split.train.len()
+        );
+    }
     let fit_features = select_rows(train_features.view(), &fit_rows);
     let fit_labels = select(&train_labels, &fit_rows);
     let (validation_features, validation_labels, validation_name) = if args.holdout.is_some() {
@@ -257,7 +276,7 @@ pub fn run(args: TrainArgs) -> Result<Outcome> {
             Ok(()) => {}
             Err(Error::Cancelled) => {
                 bar.finish_and_clear();
-                return Err(match &checkpoint_path {
+                return Err(match checkpoint_path.as_ref().filter(|_| trainer.step() > 0) {
                     Some(path) => anyhow!(
                         "interrupted at step {}; continue with --resume {}",
                         trainer.step(),
@@ -283,7 +302,7 @@ pub fn run(args: TrainArgs) -> Result<Outcome> {
         "validation": validation.map(|_| validation_name),
     });
     let head = trainer.head(dataset.binding(), description)?;
-    head.write(&args.out)?;
+    write_atomically(&args.out, head.as_bytes())?;
     let best = trainer.best();
     if args.json {
         let summary = serde_json::json!({
