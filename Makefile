@@ -88,14 +88,17 @@ fuzz-tools:
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets this stable toolchain accept them. The
 # checked-in reproducers replay first, then each target runs for FUZZ_SECONDS.
 FUZZ_FLAGS_decode_records :=
-FUZZ_FLAGS_open_damaged := -timeout=10
+# A damaged page header can make the storage engine allocate about 2 GiB before it fails with an
+# error (a reproducer is in regressions/): allowed, so that the target keeps checking for panics.
+FUZZ_MEMORY := -rss_limit_mb=6144 -malloc_limit_mb=4096
+FUZZ_FLAGS_open_damaged := -timeout=10 $(FUZZ_MEMORY)
 FUZZ_FLAGS_model_ops := -timeout=10 -len_control=0 -max_len=1024
 
 fuzz: fuzz-tools
 	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build
 	cd fuzz && for dir in regressions/*/; do \
 		target=$$(basename $$dir); \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target $$dir -- -runs=0 || exit 1; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target $$dir -- -runs=0 $(FUZZ_MEMORY) || exit 1; \
 	done
 	cd fuzz && $(foreach target,$(FUZZ_TARGETS),RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $(target) -- -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS_$(target)) &&) true
 
