@@ -405,23 +405,34 @@ impl View {
         out
     }
 
+    /// Every probe level of a radius search: `(table, substring distance, expected cost of one
+    /// bucket entry there)`.
+    fn radius_levels(&self, total_radius: u32) -> impl Iterator<Item = (usize, u32, f64)> + '_ {
+        let verify_ns = self.verify_ns();
+        self.layout
+            .filters
+            .iter()
+            .enumerate()
+            .flat_map(move |(j, filter)| {
+                (0..=self.table_radius(total_radius, j)).map(move |s| {
+                    let per_entry =
+                        entry_cost(filter.width, i64::from(total_radius) - s, verify_ns);
+                    (j, s as u32, per_entry)
+                })
+            })
+    }
+
     /// Prices the probes first (cheap to count), then the bucket entries (with an early exit),
     /// against a scan.
     fn tables_pay_for_radius(&self, query: &[u64], total_radius: u32) -> bool {
         if self.base.slots < SCAN_BELOW_SLOTS {
             return false;
         }
+        let subs = &self.layout.substrings;
         let scan = self.scan_cost();
         let probes: f64 = self
-            .layout
-            .substrings
-            .iter()
-            .enumerate()
-            .map(|(j, sub)| {
-                (0..=self.table_radius(total_radius, j))
-                    .map(|s| binomial(sub.width, s as u32))
-                    .sum::<f64>()
-            })
+            .radius_levels(total_radius)
+            .map(|(j, s, _)| binomial(subs[j].width, s))
             .sum();
         let probe_cost = probes * PROBE_NS;
         // Counting the entries costs about as much as the probes: not worth it when they alone
@@ -432,50 +443,23 @@ impl View {
         // Even if every probed bucket were the fullest of its table, would the tables win? Then
         // no need to look at the buckets (their entries are counted otherwise).
         let worst: f64 = self
-            .layout
-            .substrings
-            .iter()
-            .zip(&self.layout.filters)
-            .zip(&self.base.tables)
-            .enumerate()
-            .map(|(j, ((sub, filter), table))| {
-                (0..=self.table_radius(total_radius, j))
-                    .map(|s| {
-                        binomial(sub.width, s as u32)
-                            * table.largest_bucket() as f64
-                            * entry_cost(
-                                filter.width,
-                                i64::from(total_radius) - s,
-                                self.verify_ns(),
-                            )
-                    })
-                    .sum::<f64>()
+            .radius_levels(total_radius)
+            .map(|(j, s, per_entry)| {
+                binomial(subs[j].width, s) * self.base.tables[j].largest_bucket() as f64 * per_entry
             })
             .sum();
         if probe_cost + worst <= scan {
             return true;
         }
         let mut cost = probe_cost;
-        for (j, ((sub, filter), table)) in self
-            .layout
-            .substrings
-            .iter()
-            .zip(&self.layout.filters)
-            .zip(&self.base.tables)
-            .enumerate()
-        {
-            let r = self.table_radius(total_radius, j);
-            let value = sub.value(query);
-            for s in 0..=r {
-                let per_entry =
-                    entry_cost(filter.width, i64::from(total_radius) - s, self.verify_ns());
-                let within = for_each_at_distance(value, sub.width, s as u32, |key| {
-                    cost += table.bucket_len(key) as f64 * per_entry;
-                    cost <= scan
-                });
-                if !within {
-                    return false;
-                }
+        for (j, s, per_entry) in self.radius_levels(total_radius) {
+            let table = &self.base.tables[j];
+            let within = for_each_at_distance(subs[j].value(query), subs[j].width, s, |key| {
+                cost += table.bucket_len(key) as f64 * per_entry;
+                cost <= scan
+            });
+            if !within {
+                return false;
             }
         }
         true
