@@ -18,6 +18,35 @@ fn tiny_nhwc_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_extractor_nhwc.onnx")
 }
 
+/// `milan head init --lsh --bits BITS` into `out`, with `source` (`--model M` or `--dim D`, and
+/// any further flags such as `--seed`).
+pub fn lsh_head(out: &Path, bits: &str, source: &[&str]) {
+    let mut args = vec!["head", "init", "--lsh", "--bits", bits, "--out", s(out)];
+    args.extend(source);
+    ok(&args);
+}
+
+/// Under `root`, a 16-bit LSH head for the tiny model and an image index coded by it holding
+/// `images`, added recursively with `add_flags`. Returns the head file and the index.
+pub fn lsh_image_index(root: &Path, images: &Path, add_flags: &[&str]) -> (PathBuf, PathBuf) {
+    let (head, index) = (root.join("lsh.head"), root.join("idx"));
+    let model = tiny_model();
+    lsh_head(&head, "16", &["--model", s(&model)]);
+    ok(&[
+        "index",
+        "create",
+        s(&index),
+        "--model",
+        s(&model),
+        "--head",
+        s(&head),
+    ]);
+    let mut args = vec!["index", "add", s(&index), s(images), "-r", "--quiet"];
+    args.extend(add_flags);
+    ok(&args);
+    (head, index)
+}
+
 /// A noisy image of one of two classes: reddish with horizontal stripes, or bluish with vertical.
 fn class_image(class: usize, seed: u64, width: u32, height: u32) -> RgbImage {
     let mut rng = rng(seed);
@@ -457,41 +486,8 @@ fn the_results_page_shows_every_image_in_a_real_browser() {
     let tmp = tempfile::tempdir().unwrap();
     let images = tmp.path().join("images");
     let good = write_image_set(&images, 6);
-    let (head, index, page) = (
-        tmp.path().join("h.head"),
-        tmp.path().join("idx"),
-        tmp.path().join("page.html"),
-    );
-    let model = tiny_model();
-    ok(&[
-        "head",
-        "init",
-        "--lsh",
-        "--bits",
-        "16",
-        "--model",
-        s(&model),
-        "--out",
-        s(&head),
-    ]);
-    ok(&[
-        "index",
-        "create",
-        s(&index),
-        "--model",
-        s(&model),
-        "--head",
-        s(&head),
-    ]);
-    ok(&[
-        "index",
-        "add",
-        s(&index),
-        s(&images),
-        "-r",
-        "--label-from-dir",
-        "--quiet",
-    ]);
+    let page = tmp.path().join("page.html");
+    let (_, index) = lsh_image_index(tmp.path(), &images, &["--label-from-dir"]);
     ok(&[
         "query",
         s(&index),
@@ -633,37 +629,7 @@ fn kept_features_follow_their_codes() {
     let tmp = tempfile::tempdir().unwrap();
     let images = tmp.path().join("images");
     let good = write_image_set(&images, 3);
-    let (head, index_dir) = (tmp.path().join("h.head"), tmp.path().join("idx"));
-    let model = tiny_model();
-    ok(&[
-        "head",
-        "init",
-        "--lsh",
-        "--bits",
-        "16",
-        "--model",
-        s(&model),
-        "--out",
-        s(&head),
-    ]);
-    ok(&[
-        "index",
-        "create",
-        s(&index_dir),
-        "--model",
-        s(&model),
-        "--head",
-        s(&head),
-    ]);
-    ok(&[
-        "index",
-        "add",
-        s(&index_dir),
-        s(&images),
-        "-r",
-        "--keep-features",
-        "--quiet",
-    ]);
+    let (_, index_dir) = lsh_image_index(tmp.path(), &images, &["--keep-features"]);
     let mut index = milan::Index::open(&index_dir).unwrap();
     let reader = index.reader().unwrap();
     let kept = reader.features(0, 16).unwrap().expect("features kept");

@@ -11,7 +11,7 @@ use milan::eval::{map_at_k, PackedCodes};
 use milan::format::{ModelRecord, PixelRange, TensorLayout};
 use milan::Code;
 
-use crate::images::{render_in_browser, tiny_model, write_image_set};
+use crate::images::{lsh_head, lsh_image_index, render_in_browser, tiny_model, write_image_set};
 use crate::util::*;
 
 /// Writes a DATA folder of clustered features: `classes` classes of `per_class` items.
@@ -483,17 +483,7 @@ fn bad_training_and_evaluation_input_is_named() {
     let head = tmp.path().join("h.head");
     train(&data, &head, "16", "30");
     let other_dim = tmp.path().join("dim8.head");
-    ok(&[
-        "head",
-        "init",
-        "--lsh",
-        "--bits",
-        "16",
-        "--dim",
-        "8",
-        "--out",
-        s(&other_dim),
-    ]);
+    lsh_head(&other_dim, "16", &["--dim", "8"]);
     let said = fails(&["eval", "--data", s(&data), "--head", s(&other_dim)], 1);
     assert!(said.contains("8-dimensional features"), "{said}");
     let said = fails(
@@ -533,45 +523,23 @@ fn bad_training_and_evaluation_input_is_named() {
     assert!(said.contains("extractor.json"), "{said}");
 }
 
-/// An image index of the generated images, its head from `head init`.
-fn image_index(root: &Path, keep_features: bool) -> (PathBuf, PathBuf) {
+/// An image index of 8 generated images under `root`, coded by an LSH head.
+fn image_index(root: &Path, keep_features: bool) -> PathBuf {
     let images = root.join("images");
     write_image_set(&images, 4);
-    let (head, index) = (root.join("lsh.head"), root.join("idx"));
-    let model = tiny_model();
-    ok(&[
-        "head",
-        "init",
-        "--lsh",
-        "--bits",
-        "16",
-        "--model",
-        s(&model),
-        "--out",
-        s(&head),
-    ]);
-    ok(&[
-        "index",
-        "create",
-        s(&index),
-        "--model",
-        s(&model),
-        "--head",
-        s(&head),
-    ]);
-    let mut args = vec!["index", "add", s(&index), s(&images), "-r", "--quiet"];
-    if keep_features {
-        args.push("--keep-features");
-    }
-    ok(&args);
-    (index, head)
+    let flags: &[&str] = if keep_features {
+        &["--keep-features"]
+    } else {
+        &[]
+    };
+    lsh_image_index(root, &images, flags).1
 }
 
 #[test]
 fn rehash_refuses_what_it_cannot_recode_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (index, _) = image_index(&tmp.path().join("plain"), false);
-    let (kept, _) = image_index(&tmp.path().join("kept"), true);
+    let index = image_index(&tmp.path().join("plain"), false);
+    let kept = image_index(&tmp.path().join("kept"), true);
     let exported = |name: &str| {
         let file = tmp.path().join(name);
         ok(&["index", "export", s(&index), "--codes", s(&file)]);
@@ -579,19 +547,11 @@ fn rehash_refuses_what_it_cannot_recode_and_changes_nothing() {
     };
     let before = exported("before.npy");
     let other_head = tmp.path().join("other.head");
-    ok(&[
-        "head",
-        "init",
-        "--lsh",
-        "--bits",
+    lsh_head(
+        &other_head,
         "32",
-        "--model",
-        s(&tiny_model()),
-        "--seed",
-        "7",
-        "--out",
-        s(&other_head),
-    ]);
+        &["--model", s(&tiny_model()), "--seed", "7"],
+    );
     let said = fails(&["index", "rehash", s(&index), "--head", s(&other_head)], 1);
     assert!(said.contains("no kept features"), "{said}");
     assert_eq!(
@@ -601,17 +561,7 @@ fn rehash_refuses_what_it_cannot_recode_and_changes_nothing() {
     );
     // A head for another extractor or dimension.
     let unbound = tmp.path().join("dim8.head");
-    ok(&[
-        "head",
-        "init",
-        "--lsh",
-        "--bits",
-        "16",
-        "--dim",
-        "8",
-        "--out",
-        s(&unbound),
-    ]);
+    lsh_head(&unbound, "16", &["--dim", "8"]);
     let said = fails(&["index", "rehash", s(&kept), "--head", s(&unbound)], 1);
     assert!(said.contains("8-dimensional"), "{said}");
     let data = tmp.path().join("data");
