@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use milan_index_format::{DenseLayer, HeadFile, HEAD_MAGIC, HEAD_VERSION};
+use milan_index_format::{DenseLayer, HeadFile, ModelRecord, HEAD_MAGIC, HEAD_VERSION};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -170,6 +170,32 @@ impl HashHead {
             fingerprint: self.file.extractor_fingerprint?,
             output: self.file.extractor_output.clone().unwrap_or_default(),
         })
+    }
+
+    /// Checks that this head codes the features of `model`: their dimension, and the extractor
+    /// itself when the head is bound to one. The error says what differs.
+    pub fn check_model(&self, model: &ModelRecord) -> std::result::Result<(), String> {
+        if self.input_dim() != model.dim {
+            return Err(format!(
+                "the hash head takes {}-dimensional features but output {:?} of the model gives {}",
+                self.input_dim(),
+                model.output,
+                model.dim
+            ));
+        }
+        if let Some(made_for) = self.extractor() {
+            if made_for.fingerprint != model.fingerprint || made_for.output != model.output {
+                return Err(format!(
+                    "the hash head was made for another extractor (model {}, output {:?}) than {} (model {}, output {:?})",
+                    crate::index::hex(&made_for.fingerprint[..8]),
+                    made_for.output,
+                    model.path,
+                    crate::index::hex(&model.fingerprint[..8]),
+                    model.output
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The file structure.

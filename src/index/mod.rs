@@ -249,27 +249,7 @@ fn check_binding(dir: &Path, bits: u32, model: &ModelRecord, head: &HashHead) ->
             head.bits()
         )));
     }
-    if head.input_dim() != model.dim {
-        return Err(mismatch(format!(
-            "the hash head takes {}-dimensional features but output {:?} of the model gives {}",
-            head.input_dim(),
-            model.output,
-            model.dim
-        )));
-    }
-    if let Some(made_for) = head.extractor() {
-        if made_for.fingerprint != model.fingerprint || made_for.output != model.output {
-            return Err(mismatch(format!(
-                "the hash head was made for another extractor (model {}, output {:?}) than {} (model {}, output {:?})",
-                hex(&made_for.fingerprint[..8]),
-                made_for.output,
-                model.path,
-                hex(&model.fingerprint[..8]),
-                model.output
-            )));
-        }
-    }
-    Ok(())
+    head.check_model(model).map_err(mismatch)
 }
 
 /// Lower-case hex of some bytes, for naming fingerprints in messages.

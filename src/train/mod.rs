@@ -695,7 +695,7 @@ impl<'a> Trainer<'a> {
             "train_items": self.data.labels.len(),
             "train_classes": self.classes.labels.len(),
             "input_dim": self.data.features.ncols(),
-            "train_fingerprint": hex(&self.data_fingerprint),
+            "train_fingerprint": crate::index::hex(&self.data_fingerprint),
             "validation_items": self.validation.map(|v| v.labels.len()),
         });
         head_from_layers(
@@ -925,8 +925,4 @@ pub fn layers_of(head: &HashHead) -> Vec<Layer<f32>> {
             bias: l.bias.clone().into(),
         })
         .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

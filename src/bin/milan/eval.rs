@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use milan::dataset::{Dataset, SplitSpec};
 use milan::eval::{evaluate, select, select_rows, EvalOptions, EvalReport, PackedCodes};
@@ -58,7 +58,7 @@ fn recorded_split(head: &HashHead) -> Option<SplitSpec> {
     serde_json::from_value(provenance.get("data")?.get("split")?.clone()).ok()
 }
 
-/// Refuses a head made for another extractor than the one that made the features.
+/// Refuses a head for features of another dimension or of another extractor.
 fn check_head(args: &EvalArgs, head: &HashHead, dataset: &Dataset) -> Result<()> {
     let dim = dataset.features.ncols();
     if head.input_dim() as usize != dim {
@@ -69,19 +69,14 @@ fn check_head(args: &EvalArgs, head: &HashHead, dataset: &Dataset) -> Result<()>
             args.data.display()
         );
     }
-    if let (Some(made_for), Some(model)) = (head.extractor(), &dataset.extractor) {
-        if made_for.fingerprint != model.fingerprint || made_for.output != model.output {
-            bail!(
-                "{}: the head was trained on features of another extractor (fingerprint {}, output {:?}) than {} (model {}, fingerprint {}, output {:?})",
+    if let Some(model) = &dataset.extractor {
+        head.check_model(model).map_err(|detail| {
+            anyhow!(
+                "{}: {detail} (the features of {})",
                 args.head.display(),
-                hex(&made_for.fingerprint[..8]),
-                made_for.output,
-                args.data.display(),
-                model.path,
-                hex(&model.fingerprint[..8]),
-                model.output
-            );
-        }
+                args.data.display()
+            )
+        })?;
     }
     Ok(())
 }
