@@ -9,8 +9,9 @@ use milan::dataset::{Dataset, SplitSpec};
 use milan::eval::{evaluate, select, select_rows, EvalOptions, EvalReport, PackedCodes};
 use milan::report::{eval_page, QueryRow, Tile};
 use milan::HashHead;
-use ndarray::{Array1, Array2};
+use ndarray::Array1;
 
+use crate::codes_file::write_codes;
 use crate::split_args::SplitArgs;
 use crate::Outcome;
 
@@ -189,8 +190,7 @@ fn print_summary(args: &EvalArgs, head: &HashHead, report: &EvalReport) -> Resul
 fn export(dir: &PathBuf, codes: &PackedCodes, labels: &[i64], keys: &[String]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let width = (codes.bits() as usize).div_ceil(8);
-    let packed = Array2::from_shape_vec((codes.len(), width), codes.to_bytes())?;
-    ndarray_npy::write_npy(dir.join("codes.npy"), &packed)?;
+    write_codes(&dir.join("codes.npy"), width, &codes.to_bytes())?;
     ndarray_npy::write_npy(dir.join("labels.npy"), &Array1::from(labels.to_vec()))?;
     let listing: String = keys.iter().map(|k| format!("{k}\n")).collect();
     std::fs::write(dir.join("paths.txt"), listing)?;
