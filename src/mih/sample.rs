@@ -9,6 +9,8 @@
 use bitvec::vec::BitVec;
 use rayon::prelude::*;
 
+use super::search::distance;
+
 /// Stored codes used as sample queries.
 const SAMPLES: usize = 16;
 
@@ -36,11 +38,7 @@ impl NeighbourSample {
                 let query = &words[pick * stride..(pick + 1) * stride];
                 let mut counts = vec![0u32; bits as usize + 1];
                 for (slot, code) in words.chunks_exact(stride).enumerate() {
-                    let d: u32 = query
-                        .iter()
-                        .zip(code)
-                        .map(|(a, b)| (a ^ b).count_ones())
-                        .sum();
+                    let d = distance::<0>(query, code, stride);
                     counts[d as usize] += u32::from(is_live(slot));
                 }
                 counts[0] -= 1; // the sample itself

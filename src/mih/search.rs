@@ -93,9 +93,9 @@ fn xor_distance<const W: usize>(
     distance
 }
 
-/// Hamming distance of two codes.
+/// Hamming distance of two codes of `words` words (`W` of them when `W` is not 0).
 #[inline(always)]
-fn distance<const W: usize>(a: &[u64], b: &[u64], words: usize) -> u32 {
+pub(super) fn distance<const W: usize>(a: &[u64], b: &[u64], words: usize) -> u32 {
     let n = stride::<W>(words);
     a[..n]
         .iter()
