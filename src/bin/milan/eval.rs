@@ -119,17 +119,20 @@ pub fn run(args: EvalArgs) -> Result<Outcome> {
             &options,
         )
     })?;
-    let codes = PackedCodes::from_head(&head, test_features.view())?;
-    if let Some(dir) = &args.export {
+    // The test codes again (one more pass of the head), only for the outputs that show them.
+    let codes = (args.export.is_some() || args.html.is_some())
+        .then(|| PackedCodes::from_head(&head, test_features.view()))
+        .transpose()?;
+    if let (Some(dir), Some(codes)) = (&args.export, &codes) {
         export(
             dir,
-            &codes,
+            codes,
             &test_labels,
             &select(&dataset.keys, &split.test),
         )?;
     }
-    if let Some(path) = &args.html {
-        let rows = grid_rows(&args, &dataset, &split.test, &codes);
+    if let (Some(path), Some(codes)) = (&args.html, &codes) {
+        let rows = grid_rows(&args, &dataset, &split.test, codes);
         let title = format!("milan eval: {}", args.head.display());
         let name = format!("{} head", head.kind());
         std::fs::write(path, eval_page(&title, &name, &report, &rows))
