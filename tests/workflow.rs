@@ -682,3 +682,58 @@ fn eval_uses_the_split_the_head_was_trained_with_unless_told() {
         "{said}"
     );
 }
+
+#[test]
+fn training_reports_validation_and_which_head_it_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dataset = clustered_data(&data, 3, 20);
+    let head = tmp.path().join("h.head");
+    let common = [
+        "train",
+        "--data",
+        s(&data),
+        "--bits",
+        "16",
+        "--iters",
+        "20",
+        "--validate-every",
+        "10",
+        "--out",
+        s(&head),
+        "--hidden",
+        "16",
+        "--batch",
+        "18",
+    ];
+    // Without a terminal, each validation is a line on standard error.
+    let output = milan(&common);
+    assert!(output.status.success());
+    let said = String::from_utf8(output.stderr).unwrap();
+    for step in ["step 10/20", "step 20/20"] {
+        assert!(
+            said.contains(step) && said.contains("test mAP@20"),
+            "{said}"
+        );
+    }
+    // The test split is only watched: the last head is kept. A holdout keeps the best.
+    let mut args = common.to_vec();
+    args.push("--json");
+    let summary: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(summary["kept"], "last");
+    assert_eq!(summary["validation"], "test");
+    args.extend(["--holdout", "0.25"]);
+    let summary: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(summary["kept"], "best");
+    assert_eq!(summary["validation"], "held-out");
+    assert!(summary["best_validation"]["map"].as_f64().is_some());
+
+    // Saving DATA without an extractor removes an older contract left in the folder.
+    let mut bound = dataset.clone();
+    bound.extractor = Some(fake_model(3));
+    bound.save(&data).unwrap();
+    assert!(data.join("extractor.json").exists());
+    dataset.save(&data).unwrap();
+    assert!(!data.join("extractor.json").exists());
+    assert!(Dataset::load(&data).unwrap().extractor.is_none());
+}
