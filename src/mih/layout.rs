@@ -63,9 +63,10 @@ impl BitField {
     }
 }
 
-/// Bits of a filter: stored beside each bucket entry, they bound the entry's distance from below
-/// without reading its code.
-pub(crate) const FILTER_BITS: u32 = 16;
+/// Bits of a filter: stored in each bucket entry, they bound the entry's distance from below
+/// without reading its code. 24 bits, where 16 let through about four times as many entries to a
+/// code read at radius 2 on clustered codes.
+pub(crate) const FILTER_BITS: u32 = 24;
 
 /// A [`CodeLayout`] resolved to word positions and masks.
 #[derive(Debug, Clone)]

@@ -63,7 +63,7 @@ impl Base {
                     .filter(|&slot| !deleted[slot])
                     .map(|slot| {
                         let code = &words[slot * layout.words..(slot + 1) * layout.words];
-                        (sub.value(code), slot as u32, filter.value(code) as u16)
+                        (sub.value(code), slot as u32, filter.value(code))
                     })
                     .collect();
                 Table::from_entries(sub.width, slots, &mut entries)

@@ -15,7 +15,7 @@
 //! and takes the cheaper. Codes added since the last table build (the delta) are always scanned.
 
 use super::layout::BitField;
-use super::table::Table;
+use super::table::{BucketEntry, Table};
 use super::View;
 
 /// How a search finds its answers. The answers are the same whichever is used.
@@ -139,23 +139,21 @@ fn for_each_bucket(
     value: u32,
     width: u32,
     s: u32,
-    mut visit: impl FnMut(&[u32], &[u16]),
+    mut visit: impl FnMut(&[BucketEntry]),
 ) {
     let mut ring = [0u32; PREFETCH_AHEAD];
     let mut seen = 0usize;
     for_each_at_distance(value, width, s, |key| {
         table.prefetch(key);
         if seen >= PREFETCH_AHEAD {
-            let (ids, filters) = table.bucket(ring[seen % PREFETCH_AHEAD]);
-            visit(ids, filters);
+            visit(table.bucket(ring[seen % PREFETCH_AHEAD]));
         }
         ring[seen % PREFETCH_AHEAD] = key;
         seen += 1;
         true
     });
     for i in seen.saturating_sub(PREFETCH_AHEAD)..seen {
-        let (ids, filters) = table.bucket(ring[i % PREFETCH_AHEAD]);
-        visit(ids, filters);
+        visit(table.bucket(ring[i % PREFETCH_AHEAD]));
     }
 }
 
@@ -183,19 +181,18 @@ fn reached_earlier(
 /// independent of each other and the processor overlaps their cache misses.
 #[inline(always)]
 fn for_each_survivor(
-    ids: &[u32],
-    filters: &[u16],
-    query_filter: u16,
+    entries: &[BucketEntry],
+    query_filter: u32,
     slack: u32,
     mut verify: impl FnMut(usize),
 ) {
     const BATCH: usize = 64;
     let mut survivors = [0u32; BATCH];
-    for (ids, filters) in ids.chunks(BATCH).zip(filters.chunks(BATCH)) {
+    for chunk in entries.chunks(BATCH) {
         let mut count = 0;
-        for (&id, &filter) in ids.iter().zip(filters) {
-            survivors[count] = id;
-            count += usize::from((filter ^ query_filter).count_ones() <= slack);
+        for &entry in chunk {
+            survivors[count] = entry.id();
+            count += usize::from((entry.filter() ^ query_filter).count_ones() <= slack);
         }
         for &slot in &survivors[..count] {
             verify(slot as usize);
@@ -221,7 +218,7 @@ fn entry_cost(filter_width: u32, slack: i64, verify_ns: f64) -> f64 {
 /// Widest substring (and so the largest `n` of [`binomial`] that the search asks for).
 const MAX_WIDTH: usize = milan_index_format::MAX_SUBSTRING_BITS as usize;
 /// Widest filter: filters are `u16`.
-const MAX_FILTER: usize = 16;
+const MAX_FILTER: usize = 24;
 
 /// `n choose k` for `n, k <= MAX_WIDTH`, computed once at compile time: the planner asks for them
 /// on every query.
@@ -251,7 +248,7 @@ const fn filter_survival() -> [[f64; MAX_FILTER + 1]; MAX_FILTER + 1] {
     let mut table = [[0.0; MAX_FILTER + 1]; MAX_FILTER + 1];
     let mut width = 0;
     while width <= MAX_FILTER {
-        let values = (1u32 << width) as f64;
+        let values = (1u64 << width) as f64;
         let (mut within, mut slack) = (0.0, 0);
         while slack <= MAX_FILTER {
             if slack <= width {
@@ -502,26 +499,21 @@ impl View {
                 if s > self.table_radius(radius, j) {
                     continue;
                 }
-                let query_filter = self.layout.filters[j].value(query) as u16;
+                let query_filter = self.layout.filters[j].value(query);
                 // Entries whose filter alone puts them beyond the radius need no code read.
                 let filter_slack = radius - s as u32;
-                for_each_bucket(
-                    table,
-                    sub.value(query),
-                    sub.width,
-                    s as u32,
-                    |ids, filters| {
-                        for (&id, &filter) in ids.iter().zip(filters) {
-                            pending[count] = (id, j as u16);
-                            count +=
-                                usize::from((filter ^ query_filter).count_ones() <= filter_slack);
-                            if count == SURVIVOR_BATCH {
-                                verify(&pending);
-                                count = 0;
-                            }
+                for_each_bucket(table, sub.value(query), sub.width, s as u32, |entries| {
+                    for &entry in entries {
+                        pending[count] = (entry.id(), j as u16);
+                        count += usize::from(
+                            (entry.filter() ^ query_filter).count_ones() <= filter_slack,
+                        );
+                        if count == SURVIVOR_BATCH {
+                            verify(&pending);
+                            count = 0;
                         }
-                    },
-                );
+                    }
+                });
             }
             verify(&pending[..count]);
             count = 0;
@@ -649,31 +641,25 @@ impl View {
                 }
                 let mut cap = top.cap;
                 let mut entries = 0usize;
-                let query_filter = self.layout.filters[j].value(query) as u16;
-                for_each_bucket(
-                    table,
-                    sub.value(query),
-                    sub.width,
-                    s,
-                    |ids, bucket_filters| {
-                        entries += ids.len();
-                        if s > cap {
+                let query_filter = self.layout.filters[j].value(query);
+                for_each_bucket(table, sub.value(query), sub.width, s, |bucket| {
+                    entries += bucket.len();
+                    if s > cap {
+                        return;
+                    }
+                    let slack = cap - s;
+                    for_each_survivor(bucket, query_filter, slack, |slot| {
+                        let code = &self.base.words[slot * words..];
+                        let d = xor_distance::<W>(query, code, words, &mut xor);
+                        if d > cap {
                             return;
                         }
-                        let slack = cap - s;
-                        for_each_survivor(ids, bucket_filters, query_filter, slack, |slot| {
-                            let code = &self.base.words[slot * words..];
-                            let d = xor_distance::<W>(query, code, words, &mut xor);
-                            if d > cap {
-                                return;
-                            }
-                            let seen = reached_earlier(subs, &xor, i64::from(s), j, |_, _| true);
-                            if !seen && !self.deleted[slot] {
-                                cap = top.push(d, slot);
-                            }
-                        });
-                    },
-                );
+                        let seen = reached_earlier(subs, &xor, i64::from(s), j, |_, _| true);
+                        if !seen && !self.deleted[slot] {
+                            cap = top.push(d, slot);
+                        }
+                    });
+                });
                 let probes = binomial(sub.width, s);
                 probes_done += probes;
                 entries_seen += entries;

@@ -2,21 +2,59 @@
 //!
 //! Narrow substrings use a directly addressed offset array (one `u32` per possible value); wide ones,
 //! where that array would dwarf the ids, keep only the occupied values, sorted, and binary-search them.
-//! Ids within a bucket are increasing. Beside each id sits its filter (a few code bits outside the
-//! substring, see [`super::layout::WordLayout::filters`]), so most candidates are rejected by a
-//! sequential read instead of a random access to their code.
+//! Ids within a bucket are increasing. Each entry holds its id and its filter (up to 24 code bits
+//! outside the substring, see [`super::layout::WordLayout::filters`]) in seven bytes, so that most
+//! candidates are rejected by a sequential read instead of a random access to their code, and a
+//! bucket is one run of memory whose cache lines can all be requested at once.
+
+/// Bytes at the start of a bucket that [`Table::prefetch`] asks for: all of a bucket of up to 146
+/// entries.
+const PREFETCH_BYTES: usize = 1024;
+
+/// Bytes in a cache line.
+const LINE_BYTES: usize = 64;
 
 /// One hash table.
 pub(crate) struct Table {
     lookup: Lookup,
-    ids: Vec<u32>,
-    filters: Vec<u16>,
+    entries: Vec<BucketEntry>,
     /// Entries in the fullest bucket: bounds a search's work without looking at its buckets.
     largest_bucket: usize,
+    /// Whether an entry's bucket typically spans several cache lines: then [`Table::prefetch`]
+    /// asks for all of them.
+    long_buckets: bool,
 }
 
 /// One table entry as built: substring value, id, filter.
-pub(crate) type Entry = (u32, u32, u16);
+pub(crate) type Entry = (u32, u32, u32);
+
+/// A bucket entry: a little-endian `u32` id, then the low 24 bits of its filter. Seven bytes, not
+/// eight: the memory budget of an entry (one per code per table) is tight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BucketEntry([u8; 7]);
+
+impl BucketEntry {
+    /// An entry for `id`; `filter` must fit 24 bits.
+    fn new(id: u32, filter: u32) -> BucketEntry {
+        debug_assert!(filter < 1 << 24);
+        let [a, b, c, d] = id.to_le_bytes();
+        let [e, f, g, _] = filter.to_le_bytes();
+        BucketEntry([a, b, c, d, e, f, g])
+    }
+
+    // Both read four bytes in one load; the filter's overlaps the id's last byte.
+    #[inline(always)]
+    pub(crate) fn id(&self) -> u32 {
+        let [a, b, c, d, ..] = self.0;
+        u32::from_le_bytes([a, b, c, d])
+    }
+
+    #[inline(always)]
+    pub(crate) fn filter(&self) -> u32 {
+        let [.., d, e, f, g] = self.0;
+        u32::from_le_bytes([d, e, f, g]) >> 8
+    }
+}
 
 enum Lookup {
     /// `offsets[v]..offsets[v + 1]` is bucket `v`; `2^width + 1` entries.
@@ -45,20 +83,26 @@ fn is_dense(width: u32, slots: usize) -> bool {
 }
 
 impl Table {
-    fn assemble(lookup: Lookup, ids: Vec<u32>, filters: Vec<u16>) -> Table {
+    fn assemble(lookup: Lookup, entries: Vec<BucketEntry>) -> Table {
         let offsets = match &lookup {
             Lookup::Dense(offsets) | Lookup::Sparse { offsets, .. } => offsets,
         };
-        let largest_bucket = offsets
-            .windows(2)
-            .map(|w| (w[1] - w[0]) as usize)
-            .max()
-            .unwrap_or(0);
+        let (mut largest_bucket, mut squares) = (0usize, 0f64);
+        for w in offsets.windows(2) {
+            let len = (w[1] - w[0]) as usize;
+            largest_bucket = largest_bucket.max(len);
+            squares += (len * len) as f64;
+        }
+        // The size of the bucket an entry sits in, averaged over entries (not buckets): what a
+        // probe that finds anything finds.
+        let entry_bucket_len = squares / entries.len().max(1) as f64;
+        let long_buckets =
+            entry_bucket_len * std::mem::size_of::<BucketEntry>() as f64 > 2.0 * LINE_BYTES as f64;
         Table {
             lookup,
-            ids,
-            filters,
+            entries,
             largest_bucket,
+            long_buckets,
         }
     }
 
@@ -69,7 +113,7 @@ impl Table {
 
     /// The ids whose substring equals `key`, with their filters.
     #[inline]
-    pub(crate) fn bucket(&self, key: u32) -> (&[u32], &[u16]) {
+    pub(crate) fn bucket(&self, key: u32) -> &[BucketEntry] {
         let range = match &self.lookup {
             Lookup::Dense(offsets) => {
                 offsets[key as usize] as usize..offsets[key as usize + 1] as usize
@@ -79,22 +123,30 @@ impl Table {
                 Err(_) => 0..0,
             },
         };
-        (&self.ids[range.clone()], &self.filters[range])
+        &self.entries[range]
     }
 
-    /// Asks the processor to start loading bucket `key`'s entries and filters, so that the
-    /// buckets of several tables arrive in parallel instead of one cache miss after another.
+    /// Asks the processor to start loading bucket `key`, every cache line of it up to
+    /// [`PREFETCH_BYTES`], so that the buckets of several tables (and the lines of one bucket)
+    /// arrive in parallel instead of one cache miss after another.
     #[inline]
     pub(crate) fn prefetch(&self, key: u32) {
-        let (ids, filters) = self.bucket(key);
-        prefetch(ids.as_ptr().cast());
-        prefetch(filters.as_ptr().cast());
+        let bucket = self.bucket(key);
+        let start = bucket.as_ptr().cast::<u8>();
+        if !self.long_buckets {
+            prefetch(start);
+            return;
+        }
+        let bytes = std::mem::size_of_val(bucket).min(PREFETCH_BYTES);
+        for offset in (0..bytes).step_by(LINE_BYTES) {
+            prefetch(start.wrapping_add(offset));
+        }
     }
 
     /// Number of ids in bucket `key`.
     #[inline]
     pub(crate) fn bucket_len(&self, key: u32) -> usize {
-        self.bucket(key).0.len()
+        self.bucket(key).len()
     }
 
     /// Heap bytes held.
@@ -103,7 +155,7 @@ impl Table {
             Lookup::Dense(offsets) => offsets.capacity() * 4,
             Lookup::Sparse { keys, offsets } => (keys.capacity() + offsets.capacity()) * 4,
         };
-        lookup + self.ids.capacity() * 4 + self.filters.capacity() * 2
+        lookup + self.entries.capacity() * std::mem::size_of::<BucketEntry>()
     }
 
     /// Builds a table from entries in any order (a counting sort when dense).
@@ -117,22 +169,20 @@ impl Table {
                 offsets[i] += offsets[i - 1];
             }
             let mut cursor = offsets.clone();
-            let mut ids = vec![0u32; entries.len()];
-            let mut filters = vec![0u16; entries.len()];
+            let mut bucketed = vec![BucketEntry::new(0, 0); entries.len()];
             // Entries arrive in id order from a rebuild, so buckets stay sorted; sort otherwise.
             if !entries.windows(2).all(|w| w[0].1 <= w[1].1) {
                 entries.sort_unstable_by_key(|&(_, id, _)| id);
             }
             for &(value, id, filter) in entries.iter() {
                 let at = &mut cursor[value as usize];
-                ids[*at as usize] = id;
-                filters[*at as usize] = filter;
+                bucketed[*at as usize] = BucketEntry::new(id, filter);
                 *at += 1;
             }
-            Table::assemble(Lookup::Dense(offsets), ids, filters)
+            Table::assemble(Lookup::Dense(offsets), bucketed)
         } else {
             entries.sort_unstable();
-            let mut builder = TableBuilder::new(width, slots);
+            let mut builder = TableBuilder::new(width, slots, entries.len());
             for &(value, id, filter) in entries.iter() {
                 builder.push(value, id, filter);
             }
@@ -146,35 +196,34 @@ pub(crate) struct TableBuilder {
     dense: bool,
     keys: Vec<u32>,
     offsets: Vec<u32>,
-    ids: Vec<u32>,
-    filters: Vec<u16>,
+    entries: Vec<BucketEntry>,
     width: u32,
 }
 
 impl TableBuilder {
-    pub(crate) fn new(width: u32, slots: usize) -> TableBuilder {
+    /// A builder for a table of `width`-bit substrings over `slots` ids that will hold `entries`
+    /// entries (reserved exactly: a table is most of an index's memory).
+    pub(crate) fn new(width: u32, slots: usize, entries: usize) -> TableBuilder {
         TableBuilder {
             dense: is_dense(width, slots),
             keys: Vec::new(),
             offsets: Vec::new(),
-            ids: Vec::new(),
-            filters: Vec::new(),
+            entries: Vec::with_capacity(entries),
             width,
         }
     }
 
     /// Appends an entry to bucket `value`; values must not decrease between calls.
-    pub(crate) fn push(&mut self, value: u32, id: u32, filter: u16) {
+    pub(crate) fn push(&mut self, value: u32, id: u32, filter: u32) {
         if self.keys.last() != Some(&value) {
             self.keys.push(value);
-            self.offsets.push(self.ids.len() as u32);
+            self.offsets.push(self.entries.len() as u32);
         }
-        self.ids.push(id);
-        self.filters.push(filter);
+        self.entries.push(BucketEntry::new(id, filter));
     }
 
     pub(crate) fn finish(mut self) -> Table {
-        let total = self.ids.len() as u32;
+        let total = self.entries.len() as u32;
         if self.dense {
             let mut offsets = vec![0u32; (1usize << self.width) + 1];
             // Fill from the top so that empty buckets take the next bucket's start.
@@ -188,16 +237,17 @@ impl TableBuilder {
                 offsets[value] = next;
             }
             offsets[1usize << self.width] = total;
-            Table::assemble(Lookup::Dense(offsets), self.ids, self.filters)
+            Table::assemble(Lookup::Dense(offsets), self.entries)
         } else {
             self.offsets.push(total);
+            self.keys.shrink_to_fit();
+            self.offsets.shrink_to_fit();
             Table::assemble(
                 Lookup::Sparse {
                     keys: self.keys,
                     offsets: self.offsets,
                 },
-                self.ids,
-                self.filters,
+                self.entries,
             )
         }
     }
@@ -208,9 +258,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn entries_keep_every_id_and_filter_bit() {
+        for (id, filter) in [
+            (0, 0),
+            (u32::MAX, (1 << 24) - 1),
+            (0x0102_0304, 0x00a0_b0c0),
+        ] {
+            let entry = BucketEntry::new(id, filter);
+            assert_eq!((entry.id(), entry.filter()), (id, filter));
+        }
+        assert_eq!(std::mem::size_of::<BucketEntry>(), 7);
+    }
+
+    #[test]
+    fn only_tables_of_long_buckets_prefetch_whole_buckets() {
+        // 1,000 entries in 10 buckets of 100 (700 bytes each) against 1,000 buckets of one.
+        let mut clustered: Vec<Entry> = (0..1000).map(|id| (id % 10, id, 0)).collect();
+        let mut spread: Vec<Entry> = (0..1000).map(|id| (id, id, 0)).collect();
+        assert!(Table::from_entries(10, 1000, &mut clustered).long_buckets);
+        assert!(!Table::from_entries(10, 1000, &mut spread).long_buckets);
+    }
+
+    #[test]
     fn dense_and_sparse_agree() {
         let entries = vec![
-            (3u32, 0u32, 30u16),
+            (3u32, 0u32, 30u32),
             (1, 1, 11),
             (3, 2, 32),
             (7, 3, 73),
@@ -218,12 +290,18 @@ mod tests {
         ];
         for (width, slots) in [(4, 10), (30, 10)] {
             let table = Table::from_entries(width, slots, &mut entries.clone());
-            assert_eq!(table.bucket(3), (&[0, 2][..], &[30, 32][..]));
-            assert_eq!(table.bucket(1), (&[1, 4][..], &[11, 14][..]));
-            assert_eq!(table.bucket(7).0, &[3]);
+            let contents = |key| {
+                let bucket = table.bucket(key);
+                let ids: Vec<u32> = bucket.iter().map(|e| e.id()).collect();
+                let filters: Vec<u32> = bucket.iter().map(|e| e.filter()).collect();
+                (ids, filters)
+            };
+            assert_eq!(contents(3), (vec![0, 2], vec![30, 32]));
+            assert_eq!(contents(1), (vec![1, 4], vec![11, 14]));
+            assert_eq!(contents(7).0, vec![3]);
             assert_eq!(table.bucket_len(0), 0);
             assert_eq!(table.bucket_len(5), 0);
-            let mut builder = TableBuilder::new(width, slots);
+            let mut builder = TableBuilder::new(width, slots, 5);
             for (value, id, filter) in [(1, 1, 11), (1, 4, 14), (3, 0, 30), (3, 2, 32), (7, 3, 73)]
             {
                 builder.push(value, id, filter);

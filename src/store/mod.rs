@@ -198,7 +198,7 @@ pub(crate) fn load_view(dir: &Path, txn: &ReadTransaction, meta: &MetaRecord) ->
     let mut builders: Vec<TableBuilder> = layout
         .substrings
         .iter()
-        .map(|sub| TableBuilder::new(sub.width, slots))
+        .map(|sub| TableBuilder::new(sub.width, slots, live as usize))
         .collect();
     let mut per_table = vec![0u64; m];
     let buckets = txn
@@ -242,7 +242,7 @@ pub(crate) fn load_view(dir: &Path, txn: &ReadTransaction, meta: &MetaRecord) ->
                     ),
                 ));
             }
-            builders[j].push(key.value, id as u32, filter.value(code) as u16);
+            builders[j].push(key.value, id as u32, filter.value(code));
         }
     }
     if let Some(j) = per_table.iter().position(|&n| n != live) {
