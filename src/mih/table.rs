@@ -126,9 +126,11 @@ impl Table {
         &self.entries[range]
     }
 
-    /// Asks the processor to start loading bucket `key`, every cache line of it up to
-    /// [`PREFETCH_BYTES`], so that the buckets of several tables (and the lines of one bucket)
-    /// arrive in parallel instead of one cache miss after another.
+    /// Asks the processor to start loading bucket `key` (its first cache line, or in a table of
+    /// long buckets every line up to [`PREFETCH_BYTES`]), so that the buckets of several tables,
+    /// and the lines of one bucket, arrive in parallel instead of one cache miss after another.
+    /// Short buckets get one line: a loop of varying length per probe costs more in mispredicted
+    /// branches than it saves when thousands of mostly short buckets are probed.
     #[inline]
     pub(crate) fn prefetch(&self, key: u32) {
         let bucket = self.bucket(key);
