@@ -130,13 +130,19 @@ impl HashHead {
         HashHead::from_file(file)
     }
 
-    /// Writes the head file.
+    /// Writes the head file: to `PATH.partial` first, then renamed over `path`, so that an
+    /// interrupted write never leaves a truncated head where a good one was.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, &self.bytes).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::write(&partial, &self.bytes).map_err(io(&partial))?;
+        std::fs::rename(&partial, path).map_err(io(path))
     }
 
     /// The encoded head.
@@ -274,6 +280,26 @@ mod tests {
                 got: 4
             })
         ));
+    }
+
+    #[test]
+    fn write_replaces_a_head_whole_and_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("head.milanhead");
+        std::fs::write(
+            &path,
+            b"an older, longer file that must not survive in part",
+        )
+        .unwrap();
+        let head = HashHead::lsh(16, 3, 5, None, None).unwrap();
+        head.write(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), head.as_bytes());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only the head remains");
+        let missing = dir.path().join("no-such-folder").join("head.milanhead");
+        assert!(
+            matches!(head.write(&missing), Err(Error::Io { path, .. }) if path.starts_with(dir.path().join("no-such-folder")))
+        );
     }
 
     #[test]

@@ -302,7 +302,7 @@ pub fn run(args: TrainArgs) -> Result<Outcome> {
         "validation": validation.map(|_| validation_name),
     });
     let head = trainer.head(dataset.binding(), description)?;
-    write_atomically(&args.out, head.as_bytes())?;
+    head.write(&args.out)?;
     let best = trainer.best();
     if args.json {
         let summary = serde_json::json!({
