@@ -75,9 +75,9 @@ pub(crate) struct WordLayout {
     /// 64-bit words per code.
     pub(crate) words: usize,
     pub(crate) substrings: Vec<BitField>,
-    /// Per substring, up to [`FILTER_BITS`] bits outside it (just after it, or just before it when
-    /// it ends the code). An entry found by substring distance `s` is at least
-    /// `s + distance(filters)` from the query.
+    /// Per substring, up to [`FILTER_BITS`] bits outside it, on whichever side of it has more
+    /// room. An entry found by substring distance `s` is at least `s + distance(filters)` from
+    /// the query.
     pub(crate) filters: Vec<BitField>,
 }
 
@@ -128,6 +128,8 @@ mod tests {
             (16, 2),
             (8, 1),
             (40, 3),
+            (64, 4),
+            (128, 7),
         ] {
             let bytes: Vec<u8> = (0..bits as u8 / 8)
                 .map(|i| i.wrapping_mul(97).wrapping_add(13))
@@ -142,6 +144,15 @@ mod tests {
                 assert_eq!(sub.distance(&zero), 0);
             }
             for (j, filter) in layout.filters.iter().enumerate() {
+                let start = filter.word * 64 + filter.offset as usize;
+                let expected = (start..start + filter.width as usize).fold(0u32, |value, bit| {
+                    (value << 1) | u32::from(bytes[bit / 8] >> (7 - bit % 8) & 1)
+                });
+                assert_eq!(
+                    filter.value(&words),
+                    expected,
+                    "filter {j} of {bits}/{substrings}"
+                );
                 let sub = &layout.substrings[j];
                 let (a, b) = (
                     sub.word * 64 + sub.offset as usize,

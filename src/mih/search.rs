@@ -130,7 +130,7 @@ fn for_each_at_distance(value: u32, width: u32, s: u32, mut f: impl FnMut(u32) -
 /// Keys prefetched ahead of the one being read by [`for_each_bucket`].
 const PREFETCH_AHEAD: usize = 8;
 
-/// Calls `visit(ids, filters)` with every bucket of `table` whose key is at distance `s` from
+/// Calls `visit(entries)` with every bucket of `table` whose key is at distance `s` from
 /// `value`, in [`for_each_at_distance`] order, prefetching each bucket `PREFETCH_AHEAD` keys
 /// before it is read, so that the buckets' cache misses overlap instead of following each other.
 #[inline(always)]
@@ -217,8 +217,8 @@ fn entry_cost(filter_width: u32, slack: i64, verify_ns: f64) -> f64 {
 
 /// Widest substring (and so the largest `n` of [`binomial`] that the search asks for).
 const MAX_WIDTH: usize = milan_index_format::MAX_SUBSTRING_BITS as usize;
-/// Widest filter: filters are `u16`.
-const MAX_FILTER: usize = 24;
+/// Widest filter.
+const MAX_FILTER: usize = super::layout::FILTER_BITS as usize;
 
 /// `n choose k` for `n, k <= MAX_WIDTH`, computed once at compile time: the planner asks for them
 /// on every query.

@@ -11,6 +11,10 @@
 /// entries.
 const PREFETCH_BYTES: usize = 1024;
 
+// A filter must fit the 24 bits an entry keeps of it: a wider one would be compared, truncated,
+// with the query's, and the search would no longer be exact.
+const _: () = assert!(super::layout::FILTER_BITS <= 24);
+
 /// Bytes in a cache line.
 const LINE_BYTES: usize = 64;
 
@@ -91,7 +95,7 @@ impl Table {
         for w in offsets.windows(2) {
             let len = (w[1] - w[0]) as usize;
             largest_bucket = largest_bucket.max(len);
-            squares += (len * len) as f64;
+            squares += (len as f64) * (len as f64);
         }
         // The size of the bucket an entry sits in, averaged over entries (not buckets): what a
         // probe that finds anything finds.
@@ -111,7 +115,7 @@ impl Table {
         self.largest_bucket
     }
 
-    /// The ids whose substring equals `key`, with their filters.
+    /// The entries (ids with their filters) whose substring equals `key`.
     #[inline]
     pub(crate) fn bucket(&self, key: u32) -> &[BucketEntry] {
         let range = match &self.lookup {
@@ -139,9 +143,11 @@ impl Table {
             prefetch(start);
             return;
         }
-        let bytes = std::mem::size_of_val(bucket).min(PREFETCH_BYTES);
+        // From the line the bucket starts in, which it rarely starts at the beginning of.
+        let lead = start as usize % LINE_BYTES;
+        let bytes = std::mem::size_of_val(bucket).min(PREFETCH_BYTES) + lead;
         for offset in (0..bytes).step_by(LINE_BYTES) {
-            prefetch(start.wrapping_add(offset));
+            prefetch(start.wrapping_sub(lead).wrapping_add(offset));
         }
     }
 
