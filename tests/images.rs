@@ -30,21 +30,26 @@ pub fn lsh_head(out: &Path, bits: &str, source: &[&str]) {
 /// `images`, added recursively with `add_flags`. Returns the head file and the index.
 pub fn lsh_image_index(root: &Path, images: &Path, add_flags: &[&str]) -> (PathBuf, PathBuf) {
     let (head, index) = (root.join("lsh.head"), root.join("idx"));
-    let model = tiny_model();
-    lsh_head(&head, "16", &["--model", s(&model)]);
+    lsh_head(&head, "16", &["--model", s(&tiny_model())]);
+    create_image_index(&index, &head, images, add_flags);
+    (head, index)
+}
+
+/// `index`, created for the tiny model and `head`, holding `images` added recursively with
+/// `add_flags`.
+pub fn create_image_index(index: &Path, head: &Path, images: &Path, add_flags: &[&str]) {
     ok(&[
         "index",
         "create",
-        s(&index),
+        s(index),
         "--model",
-        s(&model),
+        s(&tiny_model()),
         "--head",
-        s(&head),
+        s(head),
     ]);
-    let mut args = vec!["index", "add", s(&index), s(images), "-r", "--quiet"];
+    let mut args = vec!["index", "add", s(index), s(images), "-r", "--quiet"];
     args.extend(add_flags);
     ok(&args);
-    (head, index)
 }
 
 /// A noisy image of one of two classes: reddish with horizontal stripes, or bluish with vertical.

@@ -11,7 +11,9 @@ use milan::eval::{map_at_k, PackedCodes};
 use milan::format::{ModelRecord, PixelRange, TensorLayout};
 use milan::Code;
 
-use crate::images::{lsh_head, lsh_image_index, render_in_browser, tiny_model, write_image_set};
+use crate::images::{
+    create_image_index, lsh_head, lsh_image_index, render_in_browser, tiny_model, write_image_set,
+};
 use crate::util::*;
 
 /// Writes a DATA folder of clustered features: `classes` classes of `per_class` items.
@@ -178,25 +180,12 @@ fn images_to_a_trained_index_end_to_end() {
     );
 
     // The trained head codes an image index; a query by image finds its own class first.
-    ok(&[
-        "index",
-        "create",
-        s(&index),
-        "--model",
-        s(&model),
-        "--head",
-        s(&head),
-    ]);
-    ok(&[
-        "index",
-        "add",
-        s(&index),
-        s(&images),
-        "-r",
-        "--keep-features",
-        "--label-from-dir",
-        "--quiet",
-    ]);
+    create_image_index(
+        &index,
+        &head,
+        &images,
+        &["--keep-features", "--label-from-dir"],
+    );
     let query = images.join("red/red006.png");
     let answer = ok(&[
         "query",
@@ -336,36 +325,24 @@ fn an_interrupted_training_resumes_to_the_same_head() {
         1,
     );
     assert!(refused.contains("other training data"), "{refused}");
-    let refused = fails(
-        &[
-            "train",
-            "--data",
-            s(&data),
-            "--out",
-            s(&resumed),
-            "--resume",
-            s(&checkpoint),
-            "--bits",
-            "32",
-        ],
-        2,
-    );
-    assert!(refused.contains("--bits"), "{refused}");
-    let refused = fails(
-        &[
-            "train",
-            "--data",
-            s(&data),
-            "--out",
-            s(&resumed),
-            "--resume",
-            s(&checkpoint),
-            "--seed",
-            "7",
-        ],
-        2,
-    );
-    assert!(refused.contains("--seed"), "{refused}");
+    // Settings come from the checkpoint: a training flag beside --resume is a usage error.
+    for (flag, value) in [("--bits", "32"), ("--seed", "7")] {
+        let refused = fails(
+            &[
+                "train",
+                "--data",
+                s(&data),
+                "--out",
+                s(&resumed),
+                "--resume",
+                s(&checkpoint),
+                flag,
+                value,
+            ],
+            2,
+        );
+        assert!(refused.contains(flag), "{refused}");
+    }
     ok(&[
         "train",
         "--data",
