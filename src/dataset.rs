@@ -10,6 +10,10 @@
 //! | `classes.txt` | one class name per line: class number `i` on line `i` (from 0) |
 //! | `paths.txt` | one key (image path) per line, row order |
 //! | `extractor.json` | the extractor contract: model, fingerprint (hex), input, layout, size, pixel range, output, dim |
+//!
+//! In `classes.txt` and `paths.txt`, a backslash, line feed or carriage return in a name is
+//! written `\\`, `\n`, `\r` ([`crate::text::escape_line`]), so that every name takes one line
+//! and reads back exactly. [`Dataset::save`] writes each file whole or not at all.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -23,6 +27,8 @@ use crate::eval::{split_from_lists, split_per_class, Split};
 use crate::extract::{layout_name, parse_layout, parse_pixel_range, pixel_range_name};
 use crate::head::ExtractorBinding;
 use crate::index::Index;
+use crate::report::{write_atomically, write_atomically_with};
+use crate::text::{escape_line, unescape_line};
 
 /// File names inside a DATA folder.
 pub const FEATURES_FILE: &str = "features.npy";
@@ -148,7 +154,10 @@ impl Dataset {
                 path: path.clone(),
                 source,
             })?;
-            Ok(text.lines().map(str::to_string).collect())
+            Ok(text
+                .lines()
+                .map(|line| unescape_line(line).into_owned())
+                .collect())
         };
         let classes = lines(CLASSES_FILE)?;
         if let Some(&label) = labels
@@ -267,24 +276,32 @@ impl Dataset {
         })
     }
 
-    /// Writes the DATA folder `dir` (created when missing).
+    /// Writes the DATA folder `dir` (created when missing). Each file is written whole or not at
+    /// all (to a partial file beside it, then renamed), so that a failure leaves the file it
+    /// would have replaced as it was.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        use ndarray_npy::WriteNpyExt;
         let dir = dir.as_ref();
-        let io = |path: PathBuf| move |source| Error::Io { path, source };
-        std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
-        let npy = |file: &str, err: ndarray_npy::WriteNpyError| Error::Io {
-            path: dir.join(file),
-            source: std::io::Error::other(err),
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        write_atomically_with(&dir.join(FEATURES_FILE), |out| {
+            self.features.write_npy(out).map_err(std::io::Error::other)
+        })?;
+        write_atomically_with(&dir.join(LABELS_FILE), |out| {
+            Array1::from(self.labels.clone())
+                .write_npy(out)
+                .map_err(std::io::Error::other)
+        })?;
+        let listing = |lines: &[String]| {
+            lines
+                .iter()
+                .map(|line| format!("{}\n", escape_line(line)))
+                .collect::<String>()
         };
-        ndarray_npy::write_npy(dir.join(FEATURES_FILE), &self.features)
-            .map_err(|e| npy(FEATURES_FILE, e))?;
-        ndarray_npy::write_npy(dir.join(LABELS_FILE), &Array1::from(self.labels.clone()))
-            .map_err(|e| npy(LABELS_FILE, e))?;
-        let listing = |lines: &[String]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
-        std::fs::write(dir.join(CLASSES_FILE), listing(&self.classes))
-            .map_err(io(dir.join(CLASSES_FILE)))?;
-        std::fs::write(dir.join(PATHS_FILE), listing(&self.keys))
-            .map_err(io(dir.join(PATHS_FILE)))?;
+        write_atomically(&dir.join(CLASSES_FILE), listing(&self.classes).as_bytes())?;
+        write_atomically(&dir.join(PATHS_FILE), listing(&self.keys).as_bytes())?;
         if let Some(model) = &self.extractor {
             let file = ExtractorFile {
                 model: model.path.clone(),
@@ -297,10 +314,13 @@ impl Dataset {
                 dim: model.dim,
             };
             let text = serde_json::to_string_pretty(&file).expect("serialises") + "\n";
-            std::fs::write(dir.join(EXTRACTOR_FILE), text).map_err(io(dir.join(EXTRACTOR_FILE)))?;
+            write_atomically(&dir.join(EXTRACTOR_FILE), text.as_bytes())?;
         } else if dir.join(EXTRACTOR_FILE).exists() {
             // An older contract left there would bind heads trained on this data to it.
-            std::fs::remove_file(dir.join(EXTRACTOR_FILE)).map_err(io(dir.join(EXTRACTOR_FILE)))?;
+            std::fs::remove_file(dir.join(EXTRACTOR_FILE)).map_err(|source| Error::Io {
+                path: dir.join(EXTRACTOR_FILE),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -322,14 +342,14 @@ impl Dataset {
                         .lines()
                         .map(str::trim)
                         .filter(|line| !line.is_empty())
-                        .map(str::to_string)
+                        .map(|line| unescape_line(line).into_owned())
                         .collect())
                 };
                 split_from_lists(&self.keys, &read(train)?, &read(test)?).map_err(|err| {
                     Error::BadData {
                         path: train.clone(),
                         detail: format!(
-                            "with test list {}: {err}; list keys exactly as DATA/paths.txt writes them",
+                            "with test list {}: {err}; list keys exactly as DATA/paths.txt writes them (one per line, `\\`, line feeds and carriage returns escaped as `\\\\`, `\\n`, `\\r`)",
                             test.display()
                         ),
                     }

@@ -127,6 +127,25 @@ pub enum Error {
         /// The index directory.
         path: PathBuf,
     },
+    /// A second writer (or [`Index::optimize`](crate::Index::optimize)) started on a thread that
+    /// already holds this index's [`Writer`](crate::Writer): waiting for it would wait forever.
+    /// Writers on other threads wait for each other instead.
+    #[error("{}: this thread already holds the index's writer; commit or drop that Writer before starting another write or an optimize", path.display())]
+    WriterBusy {
+        /// The index directory.
+        path: PathBuf,
+    },
+    /// A search forced to [`Strategy::MultiIndex`](crate::Strategy::MultiIndex) that would
+    /// enumerate far more buckets than a linear scan costs; nothing was searched.
+    #[error("multi-index hashing would probe about {probes} buckets for this query, over the budget of {budget} for an index of {codes} codes; search with the auto or scan strategy, which return the same answers")]
+    MultiIndexTooCostly {
+        /// Bucket probes the search was expected to need (a prediction for top-k).
+        probes: u64,
+        /// Most probes a forced multi-index search may make on this index.
+        budget: u64,
+        /// Live codes in the index.
+        codes: u64,
+    },
     /// ONNX Runtime could not be found or loaded.
     #[error("{detail}")]
     Runtime {
@@ -245,7 +264,10 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
     /// An I/O error on a named file.
-    #[error("{}: {source}", path.display())]
+    ///
+    /// Its message names the file; the cause is its [`source`](std::error::Error::source) (print
+    /// the chain, as `anyhow`'s `{:#}` does, to see both), not repeated in the message.
+    #[error("{}: I/O error", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -253,7 +275,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// An error from the storage engine.
-    #[error("{}: storage error: {source}", path.display())]
+    ///
+    /// Like [`Error::Io`], the message names the file and the cause is the error's source.
+    #[error("{}: storage error", path.display())]
     Storage {
         /// The database file.
         path: PathBuf,

@@ -3,7 +3,10 @@
 //!
 //! A re-run skips files whose content is already indexed (by BLAKE3 of the file), a file that
 //! cannot be read or decoded is reported and skipped, and an interrupted run loses at most the
-//! batch it had not committed.
+//! batch it had not committed. Only regular files are read, up to
+//! [`MAX_FILE_BYTES`](crate::extract::MAX_FILE_BYTES); a truncated JPEG is skipped
+//! unless [`IngestOptions::lenient`]; a path that is not valid UTF-8 is skipped, since its key
+//! could not name the file again. Keys are the paths exactly as given, as UTF-8.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,6 +19,7 @@ use ndarray::ArrayView2;
 use crate::code::Code;
 use crate::error::{Error, Result};
 use crate::extract::pipeline::{extract_files, FileOutcome};
+use crate::extract::ReadOptions;
 use crate::extract::{read_image, Extractor, SkipReason};
 use crate::head::HashHead;
 use crate::index::{hex, Index, Item};
@@ -31,6 +35,9 @@ pub struct IngestOptions {
     pub label_from_dir: bool,
     /// Keep each image's feature vector in the index. Default false.
     pub keep_features: bool,
+    /// Accept JPEGs that end before their end-of-image marker (the decoder fills in the missing
+    /// part). Default false: they are skipped as `truncated`.
+    pub lenient: bool,
 }
 
 impl Default for IngestOptions {
@@ -40,6 +47,7 @@ impl Default for IngestOptions {
             commit_every: 512,
             label_from_dir: false,
             keep_features: false,
+            lenient: false,
         }
     }
 }
@@ -71,12 +79,21 @@ pub struct IngestReport {
 /// A file that could not be added.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FailedFile {
-    /// The file.
+    /// The file (in JSON, lossily where it is not valid UTF-8).
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
-    /// Short reason (`corrupt`, `unsupported`, `empty`, `unreadable`, `too_large`).
+    /// Short reason ([`SkipReason::kind`]: `corrupt`, `truncated`, `unsupported`, `empty`,
+    /// `unreadable`, `not_a_file`, `name_not_utf8`, `too_large`).
     pub reason: String,
     /// The decoder's words.
     pub detail: String,
+}
+
+fn lossy_path<S: serde::Serializer>(
+    path: &Path,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.serialize_str(&path.to_string_lossy())
 }
 
 /// Checks that `extractor` is the one the index is bound to.
@@ -147,6 +164,9 @@ pub fn add_images(
         paths,
         options.batch_size,
         &known,
+        &ReadOptions {
+            lenient: options.lenient,
+        },
         cancel,
         |batch| {
             let mut rows = Vec::new();
@@ -161,8 +181,13 @@ pub fn add_images(
                             report.duplicates += 1;
                             continue;
                         }
+                        // The pipeline skips paths that are not UTF-8; a key must name the file.
+                        let Some(key) = extracted.path.to_str().map(str::to_string) else {
+                            record_failure(&mut report, extracted.path, &SkipReason::NameNotUtf8);
+                            continue;
+                        };
                         rows.extend_from_slice(&features);
-                        pending.push((extracted.path, content_hash, features));
+                        pending.push((extracted.path, key, content_hash, features));
                     }
                     FileOutcome::Known { .. } => report.already_indexed += 1,
                     FileOutcome::Failed(reason) => {
@@ -179,9 +204,9 @@ pub fn add_images(
                     }
                 })?;
                 let codes = head.codes(matrix)?;
-                for ((path, content_hash, features), code) in pending.into_iter().zip(codes) {
+                for ((path, key, content_hash, features), code) in pending.into_iter().zip(codes) {
                     let item = Item {
-                        key: Some(path.display().to_string()),
+                        key: Some(key),
                         content_hash: Some(content_hash),
                         label: if options.label_from_dir {
                             parent_label(&path)
@@ -232,12 +257,21 @@ fn record_failure(report: &mut IngestReport, path: PathBuf, reason: &SkipReason)
     });
 }
 
-/// The code of one image, made by the index's extractor and head.
-pub fn code_image(
-    index: &Index,
-    extractor: &mut Extractor,
-    path: &Path,
-) -> Result<(Code, Vec<f32>)> {
+/// One image coded by [`code_image`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CodedImage {
+    /// Its code.
+    pub code: Code,
+    /// Its feature vector.
+    pub features: Vec<f32>,
+    /// BLAKE3 of the file, as [`add_images`] stores it.
+    pub content_hash: [u8; 32],
+}
+
+/// The code of one image, made by the index's extractor and head. The file is read as
+/// [`add_images`] reads it (a regular file within the size limit; a truncated JPEG is refused).
+pub fn code_image(index: &Index, extractor: &mut Extractor, path: &Path) -> Result<CodedImage> {
     let (model, head) = check_extractor(index, extractor)?;
     let decoded = read_image(path).map_err(|reason| Error::Image {
         path: path.to_path_buf(),
@@ -253,5 +287,9 @@ pub fn code_image(
     );
     let features = extractor.run(&input, 1)?;
     let code = head.codes(features.view())?.remove(0);
-    Ok((code, features.row(0).to_vec()))
+    Ok(CodedImage {
+        code,
+        features: features.row(0).to_vec(),
+        content_hash: decoded.content_hash,
+    })
 }

@@ -42,16 +42,18 @@ mod head;
 mod index;
 pub mod ingest;
 mod mih;
+pub mod npy;
 pub mod report;
 mod store;
+pub mod text;
 pub mod train;
 
 pub use code::Code;
 pub use error::{Error, Result};
 pub use head::{ExtractorBinding, HashHead};
 pub use index::{
-    BatchSearch, Hit, Index, IndexBuilder, Info, Item, OptimizeReport, Reader, RehashReport,
-    Search, Writer, DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN,
+    BatchSearch, Hit, ImportProgress, Index, IndexBuilder, Info, Item, OptimizeReport, Reader,
+    RehashReport, Search, Writer, DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN, MAX_ITEM_BYTES,
 };
 pub use mih::search::Strategy;
 pub use store::check::CheckReport;

@@ -2,14 +2,50 @@
 //! query, the query image framed blue and its results in rank order with distance and label,
 //! results of another label than the query's framed red. Thumbnails are embedded as data URIs, so
 //! the page is one file that opens anywhere.
+//!
+//! Pages and other outputs are written with [`write_atomically`]: whole or not at all.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufWriter, Write as _};
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 
+use crate::error::{Error, Result};
 use crate::eval::EvalReport;
 use crate::extract::read_image;
+
+/// Writes `bytes` to `path` whole or not at all: see [`write_atomically_with`].
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_with(path, |out| out.write_all(bytes))
+}
+
+/// Writes `path` whole or not at all, with what `write` writes: into `PATH.partial` beside it,
+/// flushed to disk, then renamed over `path`. When anything fails, the partial file is removed
+/// and `path`, old content or absent, is left as it was.
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let fail = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::create(&partial).map_err(fail)?;
+    let mut out = BufWriter::new(file);
+    let written = write(&mut out)
+        .and_then(|()| out.into_inner().map_err(|err| err.into_error()))
+        .and_then(|file| file.sync_all())
+        .and_then(|()| std::fs::rename(&partial, path));
+    written.map_err(|source| {
+        let _ = std::fs::remove_file(&partial);
+        fail(source)
+    })
+}
 
 /// Longest side of an embedded thumbnail, in pixels.
 pub const THUMBNAIL_SIDE: u32 = 160;

@@ -1,6 +1,6 @@
 //! Bad input gets a clear, typed error and changes nothing.
 
-use milan::format::{MetaRecord, DATABASE_FILE, META_KEY};
+use milan::format::{MetaRecord, DATABASE_FILE, FORMAT_VERSION, META_KEY};
 use milan::{Code, Error, Index, Item};
 use redb::{ReadableTable, TableDefinition};
 
@@ -8,6 +8,8 @@ use crate::util::*;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const BUCKETS: TableDefinition<&[u8; 14], &[u8]> = TableDefinition::new("buckets");
+const CODES: TableDefinition<u64, &[u8]> = TableDefinition::new("codes");
+const IMPORTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("imports");
 
 /// An index of 300 clustered 64-bit codes; returns its directory and codes.
 fn sample_index() -> (tempfile::TempDir, Vec<Code>) {
@@ -76,7 +78,7 @@ fn an_index_of_a_newer_format_is_refused_untouched() {
             let mut table = txn.open_table(META).unwrap();
             let mut meta =
                 MetaRecord::decode(table.get(META_KEY).unwrap().unwrap().value()).unwrap();
-            meta.format_version = 2;
+            meta.format_version = FORMAT_VERSION + 1;
             table.insert(META_KEY, meta.encode().as_slice()).unwrap();
         }
         txn.commit().unwrap();
@@ -87,10 +89,10 @@ fn an_index_of_a_newer_format_is_refused_untouched() {
         matches!(
             err,
             Error::TooNew {
-                found: 2,
-                supported: 1,
+                found,
+                supported: FORMAT_VERSION,
                 ..
-            }
+            } if found == FORMAT_VERSION + 1
         ),
         "{err}"
     );
@@ -224,4 +226,249 @@ fn bad_queries_and_codes_are_typed_errors_that_change_nothing() {
     writer.commit().unwrap();
     assert_eq!(index.len(), 300);
     assert!(Code::from_hex("xyz").is_err());
+}
+
+/// Rewrites the meta record of the index in `dir` through redb directly.
+fn rewrite_meta(dir: &std::path::Path, change: impl FnOnce(&mut MetaRecord)) {
+    let db = redb::Database::open(dir.join(DATABASE_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(META).unwrap();
+        let mut meta = MetaRecord::decode(table.get(META_KEY).unwrap().unwrap().value()).unwrap();
+        change(&mut meta);
+        table.insert(META_KEY, meta.encode().as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_crafted_meta_record_cannot_make_open_allocate_past_the_file() {
+    // 1024-bit codes, one of them moved to id 2^32 - 2 and the meta record claiming about 2^32
+    // live codes: the open used to trust that count and allocate a slot of 128 bytes per id up
+    // to the largest, 512 GiB, aborting the process. Slots are now bounded by what the file can
+    // hold, so the open is refused before allocating anything of that size.
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::builder(1024)
+        .substrings(32)
+        .create(dir.path())
+        .unwrap();
+    let mut rng = rng(12);
+    let codes: Vec<Code> = (0..8).map(|_| random_code(&mut rng, 1024)).collect();
+    let mut writer = index.writer().unwrap();
+    for code in &codes {
+        writer.add(code, Item::default()).unwrap();
+    }
+    writer.commit().unwrap();
+    drop(index);
+    let far = u64::from(u32::MAX) - 2;
+    {
+        let db = redb::Database::open(dir.path().join(DATABASE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(CODES).unwrap();
+            let bytes = table.remove(7).unwrap().unwrap().value().to_vec();
+            table.insert(far, bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    rewrite_meta(dir.path(), |meta| {
+        meta.next_id = far + 1;
+        meta.live_count = far;
+    });
+    let started = std::time::Instant::now();
+    for err in [
+        Index::open_read_only(dir.path()).unwrap_err(),
+        Index::open(dir.path()).unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::Corrupted { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("code ids run to {far}")), "{text}");
+        assert!(text.contains("holds at most"), "{text}");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // The full check reads what is there and names the count that does not match.
+    let report = Index::verify_dir(dir.path()).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains("8 codes stored")),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_huge_top_k_on_the_command_line_returns_every_code() {
+    let (dir, codes) = sample_index();
+    let live: Vec<(u64, Code)> = codes
+        .iter()
+        .cloned()
+        .zip(0..)
+        .map(|(c, i)| (i, c))
+        .collect();
+    let out = ok(&[
+        "query",
+        s(dir.path()),
+        "--code",
+        &codes[3].to_hex(),
+        "--top-k",
+        "18446744073709551615",
+        "--json",
+    ]);
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let got: Vec<(u64, u64)> = line["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_u64().unwrap(), r["distance"].as_u64().unwrap()))
+        .collect();
+    let want: Vec<(u64, u64)> = brute_force(&live, &codes[3])
+        .iter()
+        .map(|h| (h.id, u64::from(h.distance)))
+        .collect();
+    assert_eq!(got, want);
+    // One past usize::MAX is not a number clap accepts: a usage error, not a search.
+    let output = milan(&[
+        "query",
+        s(dir.path()),
+        "--code",
+        &codes[3].to_hex(),
+        "--top-k",
+        "18446744073709551616",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn bench_with_a_forced_multi_index_search_that_cannot_finish_fails_at_once() {
+    // The report: forced multi-index on 1,000 uniform 1024-bit codes (default substrings),
+    // top-5 and radius 200, did not finish in 20 s (a quarter of a second per top-5 query in a
+    // release build, where a scan takes microseconds). Now the first query is refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("idx");
+    let index = Index::builder(1024).create(&dir).unwrap();
+    let mut rng = rng(8);
+    let mut writer = index.writer().unwrap();
+    for _ in 0..1000 {
+        writer
+            .add(&random_code(&mut rng, 1024), Item::default())
+            .unwrap();
+    }
+    writer.commit().unwrap();
+    drop(index);
+    let queries = tmp.path().join("q.npy");
+    write_codes(
+        &queries,
+        &[random_code(&mut rng, 1024), random_code(&mut rng, 1024)],
+    );
+    let started = std::time::Instant::now();
+    let output = milan(&[
+        "bench",
+        "search",
+        s(&dir),
+        "--codes",
+        s(&queries),
+        "--top-k",
+        "5",
+        "--radius",
+        "200",
+        "--strategy",
+        "multi-index",
+    ]);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("multi-index hashing would probe"), "{err}");
+    assert!(err.contains("auto or scan"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    // The scan answers the same queries.
+    ok(&[
+        "bench",
+        "search",
+        s(&dir),
+        "--codes",
+        s(&queries),
+        "--top-k",
+        "5",
+        "--radius",
+        "200",
+        "--strategy",
+        "scan",
+    ]);
+}
+
+#[test]
+fn io_and_storage_errors_print_their_cause_once() {
+    // An index directory below a regular file cannot be created: a real I/O error.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("plain");
+    std::fs::write(&file, b"x").unwrap();
+    let err = Index::builder(64).create(file.join("idx")).unwrap_err();
+    let Error::Io { source, .. } = &err else {
+        panic!("{err:?}");
+    };
+    let cause = source.to_string();
+    let chain = format!("{:#}", anyhow::Error::from(err));
+    assert_eq!(chain.matches(&cause).count(), 1, "{chain}");
+    assert!(chain.contains("plain"), "{chain}");
+
+    let io = std::io::Error::other("disk on fire");
+    let storage = Error::Storage {
+        path: tmp.path().join(DATABASE_FILE),
+        source: Box::new(redb::Error::Io(io)),
+    };
+    let chain = format!("{:#}", anyhow::Error::from(storage));
+    assert_eq!(chain.matches("disk on fire").count(), 1, "{chain}");
+    assert!(
+        chain.contains("storage error") && chain.contains(DATABASE_FILE),
+        "{chain}"
+    );
+}
+
+#[test]
+fn check_lists_a_damaged_import_record() {
+    let (dir, _) = sample_index();
+    {
+        let index = Index::open(dir.path()).unwrap();
+        let mut writer = index.writer().unwrap();
+        writer.set_import_progress(milan::ImportProgress {
+            source: [3; 32],
+            rows: 10,
+            committed: 4,
+            first_id: Some(0),
+        });
+        writer.commit().unwrap();
+    }
+    {
+        let db = redb::Database::open(dir.path().join(DATABASE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(IMPORTS).unwrap();
+            // More rows committed than the source holds, and a record cut short.
+            let mut over = 10u64.to_le_bytes().to_vec();
+            over.extend(11u64.to_le_bytes());
+            over.push(0);
+            table.insert(&[3; 32], over.as_slice()).unwrap();
+            table.insert(&[4; 32], [1u8, 2, 3].as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let report = Index::verify_dir(dir.path()).unwrap();
+    let problems = report.problems.join("\n");
+    assert!(
+        problems.contains(&format!("import {}", "03".repeat(32))),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("11 rows committed of a source of 10 rows"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(&format!("import {}", "04".repeat(32))),
+        "{problems}"
+    );
+    let index = Index::open_read_only(dir.path()).unwrap();
+    let err = index.import_progress(&[3; 32]).unwrap_err();
+    assert!(matches!(err, Error::Corrupted { .. }), "{err}");
+    assert_eq!(index.import_progress(&[5; 32]).unwrap(), None);
 }

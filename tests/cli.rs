@@ -9,22 +9,6 @@ use ndarray::Array2;
 
 use crate::util::*;
 
-fn write_codes(path: &Path, codes: &[Code]) {
-    let width = codes[0].as_bytes().len();
-    let bytes: Vec<u8> = codes.iter().flat_map(|c| c.as_bytes().to_vec()).collect();
-    ndarray_npy::write_npy(
-        path,
-        &Array2::from_shape_vec((codes.len(), width), bytes).unwrap(),
-    )
-    .unwrap();
-}
-
-fn len_of(dir: &Path) -> u64 {
-    let info: serde_json::Value =
-        serde_json::from_str(&ok(&["index", "info", s(dir), "--json"])).unwrap();
-    info["len"].as_u64().unwrap()
-}
-
 #[test]
 fn create_import_query_export_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
@@ -320,6 +304,25 @@ fn a_killed_import_keeps_whole_batches_and_stays_consistent() {
     for id in (0..len).step_by(997) {
         assert_eq!(reader.code(id).unwrap(), codes[id as usize]);
     }
+    drop(reader);
+    drop(index);
+    // The same command again finishes the job: every row once, in row order.
+    ok(&[
+        "index",
+        "import",
+        s(&dir),
+        "--codes",
+        s(&codes_path),
+        "--batch-size",
+        "1000",
+        "--quiet",
+    ]);
+    let index = Index::open_read_only(&dir).unwrap();
+    assert_eq!(index.len(), codes.len() as u64);
+    let reader = index.reader().unwrap();
+    for id in (0..codes.len() as u64).step_by(997) {
+        assert_eq!(reader.code(id).unwrap(), codes[id as usize]);
+    }
 }
 
 #[test]
@@ -364,4 +367,103 @@ fn another_process_writing_the_index_is_named_and_nothing_breaks() {
     drop(writer);
     assert_eq!(len_of(&dir), 100);
     assert!(ok(&["index", "check", s(&dir)]).contains("ok"));
+}
+
+#[test]
+fn a_head_too_large_for_its_file_is_refused_by_its_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("h.head");
+    for dim in ["70000", "4000000000"] {
+        let err = fails(
+            &[
+                "head",
+                "init",
+                "--lsh",
+                "--bits",
+                "1024",
+                "--dim",
+                dim,
+                "--out",
+                s(&out),
+            ],
+            1,
+        );
+        assert!(
+            err.contains(&format!("1024-bit head for {dim}-dimensional"))
+                && err.contains("fewer bits"),
+            "{err}"
+        );
+        assert!(!err.contains("error: :"), "{err}");
+    }
+    assert!(!out.exists());
+}
+
+/// `milan head init` for the tiny model: the cheapest command that loads ONNX Runtime.
+fn head_init_with(exe: &Path, cwd: &Path, ort_lib: Option<&str>) -> std::process::Output {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_extractor.onnx");
+    let mut command = Command::new(exe);
+    command
+        .current_dir(cwd)
+        .env_remove("MILAN_ORT_LIB")
+        .env_remove("ORT_DYLIB_PATH")
+        .args(["head", "init", "--lsh", "--bits", "16", "--out", "h.head"])
+        .args(["--model", s(&model)]);
+    if let Some(lib) = ort_lib {
+        command.env("MILAN_ORT_LIB", lib);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn onnx_runtime_is_found_from_the_executable_and_the_file_checked_is_the_file_loaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project_lib =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".onnxruntime/cpu/libonnxruntime.so");
+    // A copy of the binary elsewhere looks beside itself, not where it was built.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let copy = bin.join("milan");
+    std::fs::copy(env!("CARGO_BIN_EXE_milan"), &copy).unwrap();
+    let out = head_init_with(&copy, tmp.path(), None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not found") && err.contains(s(&bin)), "{err}");
+    assert!(
+        !err.contains(".onnxruntime/cpu/libonnxruntime.so (the project"),
+        "{err}"
+    );
+    assert!(!err.contains(s(project_lib.parent().unwrap())), "{err}");
+    // ... and finds a library put beside it.
+    std::os::unix::fs::symlink(&project_lib, bin.join("libonnxruntime.so")).unwrap();
+    let out = head_init_with(&copy, tmp.path(), None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A bare relative name is the file in the current directory, both checked and loaded: a file
+    // there that is not a library fails by its full path instead of loading another one.
+    let cwd = tmp.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    std::fs::write(cwd.join("libonnxruntime.so"), b"not a library").unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_milan"));
+    let out = head_init_with(exe, &cwd, Some("libonnxruntime.so"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: cannot load ONNX Runtime",
+            cwd.join("libonnxruntime.so").display()
+        )),
+        "{err}"
+    );
+    std::fs::remove_file(cwd.join("libonnxruntime.so")).unwrap();
+    std::os::unix::fs::symlink(&project_lib, cwd.join("libonnxruntime.so")).unwrap();
+    let out = head_init_with(exe, &cwd, Some("libonnxruntime.so"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

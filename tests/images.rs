@@ -98,6 +98,11 @@ fn write_bad_files(dir: &Path) {
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();
     std::fs::write(dir.join("truncated.png"), &png[..png.len() / 2]).unwrap();
+    // Whole, but damaged inside: the pixel data's checksum fails.
+    let mut damaged = png.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xFF;
+    std::fs::write(dir.join("damaged.png"), damaged).unwrap();
     // A valid PNG whose header claims 100000 x 100000 pixels: a decompression bomb.
     let mut bomb = png.clone();
     bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
@@ -220,7 +225,7 @@ fn add_and_query_images_end_to_end() {
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["added"], good.len() + 2, "{report}");
-    for reason in ["empty", "unsupported", "corrupt", "too_large"] {
+    for reason in ["empty", "unsupported", "truncated", "corrupt", "too_large"] {
         assert_eq!(report["failed_by_reason"][reason], 1, "{reason}: {report}");
     }
     assert_eq!(report["device"], "cpu");
@@ -602,7 +607,9 @@ fn extract_writes_features_labels_and_the_contract() {
         )
         .create(tmp.path().join("idx"))
         .unwrap();
-    let (_, row) = milan::ingest::code_image(&index, &mut extractor, Path::new(first)).unwrap();
+    let row = milan::ingest::code_image(&index, &mut extractor, Path::new(first))
+        .unwrap()
+        .features;
     for (a, b) in row.iter().zip(features.row(0)) {
         assert!((a - b).abs() < 1e-5);
     }

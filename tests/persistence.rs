@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use milan::{Code, Index, Item};
+use milan::{Code, ImportProgress, Index, Item};
 
 use crate::util::*;
 
@@ -81,21 +81,24 @@ fn listing(index: &Index) -> String {
     out
 }
 
-#[test]
-fn golden_index_of_format_version_1_opens_and_answers() {
-    let (dir, contents) = fixture(1);
-    // Copied, so that the checked-in file is never opened for writing.
+/// A copy of the fixture of `version` in a temporary directory, so that the checked-in file is
+/// never opened for writing.
+fn fixture_copy(version: u32) -> tempfile::TempDir {
+    let (dir, _) = fixture(version);
     let copy = tempfile::tempdir().unwrap();
     std::fs::copy(
         dir.join(milan::format::DATABASE_FILE),
         copy.path().join(milan::format::DATABASE_FILE),
     )
     .unwrap();
-    let mut index = Index::open(copy.path()).unwrap();
-    assert_eq!(index.info().format_version, 1);
+    copy
+}
+
+/// Checks that `index` holds exactly the fixture's listing and answers searches like brute force.
+fn assert_fixture_contents(index: &Index, version: u32) {
+    let (_, contents) = fixture(version);
     let expected = std::fs::read_to_string(contents).unwrap();
-    assert_eq!(listing(&index), expected);
-    assert!(index.verify().unwrap().is_ok());
+    assert_eq!(listing(index), expected);
     let live: Vec<(u64, Code)> = expected
         .lines()
         .map(|line| {
@@ -119,19 +122,111 @@ fn golden_index_of_format_version_1_opens_and_answers() {
     }
 }
 
-/// Regenerates the version-1 fixture: `MILAN_WRITE_FIXTURE=1 cargo test write_fixture`. Only ever
-/// run while version 1 is the current format; later versions add a fixture of their own.
+#[test]
+fn golden_index_of_format_version_1_opens_and_answers() {
+    let copy = fixture_copy(1);
+    let before = std::fs::read(copy.path().join(milan::format::DATABASE_FILE)).unwrap();
+    // Read-only, it stays a version-1 index: no imports table, so no progress.
+    {
+        let index = Index::open_read_only(copy.path()).unwrap();
+        assert_eq!(index.info().format_version, 1);
+        assert_fixture_contents(&index, 1);
+        assert_eq!(index.import_progress(&[0; 32]).unwrap(), None);
+    }
+    assert!(
+        std::fs::read(copy.path().join(milan::format::DATABASE_FILE)).unwrap() == before,
+        "a read-only open changed the file"
+    );
+    // Writable, it is upgraded in place to the current version, contents unchanged.
+    let mut index = Index::open(copy.path()).unwrap();
+    assert_eq!(index.info().format_version, milan::format::FORMAT_VERSION);
+    assert_fixture_contents(&index, 1);
+    assert!(index.verify().unwrap().is_ok());
+    assert_eq!(index.import_progress(&[0; 32]).unwrap(), None);
+    let progress = ImportProgress {
+        source: [1; 32],
+        rows: 5,
+        committed: 5,
+        first_id: Some(300),
+    };
+    let mut writer = index.writer().unwrap();
+    for code in clustered(&mut rng(3), 32, 5, 1, 0.1) {
+        writer.add(&code, Item::default()).unwrap();
+    }
+    writer.set_import_progress(progress.clone());
+    writer.commit().unwrap();
+    drop(index);
+    let index = Index::open_read_only(copy.path()).unwrap();
+    assert_eq!(index.info().format_version, milan::format::FORMAT_VERSION);
+    assert_eq!(index.import_progress(&[1; 32]).unwrap(), Some(progress));
+    assert_eq!(index.len(), 296);
+}
+
+/// The import progress recorded in the version-2 fixture, as listed in its `imports.txt`
+/// (`source-hex rows committed first-id`, `-` for none).
+fn fixture_imports(version: u32) -> Vec<ImportProgress> {
+    let (dir, _) = fixture(version);
+    let text = std::fs::read_to_string(dir.parent().unwrap().join("imports.txt")).unwrap();
+    text.lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let source: Vec<u8> = (0..32)
+                .map(|i| u8::from_str_radix(&fields[0][2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            ImportProgress {
+                source: source.try_into().unwrap(),
+                rows: fields[1].parse().unwrap(),
+                committed: fields[2].parse().unwrap(),
+                first_id: fields[3].parse().ok(),
+            }
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn golden_index_of_format_version_2_opens_and_answers() {
+    let copy = fixture_copy(2);
+    let imports = fixture_imports(2);
+    assert_eq!(imports.len(), 2);
+    for writable in [false, true] {
+        let mut index = if writable {
+            Index::open(copy.path()).unwrap()
+        } else {
+            Index::open_read_only(copy.path()).unwrap()
+        };
+        assert_eq!(index.info().format_version, 2);
+        assert_fixture_contents(&index, 2);
+        for progress in &imports {
+            assert_eq!(
+                index.import_progress(&progress.source).unwrap().as_ref(),
+                Some(progress)
+            );
+        }
+        assert!(index.verify().unwrap().is_ok());
+    }
+}
+
+/// Regenerates the fixture of the current format version: `MILAN_WRITE_FIXTURE=1 cargo test
+/// write_fixture`. Only ever run while that version is the current format; the fixtures of older
+/// versions stay as they were written, and a new version adds a fixture of its own.
 #[test]
 fn write_fixture() {
     if std::env::var_os("MILAN_WRITE_FIXTURE").is_none() {
         return;
     }
-    assert_eq!(milan::format::FORMAT_VERSION, 1);
-    let (dir, contents) = fixture(1);
+    let version = milan::format::FORMAT_VERSION;
+    assert_eq!(version, 2, "write the fixture of the new version here");
+    let (dir, contents) = fixture(version);
     let _ = std::fs::remove_dir_all(&dir);
     let index = Index::builder(32).substrings(2).create(&dir).unwrap();
     let mut rng = rng(2024);
+    // The same items as the version-1 fixture (codes, keys, labels, deletes).
     let codes = clustered(&mut rng, 32, 300, 6, 0.08);
+    let source = *blake3::hash(b"fixture source").as_bytes();
     for (batch, chunk) in codes.chunks(120).enumerate() {
         let mut writer = index.writer().unwrap();
         for (i, code) in chunk.iter().enumerate() {
@@ -147,7 +242,171 @@ fn write_fixture() {
         for id in (batch as u64 * 50..).step_by(17).take(3) {
             writer.delete(id).unwrap();
         }
+        // Version 2: each batch records how far the import of its source has come.
+        writer.set_import_progress(ImportProgress {
+            source,
+            rows: codes.len() as u64,
+            committed: (batch * 120 + chunk.len()) as u64,
+            first_id: Some(0),
+        });
+        if batch == 0 {
+            writer.set_import_progress(ImportProgress {
+                source: [0xee; 32],
+                rows: 1000,
+                committed: 0,
+                first_id: None,
+            });
+        }
         writer.commit().unwrap();
     }
     std::fs::write(contents, listing(&index)).unwrap();
+    let mut imports = String::new();
+    for source in [source, [0xee; 32]] {
+        let progress = index.import_progress(&source).unwrap().unwrap();
+        let first = progress
+            .first_id
+            .map_or("-".to_string(), |id| id.to_string());
+        imports.push_str(&format!(
+            "{} {} {} {first}\n",
+            hex(&source),
+            progress.rows,
+            progress.committed
+        ));
+    }
+    std::fs::write(dir.parent().unwrap().join("imports.txt"), imports).unwrap();
+}
+
+#[test]
+fn import_progress_round_trips_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let codes = clustered(&mut rng(6), 64, 50, 3, 0.1);
+    let (a, b) = ([0xa1; 32], [0xb2; 32]);
+    {
+        let index = Index::builder(64).create(dir.path()).unwrap();
+        assert_eq!(index.import_progress(&a).unwrap(), None);
+        let mut writer = index.writer().unwrap();
+        let first = writer.add(&codes[0], Item::default()).unwrap();
+        for code in &codes[1..20] {
+            writer.add(code, Item::default()).unwrap();
+        }
+        writer.set_import_progress(ImportProgress {
+            source: a,
+            rows: 50,
+            committed: 10,
+            first_id: Some(first),
+        });
+        // A later call for the same source replaces the earlier one.
+        writer.set_import_progress(ImportProgress {
+            source: a,
+            rows: 50,
+            committed: 20,
+            first_id: Some(first),
+        });
+        writer.set_import_progress(ImportProgress {
+            source: b,
+            rows: 7,
+            committed: 0,
+            first_id: None,
+        });
+        // Not visible before the commit.
+        assert_eq!(index.import_progress(&a).unwrap(), None);
+        writer.commit().unwrap();
+        assert_eq!(index.import_progress(&a).unwrap().unwrap().committed, 20);
+    }
+    let index = Index::open_read_only(dir.path()).unwrap();
+    assert_eq!(index.info().format_version, milan::format::FORMAT_VERSION);
+    assert_eq!(
+        index.import_progress(&a).unwrap(),
+        Some(ImportProgress {
+            source: a,
+            rows: 50,
+            committed: 20,
+            first_id: Some(0),
+        })
+    );
+    assert_eq!(index.import_progress(&b).unwrap().unwrap().rows, 7);
+    assert_eq!(index.import_progress(&[0; 32]).unwrap(), None);
+    assert_eq!(index.len(), 20);
+}
+
+#[test]
+fn a_dropped_writer_leaves_the_previous_import_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::builder(16).create(dir.path()).unwrap();
+    let code = Code::from_hex("abcd").unwrap();
+    let source = [7; 32];
+    let committed = ImportProgress {
+        source,
+        rows: 3,
+        committed: 1,
+        first_id: Some(0),
+    };
+    let mut writer = index.writer().unwrap();
+    writer.add(&code, Item::default()).unwrap();
+    writer.set_import_progress(committed.clone());
+    writer.commit().unwrap();
+    {
+        // A batch that dies before its commit (an error, a kill): neither its rows nor its
+        // progress may survive, so a re-run resumes at row 1 and adds no duplicate.
+        let mut writer = index.writer().unwrap();
+        writer.add(&code, Item::default()).unwrap();
+        writer.add(&code, Item::default()).unwrap();
+        writer.set_import_progress(ImportProgress {
+            committed: 3,
+            ..committed.clone()
+        });
+    }
+    let mut writer = index.writer().unwrap();
+    writer.add(&code, Item::default()).unwrap();
+    writer.set_import_progress(ImportProgress {
+        committed: 3,
+        ..committed.clone()
+    });
+    writer.abort();
+    assert_eq!(
+        index.import_progress(&source).unwrap(),
+        Some(committed.clone())
+    );
+    assert_eq!(index.len(), 1);
+    drop(index);
+    let index = Index::open(dir.path()).unwrap();
+    assert_eq!(index.import_progress(&source).unwrap(), Some(committed));
+    assert_eq!(index.len(), 1);
+}
+
+#[test]
+fn impossible_import_progress_is_refused_and_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::builder(16).create(dir.path()).unwrap();
+    let code = Code::from_hex("abcd").unwrap();
+    for (bad, expected) in [
+        (
+            ImportProgress {
+                source: [1; 32],
+                rows: 2,
+                committed: 3,
+                first_id: Some(0),
+            },
+            "3 rows committed of a source of 2 rows",
+        ),
+        (
+            ImportProgress {
+                source: [1; 32],
+                rows: 2,
+                committed: 1,
+                first_id: Some(1),
+            },
+            "first id 1 has not been handed out",
+        ),
+    ] {
+        let mut writer = index.writer().unwrap();
+        writer.add(&code, Item::default()).unwrap();
+        writer.set_import_progress(bad);
+        let err = writer.commit().unwrap_err();
+        assert!(matches!(err, milan::Error::InvalidArgument { .. }), "{err}");
+        assert!(err.to_string().contains(expected), "{err}");
+        assert!(err.to_string().contains(&hex(&[1; 32])), "{err}");
+        assert_eq!(index.len(), 0);
+        assert_eq!(index.import_progress(&[1; 32]).unwrap(), None);
+    }
 }

@@ -3,7 +3,9 @@
 mod bad_input;
 mod cli;
 mod engine;
+mod files;
 mod images;
+mod import;
 mod persistence;
 mod training;
 mod util;

@@ -139,3 +139,21 @@ pub fn clustered_features(
     }
     (features, labels)
 }
+
+/// Writes `codes` as a packed `uint8 [n, bits / 8]` .npy file.
+pub fn write_codes(path: &Path, codes: &[Code]) {
+    let width = codes[0].as_bytes().len();
+    let bytes: Vec<u8> = codes.iter().flat_map(|c| c.as_bytes().to_vec()).collect();
+    ndarray_npy::write_npy(
+        path,
+        &ndarray::Array2::from_shape_vec((codes.len(), width), bytes).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The number of live codes `milan index info` reports.
+pub fn len_of(dir: &Path) -> u64 {
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["index", "info", s(dir), "--json"])).unwrap();
+    info["len"].as_u64().unwrap()
+}

@@ -1,5 +1,5 @@
-//! `decode_records`: every decoder of `milan-index-format` on arbitrary bytes (meta, item and
-//! model records, head files, bucket chunks and keys, feature vectors, code layouts).
+//! `decode_records`: every decoder of `milan-index-format` on arbitrary bytes (meta, item, import
+//! and model records, head files, bucket chunks and keys, feature vectors, code layouts).
 //!
 //! Asserts that no decoder panics (bad bytes give a `DecodeError`), that whatever decodes
 //! re-encodes to exactly the bytes it came from (so a decoded record hides nothing and rewriting
@@ -11,14 +11,15 @@
 use libfuzzer_sys::fuzz_target;
 use milan_index_format::{
     check_code_bytes, decode_bucket_ids, decode_features, encode_bucket_ids, encode_features,
-    BucketKey, CodeLayout, DecodeError, HeadFile, ItemRecord, LayoutError, MetaRecord, ModelRecord,
-    BUCKET_KEY_BYTES, FORMAT_VERSION, HEAD_MAGIC, HEAD_VERSION, MAGIC, MAX_BITS,
-    MAX_SUBSTRING_BITS, MIN_BITS, MIN_SUBSTRING_BITS, OLDEST_SUPPORTED_VERSION,
+    BucketKey, CodeLayout, DecodeError, HeadFile, ImportRecord, ItemRecord, LayoutError,
+    MetaRecord, ModelRecord, BUCKET_KEY_BYTES, FORMAT_VERSION, HEAD_MAGIC, HEAD_VERSION, MAGIC,
+    MAX_BITS, MAX_SUBSTRING_BITS, MIN_BITS, MIN_SUBSTRING_BITS, OLDEST_SUPPORTED_VERSION,
 };
 
 fuzz_target!(|data: &[u8]| {
     meta(data);
     item(data);
+    import(data);
     bucket_ids(data);
     bucket_keys(data);
     layout(data);
@@ -54,6 +55,13 @@ fn meta(data: &[u8]) {
 fn item(data: &[u8]) {
     if let Ok(item) = ItemRecord::decode(data) {
         assert_eq!(item.encode(), data, "item record does not round-trip");
+    }
+}
+
+fn import(data: &[u8]) {
+    if let Ok(record) = ImportRecord::decode(data) {
+        assert_eq!(record.encode(), data, "import record does not round-trip");
+        assert!(record.committed <= record.rows);
     }
 }
 

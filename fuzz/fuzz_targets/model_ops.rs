@@ -9,7 +9,11 @@
 //!   the content-hash lookups equal the model; ids are dense and never reused; a reader opened
 //!   before a commit keeps its snapshot;
 //! - invalid arguments (k = 0, radius > bits, substrings out of range, codes of another length,
-//!   writes through a read-only handle, a second writable open) return their typed error.
+//!   writes through a read-only handle, a second writable open, a second writer or an optimize
+//!   on the thread holding the writer) return their typed error;
+//! - a k beyond the live count (up to `usize::MAX`) returns every code; a forced multi-index
+//!   radius search far beyond its probe budget is refused with `MultiIndexTooCostly` (or, with
+//!   every code still in the scanned delta, answered).
 
 #![no_main]
 
@@ -33,6 +37,10 @@ const MAX_FLIPS: usize = 8;
 /// `Strategy::MultiIndex` enumerates every probe whatever the index size (that is what Auto's cost
 /// model is for), so the harness skips it for queries that would probe more buckets than this.
 const MAX_PROBES: f64 = 50_000.0;
+/// A forced multi-index search may always make this many probes (milan's floor, whatever the
+/// index size); these indexes of at most 256 codes allow no more, so a radius search needing
+/// more is refused before it probes anything.
+const FORCED_BUDGET_FLOOR: f64 = (1u64 << 20) as f64;
 const STRATEGIES: [Strategy; 3] = [Strategy::Auto, Strategy::MultiIndex, Strategy::Scan];
 
 #[derive(Arbitrary, Debug)]
@@ -422,7 +430,15 @@ fn session<'i, 'o>(
                     continue;
                 }
                 model.rebuilds += 1;
-                // Optimize takes the writer lock: close the writer first, as a user must.
+                // Optimize takes the writer lock: on the thread holding it, a typed error (not
+                // a deadlock), the same as a second writer; then close it, as a user must.
+                if writer.is_some() {
+                    let busy =
+                        |result: Result<(), Error>| matches!(result, Err(Error::WriterBusy { .. }));
+                    assert!(busy(index.optimize(substrings.map(u32::from)).map(drop)));
+                    assert!(busy(index.writer().map(drop)));
+                    assert!(busy(index.try_writer().map(drop)));
+                }
                 drop(writer.take());
                 model.abort();
                 optimize(index, model, substrings.map(u32::from));
@@ -532,6 +548,13 @@ fn spot_check(reader: &Reader, model: &Model, substrings: u32) {
     }
     let far: Vec<u8> = codes[0].code.iter().map(|b| !b).collect();
     top_k(reader, model, substrings, &far, 3);
+    // Any k past the live count means all of them (a scan, whatever the strategy).
+    let all = model.ranked(&far);
+    let query = Code::from_bytes(&far).expect("query");
+    for strategy in STRATEGIES {
+        let search = reader.search(&query).expect("search").strategy(strategy);
+        assert_eq!(search.top_k(usize::MAX).expect("top_k(MAX)"), all);
+    }
 }
 
 /// Bucket probes of a multi-index search that probes substring j of m up to distance `depth(j, m)`.
@@ -607,7 +630,29 @@ fn radius(reader: &Reader, model: &Model, substrings: u32, query: &[u8], r: u32)
         .collect();
     // Pigeonhole: with r = q * m + a, the first a + 1 substrings are probed to q, the rest to q - 1.
     let depth = |j, m| i64::from(r / m) - i64::from(j > r % m);
-    let affordable = probes(model.bits, substrings, depth) <= MAX_PROBES;
+    let needed = probes(model.bits, substrings, depth);
+    let affordable = needed <= MAX_PROBES;
+    if needed > FORCED_BUDGET_FLOOR {
+        let forced = reader
+            .search(&query_code)
+            .expect("search")
+            .strategy(Strategy::MultiIndex)
+            .within(r);
+        match forced {
+            Err(Error::MultiIndexTooCostly { probes, budget, .. }) => {
+                // The harness's binomials are floating-point products, milan's exact sums.
+                let named = probes as f64;
+                assert!(
+                    (named - needed).abs() <= 1.0 + needed * 1e-9,
+                    "within({r}): {named} probes named, {needed} needed"
+                );
+                assert!(probes > budget);
+            }
+            // Every code still in the scanned delta: the tables have nothing to probe.
+            Ok(got) => assert_eq!(got, expected, "within({r}) with MultiIndex"),
+            Err(err) => panic!("within({r}) with MultiIndex: {err}"),
+        }
+    }
     for strategy in strategies(affordable) {
         let got = reader
             .search(&query_code)

@@ -3,8 +3,9 @@
 //! A small valid index (64-bit codes, two commits, a few deletes) is built once per process. Each
 //! input damages a copy of its database file (byte overwrites plus an optional truncation), or is
 //! itself the whole file. Asserts that `Index::open` and `Index::open_read_only` return Ok or Err
-//! without panicking or hanging, and that an index that opens anyway can be searched, read,
-//! written and verified, again with Ok or Err results only.
+//! without panicking or hanging, and that an index that opens anyway can be searched (including
+//! with k = `usize::MAX`), read (items, import progress), written (with import progress, which
+//! creates the imports table in the damaged file) and verified, again with Ok or Err results only.
 //!
 //! "Without panicking" means no panic reaches the caller: milan catches the storage engine's
 //! panics on damaged pages and returns `Error::Corrupted`, which is allowed. libFuzzer's default
@@ -23,7 +24,7 @@ use std::path::Path;
 use std::sync::{LazyLock, Mutex};
 
 use libfuzzer_sys::fuzz_target;
-use milan::{Code, Index, Item, Strategy};
+use milan::{Code, ImportProgress, Index, Item, Strategy};
 use milan_index_format::DATABASE_FILE;
 
 /// Granularity at which the base file is split into used (non-zero) and unused regions.
@@ -31,6 +32,8 @@ const PAGE: usize = 4096;
 /// Most overwrites applied per input: enough to break several structures at once.
 const MAX_WRITES: usize = 64;
 const STRATEGIES: [Strategy; 3] = [Strategy::Auto, Strategy::MultiIndex, Strategy::Scan];
+/// The import source whose progress the write step records and reads back.
+const IMPORT_SOURCE: [u8; 32] = [0x5a; 32];
 
 struct Base {
     /// The database file of the valid index.
@@ -205,17 +208,27 @@ fn use_index(index: &Index, write: bool) {
         let _ = reader.ids_with_content_hash(&[0; 32]);
         if let Ok(query) = Code::from_fn(bits, |i| i % 3 == 0) {
             if let Ok(search) = reader.search(&query) {
-                let _ = (search.top_k(2), search.within(2));
+                let _ = (search.top_k(2), search.within(2), search.top_k(usize::MAX));
             }
         }
     }
+    let _ = index.import_progress(&IMPORT_SOURCE);
     if write {
-        if let Ok(mut writer) = index.writer() {
+        if let Ok(Some(mut writer)) = index.try_writer() {
             let code = Code::from_fn(bits, |i| i % 2 == 0);
-            let _ = code.map(|code| writer.add(&code, Item::default()));
+            let added = code
+                .ok()
+                .and_then(|code| writer.add(&code, Item::default()).ok());
             let first = index.reader().ok().and_then(|r| r.ids().next());
             let _ = first.map(|id| writer.delete(id));
+            writer.set_import_progress(ImportProgress {
+                source: IMPORT_SOURCE,
+                rows: 2,
+                committed: u64::from(added.is_some()),
+                first_id: added,
+            });
             let _ = writer.commit();
+            let _ = index.import_progress(&IMPORT_SOURCE);
         }
     }
 }

@@ -16,6 +16,8 @@
 //! - [`HeadFile`]: a hash head (weights, activation, the extractor it expects), as a standalone
 //!   file and, embedded, under [`HEAD_KEY`].
 //! - Feature vectors kept for re-coding ([`encode_features`], [`decode_features`]).
+//! - [`ImportRecord`]: how far a bulk import of one source has committed, under the source's
+//!   fingerprint in [`IMPORTS_TABLE`] (format version 2).
 //!
 //! Every decoder takes arbitrary bytes and returns a [`DecodeError`] rather than panicking; the
 //! fuzz target `decode_records` holds them to that.
@@ -40,6 +42,9 @@ pub const BUCKETS_TABLE: &str = "buckets";
 pub const CONTENT_HASHES_TABLE: &str = "content_hashes";
 /// Table `u64 -> &[u8]`: id to its feature vector (`f32` little-endian), for indexes that keep them.
 pub const FEATURES_TABLE: &str = "features";
+/// Table `&[u8; 32] -> &[u8]`: the fingerprint of an import source to an encoded
+/// [`ImportRecord`] (format version 2; absent until the first import records its progress).
+pub const IMPORTS_TABLE: &str = "imports";
 /// Key in [`META_TABLE`] of the [`ModelRecord`] of an image index.
 pub const MODEL_KEY: &str = "model";
 /// Key in [`META_TABLE`] of the encoded [`HeadFile`] of an image index.
@@ -53,8 +58,8 @@ pub const MAX_HEAD_BYTES: usize = 1 << 28;
 
 /// The eight bytes every meta record starts with.
 pub const MAGIC: [u8; 8] = *b"MILANIDX";
-/// The format version this crate writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this crate writes. Version 2 added [`IMPORTS_TABLE`].
+pub const FORMAT_VERSION: u32 = 2;
 /// The oldest format version this crate can read (directly or through an upgrade step).
 pub const OLDEST_SUPPORTED_VERSION: u32 = 1;
 
@@ -440,6 +445,44 @@ pub fn check_code_bytes(layout: &CodeLayout, bytes: &[u8]) -> Result<(), DecodeE
     Ok(())
 }
 
+/// How far the import of one source has come, under the source's fingerprint in
+/// [`IMPORTS_TABLE`]. Written in the same transaction as the rows it counts, so that a re-run
+/// after a failure resumes exactly after the last committed row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct ImportRecord {
+    /// Rows in the whole source.
+    pub rows: u64,
+    /// Rows committed so far (the first `committed` rows of the source); at most `rows`.
+    pub committed: u64,
+    /// The id the source's first row was given, once one is committed.
+    pub first_id: Option<u64>,
+}
+
+/// Encoded length of an [`ImportRecord`] with `first_id`; without it, 8 bytes fewer.
+pub const IMPORT_RECORD_BYTES: usize = 25;
+
+impl ImportRecord {
+    /// Encodes the record: `rows` u64 LE, `committed` u64 LE, `first_id` as an option of u64 LE.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes a record from arbitrary bytes, checking that `committed <= rows`.
+    pub fn decode(bytes: &[u8]) -> Result<ImportRecord, DecodeError> {
+        let record: ImportRecord = decode_exact("import", bytes)?;
+        if record.committed > record.rows {
+            return Err(malformed(
+                "import",
+                format!(
+                    "{} rows committed of a source of {} rows",
+                    record.committed, record.rows
+                ),
+            ));
+        }
+        Ok(record)
+    }
+}
+
 /// How pixels are scaled before they reach the extractor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub enum PixelRange {
@@ -632,7 +675,7 @@ mod tests {
     fn meta_layout_is_the_documented_bytes() {
         let bytes = meta().encode();
         assert_eq!(&bytes[0..8], b"MILANIDX");
-        assert_eq!(&bytes[8..12], &1u32.to_le_bytes());
+        assert_eq!(&bytes[8..12], &FORMAT_VERSION.to_le_bytes());
         assert_eq!(&bytes[12..16], &64u32.to_le_bytes());
         assert_eq!(&bytes[16..20], &4u32.to_le_bytes());
         assert_eq!(&bytes[20..28], &10u64.to_le_bytes());
@@ -653,6 +696,11 @@ mod tests {
                 supported: FORMAT_VERSION
             })
         );
+        // Version 1 (no imports table) is still read; opening it writable upgrades it.
+        let mut v1 = meta();
+        v1.format_version = 1;
+        assert_eq!(MetaRecord::decode(&v1.encode()), Ok(v1));
+        assert_eq!(OLDEST_SUPPORTED_VERSION, 1);
         let mut older = meta();
         older.format_version = 0;
         assert!(matches!(
@@ -689,6 +737,45 @@ mod tests {
         let mut trailing = bytes.clone();
         trailing.push(0);
         assert!(ItemRecord::decode(&trailing).is_err());
+    }
+
+    #[test]
+    fn import_layout_is_the_documented_bytes() {
+        let record = ImportRecord {
+            rows: 300,
+            committed: 240,
+            first_id: Some(7),
+        };
+        let bytes = record.encode();
+        let mut expected = Vec::new();
+        expected.extend(300u64.to_le_bytes());
+        expected.extend(240u64.to_le_bytes());
+        expected.push(1);
+        expected.extend(7u64.to_le_bytes());
+        assert_eq!(bytes, expected);
+        assert_eq!(bytes.len(), IMPORT_RECORD_BYTES);
+        assert_eq!(ImportRecord::decode(&bytes).unwrap(), record);
+        let none = ImportRecord {
+            first_id: None,
+            ..record
+        };
+        assert_eq!(none.encode().len(), IMPORT_RECORD_BYTES - 8);
+        assert_eq!(ImportRecord::decode(&none.encode()).unwrap(), none);
+        let over = ImportRecord {
+            committed: 301,
+            ..record
+        };
+        assert!(matches!(
+            ImportRecord::decode(&over.encode()),
+            Err(DecodeError::Malformed {
+                record: "import",
+                ..
+            })
+        ));
+        assert!(ImportRecord::decode(&bytes[..24]).is_err());
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(ImportRecord::decode(&trailing).is_err());
     }
 
     #[test]

@@ -10,7 +10,10 @@ pub mod pipeline;
 pub(crate) mod runtime;
 mod session;
 
-pub use image::{read_image, write_input, Decoded, SkipReason};
+pub use image::{
+    read_file, read_image, read_image_with, write_input, Decoded, ReadOptions, SkipReason,
+    MAX_FILE_BYTES,
+};
 pub use runtime::library_candidates;
 pub use session::{
     layout_name, parse_layout, parse_pixel_range, pixel_range_name, Device, Extractor,

@@ -1,6 +1,12 @@
 //! Batched extraction over many files: a producer thread reads, hashes, decodes and scales one
 //! batch of images in parallel (rayon) while the model runs the previous batch, so that decoding
 //! hides behind inference.
+//!
+//! Files are read as [`read_image_with`](super::read_image_with) reads them: regular files only,
+//! at most [`MAX_FILE_BYTES`](super::MAX_FILE_BYTES), truncated JPEGs refused unless
+//! [`ReadOptions::lenient`]. A path that is
+//! not valid UTF-8 is skipped unread ([`SkipReason::NameNotUtf8`]): its key could not name the
+//! file again.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -9,7 +15,8 @@ use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
-use super::image::{read_image, write_input, SkipReason};
+use super::image::{decode_with, read_file, write_input};
+use super::image::{ReadOptions, SkipReason};
 use super::Extractor;
 use crate::error::{Error, Result};
 
@@ -53,13 +60,15 @@ struct Prepared {
 }
 
 /// Extracts features from `paths` in batches of `batch_size`, calling `sink` with each batch's
-/// outcomes in input order. Files whose content hash is in `known` are not decoded. Stops early,
-/// without error, when `cancel` is set; stops with the error when `sink` fails.
+/// outcomes in input order. Files whose content hash is in `known` are not decoded; `read` says
+/// how the others are. Stops early, without error, when `cancel` is set; stops with the error
+/// when `sink` fails.
 pub fn extract_files(
     extractor: &mut Extractor,
     paths: &[PathBuf],
     batch_size: usize,
     known: &HashSet<[u8; 32]>,
+    read: &ReadOptions,
     cancel: &AtomicBool,
     mut sink: impl FnMut(Vec<Extracted>) -> Result<()>,
 ) -> Result<()> {
@@ -79,20 +88,24 @@ pub fn extract_files(
                     .par_chunks_mut(len)
                     .zip(chunk.par_iter())
                     .map(|(slot, path)| {
-                        let decoded = read_image(path).map_err(FileOutcome::Failed)?;
-                        if known.contains(&decoded.content_hash) {
-                            return Err(FileOutcome::Known {
-                                content_hash: decoded.content_hash,
-                            });
+                        if path.to_str().is_none() {
+                            return Err(FileOutcome::Failed(SkipReason::NameNotUtf8));
                         }
+                        let bytes = read_file(path).map_err(FileOutcome::Failed)?;
+                        let content_hash = *blake3::hash(&bytes).as_bytes();
+                        if known.contains(&content_hash) {
+                            return Err(FileOutcome::Known { content_hash });
+                        }
+                        let image = decode_with(&bytes, read).map_err(FileOutcome::Failed)?;
+                        drop(bytes);
                         write_input(
-                            &decoded.image,
+                            &image,
                             contract.size,
                             contract.layout,
                             contract.pixel_range,
                             slot,
                         );
-                        Ok(decoded.content_hash)
+                        Ok(content_hash)
                     })
                     .collect();
                 // Close the gaps left by skipped files, so the model sees only decoded images.

@@ -2,8 +2,12 @@
 //!
 //! milan links ONNX Runtime at run time, so one binary serves the CPU build and the CUDA build.
 //! The library is looked for, in order: an explicit path (`--ort-lib`), `MILAN_ORT_LIB`,
-//! `ORT_DYLIB_PATH`, beside the executable, and the project's own `.onnxruntime/` folder that
-//! `make setup` (CPU) and `make setup-gpu` (CUDA) fill.
+//! `ORT_DYLIB_PATH`, beside the executable, and in a `.onnxruntime/` folder (which `make setup`
+//! and `make setup-gpu` fill) beside the executable or up to three folders above it. Every place
+//! is found from the executable's real location or given explicitly, never fixed when milan was
+//! built, so a binary copied to another machine looks beside itself. A relative path is made
+//! absolute against the current directory before it is checked, and the file checked is the file
+//! loaded.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -20,8 +24,12 @@ const LIBRARY: &str = "onnxruntime.dll";
 #[cfg(not(any(target_os = "macos", target_os = "windows")))]
 const LIBRARY: &str = "libonnxruntime.so";
 
-/// Where `make setup` and `make setup-gpu` put the libraries, relative to the project.
-const PROJECT_FOLDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.onnxruntime");
+/// The folder `make setup` (CPU) and `make setup-gpu` (CUDA) fill, in the project's root.
+const PROJECT_FOLDER: &str = ".onnxruntime";
+
+/// How many folders above the executable's own are searched for [`PROJECT_FOLDER`]: enough to
+/// reach the project's root from `target/release/` and from `target/debug/deps/` (test binaries).
+const PROJECT_FOLDER_DEPTH: usize = 3;
 
 /// The loaded library and environment, or why loading failed (kept, so every later call reports
 /// the same error instead of retrying a half-initialised runtime).
@@ -46,23 +54,24 @@ pub fn library_candidates(explicit: Option<&Path>, prefer_gpu: bool) -> Vec<(Pat
             candidates.push((PathBuf::from(value), variable.to_string()));
         }
     }
-    if let Some(dir) = std::env::current_exe()
+    // The real location: a link to the binary (say in ~/bin) still finds the project's folder.
+    let exe_dir = std::env::current_exe()
+        .and_then(|exe| exe.canonicalize())
         .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-    {
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    if let Some(dir) = exe_dir {
         candidates.push((dir.join(LIBRARY), "beside the executable".to_string()));
-    }
-    let project = Path::new(PROJECT_FOLDER);
-    let (gpu, cpu) = (
-        project.join("gpu").join(LIBRARY),
-        project.join("cpu").join(LIBRARY),
-    );
-    if prefer_gpu {
-        candidates.push((gpu, "the project's .onnxruntime/gpu".to_string()));
-        candidates.push((cpu, "the project's .onnxruntime/cpu".to_string()));
-    } else {
-        candidates.push((cpu, "the project's .onnxruntime/cpu".to_string()));
-        candidates.push((gpu, "the project's .onnxruntime/gpu".to_string()));
+        for folder in dir.ancestors().take(PROJECT_FOLDER_DEPTH + 1) {
+            let project = folder.join(PROJECT_FOLDER);
+            let (gpu, cpu) = (
+                (project.join("gpu").join(LIBRARY), "gpu"),
+                (project.join("cpu").join(LIBRARY), "cpu"),
+            );
+            let order = if prefer_gpu { [gpu, cpu] } else { [cpu, gpu] };
+            for (path, kind) in order {
+                candidates.push((path, format!("{PROJECT_FOLDER}/{kind} near the executable")));
+            }
+        }
     }
     candidates
 }
@@ -72,7 +81,13 @@ pub fn library_candidates(explicit: Option<&Path>, prefer_gpu: bool) -> Vec<(Pat
 pub(crate) fn runtime(explicit: Option<&Path>, prefer_gpu: bool) -> Result<&'static Runtime> {
     let loaded = RUNTIME.get_or_init(|| {
         let candidates = library_candidates(explicit, prefer_gpu);
-        let Some((library, _)) = candidates.iter().find(|(path, _)| path.is_file()) else {
+        // Absolute before the check: dlopen would search the system's folders for a bare file
+        // name, not the current directory where `is_file` looked.
+        let found = candidates
+            .iter()
+            .map(|(path, _)| std::path::absolute(path).unwrap_or_else(|_| path.clone()))
+            .find(|path| path.is_file());
+        let Some(library) = found else {
             let searched: Vec<String> = candidates
                 .iter()
                 .map(|(path, source)| format!("{} ({source})", path.display()))
@@ -83,7 +98,7 @@ pub(crate) fn runtime(explicit: Option<&Path>, prefer_gpu: bool) -> Result<&'sta
                 searched.join(", ")
             ));
         };
-        let builder = ort::init_from(library)
+        let builder = ort::init_from(&library)
             .map_err(|err| format!("{}: cannot load ONNX Runtime: {err}", library.display()))?;
         let environment = builder
             .with_name("milan")
@@ -94,7 +109,7 @@ pub(crate) fn runtime(explicit: Option<&Path>, prefer_gpu: bool) -> Result<&'sta
             .is_some_and(|dir| dir.join("libonnxruntime_providers_cuda.so").is_file());
         Ok(Runtime {
             environment,
-            library: library.clone(),
+            library,
             gpu_build,
         })
     });

@@ -16,6 +16,25 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::code::Code;
 use crate::error::{Error, Result};
 
+/// Room a head file needs besides its weights: its header, provenance and length prefixes.
+const HEAD_FRAMING_BYTES: u64 = 1 << 16;
+
+/// Refuses a head whose weights a head file cannot hold, before they are allocated or encoded,
+/// naming the sizes instead of failing to decode bytes that were never a file.
+fn check_head_size(bits: u32, input_dim: u32, weight_bytes: u64) -> Result<()> {
+    let max = milan_index_format::MAX_HEAD_BYTES as u64 - HEAD_FRAMING_BYTES;
+    if weight_bytes > max {
+        return Err(Error::InvalidArgument {
+            detail: format!(
+                "a {bits}-bit head for {input_dim}-dimensional features would hold {weight_bytes} \
+                 bytes of weights, more than the {max} a head file holds; use fewer bits or a \
+                 smaller feature dimension"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A hash head, with the fingerprint of its encoded bytes.
 #[derive(Debug, Clone)]
 pub struct HashHead {
@@ -70,6 +89,12 @@ impl HashHead {
 
     /// A head from a checked file structure.
     pub(crate) fn from_file(file: HeadFile) -> Result<HashHead> {
+        let weight_bytes: u64 = file
+            .layers
+            .iter()
+            .map(|layer| 4 * (layer.weights.len() as u64 + layer.bias.len() as u64))
+            .sum();
+        check_head_size(file.bits, file.input_dim, weight_bytes)?;
         HashHead::from_bytes(file.encode())
     }
 
@@ -95,6 +120,11 @@ impl HashHead {
                 });
             }
         }
+        check_head_size(
+            bits,
+            dim,
+            4 * (u64::from(bits) * u64::from(dim) + u64::from(bits)),
+        )?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let weights: Vec<f32> = (0..bits as usize * dim as usize)
             .map(|_| StandardNormal.sample(&mut rng))
@@ -133,16 +163,7 @@ impl HashHead {
     /// Writes the head file: to `PATH.partial` first, then renamed over `path`, so that an
     /// interrupted write never leaves a truncated head where a good one was.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let mut partial = path.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = std::path::PathBuf::from(partial);
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
-        };
-        std::fs::write(&partial, &self.bytes).map_err(io(&partial))?;
-        std::fs::rename(&partial, path).map_err(io(path))
+        crate::report::write_atomically(path.as_ref(), &self.bytes)
     }
 
     /// The encoded head.

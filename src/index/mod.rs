@@ -3,13 +3,19 @@
 //! An index owns the redb database and the current search snapshot (an `Arc<View>`). Writes go
 //! through a [`Writer`] (one at a time), reads through a [`Reader`] that pins a snapshot of both the
 //! codes and the stored items, so a reader never sees half a commit.
+//!
+//! One writer at a time: a [`Writer`] (and [`Index::optimize`]) holds the index's writer lock for
+//! its whole life. Other threads asking for it wait ([`Index::writer`]) or are told it is taken
+//! ([`Index::try_writer`]); the thread that holds it gets [`Error::WriterBusy`], since waiting
+//! for itself would never end.
 
 mod reader;
 mod rehash;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
+use std::thread::ThreadId;
 
 use milan_index_format::{
     CodeLayout, MetaRecord, ModelRecord, DATABASE_FILE, FORMAT_VERSION, HEAD_KEY, MAGIC, META_KEY,
@@ -19,7 +25,7 @@ use redb::ReadableDatabase;
 
 pub use reader::{BatchSearch, Hit, Reader, Search};
 pub use rehash::RehashReport;
-pub use writer::{Item, Writer};
+pub use writer::{ImportProgress, Item, Writer, MAX_ITEM_BYTES};
 
 use crate::error::{Error, Result};
 use crate::head::HashHead;
@@ -203,10 +209,23 @@ impl IndexBuilder {
                 )
             };
             let txn = db.begin_read(&db_path)?;
-            let meta = store::read_meta(dir, &txn)?;
+            let mut meta = store::read_meta(dir, &txn)?;
             let (model, head) = store::read_binding(dir, &txn)?;
-            let view = store::load_view(dir, &txn, &meta)?;
+            let file_bytes = std::fs::metadata(&db_path)
+                .map_err(|source| Error::Io {
+                    path: db_path.clone(),
+                    source,
+                })?
+                .len();
+            let view = store::load_view(dir, &txn, &meta, file_bytes)?;
             drop(txn);
+            if let Db::Writable(db) = &db {
+                // Upgraded only once the whole file has loaded without damage, so that a damaged
+                // old index is refused as it stands rather than rewritten.
+                if meta.format_version < FORMAT_VERSION {
+                    meta = upgrade(db, &db_path, meta)?;
+                }
+            }
             Ok(Index::assemble(
                 dir,
                 db_path.clone(),
@@ -218,6 +237,25 @@ impl IndexBuilder {
             ))
         })
     }
+}
+
+/// Brings the index of an older format version to [`FORMAT_VERSION`] in one transaction.
+///
+/// From version 1: version 2 only adds the `imports` table, which is created by the first commit
+/// that records import progress (an absent table holds none), so the upgrade rewrites the version
+/// in the meta record and nothing else.
+fn upgrade(db: &redb::Database, db_path: &Path, mut meta: MetaRecord) -> Result<MetaRecord> {
+    meta.format_version = FORMAT_VERSION;
+    meta.written_by = MILAN_VERSION.to_string();
+    let write = || -> std::result::Result<(), redb::Error> {
+        let txn = db.begin_write()?;
+        txn.open_table(store::META)?
+            .insert(META_KEY, meta.encode().as_slice())?;
+        txn.commit()?;
+        Ok(())
+    };
+    write().map_err(|err| Error::storage(db_path, err))?;
+    Ok(meta)
 }
 
 /// Runs a read of the database, turning a panic of the storage engine on damaged data into
@@ -273,6 +311,21 @@ fn database_path(dir: &Path) -> Result<PathBuf> {
     Ok(db_path)
 }
 
+/// The index's writer lock, held by one thread: records that thread while held, so that it gets
+/// [`Error::WriterBusy`] if it asks again.
+pub(crate) struct WriterLock<'a> {
+    thread: &'a Mutex<Option<ThreadId>>,
+    _guard: MutexGuard<'a, ()>,
+}
+
+impl Drop for WriterLock<'_> {
+    fn drop(&mut self) {
+        // Runs before the guard field is dropped, so the id is gone before another thread can
+        // take the lock and store its own.
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// Facts about an index, for `milan index info`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
@@ -320,6 +373,9 @@ pub struct Index {
     meta: Mutex<MetaRecord>,
     view: RwLock<Arc<View>>,
     writer_lock: Mutex<()>,
+    /// The thread holding `writer_lock`, so that it gets [`Error::WriterBusy`] instead of waiting
+    /// for itself.
+    writer_thread: Mutex<Option<ThreadId>>,
     model: Option<ModelRecord>,
     head: Option<HashHead>,
 }
@@ -382,6 +438,7 @@ impl Index {
             meta: Mutex::new(meta),
             view: RwLock::new(Arc::new(view)),
             writer_lock: Mutex::new(()),
+            writer_thread: Mutex::new(None),
         }
     }
 
@@ -449,9 +506,74 @@ impl Index {
         }
     }
 
-    /// Starts a write transaction; blocks while another writer of this handle is active.
+    /// Starts a write transaction.
+    ///
+    /// Blocks while a [`Writer`] (or an [`Index::optimize`]) of this handle is active on another
+    /// thread, until it commits or is dropped. Fails with [`Error::WriterBusy`] when the calling
+    /// thread itself holds one (it would wait forever), and with [`Error::ReadOnly`] on a
+    /// read-only handle. [`Index::try_writer`] never blocks.
     pub fn writer(&self) -> Result<Writer<'_>> {
-        Writer::begin(self)
+        let lock = self
+            .lock_writer(true)?
+            .expect("a blocking lock is always taken");
+        Writer::begin(self, lock)
+    }
+
+    /// Starts a write transaction if no other is active: `Ok(None)` while another thread holds
+    /// this handle's writer, instead of waiting for it. Errors as [`Index::writer`].
+    pub fn try_writer(&self) -> Result<Option<Writer<'_>>> {
+        match self.lock_writer(false)? {
+            Some(lock) => Writer::begin(self, lock).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes the writer lock, waiting for another thread's writer when `wait` (otherwise `None`
+    /// while it is taken); [`Error::WriterBusy`] when this thread holds it already.
+    fn lock_writer(&self, wait: bool) -> Result<Option<WriterLock<'_>>> {
+        if !matches!(self.db, Db::Writable(_)) {
+            return Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            });
+        }
+        let me = std::thread::current().id();
+        // Only this thread ever stores its own id here, and it clears it before releasing the
+        // lock, so seeing it means this thread holds the lock now.
+        if *self.writer_thread.lock().unwrap_or_else(|e| e.into_inner()) == Some(me) {
+            return Err(Error::WriterBusy {
+                path: self.dir.clone(),
+            });
+        }
+        let guard = if wait {
+            self.writer_lock.lock().unwrap_or_else(|e| e.into_inner())
+        } else {
+            match self.writer_lock.try_lock() {
+                Ok(guard) => guard,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return Ok(None),
+            }
+        };
+        *self.writer_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
+        Ok(Some(WriterLock {
+            thread: &self.writer_thread,
+            _guard: guard,
+        }))
+    }
+
+    /// The progress of the import of `source` (the fingerprint its importer computed), as last
+    /// committed with [`Writer::set_import_progress`]; `None` when none was recorded (always so
+    /// for an index of format version 1 opened read-only). Works on read-only handles.
+    pub fn import_progress(&self, source: &[u8; 32]) -> Result<Option<ImportProgress>> {
+        guard_storage(&self.db_path, || {
+            let txn = self.db.begin_read(&self.db_path)?;
+            let record = store::read_import(&self.dir, &txn, source)?;
+            Ok(record.map(|record| ImportProgress {
+                source: *source,
+                rows: record.rows,
+                committed: record.committed,
+                first_id: record.first_id,
+            }))
+        })
     }
 
     /// A consistent snapshot for searching and reading items.
@@ -504,13 +626,16 @@ impl Index {
 
     /// Rebuilds every bucket for `substrings` substrings (default: the recommended number for the
     /// current size) in one transaction, merging the small chunks that many small commits leave.
+    ///
+    /// Takes the writer lock like [`Index::writer`]: waits for another thread's [`Writer`], and
+    /// fails with [`Error::WriterBusy`] while the calling thread holds one.
     pub fn optimize(&self, substrings: Option<u32>) -> Result<OptimizeReport> {
         let Db::Writable(db) = &self.db else {
             return Err(Error::ReadOnly {
                 path: self.dir.clone(),
             });
         };
-        let _guard = self.writer_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _lock = self.lock_writer(true)?;
         let view = self.snapshot();
         let mut meta = self.meta();
         let old_substrings = meta.substrings;

@@ -12,7 +12,7 @@ use super::guard_storage;
 use super::writer::Item;
 use crate::code::{words_to_bytes, Code};
 use crate::error::{Error, Result};
-use crate::mih::search::{Packed, Strategy};
+use crate::mih::search::{Packed, Strategy, TooCostly};
 use crate::mih::View;
 use crate::store;
 
@@ -198,6 +198,17 @@ impl Reader {
     }
 }
 
+/// The typed error of a forced multi-index search over its budget.
+fn too_costly(view: &View, refusal: TooCostly) -> Error {
+    // Saturating float-to-int conversions: a predicted count can exceed u64 (2^32 values in each
+    // of hundreds of tables is far below it, but the conversion must not matter either way).
+    Error::MultiIndexTooCostly {
+        probes: refusal.probes.ceil() as u64,
+        budget: refusal.budget as u64,
+        codes: view.live(),
+    }
+}
+
 fn check_k(k: usize) -> Result<()> {
     if k == 0 {
         return Err(Error::ZeroK);
@@ -222,22 +233,36 @@ pub struct Search<'r> {
 }
 
 impl Search<'_> {
-    /// How to search (default [`Strategy::Auto`]); answers do not depend on it.
+    /// How to search (default [`Strategy::Auto`]); answers do not depend on it, but a forced
+    /// [`Strategy::MultiIndex`] refuses queries that would probe too many buckets (see there).
     pub fn strategy(mut self, strategy: Strategy) -> Self {
         self.strategy = strategy;
         self
     }
 
-    /// The `k` nearest live codes (fewer when the index holds fewer), by distance, then id.
+    /// The `k` nearest live codes, by distance, then id. A `k` at or above the number of live
+    /// codes (up to `usize::MAX`) returns them all, at the cost of one scan.
+    ///
+    /// Errors: [`Error::ZeroK`] for `k = 0`; [`Error::MultiIndexTooCostly`] when forced to
+    /// [`Strategy::MultiIndex`] and over its budget.
     pub fn top_k(&self, k: usize) -> Result<Vec<Hit>> {
         check_k(k)?;
-        Ok(unpack(self.view.top_k(&self.query, k, self.strategy)))
+        self.view
+            .top_k(&self.query, k, self.strategy)
+            .map(unpack)
+            .map_err(|refusal| too_costly(self.view, refusal))
     }
 
     /// Every live code within `radius` bits, by distance, then id.
+    ///
+    /// Errors: [`Error::RadiusTooLarge`] past the code length; [`Error::MultiIndexTooCostly`]
+    /// when forced to [`Strategy::MultiIndex`] and over its budget.
     pub fn within(&self, radius: u32) -> Result<Vec<Hit>> {
         check_radius(self.view, radius)?;
-        Ok(unpack(self.view.radius(&self.query, radius, self.strategy)))
+        self.view
+            .radius(&self.query, radius, self.strategy)
+            .map(unpack)
+            .map_err(|refusal| too_costly(self.view, refusal))
     }
 }
 
@@ -255,23 +280,31 @@ impl BatchSearch<'_> {
         self
     }
 
-    /// [`Search::top_k`] for every query.
+    /// [`Search::top_k`] for every query; one refused query fails the whole batch.
     pub fn top_k(&self, k: usize) -> Result<Vec<Vec<Hit>>> {
         check_k(k)?;
-        Ok(self
-            .queries
+        self.queries
             .par_iter()
-            .map(|query| unpack(self.view.top_k(query, k, self.strategy)))
-            .collect())
+            .map(|query| {
+                self.view
+                    .top_k(query, k, self.strategy)
+                    .map(unpack)
+                    .map_err(|refusal| too_costly(self.view, refusal))
+            })
+            .collect()
     }
 
-    /// [`Search::within`] for every query.
+    /// [`Search::within`] for every query; one refused query fails the whole batch.
     pub fn within(&self, radius: u32) -> Result<Vec<Vec<Hit>>> {
         check_radius(self.view, radius)?;
-        Ok(self
-            .queries
+        self.queries
             .par_iter()
-            .map(|query| unpack(self.view.radius(query, radius, self.strategy)))
-            .collect())
+            .map(|query| {
+                self.view
+                    .radius(query, radius, self.strategy)
+                    .map(unpack)
+                    .map_err(|refusal| too_costly(self.view, refusal))
+            })
+            .collect()
     }
 }

@@ -1,12 +1,15 @@
-//! [`Writer`]: one write transaction. Adds and deletes are buffered and reach the database, and the
-//! search snapshot, together at [`Writer::commit`]; dropping the writer discards them.
+//! [`Writer`]: one write transaction. Adds and deletes (and import progress) are buffered and reach
+//! the database, and the search snapshot, together at [`Writer::commit`]; dropping the writer
+//! discards them.
 
-use std::collections::HashSet;
-use std::sync::{Arc, MutexGuard};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
-use milan_index_format::{encode_features, ItemRecord, MetaRecord, MAX_RECORD_BYTES, META_KEY};
+use milan_index_format::{
+    encode_features, ImportRecord, ItemRecord, MetaRecord, MAX_RECORD_BYTES, META_KEY,
+};
 
-use super::{Index, MILAN_VERSION};
+use super::{Index, WriterLock, MILAN_VERSION};
 use crate::code::{bytes_to_words, Code};
 use crate::error::{Error, Result};
 use crate::mih::{View, MAX_IDS};
@@ -14,6 +17,29 @@ use crate::store::{self, Db};
 
 /// What is stored with a code: key, content hash, label, metadata (all optional).
 pub type Item = ItemRecord;
+
+/// Most bytes of key, label and metadata together in one [`Item`]: the record limit of the
+/// format, less room for the record's own framing. [`Writer::add`] refuses larger items with
+/// [`Error::ItemTooLarge`].
+pub const MAX_ITEM_BYTES: usize = MAX_RECORD_BYTES - 1024;
+
+/// How far a bulk import of one source has come, stored with the rows it counts so that a re-run
+/// after a failure can resume after the last committed row instead of adding rows again.
+///
+/// Recorded with [`Writer::set_import_progress`] (durable at the commit, atomically with that
+/// commit's adds) and read back with [`Index::import_progress`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportProgress {
+    /// Fingerprint of the source (BLAKE3 of its input files, computed by the importer); the key
+    /// the progress is stored under.
+    pub source: [u8; 32],
+    /// Rows in the whole source.
+    pub rows: u64,
+    /// Rows committed so far: the source's first `committed` rows. At most `rows`.
+    pub committed: u64,
+    /// The id given to the source's first row, once one is committed.
+    pub first_id: Option<u64>,
+}
 
 struct PendingAdd {
     id: u64,
@@ -36,7 +62,7 @@ struct PendingAdd {
 /// ```
 pub struct Writer<'a> {
     index: &'a Index,
-    _exclusive: MutexGuard<'a, ()>,
+    _exclusive: WriterLock<'a>,
     txn: redb::WriteTransaction,
     /// The committed snapshot; current for the writer's whole life, since writes are exclusive.
     view: Arc<View>,
@@ -44,16 +70,18 @@ pub struct Writer<'a> {
     adds: Vec<PendingAdd>,
     deletes: Vec<u64>,
     deleted: HashSet<u64>,
+    /// Import progress to store at commit, by source.
+    imports: BTreeMap<[u8; 32], ImportRecord>,
 }
 
 impl<'a> Writer<'a> {
-    pub(super) fn begin(index: &'a Index) -> Result<Writer<'a>> {
+    /// Starts the transaction; `exclusive` is the index's writer lock, taken by the caller.
+    pub(super) fn begin(index: &'a Index, exclusive: WriterLock<'a>) -> Result<Writer<'a>> {
         let Db::Writable(db) = &index.db else {
             return Err(Error::ReadOnly {
                 path: index.dir.clone(),
             });
         };
-        let exclusive = index.writer_lock.lock().unwrap_or_else(|e| e.into_inner());
         let txn = db
             .begin_write()
             .map_err(|err| Error::storage(&index.db_path, err))?;
@@ -66,6 +94,7 @@ impl<'a> Writer<'a> {
             adds: Vec::new(),
             deletes: Vec::new(),
             deleted: HashSet::new(),
+            imports: BTreeMap::new(),
         })
     }
 
@@ -108,14 +137,13 @@ impl<'a> Writer<'a> {
         if self.meta.next_id >= MAX_IDS {
             return Err(Error::Full { max: MAX_IDS });
         }
-        // Leave room for the record's own framing under the codec's limit.
         let size = item.key.as_ref().map_or(0, String::len)
             + item.label.as_ref().map_or(0, String::len)
             + item.metadata.as_ref().map_or(0, Vec::len);
-        if size > MAX_RECORD_BYTES - 1024 {
+        if size > MAX_ITEM_BYTES {
             return Err(Error::ItemTooLarge {
                 bytes: size,
-                max: MAX_RECORD_BYTES - 1024,
+                max: MAX_ITEM_BYTES,
             });
         }
         let id = self.meta.next_id;
@@ -148,6 +176,22 @@ impl<'a> Writer<'a> {
         self.adds.len()
     }
 
+    /// Records how far the import of `progress.source` has come, to be stored by
+    /// [`Writer::commit`] in the same transaction as this writer's adds: after a crash either
+    /// both the rows and the progress are stored, or neither. A later call for the same source
+    /// replaces the earlier one; dropping the writer discards it, leaving the committed progress.
+    ///
+    /// The commit refuses (with [`Error::InvalidArgument`], storing nothing) progress with more
+    /// rows committed than the source holds, or a first id the index has not handed out.
+    pub fn set_import_progress(&mut self, progress: ImportProgress) {
+        let record = ImportRecord {
+            rows: progress.rows,
+            committed: progress.committed,
+            first_id: progress.first_id,
+        };
+        self.imports.insert(progress.source, record);
+    }
+
     /// Makes every add and delete durable and visible to new readers, atomically.
     pub fn commit(self) -> Result<()> {
         let Writer {
@@ -158,8 +202,35 @@ impl<'a> Writer<'a> {
             mut meta,
             adds,
             deletes,
+            imports,
             ..
         } = self;
+        for (source, record) in &imports {
+            let bad = if record.committed > record.rows {
+                Some(format!(
+                    "{} rows committed of a source of {} rows",
+                    record.committed, record.rows
+                ))
+            } else {
+                record
+                    .first_id
+                    .filter(|&first| first >= meta.next_id)
+                    .map(|first| {
+                        format!(
+                            "first id {first} has not been handed out (the next id is {})",
+                            meta.next_id
+                        )
+                    })
+            };
+            if let Some(bad) = bad {
+                return Err(Error::InvalidArgument {
+                    detail: format!(
+                        "import progress of source {}: {bad}; nothing was committed",
+                        super::hex(source)
+                    ),
+                });
+            }
+        }
         let path = &index.db_path;
         let st = |err: redb::Error| Error::storage(path, err);
         let layout = view.layout().clone();
@@ -219,6 +290,15 @@ impl<'a> Writer<'a> {
                 }
                 codes.remove(id).map_err(|e| st(e.into()))?;
                 features.remove(id).map_err(|e| st(e.into()))?;
+            }
+            if !imports.is_empty() {
+                // Created here on first use: an index without import progress has no table.
+                let mut table = txn.open_table(store::IMPORTS).map_err(|e| st(e.into()))?;
+                for (source, record) in &imports {
+                    table
+                        .insert(source, record.encode().as_slice())
+                        .map_err(|e| st(e.into()))?;
+                }
             }
             meta.live_count = view.live() + adds.len() as u64 - deletes.len() as u64;
             meta.written_by = MILAN_VERSION.to_string();

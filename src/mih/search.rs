@@ -13,19 +13,34 @@
 //! Multi-index hashing loses to a scan on tiny indexes, long codes and large radii over uniform
 //! codes; [`Strategy::Auto`] prices both per query (probes and candidates against codes scanned)
 //! and takes the cheaper. Codes added since the last table build (the delta) are always scanned.
+//!
+//! A forced [`Strategy::MultiIndex`] has no such escape, so it has a budget instead
+//! ([`View::forced_probe_budget`]): a query that would probe more buckets is refused with
+//! [`TooCostly`] rather than left to run for minutes.
 
 use super::layout::BitField;
 use super::table::{BucketEntry, Table};
 use super::View;
 
-/// How a search finds its answers. The answers are the same whichever is used.
+/// How a search finds its answers. The answers are the same whichever is used; only
+/// [`Strategy::MultiIndex`] may refuse a query instead (see there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Strategy {
     /// Per query, whichever the cost model expects to be faster.
     #[default]
     Auto,
-    /// Always multi-index hashing.
+    /// Always multi-index hashing (the hash tables; codes added since their last build are
+    /// scanned), for measuring it.
+    ///
+    /// Its cost grows with the number of substring values it enumerates, which on long or uniform
+    /// codes, large radii or a large k can exceed a scan's by many orders of magnitude. So it is
+    /// bounded: a query that would probe more than `max(2^20, 64 x (a scan's cost in probes))`
+    /// buckets (2^20 probes take from a few milliseconds to about 20) is refused with
+    /// [`Error::MultiIndexTooCostly`](crate::Error::MultiIndexTooCostly), naming the probes it
+    /// would need, before it starts where the need is known (radius searches, and top-k searches
+    /// predicted from the sampled k-th distance) and otherwise when it runs past the budget.
+    /// [`Strategy::Auto`] and [`Strategy::Scan`] answer the same query at a scan's cost at most.
     MultiIndex,
     /// Always a linear scan of every code.
     Scan,
@@ -36,6 +51,25 @@ pub(crate) type Packed = u64;
 
 fn pack(distance: u32, id: usize) -> Packed {
     (u64::from(distance) << 32) | id as u64
+}
+
+/// What bounds a top-k search on the hash tables.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// Planned ([`Strategy::Auto`]): stop once the rest is expected to cost more than a scan.
+    ScanCost,
+    /// Forced ([`Strategy::MultiIndex`]): refuse past this many bucket probes.
+    Probes(f64),
+}
+
+/// How a top-k search on the hash tables ended.
+enum TablesOutcome {
+    /// The `k` best are certain.
+    Complete,
+    /// Planned search gave up: a scan is expected to be cheaper.
+    ScanCheaper,
+    /// Forced search stopped at its budget.
+    OverBudget(TooCostly),
 }
 
 /// Most words in a code (1024 bits).
@@ -62,6 +96,15 @@ const UNGUIDED_BUDGET: f64 = 0.1;
 /// 1.3x to 4x on the 128- and 1024-bit workloads of docs/benchmarks.md); measured clustered
 /// workloads predict under 0.1, uniform and very long codes 0.8 and more.
 const TOP_K_PLAN_MARGIN: f64 = 0.5;
+/// A forced multi-index search may probe this many buckets whatever the index's size: every
+/// value of 16 tables of 16-bit substrings, so that small indexes with substrings that narrow can
+/// always be searched that way. At `PROBE_NS` that is 3 ms, but probes of tables too large for the
+/// processor's caches take several times that: 1,000 uniform 1024-bit codes in 52 tables of
+/// 20-bit substrings probe at about 19 ns each, so their top-5 (12.7 million probes, a quarter
+/// of a second) is refused where a scan takes microseconds.
+const FORCED_MIN_PROBES: f64 = (1u64 << 20) as f64;
+/// ... and on larger indexes up to this many scans' worth of probes.
+const FORCED_SCAN_MULTIPLE: f64 = 64.0;
 /// Filter survivors gathered before their codes are read.
 const SURVIVOR_BATCH: usize = 64;
 /// Codes per block of the scan kernel: distances first (a tight loop), reports second.
@@ -277,6 +320,9 @@ fn binomial(n: u32, k: u32) -> f64 {
 struct TopK {
     k: usize,
     hits: Vec<Packed>,
+    /// Hits kept before those beyond `cap` are dropped: a few times `k`, so that dropping is
+    /// amortised. Saturating, so that a huge `k` means "never", not a wrapped small number.
+    prune_at: usize,
     counts: Vec<usize>,
     cap: u32,
     /// Hits at or below `cap`.
@@ -288,6 +334,7 @@ impl TopK {
         TopK {
             k,
             hits: Vec::with_capacity(k.min(1 << 16) * 2),
+            prune_at: k.saturating_mul(4).saturating_add(64),
             counts: vec![0; bits as usize + 1],
             cap: bits,
             within_cap: 0,
@@ -305,7 +352,7 @@ impl TopK {
             self.counts[self.cap as usize] = 0;
             self.cap -= 1;
         }
-        if self.hits.len() >= 4 * self.k + 64 {
+        if self.hits.len() >= self.prune_at {
             let cap = self.cap;
             self.hits.retain(|&hit| (hit >> 32) as u32 <= cap);
         }
@@ -331,9 +378,24 @@ impl TopK {
     }
 }
 
+/// A search forced to [`Strategy::MultiIndex`] that would probe more buckets than
+/// [`View::forced_probe_budget`] allows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct TooCostly {
+    /// Probes the search needs: exact for a radius search, predicted for top-k.
+    pub(crate) probes: f64,
+    /// The budget it exceeds.
+    pub(crate) budget: f64,
+}
+
 impl View {
     /// Every live code within `radius` of `query`, ordered by distance, then id.
-    pub(crate) fn radius(&self, query: &[u64], radius: u32, strategy: Strategy) -> Vec<Packed> {
+    pub(crate) fn radius(
+        &self,
+        query: &[u64],
+        radius: u32,
+        strategy: Strategy,
+    ) -> Result<Vec<Packed>, TooCostly> {
         match self.layout.words {
             1 => self.radius_impl::<1>(query, radius, strategy),
             2 => self.radius_impl::<2>(query, radius, strategy),
@@ -341,13 +403,35 @@ impl View {
         }
     }
 
-    /// The `k` live codes nearest to `query`, ordered by distance, then id.
-    pub(crate) fn top_k(&self, query: &[u64], k: usize, strategy: Strategy) -> Vec<Packed> {
+    /// The `k` live codes nearest to `query` (every live code when `k` is larger), ordered by
+    /// distance, then id.
+    pub(crate) fn top_k(
+        &self,
+        query: &[u64],
+        k: usize,
+        strategy: Strategy,
+    ) -> Result<Vec<Packed>, TooCostly> {
+        // A k beyond the live count asks for everything: clamping it here keeps every size
+        // derived from k (reservations, pruning thresholds, the planner's lookups) within the
+        // index's size, whatever k the caller passed.
+        let k = k.min(usize::try_from(self.live).unwrap_or(usize::MAX));
+        if k == 0 {
+            return Ok(Vec::new());
+        }
         match self.layout.words {
             1 => self.top_k_impl::<1>(query, k, strategy),
             2 => self.top_k_impl::<2>(query, k, strategy),
             _ => self.top_k_impl::<0>(query, k, strategy),
         }
+    }
+
+    /// Most bucket probes a search forced to [`Strategy::MultiIndex`] may make: a fixed floor, or
+    /// [`FORCED_SCAN_MULTIPLE`] scans of every slot priced in probes, whichever is larger. The
+    /// floor keeps small indexes searchable that way; the multiple keeps the bound proportionate
+    /// on large ones.
+    pub(crate) fn forced_probe_budget(&self) -> f64 {
+        let scan = self.slots() as f64 * SCAN_NS_PER_WORD * self.layout.words as f64;
+        (FORCED_SCAN_MULTIPLE * scan / PROBE_NS).max(FORCED_MIN_PROBES)
     }
 
     /// Cost of checking one surviving candidate: its code's words, and one substring distance per
@@ -379,7 +463,7 @@ impl View {
         query: &[u64],
         radius: u32,
         strategy: Strategy,
-    ) -> Vec<Packed> {
+    ) -> Result<Vec<Packed>, TooCostly> {
         let mut out = Vec::new();
         let mut report = |d: u32, slot: usize| {
             if !self.deleted[slot] {
@@ -388,10 +472,19 @@ impl View {
             radius
         };
         let use_tables = match strategy {
-            Strategy::MultiIndex => true,
+            // With nothing in the tables (every code still in the scanned delta), probing them
+            // finds nothing: the scan alone is the same answer.
+            Strategy::MultiIndex => self.base.slots > 0,
             Strategy::Scan => false,
             Strategy::Auto => self.tables_pay_for_radius(query, radius),
         };
+        if use_tables && strategy == Strategy::MultiIndex {
+            let probes = self.radius_probes(radius);
+            let budget = self.forced_probe_budget();
+            if probes > budget {
+                return Err(TooCostly { probes, budget });
+            }
+        }
         if use_tables {
             self.scan_range::<W>(query, self.base.slots..self.slots(), radius, &mut report);
             self.radius_tables::<W>(query, radius, &mut out);
@@ -399,7 +492,15 @@ impl View {
             self.scan_range::<W>(query, 0..self.slots(), radius, &mut report);
         }
         out.sort_unstable();
-        out
+        Ok(out)
+    }
+
+    /// Bucket probes of a multi-index radius search: every value within each table's radius.
+    fn radius_probes(&self, total_radius: u32) -> f64 {
+        let subs = &self.layout.substrings;
+        self.radius_levels(total_radius)
+            .map(|(j, s, _)| binomial(subs[j].width, s))
+            .sum()
     }
 
     /// Every probe level of a radius search: `(table, substring distance, expected cost of one
@@ -427,11 +528,7 @@ impl View {
         }
         let subs = &self.layout.substrings;
         let scan = self.scan_cost();
-        let probes: f64 = self
-            .radius_levels(total_radius)
-            .map(|(j, s, _)| binomial(subs[j].width, s))
-            .sum();
-        let probe_cost = probes * PROBE_NS;
+        let probe_cost = self.radius_probes(total_radius) * PROBE_NS;
         // Counting the entries costs about as much as the probes: not worth it when they alone
         // already take a tenth of a scan.
         if probe_cost > 0.1 * scan {
@@ -525,7 +622,7 @@ impl View {
         query: &[u64],
         k: usize,
         strategy: Strategy,
-    ) -> Vec<Packed> {
+    ) -> Result<Vec<Packed>, TooCostly> {
         let bits = self.layout.bits();
         let scan_all = || {
             let mut top = TopK::new(k, bits);
@@ -540,14 +637,24 @@ impl View {
             top.finish()
         };
         let use_tables = match strategy {
-            Strategy::MultiIndex => true,
+            // Empty tables (every code in the scanned delta) cannot add to the scan's answer.
+            Strategy::MultiIndex => self.base.slots > 0,
             Strategy::Scan => false,
             Strategy::Auto => {
                 self.base.slots >= SCAN_BELOW_SLOTS && !self.scan_expected_cheaper_for_top(k)
             }
         } && (k as u64) < self.live;
         if !use_tables {
-            return scan_all();
+            return Ok(scan_all());
+        }
+        let budget = (strategy == Strategy::MultiIndex).then(|| self.forced_probe_budget());
+        if let (Some(budget), Some(cap)) = (budget, self.base.sample.kth_distance(k)) {
+            // Refused before any work where the sampled k-th distance predicts the overrun; the
+            // prediction is rough, so `top_k_tables` also stops at the budget as it goes.
+            let probes = self.predicted_top_k_probes(0, 0, cap);
+            if probes > budget {
+                return Err(TooCostly { probes, budget });
+            }
         }
         let mut top = TopK::new(k, bits);
         {
@@ -560,11 +667,14 @@ impl View {
             };
             self.scan_range::<W>(query, self.base.slots..self.slots(), bits, &mut report);
         }
-        let planned = strategy == Strategy::Auto;
-        if self.top_k_tables::<W>(query, &mut top, planned) {
-            top.finish()
-        } else {
-            scan_all()
+        let limit = match budget {
+            Some(budget) => Limit::Probes(budget),
+            None => Limit::ScanCost,
+        };
+        match self.top_k_tables::<W>(query, &mut top, limit) {
+            TablesOutcome::Complete => Ok(top.finish()),
+            TablesOutcome::ScanCheaper => Ok(scan_all()),
+            TablesOutcome::OverBudget(refusal) => Err(refusal),
         }
     }
 
@@ -580,40 +690,62 @@ impl View {
         }
     }
 
+    /// The probe steps `(substring distance, table)` of a top-k search from `(s, j)` on, until
+    /// the bound on unseen codes passes `cap` or a table is fully enumerated.
+    fn top_k_steps(&self, s: u32, j: usize, cap: u32) -> impl Iterator<Item = (u32, usize)> + '_ {
+        let subs = &self.layout.substrings;
+        let m = subs.len() as u32;
+        let mut next = Some((s, j));
+        std::iter::from_fn(move || {
+            let (s, j) = next?;
+            let width = subs.get(j)?.width;
+            if s > width {
+                return None;
+            }
+            next = if s == width || m * s + j as u32 + 1 > cap {
+                None
+            } else if j + 1 == subs.len() {
+                Some((s + 1, 0))
+            } else {
+                Some((s, j + 1))
+            };
+            Some((s, j))
+        })
+    }
+
     /// Predicted cost of the probe steps from `(s, j)` on until the bound passes `cap`, with
     /// buckets holding `entries_per_probe` entries.
     fn predicted_top_k_cost(&self, s: u32, j: usize, cap: u32, entries_per_probe: f64) -> f64 {
         let subs = &self.layout.substrings;
-        let m = subs.len() as u32;
-        let mut cost = 0.0;
-        let (mut s, mut j) = (s, j);
-        loop {
-            let width = subs[j].width;
-            if s > width {
-                return cost;
-            }
-            let probes = binomial(width, s);
-            let per_entry = entry_cost(
-                self.layout.filters[j].width,
-                i64::from(cap) - i64::from(s),
-                self.verify_ns(),
-            );
-            cost +=
-                probes * (PROBE_NS + entries_per_probe.max(self.uniform_bucket_len(j)) * per_entry);
-            if s == width || m * s + j as u32 + 1 > cap {
-                return cost;
-            }
-            j += 1;
-            if j == subs.len() {
-                j = 0;
-                s += 1;
-            }
-        }
+        self.top_k_steps(s, j, cap)
+            .map(|(s, j)| {
+                let per_entry = entry_cost(
+                    self.layout.filters[j].width,
+                    i64::from(cap) - i64::from(s),
+                    self.verify_ns(),
+                );
+                binomial(subs[j].width, s)
+                    * (PROBE_NS + entries_per_probe.max(self.uniform_bucket_len(j)) * per_entry)
+            })
+            .sum()
     }
 
-    /// Grows the substring radius until the `k` best are certain. Returns false, leaving `top`
-    /// partial, when `planned` and the cost model expects the rest to cost more than a scan.
-    fn top_k_tables<const W: usize>(&self, query: &[u64], top: &mut TopK, planned: bool) -> bool {
+    /// Bucket probes of the steps from `(s, j)` on until the bound passes `cap`.
+    fn predicted_top_k_probes(&self, s: u32, j: usize, cap: u32) -> f64 {
+        let subs = &self.layout.substrings;
+        self.top_k_steps(s, j, cap)
+            .map(|(s, j)| binomial(subs[j].width, s))
+            .sum()
+    }
+
+    /// Grows the substring radius until the `k` best are certain. Stops early, leaving `top`
+    /// partial, when `limit` says the rest costs too much.
+    fn top_k_tables<const W: usize>(
+        &self,
+        query: &[u64],
+        top: &mut TopK,
+        limit: Limit,
+    ) -> TablesOutcome {
         let words = self.layout.words;
         let subs = &self.layout.substrings;
         let m = subs.len() as u32;
@@ -626,17 +758,25 @@ impl View {
         let max_width = subs.iter().map(|sub| sub.width).max().unwrap_or(0);
         for s in 0..=max_width {
             for (j, (sub, table)) in subs.iter().zip(&self.base.tables).enumerate() {
-                if planned {
-                    // The cap falls fast over the first two levels (which cost little), so it
-                    // predicts the rest only from then on.
-                    let give_up = if s >= 2 && top.full() {
-                        let per_probe = entries_seen as f64 / probes_done.max(1.0);
-                        spent + self.predicted_top_k_cost(s, j, top.cap, per_probe) > scan
-                    } else {
-                        spent > UNGUIDED_BUDGET * scan
-                    };
-                    if give_up {
-                        return false;
+                match limit {
+                    Limit::ScanCost => {
+                        // The cap falls fast over the first two levels (which cost little), so
+                        // it predicts the rest only from then on.
+                        let give_up = if s >= 2 && top.full() {
+                            let per_probe = entries_seen as f64 / probes_done.max(1.0);
+                            spent + self.predicted_top_k_cost(s, j, top.cap, per_probe) > scan
+                        } else {
+                            spent > UNGUIDED_BUDGET * scan
+                        };
+                        if give_up {
+                            return TablesOutcome::ScanCheaper;
+                        }
+                    }
+                    Limit::Probes(budget) => {
+                        if probes_done + binomial(sub.width, s) > budget {
+                            let probes = probes_done + self.predicted_top_k_probes(s, j, top.cap);
+                            return TablesOutcome::OverBudget(TooCostly { probes, budget });
+                        }
                     }
                 }
                 let mut cap = top.cap;
@@ -671,11 +811,11 @@ impl View {
                 spent += probes * PROBE_NS + entries as f64 * per_entry;
                 // Table j fully enumerated: every code has been seen.
                 if s == sub.width || top.complete_below(m * s + j as u32 + 1) {
-                    return true;
+                    return TablesOutcome::Complete;
                 }
             }
         }
-        true
+        TablesOutcome::Complete
     }
 
     /// Calls `report(distance, slot)` for every slot in `range` within `limit`, deleted slots
@@ -769,6 +909,60 @@ mod tests {
         let clustered = view_of(200_000, 200, 0.1);
         assert!(!clustered.scan_expected_cheaper_for_top(20));
         assert!(clustered.scan_expected_cheaper_for_top(150_000));
+    }
+
+    #[test]
+    fn a_huge_k_never_overflows_the_pruning_threshold() {
+        // `4 * k + 64` overflowed for k near usize::MAX: a panic with overflow checks, and a
+        // threshold wrapped to a few dozen (a prune after every hit) without them.
+        let mut top = TopK::new(usize::MAX, 64);
+        for id in 0..1000 {
+            top.push((id * 7 % 65) as u32, id);
+        }
+        assert_eq!(
+            top.hits.len(),
+            1000,
+            "nothing pruned: every hit is among the k best"
+        );
+        let hits = top.finish();
+        assert_eq!(hits.len(), 1000);
+        assert!(hits.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+
+    #[test]
+    fn forced_multi_index_stops_at_its_budget_without_a_prediction() {
+        use rand::{Rng, SeedableRng};
+        // 64-bit codes in two 32-bit substrings: a full enumeration is 2^33 probes.
+        let layout = std::sync::Arc::new(super::super::layout::WordLayout::new(
+            milan_index_format::CodeLayout::new(64, 2).unwrap(),
+        ));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let base: Vec<u64> = (0..100).map(|_| rng.next_u64()).collect();
+        let view = View::build(layout, base, bitvec::vec::BitVec::repeat(false, 100));
+        // Later adds wait in the scanned delta; the sample, taken from the 100 codes of the
+        // tables, cannot predict a top-150, so only the running count of probes stops it.
+        let adds: Vec<(u64, Vec<u64>)> = (100..1100).map(|id| (id, vec![rng.next_u64()])).collect();
+        let view = view.apply(&adds, &[]);
+        assert_eq!(view.base.sample.kth_distance(150), None);
+        let query = [rng.next_u64()];
+        let refusal = view.top_k(&query, 150, Strategy::MultiIndex).unwrap_err();
+        assert_eq!(refusal.budget, view.forced_probe_budget());
+        assert!(refusal.budget >= FORCED_MIN_PROBES);
+        assert!(refusal.probes > refusal.budget, "{refusal:?}");
+        // Predicted from the sample, refused before any probe.
+        let refusal = view.top_k(&query, 5, Strategy::MultiIndex).unwrap_err();
+        assert!(refusal.probes > refusal.budget, "{refusal:?}");
+        // The other strategies answer, identically.
+        let scan = view.top_k(&query, 150, Strategy::Scan).unwrap();
+        assert_eq!(view.top_k(&query, 150, Strategy::Auto).unwrap(), scan);
+        assert_eq!(scan.len(), 150);
+        // A radius whose probes are within the budget is answered, one beyond it refused.
+        assert_eq!(
+            view.radius(&query, 5, Strategy::MultiIndex).unwrap(),
+            view.radius(&query, 5, Strategy::Scan).unwrap()
+        );
+        let refusal = view.radius(&query, 20, Strategy::MultiIndex).unwrap_err();
+        assert_eq!(refusal.probes, view.radius_probes(20));
     }
 
     #[test]

@@ -7,11 +7,11 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use milan_index_format::{
-    check_code_bytes, decode_bucket_ids, decode_features, BucketKey, ItemRecord,
+    check_code_bytes, decode_bucket_ids, decode_features, BucketKey, ImportRecord, ItemRecord,
 };
 use redb::{ReadTransaction, ReadableMultimapTable, ReadableTable};
 
-use super::{read_meta, BUCKETS, CODES, CONTENT_HASHES, FEATURES, ITEMS};
+use super::{read_meta, BUCKETS, CODES, CONTENT_HASHES, FEATURES, IMPORTS, ITEMS};
 use crate::error::{Error, Result};
 
 /// Most problems listed one by one.
@@ -129,6 +129,36 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
             None => report.problem(format!(
                 "features kept for id {id} in an index bound to no extractor"
             )),
+        }
+    }
+
+    // Import progress (format version 2): every record decodes (which checks committed <= rows),
+    // and an import cannot have given out ids the index never handed out.
+    let imports = match txn.open_table(IMPORTS) {
+        Ok(table) => Some(table),
+        // Absent until an import records progress, and from every version-1 file.
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(err) => return Err(storage(err.into())),
+    };
+    let entries = match &imports {
+        Some(table) => Some(table.iter().map_err(|e| storage(e.into()))?),
+        None => None,
+    };
+    for entry in entries.into_iter().flatten() {
+        let (source, bytes) = entry.map_err(|e| storage(e.into()))?;
+        let name = crate::index::hex(source.value());
+        match ImportRecord::decode(bytes.value()) {
+            Ok(record) => {
+                if let Some(first) = record.first_id {
+                    if first >= meta.next_id {
+                        report.problem(format!(
+                            "import {name}: first id {first} is at or past the next id {}",
+                            meta.next_id
+                        ));
+                    }
+                }
+            }
+            Err(err) => report.problem(format!("import {name}: {err}")),
         }
     }
 

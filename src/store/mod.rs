@@ -6,6 +6,7 @@
 //! - [`read_meta`], [`load_view`]: what an open reads (validating as it goes, so a damaged index is
 //!   refused rather than searched wrongly);
 //! - [`add_bucket_chunks`], [`remove_from_bucket`], [`rewrite_buckets`]: bucket maintenance;
+//! - [`read_import`]: the progress of a bulk import (format version 2);
 //! - [`check`](mod@check): the full invariant check behind `milan index check`.
 
 pub(crate) mod check;
@@ -15,9 +16,9 @@ use std::sync::Arc;
 
 use bitvec::vec::BitVec;
 use milan_index_format::{
-    check_code_bytes, decode_bucket_ids, encode_bucket_ids, BucketKey, MetaRecord, ModelRecord,
-    BUCKETS_TABLE, BUCKET_KEY_BYTES, CODES_TABLE, CONTENT_HASHES_TABLE, FEATURES_TABLE, HEAD_KEY,
-    ITEMS_TABLE, META_KEY, META_TABLE, MODEL_KEY,
+    check_code_bytes, decode_bucket_ids, encode_bucket_ids, BucketKey, ImportRecord, MetaRecord,
+    ModelRecord, BUCKETS_TABLE, BUCKET_KEY_BYTES, CODES_TABLE, CONTENT_HASHES_TABLE,
+    FEATURES_TABLE, HEAD_KEY, IMPORTS_TABLE, ITEMS_TABLE, META_KEY, META_TABLE, MODEL_KEY,
 };
 use redb::{
     MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -39,6 +40,7 @@ pub(crate) const BUCKETS: TableDefinition<&[u8; BUCKET_KEY_BYTES], &[u8]> =
 pub(crate) const CONTENT_HASHES: MultimapTableDefinition<&[u8; 32], u64> =
     MultimapTableDefinition::new(CONTENT_HASHES_TABLE);
 pub(crate) const FEATURES: TableDefinition<u64, &[u8]> = TableDefinition::new(FEATURES_TABLE);
+pub(crate) const IMPORTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new(IMPORTS_TABLE);
 
 /// Most ids in one bucket chunk: keeps a delete's read-modify-write of a chunk short.
 pub(crate) const MAX_CHUNK_IDS: usize = 4096;
@@ -122,10 +124,43 @@ fn corrupted(dir: &Path, detail: impl Into<String>) -> Error {
     }
 }
 
+/// Reads the progress record of the import of `source` (`None` when there is none, including in
+/// a version-1 file, which has no imports table).
+pub(crate) fn read_import(
+    dir: &Path,
+    txn: &ReadTransaction,
+    source: &[u8; 32],
+) -> Result<Option<ImportRecord>> {
+    let table = match txn.open_table(IMPORTS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(err) => return Err(Error::storage(dir, err)),
+    };
+    let Some(bytes) = table.get(source).map_err(|err| Error::storage(dir, err))? else {
+        return Ok(None);
+    };
+    ImportRecord::decode(bytes.value())
+        .map(Some)
+        .map_err(|err| Error::from_decode(dir, err))
+}
+
+/// Ids may run this far past 64 ids per stored code before the gap counts as damage: room for an
+/// index whose codes were almost all deleted. A damaged file can make an open allocate at most
+/// this many empty slots beyond what its codes justify.
+const SLOT_SLACK: u64 = 1 << 24;
+
 /// Loads every code and the bucket tables into a search snapshot, checking on the way that each
 /// bucket entry names a stored code whose substring matches the bucket and that every table holds
 /// each live code once.
-pub(crate) fn load_view(dir: &Path, txn: &ReadTransaction, meta: &MetaRecord) -> Result<View> {
+///
+/// `file_bytes` is the database file's length: every allocation here is bounded by what the file
+/// can hold, not by counts read from it, so a crafted record cannot ask for a huge allocation.
+pub(crate) fn load_view(
+    dir: &Path,
+    txn: &ReadTransaction,
+    meta: &MetaRecord,
+    file_bytes: u64,
+) -> Result<View> {
     let layout = Arc::new(WordLayout::new(meta.layout()));
     if meta.next_id > MAX_IDS {
         return Err(corrupted(
@@ -153,14 +188,20 @@ pub(crate) fn load_view(dir: &Path, txn: &ReadTransaction, meta: &MetaRecord) ->
             ),
         ));
     }
-    // Ids are dense unless deleted; this many holes means a damaged key, not deletes.
-    if slots > meta.live_count.saturating_mul(64).saturating_add(1 << 24) {
+    // Ids are dense unless deleted; this many holes means a damaged key, not deletes. The count
+    // of codes is the meta record's (checked against the codes actually read below, after this
+    // allocation), so it is bounded here by what the file can hold: each stored code takes at
+    // least its 8-byte key and its bytes in the file.
+    let file_codes = file_bytes / (8 + layout.code.bytes() as u64);
+    let codes_bound = meta.live_count.min(file_codes);
+    if slots > codes_bound.saturating_mul(64).saturating_add(SLOT_SLACK) {
         return Err(corrupted(
             dir,
             format!(
-                "code ids run to {} for {} codes",
+                "code ids run to {} for at most {} stored codes (the meta record counts {}; the {file_bytes}-byte file holds at most {file_codes}), more gaps than deletes leave",
                 slots - 1,
-                meta.live_count
+                codes_bound,
+                meta.live_count,
             ),
         ));
     }

@@ -1,6 +1,6 @@
 //! `milan index add`: images (files, or folders with --recursive) into an image index.
 
-use std::collections::BTreeSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use milan::ingest::{add_images, IngestOptions};
+use milan::text::for_terminal;
 use milan::Index;
 
 use crate::extractor_args::ExtractorArgs;
@@ -18,14 +19,29 @@ const IMAGE_EXTENSIONS: [&str; 9] = [
     "jpg", "jpeg", "png", "tif", "tiff", "webp", "bmp", "gif", "jfif",
 ];
 
+/// What `index add`, `extract` and `bench extract` do with odd files, below their options.
+pub const FILES_HELP: &str = "\
+Files: links are followed, but each folder is walked once and each file read once, however many \
+links lead to it; a link back into a folder already walked is reported and not followed. Only \
+regular files of at most 256 MiB are read: FIFOs, sockets and devices, even named explicitly, are \
+skipped. A JPEG whose data ends before its end-of-image marker is skipped as truncated (unless \
+--lenient), as are files other decoders find cut short. Files that cannot be read or decoded \
+(empty, corrupt, truncated, not an image, too large, a name that is not valid UTF-8) are skipped \
+and named, and the exit status is 3. Keys are the absolute paths, exactly.";
+
+// The help above names the limit.
+const _: () = assert!(milan::extract::MAX_FILE_BYTES == 256 << 20);
+
 #[derive(Args)]
+#[command(after_help = FILES_HELP)]
 pub struct AddArgs {
     /// The index directory.
     dir: PathBuf,
     /// Image files or folders.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Walk folders recursively (otherwise only the images directly inside).
+    /// Walk folders recursively (otherwise only the images directly inside), following links
+    /// but each folder once.
     #[arg(long, short)]
     recursive: bool,
     /// Label each image with its parent folder's name.
@@ -34,13 +50,18 @@ pub struct AddArgs {
     /// Keep each image's feature vector, so that a new head can re-code the index later.
     #[arg(long)]
     keep_features: bool,
+    /// Accept truncated JPEGs (data ending before the end-of-image marker), whose missing part
+    /// the decoder fills in grey; by default they are skipped as truncated.
+    #[arg(long)]
+    lenient: bool,
     /// Images per model run.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
     batch_size: u64,
     /// Images per commit: an interrupted run loses at most this many.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
     commit_every: u64,
-    /// Print a JSON summary instead of text.
+    /// Print a JSON summary instead of text (skipped files under `failed`, counted by reason
+    /// under `failed_by_reason`).
     #[arg(long)]
     json: bool,
     /// No progress bar.
@@ -50,42 +71,130 @@ pub struct AddArgs {
     extractor: ExtractorArgs,
 }
 
-/// The image files under `paths`, sorted within each folder, each file once.
-pub fn collect(paths: &[PathBuf], recursive: bool) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let mut seen = BTreeSet::new();
-    for path in paths {
-        let metadata =
-            std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        if metadata.is_dir() {
-            walk(path, recursive, &mut files)?;
-        } else {
-            files.push(path.clone());
-        }
-    }
-    files.retain(|file| seen.insert(std::path::absolute(file).unwrap_or_else(|_| file.clone())));
-    Ok(files)
+/// `path` for a message: lossy where it is not UTF-8, control characters escaped.
+pub fn shown(path: &Path) -> String {
+    for_terminal(&path.to_string_lossy()).into_owned()
 }
 
-fn walk(dir: &Path, recursive: bool, files: &mut Vec<PathBuf>) -> Result<()> {
+/// The files under `paths`, in order: files named explicitly, and the images (by extension) in
+/// each folder, sorted within each folder, walking subfolders when `recursive`. Links are
+/// followed, but each folder is walked once and each file listed once (by device and inode), so
+/// that links back into a folder cannot make the walk endless; each link not followed is
+/// reported on standard error. FIFOs, devices and the like are listed all the same: reading
+/// refuses them, and so they are reported as skipped.
+pub fn collect(paths: &[PathBuf], recursive: bool) -> Result<Vec<PathBuf>> {
+    let mut walk = Walk::default();
+    for path in paths {
+        let metadata =
+            std::fs::metadata(path).with_context(|| format!("{}: cannot read", shown(path)))?;
+        if metadata.is_dir() {
+            walk.folder(path, &metadata, recursive)?;
+        } else {
+            walk.file(path, Some(&metadata));
+        }
+    }
+    Ok(walk.files)
+}
+
+/// What identifies a file or folder however it is reached: its device and inode where the
+/// platform has them, else its absolute path.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Identity {
+    #[cfg_attr(not(unix), allow(dead_code))]
+    Inode(u64, u64),
+    Path(PathBuf),
+}
+
+fn identity(path: &Path, metadata: Option<&std::fs::Metadata>) -> Identity {
+    #[cfg(unix)]
+    if let Some(metadata) = metadata {
+        use std::os::unix::fs::MetadataExt;
+        return Identity::Inode(metadata.dev(), metadata.ino());
+    }
+    #[cfg(not(unix))]
+    let _ = metadata;
+    Identity::Path(
+        path.canonicalize()
+            .or_else(|_| std::path::absolute(path))
+            .unwrap_or_else(|_| path.to_path_buf()),
+    )
+}
+
+#[derive(Default)]
+struct Walk {
+    files: Vec<PathBuf>,
+    seen_files: HashSet<Identity>,
+    /// Each folder walked, with the path it was first walked by.
+    seen_folders: HashMap<Identity, PathBuf>,
+}
+
+impl Walk {
+    /// Lists `path` unless the same file was listed before.
+    fn file(&mut self, path: &Path, metadata: Option<&std::fs::Metadata>) {
+        if self.seen_files.insert(identity(path, metadata)) {
+            self.files.push(path.to_path_buf());
+        }
+    }
+
+    /// Walks the folder `root` (depth first, entries sorted), without recursion so that no
+    /// depth of folders can exhaust the stack.
+    fn folder(&mut self, root: &Path, metadata: &std::fs::Metadata, recursive: bool) -> Result<()> {
+        let id = identity(root, Some(metadata));
+        if self.seen_folders.contains_key(&id) {
+            return Ok(()); // the same folder named twice
+        }
+        self.seen_folders.insert(id, root.to_path_buf());
+        let mut pending = Vec::new();
+        push_entries(root, &mut pending)?;
+        while let Some(entry) = pending.pop() {
+            // Links followed: a link to a folder is a folder, a link to a file a file.
+            let metadata = std::fs::metadata(&entry).ok();
+            if metadata.as_ref().is_some_and(std::fs::Metadata::is_dir) {
+                if !recursive {
+                    continue;
+                }
+                let id = identity(&entry, metadata.as_ref());
+                if let Some(first) = self.seen_folders.get(&id) {
+                    if entry == *first {
+                        // A folder named on the command line, met again inside another.
+                    } else if entry.starts_with(first) {
+                        eprintln!(
+                            "not following {}: it leads back to {} (a loop of links)",
+                            shown(&entry),
+                            shown(first)
+                        );
+                    } else {
+                        eprintln!(
+                            "not following {}: the same folder as {}, already walked",
+                            shown(&entry),
+                            shown(first)
+                        );
+                    }
+                    continue;
+                }
+                self.seen_folders.insert(id, entry.clone());
+                push_entries(&entry, &mut pending)?;
+            } else if entry
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            {
+                // A dangling link or a special file is listed: reading reports it by name.
+                self.file(&entry, metadata.as_ref());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pushes the entries of `dir` onto `pending` so that they pop in sorted order.
+fn push_entries(dir: &Path, pending: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list", dir.display()))?
+        .with_context(|| format!("{}: cannot list", shown(dir)))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .collect();
     entries.sort();
-    for entry in entries {
-        if entry.is_dir() {
-            if recursive {
-                walk(&entry, recursive, files)?;
-            }
-        } else if entry
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        {
-            files.push(entry);
-        }
-    }
+    pending.extend(entries.into_iter().rev());
     Ok(())
 }
 
@@ -94,7 +203,7 @@ pub fn run(args: AddArgs) -> Result<Outcome> {
     let Some(model) = index.model().cloned() else {
         bail!(
             "{} stores codes only; create an image index with `milan index create DIR --model M.onnx --head H`",
-            args.dir.display()
+            shown(&args.dir)
         );
     };
     let files: Vec<PathBuf> = collect(&args.paths, args.recursive)?
@@ -103,7 +212,11 @@ pub fn run(args: AddArgs) -> Result<Outcome> {
         .collect();
     let mut extractor = args.extractor.open(Some(&model))?;
     if !args.quiet && !args.json {
-        eprintln!("running {} on {}", model.path, extractor.device());
+        eprintln!(
+            "running {} on {}",
+            for_terminal(&model.path),
+            extractor.device()
+        );
     }
     // Ctrl-C stops after the batch in hand; what was done is committed.
     let cancel = Arc::new(AtomicBool::new(false));
@@ -115,6 +228,7 @@ pub fn run(args: AddArgs) -> Result<Outcome> {
         commit_every: args.commit_every as usize,
         label_from_dir: args.label_from_dir,
         keep_features: args.keep_features,
+        lenient: args.lenient,
     };
     let report = add_images(
         &index,
@@ -129,13 +243,17 @@ pub fn run(args: AddArgs) -> Result<Outcome> {
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {
         for failed in &report.failed {
-            eprintln!("skipped {}: {}", failed.path.display(), failed.detail);
+            eprintln!(
+                "skipped {}: {}",
+                shown(&failed.path),
+                for_terminal(&failed.detail)
+            );
         }
         let rate = report.added as f64 / report.seconds.max(1e-9);
         outln!(
             "added {} images to {} in {:.1} s ({rate:.1} images/s on {}); {} already indexed, {} duplicates, {} failed",
             report.added,
-            args.dir.display(),
+            shown(&args.dir),
             report.seconds,
             report.device,
             report.already_indexed,

@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::codes_file::{read_codes, rows_to_codes, write_codes};
+use crate::codes_file::{read_codes, write_codes};
 use crate::Outcome;
 
 #[derive(Subcommand)]
@@ -59,6 +59,9 @@ pub struct SearchArgs {
     #[arg(long)]
     json: bool,
     /// How the timed searches run: auto (the planner picks per query), multi-index, or scan.
+    /// Multi-index is bounded: a query that would probe more than max(2^20, 64 scans' worth of)
+    /// buckets is refused, and the command fails naming the probes it would need (auto and scan
+    /// give the same answers at a scan's cost at most).
     #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
     strategy: StrategyArg,
 }
@@ -224,7 +227,7 @@ fn search(args: SearchArgs) -> Result<Outcome> {
             );
         }
     }
-    let queries = rows_to_codes(&read_codes(&args.codes, Some(info.bits))?)?;
+    let queries = read_codes(&args.codes, info.bits)?;
     let k = args.top_k;
     let strategy = Strategy::from(args.strategy);
     let (answers, micros) = timed(&queries, |q| reader.search(q)?.strategy(strategy).top_k(k))?;

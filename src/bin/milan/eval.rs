@@ -1,16 +1,22 @@
 //! `milan eval`: a head's retrieval quality by the papers' protocol, against LSH and float
 //! features (docs/training.md, "Evaluation protocol").
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use milan::dataset::{Dataset, SplitSpec};
+use milan::dataset::{
+    Dataset, SplitSpec, CLASSES_FILE, EXTRACTOR_FILE, FEATURES_FILE, LABELS_FILE, PATHS_FILE,
+};
 use milan::eval::{evaluate, select, select_rows, EvalOptions, EvalReport, PackedCodes};
-use milan::report::{eval_page, QueryRow, Tile};
+use milan::format::DATABASE_FILE;
+use milan::report::{eval_page, write_atomically, write_atomically_with, QueryRow, Tile};
+use milan::text::{escape_line, for_terminal};
 use milan::HashHead;
 use ndarray::Array1;
+use ndarray_npy::WriteNpyExt;
 
+use crate::add::shown;
 use crate::codes_file::write_codes;
 use crate::split_args::SplitArgs;
 use crate::Outcome;
@@ -33,14 +39,17 @@ pub struct EvalArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
-    /// Write an HTML report: metrics, plots and retrieval grids.
+    /// Write an HTML report: metrics, plots and retrieval grids (thumbnails of regular files up
+    /// to 256 MiB only). Written whole or not at all; refused over an input or inside an index.
     #[arg(long)]
     html: Option<PathBuf>,
     /// Sample queries in the HTML report (the first test item of each class, in turn).
     #[arg(long, default_value_t = 10)]
     grid_queries: usize,
     /// Write the test split's codes (DIR/codes.npy, uint8 packed as `milan index import` reads),
-    /// labels (DIR/labels.npy, int64) and paths (DIR/paths.txt), in evaluation order.
+    /// labels (DIR/labels.npy, int64) and paths (DIR/paths.txt, one per line, `\`, line feeds
+    /// and carriage returns escaped as `\\`, `\n`, `\r`), in evaluation order. Refused where
+    /// a file would overwrite an input or land inside an index.
     #[arg(long)]
     export: Option<PathBuf>,
     /// Seed of the LSH baseline's hyperplanes.
@@ -65,17 +74,17 @@ fn check_head(args: &EvalArgs, head: &HashHead, dataset: &Dataset) -> Result<()>
     if head.input_dim() as usize != dim {
         bail!(
             "{}: the head takes {}-dimensional features but {} has {dim}-dimensional ones",
-            args.head.display(),
+            shown(&args.head),
             head.input_dim(),
-            args.data.display()
+            shown(&args.data)
         );
     }
     if let Some(model) = &dataset.extractor {
         head.check_model(model).map_err(|detail| {
             anyhow!(
                 "{}: {detail} (the features of {})",
-                args.head.display(),
-                args.data.display()
+                shown(&args.head),
+                shown(&args.data)
             )
         })?;
     }
@@ -86,7 +95,48 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Refuses outputs that would overwrite an input (the head, the data's files, split lists) or
+/// land inside the index the data comes from, before anything is read.
+fn check_outputs(args: &EvalArgs) -> Result<()> {
+    let data_is_index = args.data.join(DATABASE_FILE).exists();
+    let data_files: Vec<PathBuf> = if data_is_index {
+        Vec::new()
+    } else {
+        [
+            FEATURES_FILE,
+            LABELS_FILE,
+            CLASSES_FILE,
+            PATHS_FILE,
+            EXTRACTOR_FILE,
+        ]
+        .iter()
+        .map(|file| args.data.join(file))
+        .collect()
+    };
+    let lists = match args.split.spec(None) {
+        Ok(SplitSpec::Lists { train, test }) => vec![train, test],
+        _ => Vec::new(),
+    };
+    let mut inputs: Vec<&Path> = vec![args.head.as_path()];
+    inputs.extend(data_files.iter().map(PathBuf::as_path));
+    inputs.extend(lists.iter().map(PathBuf::as_path));
+    let index_dir = data_is_index.then_some(args.data.as_path());
+    let mut outputs: Vec<PathBuf> = args.html.iter().cloned().collect();
+    if let Some(dir) = &args.export {
+        outputs.extend(
+            ["codes.npy", "labels.npy", "paths.txt"]
+                .iter()
+                .map(|file| dir.join(file)),
+        );
+    }
+    for output in &outputs {
+        crate::outputs::check_output(output, index_dir, &inputs)?;
+    }
+    Ok(())
+}
+
 pub fn run(args: EvalArgs) -> Result<Outcome> {
+    check_outputs(&args)?;
     let dataset = Dataset::load(&args.data)?;
     let head = HashHead::read(&args.head)?;
     check_head(&args, &head, &dataset)?;
@@ -95,7 +145,7 @@ pub fn run(args: EvalArgs) -> Result<Outcome> {
     if split.test.len() < 2 {
         bail!(
             "{}: the test split has {} items; each test item queries the others, so at least 2 are needed (lower --train-fraction)",
-            args.data.display(),
+            shown(&args.data),
             split.test.len()
         );
     }
@@ -135,8 +185,7 @@ pub fn run(args: EvalArgs) -> Result<Outcome> {
         let rows = grid_rows(&args, &dataset, &split.test, codes);
         let title = format!("milan eval: {}", args.head.display());
         let name = format!("{} head", head.kind());
-        std::fs::write(path, eval_page(&title, &name, &report, &rows))
-            .with_context(|| format!("{}: cannot write", path.display()))?;
+        write_atomically(path, eval_page(&title, &name, &report, &rows).as_bytes())?;
     }
     if args.json {
         let mut value = serde_json::to_value(&report)?;
@@ -172,7 +221,11 @@ fn print_summary(args: &EvalArgs, head: &HashHead, report: &EvalReport) -> Resul
         )
     };
     line(
-        &format!("{} ({})", head.kind(), args.head.display()),
+        &format!(
+            "{} ({})",
+            for_terminal(head.kind()),
+            for_terminal(&args.head.to_string_lossy())
+        ),
         report.map_at_k,
         &report.precision_at_k,
     )?;
@@ -189,14 +242,23 @@ fn print_summary(args: &EvalArgs, head: &HashHead, report: &EvalReport) -> Resul
     Ok(())
 }
 
-/// DIR/codes.npy, DIR/labels.npy and DIR/paths.txt of the test split, in evaluation order.
-fn export(dir: &PathBuf, codes: &PackedCodes, labels: &[i64], keys: &[String]) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+/// DIR/codes.npy, DIR/labels.npy and DIR/paths.txt (keys escaped one per line) of the test
+/// split, in evaluation order.
+fn export(dir: &Path, codes: &PackedCodes, labels: &[i64], keys: &[String]) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create", for_terminal(&dir.to_string_lossy())))?;
     let width = (codes.bits() as usize).div_ceil(8);
     write_codes(&dir.join("codes.npy"), width, &codes.to_bytes())?;
-    ndarray_npy::write_npy(dir.join("labels.npy"), &Array1::from(labels.to_vec()))?;
-    let listing: String = keys.iter().map(|k| format!("{k}\n")).collect();
-    std::fs::write(dir.join("paths.txt"), listing)?;
+    write_atomically_with(&dir.join("labels.npy"), |out| {
+        Array1::from(labels.to_vec())
+            .write_npy(out)
+            .map_err(std::io::Error::other)
+    })?;
+    let listing: String = keys
+        .iter()
+        .map(|key| format!("{}\n", escape_line(key)))
+        .collect();
+    write_atomically(&dir.join("paths.txt"), listing.as_bytes())?;
     Ok(())
 }
 
@@ -220,7 +282,8 @@ fn grid_rows(
             caption: key.clone(),
             label: Some(dataset.class_name(dataset.labels[row]).to_string()),
             distance,
-            image: Some(PathBuf::from(key)),
+            // Only regular files are shown: a key naming a device or a FIFO is never opened.
+            image: Some(PathBuf::from(key)).filter(|path| path.is_file()),
         }
     };
     queries

@@ -31,7 +31,7 @@ pub struct ExtractorArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// The ONNX Runtime library (libonnxruntime.so) [default: MILAN_ORT_LIB, ORT_DYLIB_PATH,
-    /// beside the executable, or the project's .onnxruntime folder].
+    /// beside the executable, or .onnxruntime/{cpu,gpu} beside it or up to three folders above].
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
 }

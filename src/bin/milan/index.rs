@@ -7,12 +7,15 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use milan::extract::{layout_name, pixel_range_name};
-use milan::{HashHead, Index, Item};
+use milan::text::escape_line;
+use milan::{HashHead, Index};
 
 use crate::add::AddArgs;
-use crate::codes_file::{read_codes, read_keys, rows_to_codes, write_codes};
+use crate::codes_file::write_codes;
 use crate::extractor_args::ExtractorArgs;
-use crate::{progress, Outcome};
+use crate::import::ImportArgs;
+use crate::outputs::check_output;
+use crate::Outcome;
 
 #[derive(Subcommand)]
 pub enum IndexCommand {
@@ -73,31 +76,14 @@ pub struct CreateArgs {
 }
 
 #[derive(Args)]
-pub struct ImportArgs {
-    /// The index directory.
-    dir: PathBuf,
-    /// Codes: a numpy uint8 array [n, bits / 8].
-    #[arg(long)]
-    codes: PathBuf,
-    /// Keys, one line per code, in row order.
-    #[arg(long)]
-    keys: Option<PathBuf>,
-    /// Codes per commit: a killed import keeps every committed batch.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
-    batch_size: u64,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
-}
-
-#[derive(Args)]
 pub struct ExportArgs {
     /// The index directory.
     dir: PathBuf,
     /// Output codes file (.npy).
     #[arg(long)]
     codes: PathBuf,
-    /// Output keys file, one line per code (empty line where a code has no key).
+    /// Output keys file, one line per code: an empty line where a code has no key; a key's
+    /// backslash, line feed and carriage return written `\\`, `\n` and `\r`.
     #[arg(long)]
     keys: Option<PathBuf>,
 }
@@ -133,7 +119,7 @@ pub fn run(command: IndexCommand) -> Result<Outcome> {
     match command {
         IndexCommand::Create(args) => create(args),
         IndexCommand::Add(args) => crate::add::run(args),
-        IndexCommand::Import(args) => import(args),
+        IndexCommand::Import(args) => crate::import::run(args),
         IndexCommand::Export(args) => export(args),
         IndexCommand::Info(args) => info(args),
         IndexCommand::Check(args) => check(args),
@@ -190,71 +176,10 @@ fn create(args: CreateArgs) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-fn import(args: ImportArgs) -> Result<Outcome> {
-    let started = Instant::now();
-    let index = Index::open(&args.dir)?;
-    // Everything is read and checked before the first write, so bad input changes nothing.
-    let array = read_codes(&args.codes, Some(index.bits()))?;
-    let keys = match &args.keys {
-        Some(path) => Some(read_keys(path, array.nrows(), &args.codes)?),
-        None => None,
-    };
-    let codes = rows_to_codes(&array)?;
-    let bar = progress::bar(codes.len() as u64, "importing", args.quiet);
-    let mut first_id = None;
-    for (batch_number, batch) in codes.chunks(args.batch_size as usize).enumerate() {
-        let offset = batch_number * args.batch_size as usize;
-        let mut writer = index.writer()?;
-        for (i, code) in batch.iter().enumerate() {
-            let key = keys.as_ref().map(|keys| keys[offset + i].clone());
-            let id = writer.add(
-                code,
-                Item {
-                    key,
-                    ..Item::default()
-                },
-            )?;
-            first_id.get_or_insert(id);
-        }
-        writer
-            .commit()
-            .with_context(|| format!("committing rows {offset}.. of {}", args.codes.display()))?;
-        bar.inc(batch.len() as u64);
-    }
-    bar.finish_and_clear();
-    // Each batch adds a small chunk to most buckets and leaves free pages behind: merge the chunks
-    // (keeping the number of substrings) and give the pages back, which halves the next open.
-    let mut index = index;
-    if !codes.is_empty() {
-        index.optimize(Some(index.substrings()))?;
-        index.compact()?;
-    }
-    let info = index.info();
-    match first_id {
-        Some(first) => outln!(
-            "imported {} codes into {} (ids {first}..={}) in {:.2} s; {} codes in the index",
-            codes.len(),
-            args.dir.display(),
-            info.next_id - 1,
-            started.elapsed().as_secs_f64(),
-            info.len
-        )?,
-        None => outln!("{} holds no codes; nothing imported", args.codes.display())?,
-    }
-    // Below this size every query scans, so the number of substrings does not matter.
-    if info.len >= 65_536 && info.recommended_substrings != info.substrings {
-        eprintln!(
-            "hint: {} substrings suit {} codes better than {}; run `milan index optimize {}`",
-            info.recommended_substrings,
-            info.len,
-            info.substrings,
-            args.dir.display()
-        );
-    }
-    Ok(Outcome::Success)
-}
-
 fn export(args: ExportArgs) -> Result<Outcome> {
+    for output in std::iter::once(&args.codes).chain(&args.keys) {
+        check_output(output, Some(&args.dir), &[])?;
+    }
     let index = Index::open_read_only(&args.dir)?;
     let reader = index.reader()?;
     let bytes_per_code = reader.bits() as usize / 8;
@@ -264,16 +189,9 @@ fn export(args: ExportArgs) -> Result<Outcome> {
         let code = reader.code(id).expect("live id");
         codes.extend_from_slice(code.as_bytes());
         if args.keys.is_some() {
-            let key = reader
-                .item(id)?
-                .and_then(|item| item.key)
-                .unwrap_or_default();
-            if key.contains('\n') {
-                bail!(
-                    "the key of id {id} contains a line break and cannot be written one per line"
-                );
+            if let Some(key) = reader.item(id)?.and_then(|item| item.key) {
+                keys.push_str(&escape_line(&key));
             }
-            keys.push_str(&key);
             keys.push('\n');
         }
     }

@@ -3,14 +3,15 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{ArgGroup, Args};
 use milan::{Code, Hit, Index, Reader};
 use serde::Serialize;
 
-use milan::report::{results_page, QueryRow, Tile};
+use milan::report::{results_page, write_atomically, QueryRow, Tile};
+use milan::text::for_terminal;
 
-use crate::codes_file::{read_codes, rows_to_codes};
+use crate::codes_file::read_codes;
 use crate::extractor_args::ExtractorArgs;
 use crate::Outcome;
 
@@ -30,6 +31,7 @@ pub struct QueryArgs {
     #[arg(long)]
     id: Option<u64>,
     /// Query by images (repeat the flag for several), coded with the index's model and head.
+    /// Each must be a regular file of at most 256 MiB; a truncated JPEG is refused.
     #[arg(long, num_args = 1..)]
     image: Vec<PathBuf>,
     /// The k nearest codes.
@@ -41,7 +43,9 @@ pub struct QueryArgs {
     /// One JSON object per line per query: {"query": i, "results": [{"id", "distance", "key"}]}.
     #[arg(long)]
     json: bool,
-    /// Also write a self-contained HTML page of the results, with thumbnails.
+    /// Also write a self-contained HTML page of the results, with thumbnails (of regular files
+    /// up to 256 MiB only; others show as missing). Written whole or not at all; refused inside
+    /// the index directory or over an input.
     #[arg(long)]
     html: Option<PathBuf>,
     #[command(flatten)]
@@ -70,6 +74,12 @@ struct JsonQuery<'a> {
 }
 
 pub fn run(args: QueryArgs) -> Result<Outcome> {
+    if let Some(html) = &args.html {
+        let mut inputs: Vec<&Path> = args.image.iter().map(PathBuf::as_path).collect();
+        inputs.extend(args.codes.as_deref());
+        inputs.extend(args.extractor.model.as_deref());
+        crate::outputs::check_output(html, Some(&args.dir), &inputs)?;
+    }
     let index = Index::open_read_only(&args.dir)?;
     let reader = index.reader()?;
     let mut infos = Vec::new();
@@ -78,7 +88,7 @@ pub fn run(args: QueryArgs) -> Result<Outcome> {
         let item = reader.item(id)?.unwrap_or_default();
         infos.push(QueryInfo {
             caption: item.key.clone().unwrap_or_else(|| format!("id {id}")),
-            image: item.key.map(PathBuf::from),
+            image: item.key.map(PathBuf::from).filter(|p| p.is_file()),
             label: item.label,
         });
         vec![search_one(&search, &args)?]
@@ -86,25 +96,24 @@ pub fn run(args: QueryArgs) -> Result<Outcome> {
         let mut extractor = args.extractor.open(index.model())?;
         let mut results = Vec::new();
         for image in &args.image {
-            let (code, _) = milan::ingest::code_image(&index, &mut extractor, image)?;
+            let coded = milan::ingest::code_image(&index, &mut extractor, image)?;
             // An image already in the index lends the query its stored label.
-            let hash = *blake3::hash(&std::fs::read(image)?).as_bytes();
-            let label = match reader.ids_with_content_hash(&hash)?.first() {
+            let label = match reader.ids_with_content_hash(&coded.content_hash)?.first() {
                 Some(&id) => reader.item(id)?.and_then(|item| item.label),
                 None => None,
             };
             infos.push(QueryInfo {
-                caption: image.display().to_string(),
+                caption: image.to_string_lossy().into_owned(),
                 image: Some(image.clone()),
                 label,
             });
-            results.push(search_one(&reader.search(&code)?, &args)?);
+            results.push(search_one(&reader.search(&coded.code)?, &args)?);
         }
         results
     } else {
         let queries = match (&args.code, &args.codes) {
             (Some(hex), _) => vec![Code::from_hex(hex)?],
-            (_, Some(path)) => rows_to_codes(&read_codes(path, Some(reader.bits()))?)?,
+            (_, Some(path)) => read_codes(path, reader.bits())?,
             _ => unreachable!("clap requires one query source"),
         };
         let batch = reader.search_batch(&queries)?;
@@ -156,8 +165,8 @@ fn write_html(
         rows.push(row);
     }
     let page = results_page("milan query results", &rows);
-    std::fs::write(path, page).with_context(|| format!("{}: cannot write", path.display()))?;
-    eprintln!("wrote {}", path.display());
+    write_atomically(path, page.as_bytes())?;
+    eprintln!("wrote {}", for_terminal(&path.to_string_lossy()));
     Ok(())
 }
 
@@ -204,7 +213,7 @@ fn print_results(reader: &Reader, results: &[Vec<Hit>], json: bool) -> Result<()
                     rank + 1,
                     hit.id,
                     hit.distance,
-                    key.unwrap_or("")
+                    for_terminal(key.unwrap_or(""))
                 )?;
             }
         }
