@@ -367,7 +367,7 @@ fn generate(args: GenerateArgs) -> Result<Outcome> {
 }
 
 fn extract(args: ExtractBenchArgs) -> Result<Outcome> {
-    let mut paths = crate::add::collect(std::slice::from_ref(&args.images), true)?;
+    let mut paths = crate::walk::collect(std::slice::from_ref(&args.images), true)?;
     paths.truncate(args.count);
     if paths.is_empty() {
         bail!("{}: no images", args.images.display());

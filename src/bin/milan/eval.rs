@@ -16,9 +16,9 @@ use milan::HashHead;
 use ndarray::Array1;
 use ndarray_npy::WriteNpyExt;
 
-use crate::add::shown;
 use crate::codes_file::write_codes;
 use crate::split_args::SplitArgs;
+use crate::walk::shown;
 use crate::Outcome;
 
 /// Results shown per sample query in the HTML report, as in the papers' figures.

@@ -20,8 +20,8 @@ use milan::extract::{ReadOptions, SkipReason};
 use milan::text::for_terminal;
 use ndarray::Array2;
 
-use crate::add::shown;
 use crate::extractor_args::ExtractorArgs;
+use crate::walk::shown;
 use crate::{progress, Outcome};
 
 #[derive(Args)]
@@ -55,7 +55,7 @@ pub struct ExtractArgs {
     extractor: ExtractorArgs,
 }
 
-/// What `extract` does with odd files (as `index add`, [`crate::add::FILES_HELP`]) and how it
+/// What `extract` does with odd files (as `index add`, [`crate::walk::FILES_HELP`]) and how it
 /// writes the DATA folder, below its options.
 const FILES_HELP: &str = "\
 Files: --images follows links, but walks each folder once and reads each file once, however many \
@@ -105,7 +105,7 @@ pub fn run(args: ExtractArgs) -> Result<Outcome> {
         crate::outputs::check_output(&args.out.join(file), None, &inputs)?;
     }
     let rows: Vec<(PathBuf, String)> = match (&args.images, &args.manifest) {
-        (Some(dir), _) => crate::add::collect(std::slice::from_ref(dir), true)?
+        (Some(dir), _) => crate::walk::collect(std::slice::from_ref(dir), true)?
             .into_iter()
             .filter_map(|path| {
                 let label = path.parent()?.file_name()?.to_string_lossy().into_owned();

@@ -26,6 +26,7 @@ mod progress;
 mod query;
 mod split_args;
 mod train;
+mod walk;
 
 use std::process::ExitCode;
 
