@@ -332,17 +332,31 @@ fn a_closed_output_pipe_ends_quietly() {
     write_codes(&codes_path, &clustered(&mut rng(2), 16, 500, 3, 0.1));
     ok(&["index", "create", s(&dir), "--bits", "16"]);
     ok(&["index", "import", s(&dir), "--codes", s(&codes_path)]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_milan"))
-        .args(["index", "check", s(&dir)])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    // Text, and JSON lines (written through serde_json, whose error wraps the I/O error).
+    for args in [
+        vec!["index", "check", s(&dir)],
+        vec![
+            "query",
+            s(&dir),
+            "--code",
+            "0000",
+            "--top-k",
+            "500",
+            "--json",
+        ],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_milan"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+    }
 }
 
 #[test]
