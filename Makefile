@@ -16,7 +16,7 @@ IMAGES ?=
 DEMO_IMAGES := $(if $(IMAGES),$(IMAGES),$(DEMO)/images)
 
 demo: $(MILAN) setup model
-	@rm -rf $(DEMO)/index $(DEMO)/results.html $(DEMO)/eval.html && mkdir -p $(DEMO)
+	@rm -rf $(DEMO)/index $(DEMO)/results.html $(DEMO)/eval.html $(DEMO)/duplicates.html && mkdir -p $(DEMO)
 	@if [ -z "$(IMAGES)" ]; then python3 scripts/fashion_mnist_images.py --per-class 40 --out $(DEMO)/images; fi
 	@echo "== an untrained 64-bit hash head (random hyperplanes) for the model's features"
 	$(MILAN) head init --lsh --bits 64 --seed 1 --model $(MODEL) --out $(DEMO)/lsh64.head
@@ -33,8 +33,11 @@ demo: $(MILAN) setup model
 	@echo "== three images as queries: top 19 results each, as JSON lines and as an HTML page"
 	$(MILAN) query $(DEMO)/index --top-k 19 --json --html $(DEMO)/results.html \
 		--image $$(find $(DEMO_IMAGES) -type f \( -name '*.png' -o -name '*.jpg' -o -name '*.tif' \) | sort | awk 'NR % 97 == 1' | head -3)
+	@echo "== near-duplicates: every pair of images within 2 bits of each other, joined into groups"
+	$(MILAN) index duplicates $(DEMO)/index --radius 2 --limit 20 --html $(DEMO)/duplicates.html
 	@echo
 	@echo "done. Index: $(DEMO)/index; results page: $(DEMO)/results.html (query framed blue, wrong class red)."
+	@echo "Near-duplicates: $(DEMO)/duplicates.html (one row per group)."
 	@if [ -z "$(IMAGES)" ]; then echo "Evaluation report: $(DEMO)/eval.html (the trained head against LSH and float features)."; fi
 
 ## demo-codes: the search engine alone, on 200,000 synthetic 64-bit codes.

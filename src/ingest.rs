@@ -1,5 +1,6 @@
 //! Images into an index: [`add_images`] runs files through the extractor and the index's hash
 //! head and commits the codes in batches; [`code_image`] codes one query image the same way.
+//! [`crate::sync`] codes new and changed files through the same batch pipeline.
 //!
 //! A re-run skips files whose content is already indexed (by BLAKE3 of the file), a file that
 //! cannot be read or decoded is reported and skipped, and an interrupted run loses at most the
@@ -22,7 +23,7 @@ use crate::extract::pipeline::{extract_files, FileOutcome};
 use crate::extract::ReadOptions;
 use crate::extract::{read_image, Extractor, SkipReason};
 use crate::head::HashHead;
-use crate::index::{hex, Index, Item};
+use crate::index::{hex, Index, Item, Writer};
 
 /// How [`add_images`] runs.
 #[derive(Debug, Clone)]
@@ -132,7 +133,7 @@ pub fn check_extractor(index: &Index, extractor: &Extractor) -> Result<(ModelRec
 }
 
 /// The label of `path` under `--label-from-dir`: its parent folder's name.
-fn parent_label(path: &Path) -> Option<String> {
+pub(crate) fn parent_label(path: &Path) -> Option<String> {
     path.parent()?
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
@@ -148,6 +149,28 @@ pub fn add_images(
     progress: &mut dyn FnMut(usize, usize),
     cancel: &AtomicBool,
 ) -> Result<IngestReport> {
+    /// Plain adds: a label from the folder when asked, nothing else to do per file.
+    struct Plain<'p> {
+        paths: &'p [PathBuf],
+        label_from_dir: bool,
+    }
+    impl FileHooks for Plain<'_> {
+        fn item(&mut self, position: usize) -> Item {
+            Item {
+                label: if self.label_from_dir {
+                    parent_label(&self.paths[position])
+                } else {
+                    None
+                },
+                ..Item::default()
+            }
+        }
+
+        fn done(&mut self, _: &mut Writer<'_>, _: usize, _: Option<u64>) -> Result<()> {
+            Ok(())
+        }
+    }
+
     let started = Instant::now();
     let (_, head) = check_extractor(index, extractor)?;
     let known: HashSet<[u8; 32]> = index.reader()?.content_hashes()?;
@@ -155,6 +178,70 @@ pub fn add_images(
         device: extractor.device().to_string(),
         ..IngestReport::default()
     };
+    let mut hooks = Plain {
+        paths,
+        label_from_dir: options.label_from_dir,
+    };
+    add_files(
+        &mut Batches {
+            index,
+            extractor,
+            head: &head,
+            options,
+            progress,
+            cancel,
+        },
+        paths,
+        &known,
+        &mut report,
+        &mut hooks,
+    )?;
+    report.cancelled = cancel.load(std::sync::atomic::Ordering::Relaxed);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// What [`add_files`] runs with: the index and its coder, and how.
+pub(crate) struct Batches<'r, 'x> {
+    pub index: &'r Index,
+    pub extractor: &'x mut Extractor,
+    pub head: &'r HashHead,
+    pub options: &'r IngestOptions,
+    pub progress: &'r mut dyn FnMut(usize, usize),
+    pub cancel: &'r AtomicBool,
+}
+
+/// What a caller of [`add_files`] adds to each file: its item beyond key and content hash, and
+/// further writes in the transaction that holds the file's add.
+pub(crate) trait FileHooks {
+    /// The item for `paths[position]`; its key and content hash are filled in from the file.
+    fn item(&mut self, position: usize) -> Item;
+
+    /// Called once for each file the run reached, in the writer that holds its add when there is
+    /// one: `added` is its new id, or `None` when it was not added (content already indexed, a
+    /// duplicate, or unreadable). Writes made here commit atomically with that add.
+    fn done(&mut self, writer: &mut Writer<'_>, position: usize, added: Option<u64>) -> Result<()>;
+}
+
+/// The batch pipeline behind [`add_images`] and sync: reads, hashes, decodes and codes `paths`,
+/// adding each file whose content hash is neither in `known` nor met earlier in the run, and
+/// commits every `commit_every` adds (and at the end, or when cancelled after the batch in hand).
+pub(crate) fn add_files(
+    run: &mut Batches<'_, '_>,
+    paths: &[PathBuf],
+    known: &HashSet<[u8; 32]>,
+    report: &mut IngestReport,
+    hooks: &mut dyn FileHooks,
+) -> Result<()> {
+    let Batches {
+        index,
+        extractor,
+        head,
+        options,
+        progress,
+        cancel,
+    } = run;
+    let (index, head, options) = (*index, *head, *options);
     let mut seen_this_run = HashSet::new();
     // An Option, so that a full writer can be committed before the next one is begun.
     let mut writer = Some(index.writer()?);
@@ -163,12 +250,13 @@ pub fn add_images(
         extractor,
         paths,
         options.batch_size,
-        &known,
+        known,
         &ReadOptions {
             lenient: options.lenient,
         },
         cancel,
         |batch| {
+            let open = writer.as_mut().expect("a writer is open between commits");
             let mut rows = Vec::new();
             let mut pending = Vec::new();
             for extracted in batch {
@@ -179,19 +267,25 @@ pub fn add_images(
                     } => {
                         if !seen_this_run.insert(content_hash) {
                             report.duplicates += 1;
+                            hooks.done(open, extracted.position, None)?;
                             continue;
                         }
                         // The pipeline skips paths that are not UTF-8; a key must name the file.
                         let Some(key) = extracted.path.to_str().map(str::to_string) else {
-                            record_failure(&mut report, extracted.path, &SkipReason::NameNotUtf8);
+                            record_failure(report, extracted.path, &SkipReason::NameNotUtf8);
+                            hooks.done(open, extracted.position, None)?;
                             continue;
                         };
                         rows.extend_from_slice(&features);
-                        pending.push((extracted.path, key, content_hash, features));
+                        pending.push((extracted.position, key, content_hash, features));
                     }
-                    FileOutcome::Known { .. } => report.already_indexed += 1,
+                    FileOutcome::Known { .. } => {
+                        report.already_indexed += 1;
+                        hooks.done(open, extracted.position, None)?;
+                    }
                     FileOutcome::Failed(reason) => {
-                        record_failure(&mut report, extracted.path, &reason)
+                        record_failure(report, extracted.path, &reason);
+                        hooks.done(open, extracted.position, None)?;
                     }
                 }
             }
@@ -204,32 +298,26 @@ pub fn add_images(
                     }
                 })?;
                 let codes = head.codes(matrix)?;
-                for ((path, key, content_hash, features), code) in pending.into_iter().zip(codes) {
+                for ((position, key, content_hash, features), code) in
+                    pending.into_iter().zip(codes)
+                {
                     let item = Item {
                         key: Some(key),
                         content_hash: Some(content_hash),
-                        label: if options.label_from_dir {
-                            parent_label(&path)
-                        } else {
-                            None
-                        },
-                        metadata: None,
+                        ..hooks.item(position)
                     };
-                    let open = writer.as_mut().expect("a writer is open between commits");
                     let id = if options.keep_features {
                         open.add_with_features(&code, item, features)?
                     } else {
                         open.add(&code, item)?
                     };
+                    hooks.done(open, position, Some(id))?;
                     report.added += 1;
                     report.ids = Some((report.ids.map_or(id, |(first, _)| first), id));
                 }
             }
             done += options.batch_size.min(paths.len() - done);
-            if writer
-                .as_ref()
-                .is_some_and(|w| w.pending_adds() >= options.commit_every)
-            {
+            if open.pending_adds() >= options.commit_every {
                 writer.take().expect("checked").commit()?;
                 writer = Some(index.writer()?);
             }
@@ -240,9 +328,7 @@ pub fn add_images(
     if let Some(writer) = writer {
         writer.commit()?;
     }
-    report.cancelled = cancel.load(std::sync::atomic::Ordering::Relaxed);
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(())
 }
 
 fn record_failure(report: &mut IngestReport, path: PathBuf, reason: &SkipReason) {

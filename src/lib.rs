@@ -45,6 +45,7 @@ mod mih;
 pub mod npy;
 pub mod report;
 mod store;
+pub mod sync;
 pub mod text;
 pub mod train;
 
@@ -52,8 +53,9 @@ pub use code::Code;
 pub use error::{Error, Result};
 pub use head::{ExtractorBinding, HashHead};
 pub use index::{
-    BatchSearch, Hit, ImportProgress, Index, IndexBuilder, Info, Item, OptimizeReport, Reader,
-    RehashReport, Search, Writer, DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN, MAX_ITEM_BYTES,
+    BatchSearch, Hit, ImportProgress, Index, IndexBuilder, Info, Item, OptimizeReport, Pair,
+    PairBatches, Reader, RehashReport, Search, Writer, DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN,
+    MAX_ITEM_BYTES,
 };
 pub use mih::search::Strategy;
 pub use store::check::CheckReport;

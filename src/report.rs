@@ -3,6 +3,8 @@
 //! results of another label than the query's framed red. Thumbnails are embedded as data URIs, so
 //! the page is one file that opens anywhere.
 //!
+//! The duplicates page ([`duplicates_page`]) shows one row per group of near-duplicates.
+//!
 //! Pages and other outputs are written with [`write_atomically`]: whole or not at all.
 
 use std::fmt::Write as _;
@@ -314,24 +316,11 @@ fn trim_number(value: f64) -> String {
 }
 
 fn page(title: &str, preamble: &str, rows: &[QueryRow]) -> String {
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{title}</title><style>\
-         body{{font-family:sans-serif;margin:1em;background:#fafafa}}\
-         .row{{display:flex;flex-wrap:wrap;gap:6px;margin-bottom:1.5em;align-items:flex-start}}\
-         figure{{margin:0;width:{side}px;border:4px solid #ccc;background:#fff}}\
-         figure.query{{border-color:#1f5fd6}} figure.wrong{{border-color:#d62a1f}}\
-         figure img{{width:100%;display:block}} .missing{{height:80px;color:#999;text-align:center}}\
-         figcaption{{font-size:11px;padding:2px;overflow-wrap:anywhere}}\
-         table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
-         td:first-child,th:first-child{{text-align:left}} .plots{{display:flex;flex-wrap:wrap;gap:1em;margin:1em 0}}\
-         svg{{background:#fff}}\
-         </style></head><body><h1>{title}</h1>{preamble}\
-         <p>Query framed blue; results in rank order with their Hamming distance; results whose \
+    let mut out = page_head(title);
+    out.push_str(preamble);
+    out.push_str(
+        "<p>Query framed blue; results in rank order with their Hamming distance; results whose \
          label differs from the query's framed red.</p>",
-        title = escape(title),
-        side = THUMBNAIL_SIDE
     );
     for row in rows {
         out.push_str("<div class=\"row\">");
@@ -347,6 +336,81 @@ fn page(title: &str, preamble: &str, rows: &[QueryRow]) -> String {
         }
         out.push_str("</div>");
     }
+    page_foot(&mut out);
+    out
+}
+
+/// One group of near-duplicates (or of items with the same content) on the duplicates page.
+#[derive(Debug, Clone, Default)]
+pub struct GroupRow {
+    /// What the group is, shown above its row (such as "group 3: 4 near-duplicates").
+    pub heading: String,
+    /// The items shown, the group's first item (the one distances are measured from) first.
+    pub tiles: Vec<Tile>,
+    /// Items of the group left out of `tiles`.
+    pub more: usize,
+}
+
+/// The page of `milan index duplicates`: `summary` (a line of text), then one row of thumbnails
+/// per group, its first item framed blue and the others, with their distance to it, framed red
+/// where their label differs from its label.
+pub fn duplicates_page(title: &str, summary: &str, groups: &[GroupRow]) -> String {
+    let mut out = page_head(title);
+    let _ = write!(
+        out,
+        "<p>{}</p><p>Each row is one group; its first item framed blue, the others with their \
+         Hamming distance to it, framed red where their label differs from its label.</p>",
+        escape(summary)
+    );
+    for group in groups {
+        let _ = write!(
+            out,
+            "<h3>{}</h3><div class=\"row group\">",
+            escape(&group.heading)
+        );
+        let first_label = group.tiles.first().and_then(|tile| tile.label.as_ref());
+        for (i, tile) in group.tiles.iter().enumerate() {
+            let wrong = matches!((first_label, &tile.label), (Some(f), Some(l)) if f != l);
+            let class = match (i, wrong) {
+                (0, _) => "query",
+                (_, true) => "wrong",
+                _ => "result",
+            };
+            tile_html(&mut out, tile, class, None);
+        }
+        if group.more > 0 {
+            let _ = write!(out, "<p class=\"more\">and {} more</p>", group.more);
+        }
+        out.push_str("</div>");
+    }
+    page_foot(&mut out);
+    out
+}
+
+/// The start of every page: the document head with its style, and the title.
+fn page_head(title: &str) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{title}</title><style>\
+         body{{font-family:sans-serif;margin:1em;background:#fafafa}}\
+         .row{{display:flex;flex-wrap:wrap;gap:6px;margin-bottom:1.5em;align-items:flex-start}}\
+         figure{{margin:0;width:{side}px;border:4px solid #ccc;background:#fff}}\
+         figure.query{{border-color:#1f5fd6}} figure.wrong{{border-color:#d62a1f}}\
+         figure img{{width:100%;display:block}} .missing{{height:80px;color:#999;text-align:center}}\
+         figcaption{{font-size:11px;padding:2px;overflow-wrap:anywhere}}\
+         table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
+         td:first-child,th:first-child{{text-align:left}} .plots{{display:flex;flex-wrap:wrap;gap:1em;margin:1em 0}}\
+         svg{{background:#fff}} h3{{font-size:14px;margin:0.5em 0 0.2em}} .more{{align-self:center;color:#666}}\
+         </style></head><body><h1>{title}</h1>",
+        title = escape(title),
+        side = THUMBNAIL_SIDE
+    );
+    out
+}
+
+/// The end of every page: a script that records whether every picture decoded.
+fn page_foot(out: &mut String) {
     // Lets a headless browser (and the tests) tell whether every picture decoded.
     out.push_str(
         "<script>window.addEventListener('load',function(){var all=document.images,ok=0;\
@@ -354,5 +418,4 @@ fn page(title: &str, preamble: &str, rows: &[QueryRow]) -> String {
          document.body.setAttribute('data-images-loaded',ok+'/'+all.length);});</script>\
          </body></html>",
     );
-    out
 }

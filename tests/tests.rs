@@ -2,11 +2,13 @@
 
 mod bad_input;
 mod cli;
+mod duplicates;
 mod engine;
 mod files;
 mod images;
 mod import;
 mod persistence;
+mod sync;
 mod training;
 mod util;
 mod workflow;

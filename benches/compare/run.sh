@@ -4,6 +4,8 @@
 #
 #   BITS=64 COUNT=1000000 CENTRES=1000 FLIP=0.12 QUERIES=1000 SEED=1 OUT=target/compare \
 #     bash benches/compare/run.sh
+#
+# JOIN=1: the self-join instead (every pair within each radius), on THREADS threads each.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -27,8 +29,18 @@ VENV="${VENV:-target/compare-venv}"
 # MILAN_BIN: an already built milan binary to use instead of building target/release/milan.
 FAISS_VERSION="${FAISS_VERSION:-1.15.1}"
 
-# One thread everywhere.
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 RAYON_NUM_THREADS=1
+JOIN="${JOIN:-0}"               # 1: time the self-join (index duplicates) instead of queries
+THREADS="${THREADS:-$(nproc)}"  # JOIN: threads for every library
+RUNS="${RUNS:-3}"               # JOIN: timed runs per radius (the median is reported)
+FLAT_SAMPLE="${FLAT_SAMPLE:-20000}"  # JOIN: IndexBinaryFlat queries, time scaled to all codes; 0: all
+SKIP_FLAT="${SKIP_FLAT:-0}"     # JOIN: 1 leaves IndexBinaryFlat out
+
+# One thread everywhere (the self-join: THREADS everywhere).
+if [[ "$JOIN" == 1 ]]; then
+    export OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 RAYON_NUM_THREADS="$THREADS"
+else
+    export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 RAYON_NUM_THREADS=1
+fi
 
 PIN=()
 if [[ -n "$CPU" ]]; then
@@ -41,6 +53,7 @@ now() { date +%s.%N; }
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 rm -f "$OUT"/{run.json,milan.json,milan-import.json,mihrs.json,faiss.jsonl,results.jsonl}
+rm -f "$OUT"/{milan-join.json,mihrs-join.json,faiss-join.jsonl,join-results.jsonl}
 
 if [[ -n "${MILAN_BIN:-}" ]]; then
     MILAN="$(cd "$(dirname "$MILAN_BIN")" && pwd)/$(basename "$MILAN_BIN")"
@@ -97,6 +110,34 @@ started=$(now)
 "${PIN[@]}" "$MILAN" index import "$INDEX" --codes "$OUT/codes.npy" --quiet >&2
 finished=$(now)
 awk -v a="$started" -v b="$finished" 'BEGIN { printf "{\"import_s\": %.6f}\n", b - a }' >"$OUT/milan-import.json"
+
+if [[ "$JOIN" == 1 ]]; then
+    log "milan: bench duplicates ($THREADS threads)"
+    "${PIN[@]}" "$MILAN" bench duplicates "$INDEX" --radius "$RADIUS" --runs "$RUNS" --json \
+        >"$OUT/milan-join.json" || log "warning: milan bench duplicates failed"
+    EXACT="$(python3 -c 'import json,sys; print(",".join(str(j["pairs"]) for j in json.load(open(sys.argv[1]))["joins"]))' "$OUT/milan-join.json" 2>/dev/null || true)"
+    if [[ "$MIHRS_OK" == 1 ]]; then
+        log "mih-rs: a range search around every code ($THREADS threads)"
+        MIHRS_ARGS=(--join --codes "$OUT/codes.npy" --radius "$RADIUS" --threads "$THREADS" --runs "$RUNS")
+        if [[ -n "$BLOCKS" ]]; then
+            MIHRS_ARGS+=(--blocks "$BLOCKS")
+        fi
+        "${PIN[@]}" "$MIHRS" "${MIHRS_ARGS[@]}" >"$OUT/mihrs-join.json" || log "warning: mih-rs failed"
+    fi
+    if [[ "$FAISS_OK" == 1 ]]; then
+        log "faiss: range_search of every code ($THREADS threads)"
+        FAISS_ARGS=(--codes "$OUT/codes.npy" --radius "$RADIUS" --nhash "$NHASH" --nflip "$NFLIP"
+            --threads "$THREADS" --runs 1 --flat-sample "$FLAT_SAMPLE" --exact-pairs "$EXACT")
+        if [[ "$SKIP_FLAT" == 1 ]]; then
+            FAISS_ARGS+=(--skip-flat)
+        fi
+        "${PIN[@]}" "$PY" benches/compare/faiss_join.py "${FAISS_ARGS[@]}" >"$OUT/faiss-join.jsonl" \
+            || log "warning: faiss failed"
+    fi
+    python3 benches/compare/join_report.py "$OUT"
+    log "raw JSON: $OUT/join-results.jsonl"
+    exit 0
+fi
 
 log "milan: bench search"
 "${PIN[@]}" "$MILAN" bench search "$INDEX" --codes "$OUT/queries.npy" --top-k "$TOP_K" --radius "$RADIUS" \

@@ -23,7 +23,7 @@ use milan_index_format::{
 };
 use redb::ReadableDatabase;
 
-pub use reader::{BatchSearch, Hit, Reader, Search};
+pub use reader::{BatchSearch, Hit, Pair, PairBatches, Reader, Search};
 pub use rehash::RehashReport;
 pub use writer::{ImportProgress, Item, Writer, MAX_ITEM_BYTES};
 

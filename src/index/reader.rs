@@ -1,5 +1,5 @@
-//! [`Reader`]: a consistent snapshot of an index, and the search builders [`Search`] and
-//! [`BatchSearch`] it hands out.
+//! [`Reader`]: a consistent snapshot of an index, the search builders [`Search`] and
+//! [`BatchSearch`] it hands out, and the self-join [`Reader::pairs_within`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use super::guard_storage;
 use super::writer::Item;
 use crate::code::{words_to_bytes, Code};
 use crate::error::{Error, Result};
+use crate::mih::join::{Join, JoinPlan};
 use crate::mih::search::{Packed, Strategy, TooCostly};
 use crate::mih::View;
 use crate::store;
@@ -32,6 +33,17 @@ fn unpack(hits: Vec<Packed>) -> Vec<Hit> {
             id: packed & 0xffff_ffff,
         })
         .collect()
+}
+
+/// Two live codes within a radius of each other, found by [`Reader::pairs_within`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Pair {
+    /// The smaller id (first, so that pairs order by `a`, then `b`).
+    pub a: u64,
+    /// The larger id.
+    pub b: u64,
+    /// Their Hamming distance.
+    pub distance: u32,
 }
 
 /// A snapshot of an index: the codes and items of one commit, whatever is committed later.
@@ -102,6 +114,33 @@ impl Reader {
                 .map(|id| Ok(id?.value()))
                 .collect::<std::result::Result<_, redb::StorageError>>()
         })
+    }
+
+    /// The live ids of every content hash stored by two items or more (the same file content),
+    /// each list in increasing order, the lists ordered by their first id. Code-only indexes
+    /// store no content hashes, and `index add` skips content it holds already, so this is
+    /// usually empty; items written through the library may share one.
+    pub fn content_hash_groups(&self) -> Result<Vec<Vec<u64>>> {
+        let mut groups: Vec<Vec<u64>> = self.with_hashes(|table| {
+            let mut groups = Vec::new();
+            for entry in table.iter()? {
+                let (_, ids) = entry?;
+                let ids = ids
+                    .map(|id| Ok(id?.value()))
+                    .collect::<std::result::Result<Vec<u64>, redb::StorageError>>()?;
+                if ids.len() > 1 {
+                    groups.push(ids);
+                }
+            }
+            Ok(groups)
+        })?;
+        for ids in &mut groups {
+            ids.retain(|&id| self.view.is_live(id));
+            ids.sort_unstable();
+        }
+        groups.retain(|ids| ids.len() > 1);
+        groups.sort_unstable();
+        Ok(groups)
     }
 
     /// Every content hash stored.
@@ -185,6 +224,39 @@ impl Reader {
         })
     }
 
+    /// Every pair of live codes within `radius` bits of each other (an exact self-join), each
+    /// pair once with `a < b`, in batches ordered by `a`, then `b`.
+    ///
+    /// The pairs are found by multi-index hashing, each code a query for the codes after it,
+    /// on every core (rayon's pool), a few thousand codes at a time, and handed out as they are
+    /// found: memory holds about one batch of pairs per core, not the whole answer, and
+    /// dropping the iterator stops the work. Codes that many others are close to (identical
+    /// codes, above all) make many pairs: `n` copies of a code make `n (n - 1) / 2`.
+    ///
+    /// ```
+    /// # fn main() -> milan::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use milan::{Code, Index, Item, Pair};
+    /// let index = Index::builder(16).create(dir.path())?;
+    /// let mut writer = index.writer()?;
+    /// for hex in ["00ff", "ff00", "00fe", "00ff"] {
+    ///     writer.add(&Code::from_hex(hex)?, Item::default())?;
+    /// }
+    /// writer.commit()?;
+    /// let pairs: Vec<Pair> = index.reader()?.pairs_within(1)?.flatten().collect();
+    /// let found: Vec<_> = pairs.iter().map(|p| (p.a, p.b, p.distance)).collect();
+    /// assert_eq!(found, [(0, 2, 1), (0, 3, 0), (2, 3, 1)]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Errors: [`Error::RadiusTooLarge`] past the code length.
+    pub fn pairs_within(&self, radius: u32) -> Result<PairBatches<'_>> {
+        check_radius(&self.view, radius)?;
+        Ok(PairBatches {
+            join: Join::new(&self.view, radius, JoinPlan::Auto),
+        })
+    }
+
     /// Searches around many queries at once, in parallel; results come back in query order.
     pub fn search_batch(&self, queries: &[Code]) -> Result<BatchSearch<'_>> {
         Ok(BatchSearch {
@@ -195,6 +267,30 @@ impl Reader {
                 .collect::<Result<_>>()?,
             strategy: Strategy::Auto,
         })
+    }
+}
+
+/// The pairs of [`Reader::pairs_within`], in batches (each non-empty), ordered by `a`, then `b`
+/// within and across batches.
+pub struct PairBatches<'r> {
+    join: Join<'r>,
+}
+
+impl Iterator for PairBatches<'_> {
+    type Item = Vec<Pair>;
+
+    fn next(&mut self) -> Option<Vec<Pair>> {
+        let batch = self.join.next()?;
+        Some(
+            batch
+                .into_iter()
+                .map(|pair| Pair {
+                    a: u64::from(pair.a),
+                    b: u64::from(pair.b),
+                    distance: pair.distance,
+                })
+                .collect(),
+        )
     }
 }
 

@@ -1,6 +1,6 @@
-//! [`Writer`]: one write transaction. Adds and deletes (and import progress) are buffered and reach
-//! the database, and the search snapshot, together at [`Writer::commit`]; dropping the writer
-//! discards them.
+//! [`Writer`]: one write transaction. Adds, deletes and item updates (and import progress) are
+//! buffered and reach the database, and the search snapshot, together at [`Writer::commit`];
+//! dropping the writer discards them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -70,6 +70,8 @@ pub struct Writer<'a> {
     adds: Vec<PendingAdd>,
     deletes: Vec<u64>,
     deleted: HashSet<u64>,
+    /// New items for committed ids, written at commit over the stored ones.
+    updates: BTreeMap<u64, ItemRecord>,
     /// Import progress to store at commit, by source.
     imports: BTreeMap<[u8; 32], ImportRecord>,
 }
@@ -94,6 +96,7 @@ impl<'a> Writer<'a> {
             adds: Vec::new(),
             deletes: Vec::new(),
             deleted: HashSet::new(),
+            updates: BTreeMap::new(),
             imports: BTreeMap::new(),
         })
     }
@@ -137,15 +140,7 @@ impl<'a> Writer<'a> {
         if self.meta.next_id >= MAX_IDS {
             return Err(Error::Full { max: MAX_IDS });
         }
-        let size = item.key.as_ref().map_or(0, String::len)
-            + item.label.as_ref().map_or(0, String::len)
-            + item.metadata.as_ref().map_or(0, Vec::len);
-        if size > MAX_ITEM_BYTES {
-            return Err(Error::ItemTooLarge {
-                bytes: size,
-                max: MAX_ITEM_BYTES,
-            });
-        }
+        check_item_size(&item)?;
         let id = self.meta.next_id;
         self.meta.next_id += 1;
         self.adds.push(PendingAdd {
@@ -166,6 +161,44 @@ impl<'a> Writer<'a> {
         }
         if self.view.is_live(id) && self.deleted.insert(id) {
             self.deletes.push(id);
+            // A deleted id keeps no item, so an update of it is moot.
+            self.updates.remove(&id);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Replaces the item stored with a live id (committed, or added in this transaction), keeping
+    /// its id, code and kept features: a file that moved is re-keyed without being coded again.
+    /// The content-hash lookup ([`Reader::ids_with_content_hash`](super::Reader)) follows the new
+    /// item's hash. Returns false when there is no such live id.
+    ///
+    /// Errors: [`Error::ItemTooLarge`] past [`MAX_ITEM_BYTES`], as for [`Writer::add`].
+    ///
+    /// ```
+    /// # fn main() -> milan::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let index = milan::Index::builder(8).create(dir.path())?;
+    /// let mut writer = index.writer()?;
+    /// let item = milan::Item { key: Some("old.png".into()), ..milan::Item::default() };
+    /// let id = writer.add(&milan::Code::from_hex("0f")?, item)?;
+    /// writer.commit()?;
+    /// let mut writer = index.writer()?;
+    /// let moved = milan::Item { key: Some("new.png".into()), ..milan::Item::default() };
+    /// assert!(writer.update_item(id, moved)?);
+    /// writer.commit()?;
+    /// assert_eq!(index.reader()?.item(id)?.unwrap().key.as_deref(), Some("new.png"));
+    /// # Ok(()) }
+    /// ```
+    pub fn update_item(&mut self, id: u64, item: Item) -> Result<bool> {
+        check_item_size(&item)?;
+        if let Ok(at) = self.adds.binary_search_by_key(&id, |add| add.id) {
+            // Not yet written: the add itself carries the new item.
+            self.adds[at].item = item;
+            return Ok(true);
+        }
+        if self.view.is_live(id) && !self.deleted.contains(&id) {
+            self.updates.insert(id, item);
             return Ok(true);
         }
         Ok(false)
@@ -192,7 +225,7 @@ impl<'a> Writer<'a> {
         self.imports.insert(progress.source, record);
     }
 
-    /// Makes every add and delete durable and visible to new readers, atomically.
+    /// Makes every add, delete and item update durable and visible to new readers, atomically.
     pub fn commit(self) -> Result<()> {
         let Writer {
             index,
@@ -202,6 +235,7 @@ impl<'a> Writer<'a> {
             mut meta,
             adds,
             deletes,
+            updates,
             imports,
             ..
         } = self;
@@ -291,6 +325,31 @@ impl<'a> Writer<'a> {
                 codes.remove(id).map_err(|e| st(e.into()))?;
                 features.remove(id).map_err(|e| st(e.into()))?;
             }
+            for (&id, item) in &updates {
+                // The hash lookup holds (hash, id) for every item with a hash: swap the old one.
+                let old_hash = match items
+                    .insert(id, item.encode().as_slice())
+                    .map_err(|e| st(e.into()))?
+                {
+                    Some(record) => ItemRecord::decode(record.value())
+                        .ok()
+                        .and_then(|old| old.content_hash),
+                    None => {
+                        return Err(Error::Corrupted {
+                            path: index.dir.clone(),
+                            detail: format!("live id {id} has no item record"),
+                        })
+                    }
+                };
+                if old_hash != item.content_hash {
+                    if let Some(hash) = &old_hash {
+                        hashes.remove(hash, id).map_err(|e| st(e.into()))?;
+                    }
+                    if let Some(hash) = &item.content_hash {
+                        hashes.insert(hash, id).map_err(|e| st(e.into()))?;
+                    }
+                }
+            }
             if !imports.is_empty() {
                 // Created here on first use: an index without import progress has no table.
                 let mut table = txn.open_table(store::IMPORTS).map_err(|e| st(e.into()))?;
@@ -313,4 +372,18 @@ impl<'a> Writer<'a> {
 
     /// Discards every add and delete (the same as dropping the writer).
     pub fn abort(self) {}
+}
+
+/// Refuses an item whose key, label and metadata together pass [`MAX_ITEM_BYTES`].
+fn check_item_size(item: &Item) -> Result<()> {
+    let size = item.key.as_ref().map_or(0, String::len)
+        + item.label.as_ref().map_or(0, String::len)
+        + item.metadata.as_ref().map_or(0, Vec::len);
+    if size > MAX_ITEM_BYTES {
+        return Err(Error::ItemTooLarge {
+            bytes: size,
+            max: MAX_ITEM_BYTES,
+        });
+    }
+    Ok(())
 }

@@ -11,8 +11,9 @@
 //! - [`layout::WordLayout`]: substring positions and masks over 64-bit words.
 //!
 //! Search itself (exact radius and top-k, multi-index hashing or a linear scan, chosen per query by
-//! a cost model) is in [`search`].
+//! a cost model) is in [`search`]; the self-join (every pair of codes within a radius) in [`join`].
 
+pub(crate) mod join;
 pub(crate) mod layout;
 mod sample;
 pub(crate) mod search;

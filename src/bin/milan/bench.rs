@@ -1,5 +1,6 @@
 //! `milan bench`: `search` times queries on one thread against the linear scan and checks every
-//! answer; `generate` writes the synthetic workloads the benchmarks use.
+//! answer; `duplicates` times the self-join on every core and checks a sample of its codes;
+//! `generate` writes the synthetic workloads the benchmarks use.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,6 +19,9 @@ use crate::Outcome;
 pub enum BenchCommand {
     /// Time exact top-k and radius queries (one thread) and check each against a linear scan.
     Search(SearchArgs),
+    /// Time the self-join (every pair within a radius, as `index duplicates` finds them) on every
+    /// core, and check the pairs of a sample of codes against radius searches.
+    Duplicates(DuplicatesBenchArgs),
     /// Write synthetic codes: clustered around random centres, or uniform with --centres 0.
     Generate(GenerateArgs),
     /// Images per second: the bare model against a whole `index add` (decode, model, head, writes).
@@ -40,6 +44,24 @@ pub struct ExtractBenchArgs {
     json: bool,
     #[command(flatten)]
     extractor: crate::extractor_args::ExtractorArgs,
+}
+
+#[derive(Args)]
+pub struct DuplicatesBenchArgs {
+    /// The index directory.
+    dir: PathBuf,
+    /// Radii, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
+    radius: Vec<u32>,
+    /// Timed runs per radius; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Codes, evenly spaced over the ids, whose pairs are checked against radius searches.
+    #[arg(long, default_value_t = 1000)]
+    check: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -114,6 +136,7 @@ pub struct GenerateArgs {
 pub fn run(command: BenchCommand) -> Result<Outcome> {
     match command {
         BenchCommand::Search(args) => search(args),
+        BenchCommand::Duplicates(args) => duplicates(args),
         BenchCommand::Generate(args) => generate(args),
         BenchCommand::Extract(args) => extract(args),
     }
@@ -314,6 +337,145 @@ fn search(args: SearchArgs) -> Result<Outcome> {
     }
     let exact = report.top_k.recall == 1.0 && report.radius.iter().all(|r| r.recall == 1.0);
     Ok(if exact {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
+}
+
+#[derive(Serialize)]
+struct JoinReport {
+    r: u32,
+    pairs: u64,
+    /// Every timed run, in seconds.
+    seconds: Vec<f64>,
+    median_s: f64,
+    /// Sampled codes whose pairs (with later ids) equal a radius search's answer.
+    checked: usize,
+    mismatches: usize,
+}
+
+#[derive(Serialize)]
+struct DuplicatesReport {
+    codes: u64,
+    bits: u32,
+    substrings: u32,
+    threads: usize,
+    open_ms: f64,
+    joins: Vec<JoinReport>,
+}
+
+fn duplicates(args: DuplicatesBenchArgs) -> Result<Outcome> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let started = Instant::now();
+    let index = Index::open_read_only(&args.dir)?;
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    let reader = index.reader()?;
+    let info = index.info();
+    for &r in &args.radius {
+        if r > info.bits {
+            bail!(
+                "radius {r} is larger than the code length ({} bits)",
+                info.bits
+            );
+        }
+    }
+    // Evenly spaced live ids, increasing, so that the pairs (ordered by `a`) meet them in turn.
+    let ids: Vec<u64> = reader.ids().collect();
+    let step = (ids.len() / args.check.max(1)).max(1);
+    let sample: Vec<u64> = if args.check == 0 {
+        Vec::new()
+    } else {
+        ids.iter().step_by(step).take(args.check).copied().collect()
+    };
+    let mut joins = Vec::new();
+    for &r in &args.radius {
+        let mut seconds = Vec::new();
+        let mut pairs = 0u64;
+        let mut found: Vec<Vec<Hit>> = vec![Vec::new(); sample.len()];
+        for run in 0..args.runs {
+            let mut next = 0usize;
+            pairs = 0;
+            let started = Instant::now();
+            for batch in reader.pairs_within(r)? {
+                pairs += batch.len() as u64;
+                if run > 0 {
+                    continue;
+                }
+                for pair in batch {
+                    while next < sample.len() && sample[next] < pair.a {
+                        next += 1;
+                    }
+                    if next < sample.len() && sample[next] == pair.a {
+                        found[next].push(Hit {
+                            distance: pair.distance,
+                            id: pair.b,
+                        });
+                    }
+                }
+            }
+            seconds.push(started.elapsed().as_secs_f64());
+        }
+        let mut mismatches = 0;
+        for (&a, pairs_of_a) in sample.iter().zip(&mut found) {
+            let mut truth = reader.search_id(a)?.within(r)?;
+            truth.retain(|hit| hit.id > a);
+            truth.sort_by_key(|hit| hit.id);
+            mismatches += usize::from(*pairs_of_a != truth);
+        }
+        let mut sorted = seconds.clone();
+        sorted.sort_by(f64::total_cmp);
+        joins.push(JoinReport {
+            r,
+            pairs,
+            median_s: sorted[sorted.len() / 2],
+            seconds,
+            checked: sample.len(),
+            mismatches,
+        });
+    }
+    let report = DuplicatesReport {
+        codes: info.len,
+        bits: info.bits,
+        substrings: info.substrings,
+        threads: rayon::current_num_threads(),
+        open_ms,
+        joins,
+    };
+    if args.json {
+        outln!("{}", serde_json::to_string(&report)?)?;
+    } else {
+        outln!(
+            "self-join of {} {}-bit codes, {} substrings, {} threads; open {:.1} ms",
+            report.codes,
+            report.bits,
+            report.substrings,
+            report.threads,
+            report.open_ms
+        )?;
+        outln!(
+            "{:<10} {:>14} {:>10} {:>26} {:>10}",
+            "radius",
+            "pairs",
+            "median s",
+            "runs s",
+            "checked"
+        )?;
+        for join in &report.joins {
+            let runs: Vec<String> = join.seconds.iter().map(|s| format!("{s:.3}")).collect();
+            outln!(
+                "{:<10} {:>14} {:>10.3} {:>26} {:>10}",
+                join.r,
+                join.pairs,
+                join.median_s,
+                runs.join(" "),
+                format!("{}/{}", join.checked - join.mismatches, join.checked)
+            )?;
+        }
+    }
+    Ok(if report.joins.iter().all(|join| join.mismatches == 0) {
         Outcome::Success
     } else {
         Outcome::Failed

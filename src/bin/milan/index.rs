@@ -37,6 +37,11 @@ pub enum IndexCommand {
     Optimize(OptimizeArgs),
     /// Re-code every image from its kept features with a new hash head, in one transaction.
     Rehash(RehashArgs),
+    /// Find near-duplicate images or codes: every pair within a Hamming radius, in groups.
+    Duplicates(crate::duplicates::DuplicatesArgs),
+    /// Bring an image index in line with folders: add new files, delete gone ones, re-key moved
+    /// ones, re-code changed ones.
+    Sync(crate::sync::SyncArgs),
 }
 
 #[derive(Args)]
@@ -126,6 +131,8 @@ pub fn run(command: IndexCommand) -> Result<Outcome> {
         IndexCommand::Delete(args) => delete(args),
         IndexCommand::Optimize(args) => optimize(args),
         IndexCommand::Rehash(args) => rehash(args),
+        IndexCommand::Duplicates(args) => crate::duplicates::run(args),
+        IndexCommand::Sync(args) => crate::sync::run(args),
     }
 }
 

@@ -15,6 +15,7 @@ macro_rules! outln {
 mod add;
 mod bench;
 mod codes_file;
+mod duplicates;
 mod eval;
 mod extract;
 mod extractor_args;
@@ -25,6 +26,7 @@ mod outputs;
 mod progress;
 mod query;
 mod split_args;
+mod sync;
 mod train;
 mod walk;
 

@@ -4,6 +4,11 @@
 //!
 //! Usage: milan-compare-mihrs --codes codes.npy --queries queries.npy [--top-k 20]
 //!        [--radius 2,4,8] [--blocks M] [--index-file PATH]
+//!
+//! With `--join` (no queries), it times the self-join the way mih-rs can do one: a range search
+//! around every code, keeping the ids above the code's own, on `--threads` threads (each with its
+//! own searcher, over interleaved chunks of codes), `--runs` times per radius, and prints one JSON
+//! object shaped like `milan bench duplicates --json`.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -24,6 +29,9 @@ struct Args {
     radius: Vec<usize>,
     blocks: Option<usize>,
     index_file: Option<PathBuf>,
+    join: bool,
+    threads: usize,
+    runs: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -33,6 +41,9 @@ fn parse_args() -> Result<Args> {
     let mut radius = vec![2, 4, 8];
     let mut blocks = None;
     let mut index_file = None;
+    let mut join = false;
+    let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut runs = 3;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| anyhow!("{flag} needs a value"));
@@ -49,11 +60,20 @@ fn parse_args() -> Result<Args> {
             }
             "--blocks" => blocks = Some(value()?.parse().context("--blocks")?),
             "--index-file" => index_file = Some(PathBuf::from(value()?)),
+            "--join" => join = true,
+            "--threads" => threads = value()?.parse().context("--threads")?,
+            "--runs" => runs = value()?.parse().context("--runs")?,
             other => bail!("unknown argument {other}"),
         }
     }
     if top_k == 0 {
         bail!("--top-k must be at least 1");
+    }
+    if threads == 0 || runs == 0 {
+        bail!("--threads and --runs must be at least 1");
+    }
+    if join && queries.is_none() {
+        queries = codes.clone();
     }
     Ok(Args {
         codes: codes.ok_or_else(|| anyhow!("--codes is required"))?,
@@ -62,6 +82,9 @@ fn parse_args() -> Result<Args> {
         radius,
         blocks,
         index_file,
+        join,
+        threads,
+        runs,
     })
 }
 
@@ -302,8 +325,110 @@ fn run<T: FromRow>(args: &Args, rows: &Array2<u8>, query_rows: &Array2<u8>, load
     })
 }
 
+#[derive(Serialize)]
+struct JoinRadius {
+    r: usize,
+    pairs: u64,
+    seconds: Vec<f64>,
+    median_s: f64,
+}
+
+#[derive(Serialize)]
+struct JoinReport {
+    library: &'static str,
+    version: &'static str,
+    codes: usize,
+    bits: usize,
+    substrings: usize,
+    threads: usize,
+    build_s: f64,
+    joins: Vec<JoinRadius>,
+}
+
+/// Codes per chunk a thread takes in turn: small enough to share the work evenly.
+const JOIN_CHUNK: usize = 4096;
+
+fn run_join<T: FromRow + Sync>(args: &Args, rows: &Array2<u8>) -> Result<JoinReport> {
+    let bits = rows.ncols() * 8;
+    let codes: Vec<T> = to_codes(rows);
+    if codes.is_empty() {
+        bail!("{} holds no codes", args.codes.display());
+    }
+    let started = Instant::now();
+    let index = match args.blocks {
+        Some(m) => Index::with_blocks(codes, m)?,
+        None => Index::new(codes)?,
+    };
+    let build_s = started.elapsed().as_secs_f64();
+    let codes = index.codes();
+    let chunks = codes.len().div_ceil(JOIN_CHUNK);
+    let mut joins = Vec::new();
+    for &r in &args.radius {
+        let mut seconds = Vec::new();
+        let mut pairs = 0u64;
+        for _ in 0..args.runs {
+            let started = Instant::now();
+            pairs = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..args.threads)
+                    .map(|t| {
+                        let index = &index;
+                        scope.spawn(move || {
+                            let mut searcher = index.range_searcher();
+                            let mut pairs = 0u64;
+                            for chunk in (t..chunks).step_by(args.threads) {
+                                let first = chunk * JOIN_CHUNK;
+                                let last = (first + JOIN_CHUNK).min(codes.len());
+                                for i in first..last {
+                                    let ids = searcher.run(codes[i], r);
+                                    pairs += ids.iter().filter(|&&id| id as usize > i).count() as u64;
+                                }
+                            }
+                            pairs
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().expect("worker")).sum()
+            });
+            seconds.push(started.elapsed().as_secs_f64());
+        }
+        let mut sorted = seconds.clone();
+        sorted.sort_by(f64::total_cmp);
+        joins.push(JoinRadius { r, pairs, median_s: sorted[sorted.len() / 2], seconds });
+    }
+    Ok(JoinReport {
+        library: "mih-rs",
+        version: MIH_RS_VERSION,
+        codes: codes.len(),
+        bits,
+        substrings: index.num_blocks(),
+        threads: args.threads,
+        build_s,
+        joins,
+    })
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
+    if args.join {
+        let rows = read_rows(&args.codes)?;
+        let report = match rows.ncols() {
+            1 => run_join::<u8>(&args, &rows)?,
+            2 => run_join::<u16>(&args, &rows)?,
+            4 => run_join::<u32>(&args, &rows)?,
+            8 => run_join::<u64>(&args, &rows)?,
+            width => {
+                let skipped = Skipped {
+                    library: "mih-rs",
+                    version: MIH_RS_VERSION,
+                    skipped: format!("mih-rs {MIH_RS_VERSION} takes 8, 16, 32 or 64-bit codes, not {}", width * 8),
+                };
+                println!("{}", serde_json::to_string(&skipped)?);
+                return Ok(());
+            }
+        };
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let started = Instant::now();
     let rows = read_rows(&args.codes)?;
     let load_codes_s = started.elapsed().as_secs_f64();
