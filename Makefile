@@ -24,6 +24,9 @@ demo: $(MILAN) setup model
 	$(MILAN) index create $(DEMO)/index --model $(MODEL) --head $(DEMO)/lsh64.head
 	$(MILAN) index add $(DEMO)/index $(DEMO_IMAGES) --recursive --label-from-dir --keep-features
 	$(MILAN) index info $(DEMO)/index
+	@echo "== near-duplicates: images whose LSH codes are identical, joined into groups (a trained head"
+	@echo "   gives a whole class near-identical codes, so duplicates are looked for before training)"
+	$(MILAN) index duplicates $(DEMO)/index --radius 0 --limit 10 --html $(DEMO)/duplicates.html
 	@if [ -z "$(IMAGES)" ]; then \
 		echo "== training a 64-bit MiLaN head on the kept features (60/40 split per class), measuring it, re-coding the index"; \
 		$(MILAN) train --data $(DEMO)/index --bits 64 --seed 1 --out $(DEMO)/milan64.head && \
@@ -33,8 +36,6 @@ demo: $(MILAN) setup model
 	@echo "== three images as queries: top 19 results each, as JSON lines and as an HTML page"
 	$(MILAN) query $(DEMO)/index --top-k 19 --json --html $(DEMO)/results.html \
 		--image $$(find $(DEMO_IMAGES) -type f \( -name '*.png' -o -name '*.jpg' -o -name '*.tif' \) | sort | awk 'NR % 97 == 1' | head -3)
-	@echo "== near-duplicates: every pair of images within 2 bits of each other, joined into groups"
-	$(MILAN) index duplicates $(DEMO)/index --radius 2 --limit 20 --html $(DEMO)/duplicates.html
 	@echo
 	@echo "done. Index: $(DEMO)/index; results page: $(DEMO)/results.html (query framed blue, wrong class red)."
 	@echo "Near-duplicates: $(DEMO)/duplicates.html (one row per group)."

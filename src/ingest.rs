@@ -10,7 +10,7 @@
 //! could not name the file again. Keys are the paths exactly as given, as UTF-8.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -63,10 +63,9 @@ pub struct IngestReport {
     pub already_indexed: usize,
     /// Images whose content appeared earlier in the same run.
     pub duplicates: usize,
-    /// Files that could not be read or decoded, with why.
-    pub failed: Vec<FailedFile>,
-    /// Failures counted by reason (`corrupt`, `unsupported`, ...).
-    pub failed_by_reason: BTreeMap<String, usize>,
+    /// Files that could not be read or decoded (in JSON, `failed` and `failed_by_reason`).
+    #[serde(flatten)]
+    pub failures: Failures,
     /// The first and last id handed out.
     pub ids: Option<(u64, u64)>,
     /// The device the model ran on.
@@ -77,6 +76,38 @@ pub struct IngestReport {
     pub cancelled: bool,
 }
 
+/// The files a run skipped, with why, and their counts by reason: part of [`IngestReport`] and
+/// [`SyncReport`](crate::sync::SyncReport).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct Failures {
+    /// Each file skipped, in the order met.
+    pub failed: Vec<FailedFile>,
+    /// The files skipped, counted by reason (`corrupt`, `unsupported`, `unreadable`, ...).
+    pub failed_by_reason: BTreeMap<String, usize>,
+}
+
+impl Failures {
+    /// Records one skipped file.
+    pub fn push(&mut self, failed: FailedFile) {
+        *self
+            .failed_by_reason
+            .entry(failed.reason.clone())
+            .or_default() += 1;
+        self.failed.push(failed);
+    }
+
+    /// Whether no file was skipped.
+    pub fn is_empty(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// How many files were skipped.
+    pub fn len(&self) -> usize {
+        self.failed.len()
+    }
+}
+
 /// A file that could not be added.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FailedFile {
@@ -84,10 +115,22 @@ pub struct FailedFile {
     #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// Short reason ([`SkipReason::kind`]: `corrupt`, `truncated`, `unsupported`, `empty`,
-    /// `unreadable`, `not_a_file`, `name_not_utf8`, `too_large`).
+    /// `unreadable`, `not_a_file`, `name_not_utf8`, `too_large`; the command line adds
+    /// `unlistable_folder` for a folder its walk could not list).
     pub reason: String,
     /// The decoder's words.
     pub detail: String,
+}
+
+impl FailedFile {
+    /// `path`, skipped for `reason`.
+    pub fn new(path: PathBuf, reason: &SkipReason) -> FailedFile {
+        FailedFile {
+            path,
+            reason: reason.kind().to_string(),
+            detail: reason.to_string(),
+        }
+    }
 }
 
 fn lossy_path<S: serde::Serializer>(
@@ -139,6 +182,78 @@ pub(crate) fn parent_label(path: &Path) -> Option<String> {
         .map(|name| name.to_string_lossy().into_owned())
 }
 
+/// `path` made absolute, with `.` and `..` resolved in the text (not against the disk). `None`
+/// when `..` would climb above the root.
+pub(crate) fn normalised(path: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    let mut out = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    Some(out)
+}
+
+/// `path` as a key spells it: absolute, with `.` and `..` resolved in the text when that still
+/// names the same file or folder (a link before a `..` can make it another); otherwise absolute
+/// as given. `milan index add` and `milan index sync` key files by it, so that both spell a path
+/// alike however it was typed.
+pub fn key_path(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let Some(plain) = normalised(&absolute) else {
+        return absolute;
+    };
+    if plain.as_os_str() == absolute.as_os_str() {
+        return absolute;
+    }
+    let climbs = absolute
+        .components()
+        .any(|component| component == Component::ParentDir);
+    // Without a `..`, only `.` and doubled separators went: the same path by definition.
+    if !climbs || same_file(&plain, &absolute) {
+        plain
+    } else {
+        absolute
+    }
+}
+
+/// Whether `a` and `b` name the same existing file or folder (links followed).
+#[cfg(unix)]
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &Path, _: &Path) -> bool {
+    // No cheap identity to compare: the path stays as given.
+    false
+}
+
+/// Whether the image index keeps feature vectors, so that [`Index::rehash`] can re-code it:
+/// whether its most recently added live item has them (`index add` and sync keep them then, even
+/// without being asked). False for an empty or code-only index.
+pub fn keeps_features(index: &Index) -> Result<bool> {
+    let Some(model) = index.model() else {
+        return Ok(false);
+    };
+    let reader = index.reader()?;
+    let Some(last) = reader.ids().last() else {
+        return Ok(false);
+    };
+    Ok(reader.features(last, model.dim)?.is_some())
+}
+
 /// Adds `paths` to the index. `progress(done, total)` is called after each batch; setting
 /// `cancel` stops after the batch in hand, committing what was done.
 pub fn add_images(
@@ -172,50 +287,44 @@ pub fn add_images(
     }
 
     let started = Instant::now();
-    let (_, head) = check_extractor(index, extractor)?;
+    let mut batches = Batches::new(index, extractor, options, progress, cancel)?;
     let known: HashSet<[u8; 32]> = index.reader()?.content_hashes()?;
     let mut report = IngestReport {
-        device: extractor.device().to_string(),
+        device: batches.device(),
         ..IngestReport::default()
     };
     let mut hooks = Plain {
         paths,
         label_from_dir: options.label_from_dir,
     };
-    add_files(
-        &mut Batches {
-            index,
-            extractor,
-            head: &head,
-            options,
-            progress,
-            cancel,
-        },
-        paths,
-        &known,
-        &mut report,
-        &mut hooks,
-    )?;
+    batches.add_files(paths, &known, &mut report, &mut hooks)?;
     report.cancelled = cancel.load(std::sync::atomic::Ordering::Relaxed);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
-/// What [`add_files`] runs with: the index and its coder, and how.
+/// What [`Batches::add_files`] runs with: the index and its coder, and how.
 pub(crate) struct Batches<'r, 'x> {
-    pub index: &'r Index,
-    pub extractor: &'x mut Extractor,
-    pub head: &'r HashHead,
-    pub options: &'r IngestOptions,
-    pub progress: &'r mut dyn FnMut(usize, usize),
-    pub cancel: &'r AtomicBool,
+    index: &'r Index,
+    extractor: &'x mut Extractor,
+    head: HashHead,
+    options: &'r IngestOptions,
+    progress: &'r mut dyn FnMut(usize, usize),
+    cancel: &'r AtomicBool,
 }
 
-/// What a caller of [`add_files`] adds to each file: its item beyond key and content hash, and
-/// further writes in the transaction that holds the file's add.
+/// What a caller of [`Batches::add_files`] adds to each file: its item beyond key and content
+/// hash, whether its features are kept, and further writes in the transaction that holds the
+/// file's add.
 pub(crate) trait FileHooks {
     /// The item for `paths[position]`; its key and content hash are filled in from the file.
     fn item(&mut self, position: usize) -> Item;
+
+    /// Whether `paths[position]` keeps its feature vector even without
+    /// [`IngestOptions::keep_features`].
+    fn keep_features(&self, _position: usize) -> bool {
+        false
+    }
 
     /// Called once for each file the run reached, in the writer that holds its add when there is
     /// one: `added` is its new id, or `None` when it was not added (content already indexed, a
@@ -223,124 +332,139 @@ pub(crate) trait FileHooks {
     fn done(&mut self, writer: &mut Writer<'_>, position: usize, added: Option<u64>) -> Result<()>;
 }
 
-/// The batch pipeline behind [`add_images`] and sync: reads, hashes, decodes and codes `paths`,
-/// adding each file whose content hash is neither in `known` nor met earlier in the run, and
-/// commits every `commit_every` adds (and at the end, or when cancelled after the batch in hand).
-pub(crate) fn add_files(
-    run: &mut Batches<'_, '_>,
-    paths: &[PathBuf],
-    known: &HashSet<[u8; 32]>,
-    report: &mut IngestReport,
-    hooks: &mut dyn FileHooks,
-) -> Result<()> {
-    let Batches {
-        index,
-        extractor,
-        head,
-        options,
-        progress,
-        cancel,
-    } = run;
-    let (index, head, options) = (*index, *head, *options);
-    let mut seen_this_run = HashSet::new();
-    // An Option, so that a full writer can be committed before the next one is begun.
-    let mut writer = Some(index.writer()?);
-    let mut done = 0;
-    extract_files(
-        extractor,
-        paths,
-        options.batch_size,
-        known,
-        &ReadOptions {
-            lenient: options.lenient,
-        },
-        cancel,
-        |batch| {
-            let open = writer.as_mut().expect("a writer is open between commits");
-            let mut rows = Vec::new();
-            let mut pending = Vec::new();
-            for extracted in batch {
-                match extracted.outcome {
-                    FileOutcome::Features {
-                        features,
-                        content_hash,
-                    } => {
-                        if !seen_this_run.insert(content_hash) {
-                            report.duplicates += 1;
-                            hooks.done(open, extracted.position, None)?;
-                            continue;
-                        }
-                        // The pipeline skips paths that are not UTF-8; a key must name the file.
-                        let Some(key) = extracted.path.to_str().map(str::to_string) else {
-                            record_failure(report, extracted.path, &SkipReason::NameNotUtf8);
-                            hooks.done(open, extracted.position, None)?;
-                            continue;
-                        };
-                        rows.extend_from_slice(&features);
-                        pending.push((extracted.position, key, content_hash, features));
-                    }
-                    FileOutcome::Known { .. } => {
-                        report.already_indexed += 1;
-                        hooks.done(open, extracted.position, None)?;
-                    }
-                    FileOutcome::Failed(reason) => {
-                        record_failure(report, extracted.path, &reason);
-                        hooks.done(open, extracted.position, None)?;
-                    }
-                }
-            }
-            if !pending.is_empty() {
-                let dim = head.input_dim() as usize;
-                let matrix = ArrayView2::from_shape((pending.len(), dim), &rows).map_err(|_| {
-                    Error::FeatureDim {
-                        expected: head.input_dim(),
-                        got: (rows.len() / pending.len()) as u32,
-                    }
-                })?;
-                let codes = head.codes(matrix)?;
-                for ((position, key, content_hash, features), code) in
-                    pending.into_iter().zip(codes)
-                {
-                    let item = Item {
-                        key: Some(key),
-                        content_hash: Some(content_hash),
-                        ..hooks.item(position)
-                    };
-                    let id = if options.keep_features {
-                        open.add_with_features(&code, item, features)?
-                    } else {
-                        open.add(&code, item)?
-                    };
-                    hooks.done(open, position, Some(id))?;
-                    report.added += 1;
-                    report.ids = Some((report.ids.map_or(id, |(first, _)| first), id));
-                }
-            }
-            done += options.batch_size.min(paths.len() - done);
-            if open.pending_adds() >= options.commit_every {
-                writer.take().expect("checked").commit()?;
-                writer = Some(index.writer()?);
-            }
-            progress(done, paths.len());
-            Ok(())
-        },
-    )?;
-    if let Some(writer) = writer {
-        writer.commit()?;
+impl<'r, 'x> Batches<'r, 'x> {
+    /// The pipeline for `index`, coding with `extractor` (checked to be the index's) and the
+    /// index's head.
+    pub(crate) fn new(
+        index: &'r Index,
+        extractor: &'x mut Extractor,
+        options: &'r IngestOptions,
+        progress: &'r mut dyn FnMut(usize, usize),
+        cancel: &'r AtomicBool,
+    ) -> Result<Self> {
+        let (_, head) = check_extractor(index, extractor)?;
+        Ok(Batches {
+            index,
+            extractor,
+            head,
+            options,
+            progress,
+            cancel,
+        })
     }
-    Ok(())
-}
 
-fn record_failure(report: &mut IngestReport, path: PathBuf, reason: &SkipReason) {
-    *report
-        .failed_by_reason
-        .entry(reason.kind().to_string())
-        .or_default() += 1;
-    report.failed.push(FailedFile {
-        path,
-        reason: reason.kind().to_string(),
-        detail: reason.to_string(),
-    });
+    /// The device the model runs on.
+    pub(crate) fn device(&self) -> String {
+        self.extractor.device().to_string()
+    }
+
+    /// The batch pipeline behind [`add_images`] and sync: reads, hashes, decodes and codes
+    /// `paths`, adding each file whose content hash is neither in `known` nor met earlier in the
+    /// run, and commits every `commit_every` adds (and at the end, or when cancelled after the
+    /// batch in hand).
+    pub(crate) fn add_files(
+        &mut self,
+        paths: &[PathBuf],
+        known: &HashSet<[u8; 32]>,
+        report: &mut IngestReport,
+        hooks: &mut dyn FileHooks,
+    ) -> Result<()> {
+        let (index, head, options) = (self.index, &self.head, self.options);
+        let progress = &mut self.progress;
+        let mut seen_this_run = HashSet::new();
+        // An Option, so that a full writer can be committed before the next one is begun.
+        let mut writer = Some(index.writer()?);
+        let mut done = 0;
+        extract_files(
+            self.extractor,
+            paths,
+            options.batch_size,
+            known,
+            &ReadOptions {
+                lenient: options.lenient,
+            },
+            self.cancel,
+            |batch| {
+                let open = writer.as_mut().expect("a writer is open between commits");
+                let mut rows = Vec::new();
+                let mut pending = Vec::new();
+                for extracted in batch {
+                    match extracted.outcome {
+                        FileOutcome::Features {
+                            features,
+                            content_hash,
+                        } => {
+                            if !seen_this_run.insert(content_hash) {
+                                report.duplicates += 1;
+                                hooks.done(open, extracted.position, None)?;
+                                continue;
+                            }
+                            // The pipeline skips paths that are not UTF-8; a key must name the file.
+                            let Some(key) = extracted.path.to_str().map(str::to_string) else {
+                                report.failures.push(FailedFile::new(
+                                    extracted.path,
+                                    &SkipReason::NameNotUtf8,
+                                ));
+                                hooks.done(open, extracted.position, None)?;
+                                continue;
+                            };
+                            rows.extend_from_slice(&features);
+                            pending.push((extracted.position, key, content_hash, features));
+                        }
+                        FileOutcome::Known { .. } => {
+                            report.already_indexed += 1;
+                            hooks.done(open, extracted.position, None)?;
+                        }
+                        FileOutcome::Failed(reason) => {
+                            report
+                                .failures
+                                .push(FailedFile::new(extracted.path, &reason));
+                            hooks.done(open, extracted.position, None)?;
+                        }
+                    }
+                }
+                if !pending.is_empty() {
+                    let dim = head.input_dim() as usize;
+                    let matrix =
+                        ArrayView2::from_shape((pending.len(), dim), &rows).map_err(|_| {
+                            Error::FeatureDim {
+                                expected: head.input_dim(),
+                                got: (rows.len() / pending.len()) as u32,
+                            }
+                        })?;
+                    let codes = head.codes(matrix)?;
+                    for ((position, key, content_hash, features), code) in
+                        pending.into_iter().zip(codes)
+                    {
+                        let item = Item {
+                            key: Some(key),
+                            content_hash: Some(content_hash),
+                            ..hooks.item(position)
+                        };
+                        let id = if options.keep_features || hooks.keep_features(position) {
+                            open.add_with_features(&code, item, features)?
+                        } else {
+                            open.add(&code, item)?
+                        };
+                        hooks.done(open, position, Some(id))?;
+                        report.added += 1;
+                        report.ids = Some((report.ids.map_or(id, |(first, _)| first), id));
+                    }
+                }
+                done += options.batch_size.min(paths.len() - done);
+                if open.pending_adds() >= options.commit_every {
+                    writer.take().expect("checked").commit()?;
+                    writer = Some(index.writer()?);
+                }
+                progress(done, paths.len());
+                Ok(())
+            },
+        )?;
+        if let Some(writer) = writer {
+            writer.commit()?;
+        }
+        Ok(())
+    }
 }
 
 /// One image coded by [`code_image`].
@@ -378,4 +502,35 @@ pub fn code_image(index: &Index, extractor: &mut Extractor, path: &Path) -> Resu
         features: features.row(0).to_vec(),
         content_hash: decoded.content_hash,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_resolve_dots_only_where_the_path_names_the_same_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let photos = root.join("photos");
+        let deep = root.join("deep/er");
+        std::fs::create_dir_all(&photos).unwrap();
+        std::fs::create_dir_all(deep.join("photos")).unwrap();
+        std::fs::create_dir(root.join("x")).unwrap();
+        std::os::unix::fs::symlink(&deep, root.join("link")).unwrap();
+        // Plain paths stay as they are; `.` and doubled separators go without looking.
+        assert_eq!(key_path(&photos), photos);
+        let dotted = PathBuf::from(format!("{}/./photos//a.png", root.display()));
+        assert_eq!(key_path(&dotted), photos.join("a.png"));
+        // `x/..` is the folder itself: resolved.
+        let through_x = root.join("x/../photos");
+        assert_eq!(key_path(&through_x), photos);
+        // `link/..` is deep, not root: `root/link/../photos` names deep/photos, so it stays.
+        let through_link = root.join("link/../photos");
+        assert_eq!(key_path(&through_link), through_link);
+        // A missing path cannot be compared: it stays as given.
+        let missing = root.join("nowhere/../photos/b.png");
+        assert_eq!(key_path(&missing), missing);
+    }
 }

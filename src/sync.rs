@@ -7,9 +7,12 @@
 //! - **unchanged**: an item whose file is still at its key with the same content: untouched;
 //! - **moved**: content whose file is gone from its key turns up at a path no item holds: the item
 //!   is re-keyed ([`Writer::update_item`]), keeping its id, code and kept features, and the model
-//!   does not run;
+//!   does not run. A key is matched at the path [`key_path`] spells for
+//!   it, as files found are spelled, so an item whose key names its file through `..` is re-keyed
+//!   to the plain spelling too;
 //! - **re-coded**: the file at a key holds new content: the old item is deleted and the file coded
-//!   and added again (a new id; ids are never reused), keeping the old item's label and metadata;
+//!   and added again (a new id; ids are never reused), keeping the old item's label and metadata,
+//!   and its kept features when it had them;
 //! - **added**: a file no item knows, coded as [`add_images`](crate::ingest::add_images) codes it;
 //! - **deleted**: an item whose file is gone (`gone`), or whose file now holds content that is
 //!   indexed under another item (`stale`);
@@ -28,18 +31,19 @@
 //! commits, and a new plan made afterwards finishes the job.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::extract::{read_file, Extractor, SkipReason};
+use crate::extract::image::hash_file;
+use crate::extract::{Extractor, SkipReason};
 use crate::index::{Index, Item, Reader, Writer};
 use crate::ingest::{
-    add_files, check_extractor, parent_label, Batches, FailedFile, FileHooks, IngestOptions,
-    IngestReport,
+    keeps_features, key_path, normalised, parent_label, Batches, FailedFile, Failures, FileHooks,
+    IngestOptions, IngestReport,
 };
 
 /// Files hashed between two progress calls (and cancel checks) while planning.
@@ -153,11 +157,10 @@ pub struct SyncReport {
     pub deleted: usize,
     /// Files not added because their content is indexed under another key.
     pub duplicates: usize,
-    /// Files skipped, with why.
-    pub failed: Vec<FailedFile>,
-    /// Skipped files counted by reason (`unreadable`, `corrupt`, ...).
-    pub failed_by_reason: BTreeMap<String, usize>,
-    /// The first and last id handed out.
+    /// Files skipped, with why (in JSON, `failed` and `failed_by_reason`).
+    #[serde(flatten)]
+    pub failures: Failures,
+    /// The first and last id given to coded files.
     pub ids: Option<(u64, u64)>,
     /// The device the model ran on (empty for a plan).
     pub device: String,
@@ -167,23 +170,12 @@ pub struct SyncReport {
     pub cancelled: bool,
 }
 
-/// `path` made absolute, with `.` and `..` resolved in the text (not against the disk, whose
-/// links the keys do not resolve either). `None` when `..` would climb above the root.
-fn normalised(path: &Path) -> Option<PathBuf> {
-    let absolute = std::path::absolute(path).ok()?;
-    let mut out = PathBuf::new();
-    for component in absolute.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    Some(out)
+/// The path an in-scope key is matched at: the key as [`key_path`] spells it.
+fn spelled(key: &str) -> String {
+    key_path(Path::new(key))
+        .into_os_string()
+        .into_string()
+        .unwrap_or_else(|_| key.to_string())
 }
 
 /// Whether the key names a path in one of `folders` (the folder itself included).
@@ -203,7 +195,11 @@ fn in_scope(key: &str, folders: &[PathBuf]) -> bool {
 /// An in-scope item as the plan sees it.
 struct Stored {
     id: u64,
+    /// Its key as stored.
     key: String,
+    /// The path it is matched at: its key as [`key_path`] spells it (`..` resolved where that
+    /// names the same file), as files found in the folders are spelled.
+    at: String,
     hash: Option<[u8; 32]>,
 }
 
@@ -212,20 +208,6 @@ struct Stored {
 enum Holder {
     Outside(u64),
     Key(String),
-}
-
-/// What became of one file hashed while planning.
-enum Hashed {
-    Content([u8; 32]),
-    Failed(SkipReason),
-}
-
-fn failed_file(path: PathBuf, reason: &SkipReason) -> FailedFile {
-    FailedFile {
-        path,
-        reason: reason.kind().to_string(),
-        detail: reason.to_string(),
-    }
 }
 
 fn not_a_folder(folder: &Path) -> Error {
@@ -252,7 +234,9 @@ impl SyncPlan {
     /// Plans the sync of the image index with `folders`, given `files`: the files found in them
     /// now (a recursive walk, such as the command line's). Files are read as the pipeline reads
     /// them (regular files only, up to [`MAX_FILE_BYTES`](crate::extract::MAX_FILE_BYTES)) and
-    /// hashed; nothing is decoded and nothing written, so a read-only index will do.
+    /// hashed as they stream in (a small buffer per thread, never a whole file); nothing is
+    /// decoded and nothing written, so a read-only index will do. Files are keyed as
+    /// [`key_path`] spells them.
     /// `progress(done, total)` is called as files are hashed; setting `cancel` stops early with
     /// [`SyncPlan::cancelled`] set.
     ///
@@ -287,6 +271,7 @@ impl SyncPlan {
             match item.key {
                 Some(key) if in_scope(&key, &scope) => stored.push(Stored {
                     id,
+                    at: spelled(&key),
                     key,
                     hash: item.content_hash,
                 }),
@@ -303,7 +288,7 @@ impl SyncPlan {
         let mut listed: Vec<(PathBuf, String)> = Vec::new();
         let mut listed_keys = HashSet::new();
         for file in files {
-            let path = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+            let path = key_path(file);
             let inside = normalised(&path).is_some_and(|p| scope.iter().any(|f| p.starts_with(f)));
             if !inside {
                 return Err(Error::InvalidArgument {
@@ -316,14 +301,14 @@ impl SyncPlan {
                         listed.push((path, key));
                     }
                 }
-                None => skipped.push(failed_file(path, &SkipReason::NameNotUtf8)),
+                None => skipped.push(FailedFile::new(path, &SkipReason::NameNotUtf8)),
             }
         }
         for item in &stored {
-            if listed_keys.contains(&item.key) {
+            if listed_keys.contains(&item.at) {
                 continue;
             }
-            let gone = std::fs::metadata(&item.key).is_err_and(|err| {
+            let gone = std::fs::metadata(&item.at).is_err_and(|err| {
                 matches!(
                     err.kind(),
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
@@ -332,8 +317,8 @@ impl SyncPlan {
             // Anything but a clear "not there" is read like a listed file: a file that cannot be
             // read then keeps its item.
             if !gone {
-                listed_keys.insert(item.key.clone());
-                listed.push((PathBuf::from(&item.key), item.key.clone()));
+                listed_keys.insert(item.at.clone());
+                listed.push((PathBuf::from(&item.at), item.at.clone()));
             }
         }
 
@@ -359,20 +344,16 @@ impl SyncPlan {
                 plan.cancelled = true;
                 return Ok(plan);
             }
-            let hashed: Vec<Hashed> = chunk
-                .par_iter()
-                .map(|(path, _)| match read_file(path) {
-                    Ok(bytes) => Hashed::Content(*blake3::hash(&bytes).as_bytes()),
-                    Err(reason) => Hashed::Failed(reason),
-                })
-                .collect();
+            // Streamed: a thread holds a small buffer, not the file.
+            let hashed: Vec<std::result::Result<[u8; 32], SkipReason>> =
+                chunk.par_iter().map(|(path, _)| hash_file(path)).collect();
             for ((path, key), hashed) in chunk.iter().zip(hashed) {
                 match hashed {
-                    Hashed::Content(hash) => {
+                    Ok(hash) => {
                         on_disk.insert(key.clone(), hash);
                     }
-                    Hashed::Failed(reason) => {
-                        plan.skipped.push(failed_file(path.clone(), &reason));
+                    Err(reason) => {
+                        plan.skipped.push(FailedFile::new(path.clone(), &reason));
                         unreadable.insert(key.clone());
                     }
                 }
@@ -395,11 +376,11 @@ impl SyncPlan {
         // Items whose file cannot be read now are kept, untouched and unmatched.
         let (kept, stored): (Vec<Stored>, Vec<Stored>) = stored
             .into_iter()
-            .partition(|item| unreadable.contains(&item.key));
+            .partition(|item| unreadable.contains(&item.at));
         let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut by_hash: HashMap<[u8; 32], Vec<usize>> = HashMap::new();
         for (at, item) in stored.iter().enumerate() {
-            by_key.entry(&item.key).or_default().push(at);
+            by_key.entry(&item.at).or_default().push(at);
             if let Some(hash) = item.hash {
                 by_hash.entry(hash).or_default().push(at);
             }
@@ -429,7 +410,17 @@ impl SyncPlan {
             match same {
                 Some(at) => {
                     used[at] = true;
-                    self.unchanged += 1;
+                    if stored[at].key == *key {
+                        self.unchanged += 1;
+                    } else {
+                        // The same file under another spelling (`..` in the key): re-keyed to
+                        // the spelling `index add` now stores.
+                        self.moves.push(Move {
+                            id: stored[at].id,
+                            from: stored[at].key.clone(),
+                            to: key.clone(),
+                        });
+                    }
                     staying
                         .entry(*hash)
                         .or_insert_with(|| Holder::Key(key.clone()));
@@ -501,7 +492,7 @@ impl SyncPlan {
         // Whatever is left is deleted: its file is gone, or holds content kept elsewhere.
         for (at, item) in stored.iter().enumerate() {
             if !used[at] {
-                let reason = if on_disk.contains_key(&item.key) {
+                let reason = if on_disk.contains_key(&item.at) {
                     RemovalReason::Stale
                 } else {
                     RemovalReason::Gone
@@ -539,7 +530,7 @@ impl SyncPlan {
             ..SyncReport::default()
         };
         for failed in &self.skipped {
-            report.add_failure(failed.clone());
+            report.failures.push(failed.clone());
         }
         report
     }
@@ -548,6 +539,11 @@ impl SyncPlan {
     /// new and changed files with `extractor` as [`add_images`](crate::ingest::add_images) does,
     /// with `options` (batch sizes, commits, labels, kept features). With `label_from_dir`, moved
     /// items take their new folder's name as their label too.
+    ///
+    /// Feature vectors are kept, even without [`IngestOptions::keep_features`], for a re-coded
+    /// file whose old item had them, and for every coded file when the index keeps features
+    /// ([`keeps_features`]): a sync never leaves an index that [`Index::rehash`] could re-code
+    /// with items it cannot.
     ///
     /// Deletes and re-keys commit first, `commit_every` to a transaction; then files are coded
     /// and their adds committed `commit_every` at a time, each re-coded file's old item deleted in
@@ -574,17 +570,19 @@ impl SyncPlan {
             });
         }
         let started = Instant::now();
-        let (_, head) = check_extractor(index, extractor)?;
+        let mut batches = Batches::new(index, extractor, options, progress, cancel)?;
         let mut report = SyncReport {
             dry_run: false,
             unchanged: self.unchanged,
             duplicates: self.duplicates.len(),
-            device: extractor.device().to_string(),
+            device: batches.device(),
             ..SyncReport::default()
         };
         for failed in &self.skipped {
-            report.add_failure(failed.clone());
+            report.failures.push(failed.clone());
         }
+        let dim = index.model().map_or(0, |model| model.dim);
+        let index_keeps = keeps_features(index)?;
         let commit_every = options.commit_every.max(1);
 
         // What the changes need from the stored items, read before anything is written (and the
@@ -611,16 +609,21 @@ impl SyncPlan {
         let mut templates = Vec::new();
         for recode in &self.recodes {
             let old = reader.item(recode.id)?.unwrap_or_default();
+            let had_features = reader.features(recode.id, dim)?.is_some();
             paths.push(PathBuf::from(&recode.path));
             templates.push(Template {
                 replaces: Some(recode.id),
                 label: old.label,
                 metadata: old.metadata,
+                keep_features: had_features || index_keeps,
             });
         }
         for add in &self.adds {
             paths.push(PathBuf::from(add));
-            templates.push(Template::default());
+            templates.push(Template {
+                keep_features: index_keeps,
+                ..Template::default()
+            });
         }
         drop(reader);
 
@@ -659,42 +662,19 @@ impl SyncPlan {
                 replaced_without_code: 0,
             };
             let mut ingest = IngestReport::default();
-            add_files(
-                &mut Batches {
-                    index,
-                    extractor,
-                    head: &head,
-                    options,
-                    progress,
-                    cancel,
-                },
-                &paths,
-                &self.known,
-                &mut ingest,
-                &mut hooks,
-            )?;
+            batches.add_files(&paths, &self.known, &mut ingest, &mut hooks)?;
             report.recoded = hooks.recoded;
             report.added = ingest.added - hooks.recoded;
             report.deleted += hooks.replaced_without_code;
             report.duplicates += ingest.already_indexed + ingest.duplicates;
             report.ids = ingest.ids;
-            for failed in ingest.failed {
-                report.add_failure(failed);
+            for failed in ingest.failures.failed {
+                report.failures.push(failed);
             }
             report.cancelled = cancel.load(Ordering::Relaxed);
         }
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
-    }
-}
-
-impl SyncReport {
-    fn add_failure(&mut self, failed: FailedFile) {
-        *self
-            .failed_by_reason
-            .entry(failed.reason.clone())
-            .or_default() += 1;
-        self.failed.push(failed);
     }
 }
 
@@ -723,6 +703,8 @@ struct Template {
     replaces: Option<u64>,
     label: Option<String>,
     metadata: Option<Vec<u8>>,
+    /// Whether its features are kept (see [`SyncPlan::apply`]).
+    keep_features: bool,
 }
 
 impl FileHooks for Hooks<'_> {
@@ -737,6 +719,10 @@ impl FileHooks for Hooks<'_> {
             metadata: template.metadata.clone(),
             ..Item::default()
         }
+    }
+
+    fn keep_features(&self, position: usize) -> bool {
+        self.templates[position].keep_features
     }
 
     fn done(&mut self, writer: &mut Writer<'_>, position: usize, added: Option<u64>) -> Result<()> {

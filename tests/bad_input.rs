@@ -299,6 +299,44 @@ fn a_crafted_meta_record_cannot_make_open_allocate_past_the_file() {
 }
 
 #[test]
+fn a_churned_index_whose_ids_ran_far_ahead_of_its_codes_opens() {
+    // Ids are never reused: every sync re-code and every add deleted again takes a new one, so an
+    // index can hold a few codes under ids far past 64 per code plus 2^24, which the open used to
+    // refuse as corrupted. Here 2^24 + 2^16 ids are handed out and dropped again in one
+    // transaction (an add deleted before its commit still uses up its id), then four codes added.
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::builder(64).substrings(4).create(dir.path()).unwrap();
+    let codes = clustered(&mut rng(21), 64, 4, 2, 0.1);
+    let churned = (1u64 << 24) + (1 << 16);
+    let mut writer = index.writer().unwrap();
+    for _ in 0..churned {
+        let id = writer.add(&codes[0], Item::default()).unwrap();
+        assert!(writer.delete(id).unwrap());
+    }
+    let ids: Vec<u64> = codes
+        .iter()
+        .map(|code| writer.add(code, Item::default()).unwrap())
+        .collect();
+    writer.commit().unwrap();
+    assert_eq!(ids[0], churned);
+    drop(index);
+
+    for writable in [false, true] {
+        let index = if writable {
+            Index::open(dir.path()).unwrap()
+        } else {
+            Index::open_read_only(dir.path()).unwrap()
+        };
+        assert_eq!(index.len(), 4);
+        let reader = index.reader().unwrap();
+        assert_eq!(reader.ids().collect::<Vec<_>>(), ids);
+        let hits = reader.search(&codes[3]).unwrap().top_k(1).unwrap();
+        assert_eq!(hits[0].distance, 0);
+    }
+    assert!(Index::verify_dir(dir.path()).unwrap().is_ok());
+}
+
+#[test]
 fn a_huge_top_k_on_the_command_line_returns_every_code() {
     let (dir, codes) = sample_index();
     let live: Vec<(u64, Code)> = codes

@@ -438,10 +438,18 @@ fn onnx_runtime_is_found_from_the_executable_and_the_file_checked_is_the_file_lo
     std::fs::create_dir(&bin).unwrap();
     let copy = bin.join("milan");
     std::fs::copy(env!("CARGO_BIN_EXE_milan"), &copy).unwrap();
+    // A library planted in a folder above it (think of /tmp) is not searched.
+    let planted = tmp.path().join(".onnxruntime/cpu");
+    std::fs::create_dir_all(&planted).unwrap();
+    std::fs::write(planted.join("libonnxruntime.so"), b"planted").unwrap();
     let out = head_init_with(&copy, tmp.path(), None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("not found") && err.contains(s(&bin)), "{err}");
+    assert!(
+        !err.contains("planted") && !err.contains(s(&planted)),
+        "{err}"
+    );
     assert!(
         !err.contains(".onnxruntime/cpu/libonnxruntime.so (the project"),
         "{err}"

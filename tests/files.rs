@@ -98,6 +98,139 @@ fn keys(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The user nobody, whom the permission tests run `milan` as when they run as root.
+const NOBODY: u32 = 65534;
+
+/// Runs `milan` with `args` as a user whom file permissions bind. Root reads every folder
+/// whatever its mode, so as root the command runs as nobody (through `setpriv`, after `tree`,
+/// which holds everything it reads and writes, is given to nobody); otherwise as this user.
+/// `None` (the test is skipped, and says so) when running as root without `setpriv`.
+pub(crate) fn milan_unprivileged(tree: &Path, args: &[&str]) -> Option<Output> {
+    // SAFETY: geteuid only reads the calling process's effective user id.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut command = if as_root {
+        let setpriv = Command::new("setpriv").arg("--version").output();
+        if !setpriv.is_ok_and(|output| output.status.success()) {
+            eprintln!("skipped: running as root, and setpriv is missing to run as another user");
+            return None;
+        }
+        give_to_nobody(tree);
+        let mut command = Command::new("setpriv");
+        command.args([
+            format!("--reuid={NOBODY}"),
+            format!("--regid={NOBODY}"),
+            "--clear-groups".into(),
+        ]);
+        command.arg(env!("CARGO_BIN_EXE_milan"));
+        command
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_milan"))
+    };
+    Some(command.args(args).stdin(Stdio::null()).output().unwrap())
+}
+
+/// Gives `root` and everything under it to nobody (links themselves, not their targets).
+fn give_to_nobody(root: &Path) {
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        std::os::unix::fs::lchown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+        if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+        }
+    }
+}
+
+/// A folder that nobody but root can list or enter (mode 000) while this lives; its mode is
+/// given back when dropped, so that the temporary tree can be removed.
+pub(crate) struct Unlistable(PathBuf);
+
+impl Unlistable {
+    pub(crate) fn new(folder: &Path) -> Unlistable {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o000)).unwrap();
+        Unlistable(folder.to_path_buf())
+    }
+}
+
+impl Drop for Unlistable {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+#[test]
+fn a_folder_that_cannot_be_listed_is_skipped_by_name_and_the_walk_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    let files = write_image_set(&images, 2);
+    let locked = images.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::copy(&files[0], locked.join("inside.png")).unwrap();
+    let index = empty_image_index(tmp.path());
+    let data = tmp.path().join("data");
+    let _locked = Unlistable::new(&locked);
+
+    // index add -r: the folder is named and counted (exit 3); the other images are added.
+    let args = [
+        "index",
+        "add",
+        s(&index),
+        s(&images),
+        "-r",
+        "--json",
+        "--quiet",
+    ];
+    let Some(output) = milan_unprivileged(tmp.path(), &args) else {
+        return;
+    };
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let report = json(&output);
+    assert_eq!(report["added"], 4, "{report}");
+    assert_eq!(
+        report["failed_by_reason"]["unlistable_folder"], 1,
+        "{report}"
+    );
+    assert_eq!(report["failed"][0]["path"], s(&locked), "{report}");
+    assert_eq!(report["failed"].as_array().unwrap().len(), 1, "{report}");
+    let mut stored = keys(&index);
+    stored.sort();
+    let mut expected: Vec<&str> = files.iter().map(|file| s(file)).collect();
+    expected.sort();
+    assert_eq!(stored, expected);
+
+    // In text, the folder is named with why.
+    let args = ["index", "add", s(&index), s(&images), "-r", "--quiet"];
+    let output = milan_unprivileged(tmp.path(), &args).unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let said = stderr(&output);
+    assert!(
+        said.contains(&format!("skipped {}: cannot list the folder", s(&locked))),
+        "{said}"
+    );
+
+    // extract --images names it, goes on, and counts it as skipped.
+    let model = tiny_model();
+    let args = [
+        "extract",
+        "--model",
+        s(&model),
+        "--images",
+        s(&images),
+        "--label-from-dir",
+        "--out",
+        s(&data),
+        "--quiet",
+    ];
+    let output = milan_unprivileged(tmp.path(), &args).unwrap();
+    let said = stderr(&output);
+    assert!(matches!(output.status.code(), Some(3)), "{said}");
+    assert!(said.contains(s(&locked)), "{said}");
+    assert_eq!(Dataset::load(&data).unwrap().keys.len(), 4);
+}
+
 #[test]
 fn link_loops_are_walked_once_and_each_file_read_once() {
     let tmp = tempfile::tempdir().unwrap();

@@ -128,8 +128,14 @@ fn an_interrupted_import_resumes_and_a_finished_one_is_not_repeated() {
         "{partial}: {err}"
     );
 
+    // Another import in between takes the next ids, so the resumed rows' ids start after them.
+    let other = tmp.path().join("other.npy");
+    write_codes(&other, &clustered(&mut rng(9), 64, 5, 1, 0.1));
+    ok(&import_args(&dir, &other, &[]));
+
     let out = milan(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!(
@@ -138,15 +144,24 @@ fn an_interrupted_import_resumes_and_a_finished_one_is_not_repeated() {
         )),
         "{stderr}"
     );
+    let total = codes.len() as u64 + 5;
+    assert!(
+        stdout.contains(&format!("(ids {}..={})", partial + 5, total - 1))
+            && stdout.contains(&format!(
+                "rows 0..{partial} were imported before, the first as id 0"
+            )),
+        "{stdout}"
+    );
     let mut index = Index::open(&dir).unwrap();
-    assert_eq!(index.len(), codes.len() as u64, "{stderr}");
+    assert_eq!(index.len(), total, "{stderr}");
     assert!(index.verify().unwrap().is_ok());
     let reader = index.reader().unwrap();
-    for id in (0..codes.len() as u64).step_by(499) {
-        assert_eq!(reader.code(id).unwrap(), codes[id as usize], "id {id}");
+    for row in (0..codes.len() as u64).step_by(499) {
+        let id = if row < partial { row } else { row + 5 };
+        assert_eq!(reader.code(id).unwrap(), codes[row as usize], "row {row}");
         assert_eq!(
             reader.item(id).unwrap().unwrap().key.as_deref(),
-            Some(keys[id as usize].as_str())
+            Some(keys[row as usize].as_str())
         );
     }
     drop(reader);
@@ -154,12 +169,15 @@ fn an_interrupted_import_resumes_and_a_finished_one_is_not_repeated() {
 
     // Once finished, the same import is not repeated; --again repeats it on purpose.
     let stdout = ok(&args);
-    assert!(stdout.contains("nothing to do"), "{stdout}");
-    assert_eq!(len_of(&dir), codes.len() as u64);
+    assert!(
+        stdout.contains("60000 rows, the first as id 0") && stdout.contains("nothing to do"),
+        "{stdout}"
+    );
+    assert_eq!(len_of(&dir), total);
     let mut again = args.clone();
     again.push("--again");
     ok(&again);
-    assert_eq!(len_of(&dir), 2 * codes.len() as u64);
+    assert_eq!(len_of(&dir), total + codes.len() as u64);
 }
 
 #[test]
@@ -234,21 +252,35 @@ fn outputs_aimed_at_the_index_or_an_input_are_refused() {
         let err = fails(&["index", "export", s(&dir), "--codes", s(output)], 1);
         assert!(err.contains("inside the index directory"), "{err}");
     }
-    let keys = tmp.path().join("k.txt");
-    let err = fails(
-        &[
-            "index",
-            "export",
-            s(&dir),
-            "--codes",
-            s(&tmp.path().join("ok.npy")),
-            "--keys",
-            s(&db),
-        ],
-        1,
-    );
+    let ok_codes = tmp.path().join("ok.npy");
+    let export = |codes: &Path, keys: &Path| {
+        fails(
+            &[
+                "index",
+                "export",
+                s(&dir),
+                "--codes",
+                s(codes),
+                "--keys",
+                s(keys),
+            ],
+            1,
+        )
+    };
+    // A keys file inside the index, directly or through a link whose target does not exist yet
+    // (writing through it would create the file inside the index).
+    let err = export(&ok_codes, &db);
     assert!(err.contains("inside the index directory"), "{err}");
-    assert!(!keys.exists());
+    let dangling = tmp.path().join("dangling.txt");
+    std::os::unix::fs::symlink(dir.join("planted.txt"), &dangling).unwrap();
+    let err = export(&ok_codes, &dangling);
+    assert!(err.contains("inside the index directory"), "{err}");
+    assert!(!dir.join("planted.txt").exists());
+    // One path for both outputs would keep only the keys.
+    let err = export(&ok_codes, &ok_codes);
+    assert!(err.contains("would overwrite the input"), "{err}");
+    // Refused before anything was written.
+    assert!(!ok_codes.exists());
     assert!(ok(&["index", "check", s(&dir)]).contains("ok"));
     assert_eq!(len_of(&dir), 50);
 }

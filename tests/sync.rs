@@ -354,6 +354,113 @@ fn unreadable_files_are_skipped_keeping_their_items_and_a_bad_edit_loses_its_ite
     assert_eq!(after.len(), 3);
 }
 
+#[cfg(unix)]
+#[test]
+fn a_folder_that_cannot_be_listed_keeps_its_items_and_counts_as_skipped() {
+    use crate::files::{milan_unprivileged, Unlistable};
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    let files = write_image_set(&images, 3);
+    let index = image_index(tmp.path(), &images, &[]);
+    let before = state(&index);
+    // A change where the walk can see it is still synced.
+    std::fs::remove_file(&files[0]).unwrap();
+    let blue = images.join("blue");
+    let _blue = Unlistable::new(&blue);
+
+    let args = ["index", "sync", s(&index), s(&images), "--json", "--quiet"];
+    let Some(output) = milan_unprivileged(tmp.path(), &args) else {
+        return;
+    };
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // added, re-coded, moved, deleted, unchanged, duplicates, failed: the folder, and its three
+    // files, which cannot be reached to tell whether they are still there.
+    assert_eq!(counts(&report), [0, 0, 0, 1, 2, 0, 4], "{report}");
+    assert_eq!(report["failed"][0]["path"], key(&blue), "{report}");
+    assert_eq!(
+        report["failed_by_reason"]["unlistable_folder"], 1,
+        "{report}"
+    );
+    assert_eq!(report["failed_by_reason"]["unreadable"], 3, "{report}");
+    let mut expected = before.clone();
+    expected.remove(&key(&files[0]));
+    assert_eq!(state(&index), expected);
+}
+
+#[test]
+fn paths_with_dots_are_keyed_alike_by_add_and_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    write_image_set(&images, 2);
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let dotted = other.join("..").join("images");
+    // `index add` keys the plain paths, as sync spells them: nothing for sync to do.
+    let index = image_index(tmp.path(), &dotted, &[]);
+    let added = state(&index);
+    assert_eq!(
+        added.keys().cloned().collect::<Vec<_>>(),
+        files_under(&images)
+    );
+    let report = sync(&index, &[&images], &[], 0);
+    assert_eq!(counts(&report), [0, 0, 0, 0, 4, 0, 0], "{report}");
+    let report = sync(&index, &[&dotted], &[], 0);
+    assert_eq!(counts(&report), [0, 0, 0, 0, 4, 0, 0], "{report}");
+
+    // Keys stored with `..` (as `index add` stored them before) are matched as the files they
+    // name, and re-keyed to the plain spelling, instead of every file turning up as a duplicate
+    // of itself.
+    {
+        let opened = Index::open(&index).unwrap();
+        let reader = opened.reader().unwrap();
+        let mut writer = opened.writer().unwrap();
+        for (plain, stored) in &added {
+            let relative = Path::new(plain).strip_prefix(&images).unwrap();
+            let item = Item {
+                key: Some(key(&dotted.join(relative))),
+                ..reader.item(stored.id).unwrap().unwrap()
+            };
+            assert!(writer.update_item(stored.id, item).unwrap());
+        }
+        writer.commit().unwrap();
+    }
+    assert!(state(&index).keys().all(|key| key.contains("/../")));
+    let report = sync(&index, &[&images], &[], 0);
+    assert_eq!(counts(&report), [0, 0, 4, 0, 0, 0, 0], "{report}");
+    assert_eq!(state(&index), added);
+    let report = sync(&index, &[&images], &[], 0);
+    assert_eq!(counts(&report), [0, 0, 0, 0, 4, 0, 0], "{report}");
+}
+
+#[test]
+fn kept_features_stay_kept_through_sync_and_add_without_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    let files = write_image_set(&images, 2);
+    let fresh = tmp.path().join("fresh");
+    let fresh_files = write_image_set(&fresh, 5);
+    let index = image_index(tmp.path(), &images, &["--keep-features"]);
+    // An edit (re-coded) and a new file (added), synced without --keep-features.
+    std::fs::copy(&fresh_files[2], &files[0]).unwrap();
+    std::fs::copy(&fresh_files[3], images.join("red/new.png")).unwrap();
+    let report = sync(&index, &[&images], &[], 0);
+    assert_eq!(counts(&report), [1, 1, 0, 0, 3, 0, 0], "{report}");
+    // And an add without it.
+    ok(&["index", "add", s(&index), s(&fresh_files[4]), "--quiet"]);
+
+    let head = tmp.path().join("other.head");
+    lsh_head(&head, "16", &["--model", s(&tiny_model()), "--seed", "7"]);
+    let said = ok(&["index", "rehash", s(&index), "--head", s(&head)]);
+    assert!(said.starts_with("re-coded 6 items"), "{said}");
+    assert_consistent(&index);
+}
+
 #[test]
 fn a_killed_sync_keeps_whole_commits_and_a_rerun_finishes() {
     let tmp = tempfile::tempdir().unwrap();

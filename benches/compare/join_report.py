@@ -9,21 +9,7 @@ import json
 import os
 import sys
 
-
-def read_lines(path):
-    """JSON objects in a file, one per line; [] when the file is missing or a line is not JSON."""
-    if not os.path.exists(path):
-        return []
-    objects = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    objects.append(json.loads(line))
-                except json.JSONDecodeError:
-                    print(f"warning: {path}: a line is not JSON: {line[:80]}", file=sys.stderr)
-    return objects
+from report import read_lines
 
 
 def main():

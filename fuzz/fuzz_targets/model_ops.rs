@@ -5,12 +5,14 @@
 //! codes by id, plus the open writer's pending changes). Asserts that:
 //! - every top-k, radius and search-by-id answer (ids and distances, by distance then id) equals
 //!   the model's brute-force answer, with each of the three strategies;
+//! - every self-join (`pairs_within`) equals the model's brute-force one: each pair of live codes
+//!   within the radius once, `a < b`, by `a` then `b`;
 //! - after commit, abort, reopen and optimize, `len()`, the live ids, their codes and items, and
 //!   the content-hash lookups equal the model; ids are dense and never reused; a reader opened
 //!   before a commit keeps its snapshot;
-//! - invalid arguments (k = 0, radius > bits, substrings out of range, codes of another length,
-//!   writes through a read-only handle, a second writable open, a second writer or an optimize
-//!   on the thread holding the writer) return their typed error;
+//! - invalid arguments (k = 0, radius > bits in searches and self-joins, substrings out of range,
+//!   codes of another length, writes through a read-only handle, a second writable open, a
+//!   second writer or an optimize on the thread holding the writer) return their typed error;
 //! - a k beyond the live count (up to `usize::MAX`) returns every code; a forced multi-index
 //!   radius search far beyond its probe budget is refused with `MultiIndexTooCostly` (or, with
 //!   every code still in the scanned delta, answered).
@@ -22,7 +24,7 @@ use std::path::Path;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use milan::{Code, Error, Hit, Index, Item, Reader, Strategy, Writer};
+use milan::{Code, Error, Hit, Index, Item, Pair, Reader, Strategy, Writer};
 use milan_index_format::{CodeLayout, LayoutError};
 
 const BITS: [u32; 6] = [8, 16, 32, 64, 72, 128];
@@ -92,6 +94,10 @@ enum Op {
     SearchId {
         which: u16,
         k: u8,
+    },
+    /// A self-join at radius `r` modulo (bits + 1).
+    PairsWithin {
+        r: u8,
     },
     WrongLength {
         bytes: u8,
@@ -205,17 +211,32 @@ impl Model {
             .iter()
             .map(|(&id, entry)| Hit {
                 id,
-                distance: entry
-                    .code
-                    .iter()
-                    .zip(query)
-                    .map(|(a, b)| (a ^ b).count_ones())
-                    .sum(),
+                distance: hamming(&entry.code, query),
             })
             .collect();
         hits.sort();
         hits
     }
+
+    /// Every pair of committed codes within `r`, each once with `a < b`, by `a` then `b`: the
+    /// reference self-join.
+    fn pairs_within(&self, r: u32) -> Vec<Pair> {
+        let live: Vec<(u64, &Entry)> = self.committed.iter().map(|(&id, e)| (id, e)).collect();
+        let mut pairs = Vec::new();
+        for (i, &(a, first)) in live.iter().enumerate() {
+            for &(b, second) in &live[i + 1..] {
+                let distance = hamming(&first.code, &second.code);
+                if distance <= r {
+                    pairs.push(Pair { a, b, distance });
+                }
+            }
+        }
+        pairs
+    }
+}
+
+fn hamming(a: &[u8], b: &[u8]) -> u32 {
+    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
 }
 
 fn run(input: Input) {
@@ -408,6 +429,10 @@ fn session<'i, 'o>(
                     *k,
                 );
             }
+            Op::PairsWithin { r } => {
+                let reader = index.reader().expect("reader");
+                pairs_within(&reader, model, u32::from(*r) % (model.bits + 1));
+            }
             Op::WrongLength { bytes } => {
                 let mut len = 1 + usize::from(*bytes) % 128;
                 if len == model.bits as usize / 8 {
@@ -535,8 +560,8 @@ fn check_state(index: &Index, model: &Model) {
     spot_check(&reader, model, index.substrings());
 }
 
-/// Queries around a few committed codes (first, middle, last) and far from them, so that every
-/// state change is followed by searches whether or not the input asks for any.
+/// Queries around a few committed codes (first, middle, last) and far from them, and a self-join,
+/// so that every state change is followed by searches whether or not the input asks for any.
 fn spot_check(reader: &Reader, model: &Model, substrings: u32) {
     let codes: Vec<&Entry> = model.committed.values().collect();
     let Some(last) = codes.last() else {
@@ -546,6 +571,7 @@ fn spot_check(reader: &Reader, model: &Model, substrings: u32) {
         radius(reader, model, substrings, &entry.code, model.bits / 8);
         top_k(reader, model, substrings, &entry.code, 4);
     }
+    pairs_within(reader, model, model.bits / 8);
     let far: Vec<u8> = codes[0].code.iter().map(|b| !b).collect();
     top_k(reader, model, substrings, &far, 3);
     // Any k past the live count means all of them (a scan, whatever the strategy).
@@ -662,6 +688,23 @@ fn radius(reader: &Reader, model: &Model, substrings: u32, query: &[u8], r: u32)
             .expect("within");
         assert_eq!(got, expected, "within({r}) with {strategy:?}");
     }
+}
+
+/// The self-join at `r` (at most the code length) equals the model's; one past the code length
+/// is refused.
+fn pairs_within(reader: &Reader, model: &Model, r: u32) {
+    let got: Vec<Pair> = reader
+        .pairs_within(r)
+        .expect("pairs_within")
+        .inspect(|batch| assert!(!batch.is_empty(), "an empty batch"))
+        .flatten()
+        .collect();
+    assert_eq!(got, model.pairs_within(r), "pairs_within({r})");
+    let too_large = model.bits + 1;
+    assert!(matches!(
+        reader.pairs_within(too_large).map(drop),
+        Err(Error::RadiusTooLarge { radius, bits }) if radius == too_large && bits == model.bits
+    ));
 }
 
 fn search_id(reader: &Reader, model: &Model, substrings: u32, id: u64, k: u8) {

@@ -110,15 +110,12 @@ pub fn read_image_with(path: &Path, options: &ReadOptions) -> Result<Decoded, Sk
 ///
 /// The type is checked before the file is opened (opening a FIFO would wait for a writer), the
 /// file is opened without waiting where the platform allows, and the type is checked again on
-/// the open handle, so that a file swapped for a FIFO or a device in between is refused too.
-/// At most `MAX_FILE_BYTES + 1` bytes are read, so a file that grows meanwhile stays bounded.
+/// the open handle, so that a file swapped for a FIFO or a device in between is refused too;
+/// reads then block as usual. At most `MAX_FILE_BYTES + 1` bytes are read, so a file that grows
+/// meanwhile stays bounded.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, SkipReason> {
-    let unreadable = |err: std::io::Error| SkipReason::Unreadable(err.to_string());
-    check_regular(&std::fs::metadata(path).map_err(unreadable)?)?;
-    let file = open_without_waiting(path).map_err(unreadable)?;
-    let metadata = file.metadata().map_err(unreadable)?;
-    check_regular(&metadata)?;
-    let mut bytes = Vec::with_capacity(metadata.len().min(MAX_FILE_BYTES + 1) as usize);
+    let (file, len) = open_regular(path)?;
+    let mut bytes = Vec::with_capacity(len.min(MAX_FILE_BYTES + 1) as usize);
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(unreadable)?;
@@ -126,6 +123,37 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, SkipReason> {
         return Err(too_big());
     }
     Ok(bytes)
+}
+
+/// The BLAKE3 hash of `path`'s bytes (the content hash [`read_image`] gives), read as a stream:
+/// memory stays small whatever the file's size. The file is opened as [`read_file`] opens it,
+/// and refused as too large when more than [`MAX_FILE_BYTES`] can be read from it.
+pub(crate) fn hash_file(path: &Path) -> Result<[u8; 32], SkipReason> {
+    let (file, _) = open_regular(path)?;
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(file.take(MAX_FILE_BYTES + 1))
+        .map_err(unreadable)?;
+    if hasher.count() > MAX_FILE_BYTES {
+        return Err(too_big());
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// `path` opened for reading as [`read_file`] says, with its length. The handle is switched
+/// back to blocking reads after the checks, so that a network or FUSE filesystem cannot fail a
+/// read with "try again" (EAGAIN).
+fn open_regular(path: &Path) -> Result<(std::fs::File, u64), SkipReason> {
+    check_regular(&std::fs::metadata(path).map_err(unreadable)?)?;
+    let file = open_without_waiting(path).map_err(unreadable)?;
+    let metadata = file.metadata().map_err(unreadable)?;
+    check_regular(&metadata)?;
+    set_blocking(&file).map_err(unreadable)?;
+    Ok((file, metadata.len()))
+}
+
+fn unreadable(err: std::io::Error) -> SkipReason {
+    SkipReason::Unreadable(err.to_string())
 }
 
 fn too_big() -> SkipReason {
@@ -187,6 +215,31 @@ fn open_without_waiting(path: &Path) -> std::io::Result<std::fs::File> {
 #[cfg(not(unix))]
 fn open_without_waiting(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::File::open(path)
+}
+
+/// Clears `O_NONBLOCK` on `file`, which [`open_without_waiting`] set for the open alone.
+#[cfg(unix)]
+fn set_blocking(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is an open descriptor owned by `file`, which outlives both calls; F_GETFL and
+    // F_SETFL only read and change its status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK != 0 {
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn set_blocking(_: &std::fs::File) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Decodes image bytes to RGB8 as `options` say.
@@ -534,6 +587,49 @@ mod tests {
         assert_eq!(read_file(&link).unwrap(), b"abc");
         assert!(matches!(
             read_file(&dir.path().join("missing.png")),
+            Err(SkipReason::Unreadable(_))
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_are_read_in_blocking_mode() {
+        use std::os::unix::io::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.png");
+        std::fs::write(&path, b"abc").unwrap();
+        let (file, len) = open_regular(&path).unwrap();
+        assert_eq!(len, 3);
+        // SAFETY: the descriptor belongs to `file`, open for the whole call.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        assert!(flags >= 0);
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "O_NONBLOCK left set");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn hashing_streams_the_file_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.png");
+        // Several of the hasher's reads, and not a multiple of any of them.
+        let bytes: Vec<u8> = (0..1_000_003u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(hash_file(&path).unwrap(), *blake3::hash(&bytes).as_bytes());
+        let empty = dir.path().join("empty.png");
+        std::fs::write(&empty, b"").unwrap();
+        assert_eq!(hash_file(&empty).unwrap(), *blake3::hash(b"").as_bytes());
+        let big = dir.path().join("big.png");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        assert!(matches!(hash_file(&big), Err(SkipReason::TooLarge(_))));
+        assert!(matches!(
+            hash_file(dir.path()),
+            Err(SkipReason::NotAFile(kind)) if kind == "a folder"
+        ));
+        assert!(matches!(
+            hash_file(&dir.path().join("missing.png")),
             Err(SkipReason::Unreadable(_))
         ));
     }

@@ -3,9 +3,10 @@
 //! milan links ONNX Runtime at run time, so one binary serves the CPU build and the CUDA build.
 //! The library is looked for, in order: an explicit path (`--ort-lib`), `MILAN_ORT_LIB`,
 //! `ORT_DYLIB_PATH`, beside the executable, and in a `.onnxruntime/` folder (which `make setup`
-//! and `make setup-gpu` fill) beside the executable or up to three folders above it. Every place
-//! is found from the executable's real location or given explicitly, never fixed when milan was
-//! built, so a binary copied to another machine looks beside itself. A relative path is made
+//! and `make setup-gpu` fill) beside the executable or, for a binary inside a cargo `target/`
+//! folder, in the project that holds it. Every place is found from the executable's real location
+//! or given explicitly, never fixed when milan was built, so a binary copied to another machine
+//! looks beside itself, and never in other folders above it. A relative path is made
 //! absolute against the current directory before it is checked, and the file checked is the file
 //! loaded.
 
@@ -27,9 +28,10 @@ const LIBRARY: &str = "libonnxruntime.so";
 /// The folder `make setup` (CPU) and `make setup-gpu` (CUDA) fill, in the project's root.
 const PROJECT_FOLDER: &str = ".onnxruntime";
 
-/// How many folders above the executable's own are searched for [`PROJECT_FOLDER`]: enough to
-/// reach the project's root from `target/release/` and from `target/debug/deps/` (test binaries).
-const PROJECT_FOLDER_DEPTH: usize = 3;
+/// How many folders above the executable's own are searched for a cargo `target` folder, whose
+/// parent is then the project with [`PROJECT_FOLDER`]: enough for `target/release/` and for
+/// `target/debug/deps/` (test binaries).
+const TARGET_FOLDER_DEPTH: usize = 3;
 
 /// The loaded library and environment, or why loading failed (kept, so every later call reports
 /// the same error instead of retrying a half-initialised runtime).
@@ -61,15 +63,26 @@ pub fn library_candidates(explicit: Option<&Path>, prefer_gpu: bool) -> Vec<(Pat
         .and_then(|exe| exe.parent().map(Path::to_path_buf));
     if let Some(dir) = exe_dir {
         candidates.push((dir.join(LIBRARY), "beside the executable".to_string()));
-        for folder in dir.ancestors().take(PROJECT_FOLDER_DEPTH + 1) {
-            let project = folder.join(PROJECT_FOLDER);
+        // Beside the executable, and in the project a cargo build runs from: never in other
+        // folders above it, which may be writable by anyone (a binary unpacked in /tmp must not
+        // load /tmp/.onnxruntime).
+        let project = dir
+            .ancestors()
+            .take(TARGET_FOLDER_DEPTH + 1)
+            .find(|folder| folder.file_name().is_some_and(|name| name == "target"))
+            .and_then(Path::parent);
+        for folder in std::iter::once(dir.as_path()).chain(project) {
+            let root = folder.join(PROJECT_FOLDER);
             let (gpu, cpu) = (
-                (project.join("gpu").join(LIBRARY), "gpu"),
-                (project.join("cpu").join(LIBRARY), "cpu"),
+                (root.join("gpu").join(LIBRARY), "gpu"),
+                (root.join("cpu").join(LIBRARY), "cpu"),
             );
             let order = if prefer_gpu { [gpu, cpu] } else { [cpu, gpu] };
             for (path, kind) in order {
-                candidates.push((path, format!("{PROJECT_FOLDER}/{kind} near the executable")));
+                candidates.push((
+                    path,
+                    format!("{} ({PROJECT_FOLDER}/{kind})", folder.display()),
+                ));
             }
         }
     }

@@ -1,11 +1,12 @@
 //! Exact self-join: every pair of live codes within a Hamming radius, by multi-index hashing.
 //!
 //! Each live code `a` is a query for the codes `b > a` (so each pair is found once): its buckets
-//! are probed as in a radius search ([`super::search`]), entries up to `a` are skipped (ids within a
-//! bucket increase, so one binary search does it), filters reject most of the rest, and survivors
-//! are verified. A pair within the radius lies within the probe radius of at least one table
-//! (pigeonhole), and it is reported only from the first such table, which the per-substring
-//! distances of the two codes' XOR tell without a "seen" set.
+//! are probed as in a radius search ([`super::search`], whose bucket enumeration, survivor
+//! batches and cost model it shares), entries up to `a` and most of the rest are rejected by one
+//! branch-free test of id and filter, and survivors are verified. A pair within the radius lies
+//! within the probe radius of at least one table (pigeonhole), and it is reported only from the
+//! first such table, which the per-substring distances of the two codes' XOR tell without a
+//! "seen" set.
 //!
 //! Codes added since the last table build (the view's delta) get hash tables of their own for the
 //! join's duration when they are many, so that the pairs between them and the tables' codes cost
@@ -24,8 +25,11 @@ use std::collections::VecDeque;
 use rayon::prelude::*;
 
 use super::layout::BitField;
-use super::search::distance;
-use super::table::{self, Table};
+use super::search::{
+    binomial, distance, for_each_bucket, xor_distance, Survivors, ENTRY_NS, MAX_WORDS, PROBE_NS,
+    SCAN_NS_PER_WORD,
+};
+use super::table::Table;
 use super::View;
 
 /// One pair of live ids `a < b` within the radius, at Hamming distance `distance`.
@@ -49,12 +53,6 @@ pub(crate) enum JoinPlan {
     Scan,
 }
 
-// Cost model, in units of one scanned 64-bit word (about 0.45 ns), from the same calibration as
-// the search planner's (docs/benchmarks.md): only the ratios decide where probing stops paying.
-/// Enumerating one probe and looking up its bucket.
-const PROBE_WORDS: f64 = 7.0;
-/// Reading one bucket entry and its filter.
-const ENTRY_WORDS: f64 = 3.5;
 /// Below this many codes the delta is scanned, not given tables of its own: building them costs
 /// more than scanning so few.
 const DELTA_TABLES_FROM: usize = 2048;
@@ -69,12 +67,6 @@ const MAX_BLOCK: usize = 4096;
 const FIRST_BLOCK: usize = 64;
 /// Blocks per thread in a wave: enough for rayon to even out blocks of unequal cost.
 const BLOCKS_PER_THREAD: usize = 4;
-/// Keys prefetched ahead of the bucket being read.
-const PREFETCH_AHEAD: usize = 8;
-/// Most words in a code (1024 bits).
-const MAX_WORDS: usize = 16;
-/// Filter survivors gathered before their codes are read.
-const SURVIVOR_BATCH: usize = 64;
 /// How many codes ahead of the one being joined its first buckets are prefetched.
 const CODES_AHEAD: usize = 2;
 
@@ -108,16 +100,8 @@ impl<'v> Join<'v> {
     /// A join of `view` at `radius` (at most the code length).
     pub(crate) fn new(view: &'v View, radius: u32, plan: JoinPlan) -> Join<'v> {
         let layout = &view.layout;
-        let m = layout.substrings.len() as u32;
-        let radii = layout
-            .substrings
-            .iter()
-            .enumerate()
-            .map(|(j, sub)| {
-                let (q, a) = (i64::from(radius / m), radius % m);
-                let r = if (j as u32) <= a { q } else { q - 1 };
-                r.min(i64::from(sub.width))
-            })
+        let radii = (0..layout.substrings.len())
+            .map(|j| view.table_radius(radius, j))
             .collect();
         let delta_slots = view.delta.len() / layout.words;
         let delta_tables = match plan {
@@ -165,22 +149,22 @@ impl<'v> Join<'v> {
     }
 
     /// Candidates above which probing `part`'s tables is expected to beat scanning them: the
-    /// probes, and the entries of their buckets were the part's codes uniform, priced in scanned
-    /// words.
+    /// probes, and the entries of their buckets were the part's codes uniform, priced with the
+    /// search planner's cost model.
     fn probe_break_even(&self, part: &Part<'_>) -> usize {
         let layout = &self.view.layout;
         let codes = (part.end - part.start) as f64;
-        let cost: f64 = layout
+        let cost_ns: f64 = layout
             .substrings
             .iter()
             .zip(&self.radii)
             .map(|(sub, &r)| {
                 let probes: f64 = (0..=r).map(|s| binomial(sub.width, s as u32)).sum::<f64>();
                 let per_bucket = codes / 2f64.powi(sub.width as i32);
-                probes * (PROBE_WORDS + per_bucket * ENTRY_WORDS)
+                probes * (PROBE_NS + per_bucket * ENTRY_NS)
             })
             .sum();
-        let candidates = cost / layout.words as f64;
+        let candidates = cost_ns / (SCAN_NS_PER_WORD * layout.words as f64);
         if candidates.is_finite() && candidates < usize::MAX as f64 {
             candidates.ceil() as usize
         } else {
@@ -319,8 +303,7 @@ impl<'v> Join<'v> {
         let words = layout.words;
         let subs = &layout.substrings;
         let mut xor = [0u64; MAX_WORDS];
-        let mut pending = [(0u32, 0u16); SURVIVOR_BATCH];
-        let mut count = 0;
+        let mut survivors = Survivors::new();
         let mut verify = |batch: &[(u32, u16)]| {
             for &(b, j) in batch {
                 let b = b as usize;
@@ -334,7 +317,8 @@ impl<'v> Join<'v> {
                 }
             }
         };
-        let a = a as u32;
+        // Only `b > a`: each pair is found from its smaller id.
+        let first_id = a as u32 + 1;
         for (j, (sub, table)) in subs.iter().zip(tables).enumerate() {
             let r = self.radii[j];
             if r < 0 {
@@ -346,20 +330,11 @@ impl<'v> Join<'v> {
                 // Entries whose filter alone puts them beyond the radius need no code read.
                 let slack = self.radius - s;
                 for_each_bucket(table, value, sub.width, s, |bucket| {
-                    for entry in bucket {
-                        let id = entry.id();
-                        pending[count] = (id, j as u16);
-                        let keep = id > a && (entry.filter() ^ filter).count_ones() <= slack;
-                        count += usize::from(keep);
-                        if count == SURVIVOR_BATCH {
-                            verify(&pending);
-                            count = 0;
-                        }
-                    }
+                    survivors.gather(bucket, j, first_id, filter, slack, &mut verify);
                 });
             }
         }
-        verify(&pending[..count]);
+        survivors.flush(&mut verify);
     }
 }
 
@@ -384,23 +359,7 @@ impl Iterator for Join<'_> {
 
 /// Hash tables over the delta's live codes, with the view's substrings.
 fn delta_tables(view: &View) -> Vec<Table> {
-    let layout = &view.layout;
-    let (first, slots) = (view.base.slots, view.slots());
-    layout
-        .substrings
-        .par_iter()
-        .zip(&layout.filters)
-        .map(|(sub, filter)| {
-            let mut entries: Vec<table::Entry> = (first..slots)
-                .filter(|&slot| !view.deleted[slot])
-                .map(|slot| {
-                    let code = view.slot_words(slot);
-                    (sub.value(code), slot as u32, filter.value(code))
-                })
-                .collect();
-            Table::from_entries(sub.width, slots - first, &mut entries)
-        })
-        .collect()
+    super::build_tables(&view.layout, &view.delta, view.base.slots, &view.deleted)
 }
 
 /// Whether a table before `j` also reaches the pair whose XOR is `xor` within its probe radius:
@@ -416,71 +375,6 @@ fn reached_by_earlier_table(
         .iter()
         .zip(radii)
         .any(|(sub, &r)| i64::from(sub.distance(xor)) <= r)
-}
-
-/// XOR of two codes into `out`; returns the Hamming distance.
-#[inline(always)]
-fn xor_distance<const W: usize>(
-    a: &[u64],
-    b: &[u64],
-    words: usize,
-    out: &mut [u64; MAX_WORDS],
-) -> u32 {
-    let n = if W == 0 { words } else { W };
-    let mut d = 0;
-    for ((x, y), o) in a[..n].iter().zip(&b[..n]).zip(out.iter_mut()) {
-        *o = x ^ y;
-        d += o.count_ones();
-    }
-    d
-}
-
-/// Calls `visit` with every bucket of `table` whose key is at distance exactly `s` from `value`
-/// (`width` bits), prefetching each bucket [`PREFETCH_AHEAD`] keys before it is read so that the
-/// buckets' cache misses overlap.
-#[inline(always)]
-fn for_each_bucket(
-    table: &Table,
-    value: u32,
-    width: u32,
-    s: u32,
-    mut visit: impl FnMut(&[table::BucketEntry]),
-) {
-    if s == 0 {
-        visit(table.bucket(value));
-        return;
-    }
-    if s > width {
-        return;
-    }
-    let mut ring = [0u32; PREFETCH_AHEAD];
-    let mut seen = 0usize;
-    // Gosper's hack: the s-bit masks below 2^width in increasing order.
-    let limit = 1u64 << width;
-    let mut mask: u64 = (1u64 << s) - 1;
-    while mask < limit {
-        let key = value ^ mask as u32;
-        table.prefetch(key);
-        if seen >= PREFETCH_AHEAD {
-            visit(table.bucket(ring[seen % PREFETCH_AHEAD]));
-        }
-        ring[seen % PREFETCH_AHEAD] = key;
-        seen += 1;
-        let lowest = mask & mask.wrapping_neg();
-        let ripple = mask + lowest;
-        mask = (((ripple ^ mask) >> 2) >> lowest.trailing_zeros()) | ripple;
-    }
-    for i in seen.saturating_sub(PREFETCH_AHEAD)..seen {
-        visit(table.bucket(ring[i % PREFETCH_AHEAD]));
-    }
-}
-
-/// `n choose k`, as a float (counts of probes, which may exceed any integer type in principle).
-fn binomial(n: u32, k: u32) -> f64 {
-    if k > n {
-        return 0.0;
-    }
-    (0..k).fold(1.0, |acc, i| acc * f64::from(n - i) / f64::from(i + 1))
 }
 
 #[cfg(test)]

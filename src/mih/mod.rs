@@ -55,21 +55,7 @@ pub(crate) struct View {
 impl Base {
     fn build(layout: &WordLayout, words: Vec<u64>, deleted: &BitVec<u64>) -> Base {
         let slots = words.len() / layout.words;
-        let tables = layout
-            .substrings
-            .par_iter()
-            .zip(&layout.filters)
-            .map(|(sub, filter)| {
-                let mut entries: Vec<table::Entry> = (0..slots)
-                    .filter(|&slot| !deleted[slot])
-                    .map(|slot| {
-                        let code = &words[slot * layout.words..(slot + 1) * layout.words];
-                        (sub.value(code), slot as u32, filter.value(code))
-                    })
-                    .collect();
-                Table::from_entries(sub.width, slots, &mut entries)
-            })
-            .collect();
+        let tables = build_tables(layout, &words, 0, deleted);
         let sample = NeighbourSample::of(&words, layout.words, deleted, layout.bits());
         Base {
             words,
@@ -216,6 +202,33 @@ impl View {
             live,
         }
     }
+}
+
+/// One hash table per substring over the live codes of slots `first..`, whose codes `words`
+/// holds (`layout.words` words each, from slot `first` on).
+fn build_tables(
+    layout: &WordLayout,
+    words: &[u64],
+    first: usize,
+    deleted: &BitVec<u64>,
+) -> Vec<Table> {
+    let slots = words.len() / layout.words;
+    layout
+        .substrings
+        .par_iter()
+        .zip(&layout.filters)
+        .map(|(sub, filter)| {
+            let mut entries: Vec<table::Entry> = (first..first + slots)
+                .filter(|&slot| !deleted[slot])
+                .map(|slot| {
+                    let at = (slot - first) * layout.words;
+                    let code = &words[at..at + layout.words];
+                    (sub.value(code), slot as u32, filter.value(code))
+                })
+                .collect();
+            Table::from_entries(sub.width, slots, &mut entries)
+        })
+        .collect()
 }
 
 /// How many codes may wait in the scanned delta before the hash tables are rebuilt: a fixed floor

@@ -73,16 +73,16 @@ enum TablesOutcome {
 }
 
 /// Most words in a code (1024 bits).
-const MAX_WORDS: usize = 16;
+pub(super) const MAX_WORDS: usize = 16;
 
 // Cost model, in nanoseconds, calibrated with `milan bench search` (docs/benchmarks.md). Only the
-// ratios matter: they decide where multi-index hashing stops paying.
+// ratios matter: they decide where multi-index hashing stops paying (here and in the self-join).
 /// Scanning one code, per 64-bit word.
-const SCAN_NS_PER_WORD: f64 = 0.45;
+pub(super) const SCAN_NS_PER_WORD: f64 = 0.45;
 /// Enumerating one probe and looking up its bucket.
-const PROBE_NS: f64 = 3.0;
+pub(super) const PROBE_NS: f64 = 3.0;
 /// Reading one bucket entry and its filter.
-const ENTRY_NS: f64 = 1.5;
+pub(super) const ENTRY_NS: f64 = 1.5;
 /// Reading and checking the code of an entry that its filter did not reject (a random access),
 /// before the per-word and per-table terms of `View::verify_ns`.
 const SURVIVOR_NS: f64 = 8.0;
@@ -121,7 +121,7 @@ fn stride<const W: usize>(dynamic: usize) -> usize {
 
 /// XOR of two codes into `out`; returns the Hamming distance.
 #[inline(always)]
-fn xor_distance<const W: usize>(
+pub(super) fn xor_distance<const W: usize>(
     a: &[u64],
     b: &[u64],
     words: usize,
@@ -177,13 +177,18 @@ const PREFETCH_AHEAD: usize = 8;
 /// `value`, in [`for_each_at_distance`] order, prefetching each bucket `PREFETCH_AHEAD` keys
 /// before it is read, so that the buckets' cache misses overlap instead of following each other.
 #[inline(always)]
-fn for_each_bucket(
+pub(super) fn for_each_bucket(
     table: &Table,
     value: u32,
     width: u32,
     s: u32,
     mut visit: impl FnMut(&[BucketEntry]),
 ) {
+    if s == 0 {
+        // One bucket: nothing to overlap its read with.
+        visit(table.bucket(value));
+        return;
+    }
     let mut ring = [0u32; PREFETCH_AHEAD];
     let mut seen = 0usize;
     for_each_at_distance(value, width, s, |key| {
@@ -197,6 +202,56 @@ fn for_each_bucket(
     });
     for i in seen.saturating_sub(PREFETCH_AHEAD)..seen {
         visit(table.bucket(ring[i % PREFETCH_AHEAD]));
+    }
+}
+
+/// Bucket entries that passed their filter, gathered in batches before any of their codes is
+/// read: those reads (most of them cache misses) are then independent of each other and the
+/// processor overlaps them, also across buckets and tables.
+pub(super) struct Survivors {
+    /// `(id, table)` of each survivor; the first `count` are pending.
+    batch: [(u32, u16); SURVIVOR_BATCH],
+    count: usize,
+}
+
+impl Survivors {
+    pub(super) fn new() -> Survivors {
+        Survivors {
+            batch: [(0, 0); SURVIVOR_BATCH],
+            count: 0,
+        }
+    }
+
+    /// Gathers the entries of `bucket` (of table `j`) with an id of at least `first_id` whose
+    /// filter is within `slack` bits of `filter`, testing them without branches; hands each full
+    /// batch to `verify`.
+    #[inline(always)]
+    pub(super) fn gather(
+        &mut self,
+        bucket: &[BucketEntry],
+        j: usize,
+        first_id: u32,
+        filter: u32,
+        slack: u32,
+        verify: &mut impl FnMut(&[(u32, u16)]),
+    ) {
+        for entry in bucket {
+            let id = entry.id();
+            self.batch[self.count] = (id, j as u16);
+            let keep = id >= first_id && (entry.filter() ^ filter).count_ones() <= slack;
+            self.count += usize::from(keep);
+            if self.count == SURVIVOR_BATCH {
+                verify(&self.batch);
+                self.count = 0;
+            }
+        }
+    }
+
+    /// Hands the pending survivors to `verify`.
+    #[inline(always)]
+    pub(super) fn flush(&mut self, verify: &mut impl FnMut(&[(u32, u16)])) {
+        verify(&self.batch[..self.count]);
+        self.count = 0;
     }
 }
 
@@ -305,8 +360,9 @@ const fn filter_survival() -> [[f64; MAX_FILTER + 1]; MAX_FILTER + 1] {
     table
 }
 
+/// `n choose k`, as a float (counts of probes, which may exceed any integer type in principle).
 #[inline]
-fn binomial(n: u32, k: u32) -> f64 {
+pub(super) fn binomial(n: u32, k: u32) -> f64 {
     if k > n {
         return 0.0;
     }
@@ -451,7 +507,7 @@ impl View {
 
     /// Probe radius of table `j` for an exact radius search (negative: table not probed).
     #[inline]
-    fn table_radius(&self, radius: u32, j: usize) -> i64 {
+    pub(super) fn table_radius(&self, radius: u32, j: usize) -> i64 {
         let m = self.layout.substrings.len() as u32;
         let (q, a) = (i64::from(radius / m), radius % m);
         let r = if (j as u32) <= a { q } else { q - 1 };
@@ -575,8 +631,7 @@ impl View {
         let mut xor = [0u64; MAX_WORDS];
         // Survivors of every table of a level are gathered before any is verified, so that the
         // code reads of different tables (each a likely cache miss) overlap.
-        let mut pending = [(0u32, 0u16); SURVIVOR_BATCH];
-        let mut count = 0;
+        let mut survivors = Survivors::new();
         for s in 0..=max_r {
             let mut verify = |batch: &[(u32, u16)]| {
                 for &(slot, j) in batch {
@@ -600,20 +655,10 @@ impl View {
                 // Entries whose filter alone puts them beyond the radius need no code read.
                 let filter_slack = radius - s as u32;
                 for_each_bucket(table, sub.value(query), sub.width, s as u32, |entries| {
-                    for &entry in entries {
-                        pending[count] = (entry.id(), j as u16);
-                        count += usize::from(
-                            (entry.filter() ^ query_filter).count_ones() <= filter_slack,
-                        );
-                        if count == SURVIVOR_BATCH {
-                            verify(&pending);
-                            count = 0;
-                        }
-                    }
+                    survivors.gather(entries, j, 0, query_filter, filter_slack, &mut verify);
                 });
             }
-            verify(&pending[..count]);
-            count = 0;
+            survivors.flush(&mut verify);
         }
     }
 

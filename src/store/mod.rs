@@ -144,10 +144,31 @@ pub(crate) fn read_import(
         .map_err(|err| Error::from_decode(dir, err))
 }
 
-/// Ids may run this far past 64 ids per stored code before the gap counts as damage: room for an
-/// index whose codes were almost all deleted. A damaged file can make an open allocate at most
-/// this many empty slots beyond what its codes justify.
+/// Ids may run this far past 64 ids per stored code, whatever the code length: the bound of
+/// earlier versions, kept as a floor.
 const SLOT_SLACK: u64 = 1 << 24;
+
+/// The memory that empty slots (deleted ids, 8 bytes per code word each) may take beyond 64 per
+/// stored code, unless the file is longer: see [`max_slots`].
+const GAP_BYTES: u64 = 1 << 30;
+
+/// The most slots (the largest stored id + 1) an open allocates for `codes` stored codes of
+/// `words` words in a `file_bytes`-byte file.
+///
+/// What the file proves: its length bounds the number of codes stored (the caller's `codes`), but
+/// nothing bounds the largest id: ids are never reused, so an index churned by deletes and
+/// re-codes (each sync re-code takes a new id) legitimately holds few codes under huge ids, and
+/// compacting it shrinks the file, not the ids. Its writer held the same slots in memory, so they
+/// are allowed, up to a budget: 64 slots per stored code, plus empty slots worth [`GAP_BYTES`] of
+/// code memory, or the file's length when that is more (a file that once held the deleted codes
+/// is at least that long), and never fewer than [`SLOT_SLACK`]. A crafted file can therefore
+/// make an open allocate at most about 64 times its length, plus max(1 GiB, its length, 2^24
+/// slots) of zeroed memory that only ids it stores are written to.
+fn max_slots(codes: u64, words: usize, file_bytes: u64) -> u64 {
+    let slot_bytes = 8 * words.max(1) as u64;
+    let gap = (GAP_BYTES.max(file_bytes) / slot_bytes).max(SLOT_SLACK);
+    codes.saturating_mul(64).saturating_add(gap)
+}
 
 /// Loads every code and the bucket tables into a search snapshot, checking on the way that each
 /// bucket entry names a stored code whose substring matches the bucket and that every table holds
@@ -188,17 +209,18 @@ pub(crate) fn load_view(
             ),
         ));
     }
-    // Ids are dense unless deleted; this many holes means a damaged key, not deletes. The count
-    // of codes is the meta record's (checked against the codes actually read below, after this
-    // allocation), so it is bounded here by what the file can hold: each stored code takes at
-    // least its 8-byte key and its bytes in the file.
+    // Ids are dense unless deleted, and a churned index's gaps are bounded as `max_slots` says.
+    // The count of codes is the meta record's (checked against the codes actually read below,
+    // after this allocation), so it is bounded here by what the file can hold: each stored code
+    // takes at least its 8-byte key and its bytes in the file.
     let file_codes = file_bytes / (8 + layout.code.bytes() as u64);
     let codes_bound = meta.live_count.min(file_codes);
-    if slots > codes_bound.saturating_mul(64).saturating_add(SLOT_SLACK) {
+    let most = max_slots(codes_bound, layout.words, file_bytes);
+    if slots > most {
         return Err(corrupted(
             dir,
             format!(
-                "code ids run to {} for at most {} stored codes (the meta record counts {}; the {file_bytes}-byte file holds at most {file_codes}), more gaps than deletes leave",
+                "code ids run to {} for at most {} stored codes (the meta record counts {}; the {file_bytes}-byte file holds at most {file_codes}), more gaps than the file justifies (at most {most} slots)",
                 slots - 1,
                 codes_bound,
                 meta.live_count,

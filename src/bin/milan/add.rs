@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use milan::ingest::{add_images, IngestOptions};
+use milan::ingest::{add_images, keeps_features, key_path, IngestOptions};
 use milan::text::for_terminal;
 use milan::Index;
 
 use crate::extractor_args::ExtractorArgs;
-use crate::walk::{collect, shown, FILES_HELP};
+use crate::walk::{name_skipped, shown, walk, FILES_HELP};
 use crate::{progress, Outcome};
 
 #[derive(Args)]
@@ -26,45 +26,76 @@ pub struct AddArgs {
     /// but each folder once.
     #[arg(long, short)]
     recursive: bool,
-    /// Label each image with its parent folder's name.
+    #[command(flatten)]
+    ingest: IngestArgs,
+}
+
+/// How images are coded and reported, shared by `index add` and `index sync`.
+#[derive(Args)]
+pub struct IngestArgs {
+    /// Label each image coded with its parent folder's name (`index sync`: moved images too;
+    /// without it, added images get no label and the others keep theirs).
     #[arg(long)]
-    label_from_dir: bool,
-    /// Keep each image's feature vector, so that a new head can re-code the index later.
+    pub label_from_dir: bool,
+    /// Keep each coded image's feature vector, so that a new head can re-code the index later
+    /// (`index rehash`). Implied when the index already keeps features (its latest item has
+    /// them), so that one run without the flag cannot leave items rehash refuses.
     #[arg(long)]
-    keep_features: bool,
+    pub keep_features: bool,
     /// Accept truncated JPEGs (data ending before the end-of-image marker), whose missing part
     /// the decoder fills in grey; by default they are skipped as truncated.
     #[arg(long)]
-    lenient: bool,
+    pub lenient: bool,
     /// Images per model run.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    batch_size: u64,
-    /// Images per commit: an interrupted run loses at most this many.
+    pub batch_size: u64,
+    /// Changes per commit (images added; for `index sync`, first deletes and re-keys, then
+    /// images coded): an interrupted run loses at most this many.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
-    commit_every: u64,
-    /// Print a JSON summary instead of text (skipped files under `failed`, counted by reason
-    /// under `failed_by_reason`).
+    pub commit_every: u64,
+    /// Print a JSON summary instead of text (skipped files, folders that could not be listed
+    /// included, under `failed`, counted by reason under `failed_by_reason`; `index sync` counts
+    /// by action, and with --dry-run gives the whole plan under `plan`).
     #[arg(long)]
-    json: bool,
-    /// No progress bar.
+    pub json: bool,
+    /// No progress bars.
     #[arg(long, short)]
-    quiet: bool,
+    pub quiet: bool,
     #[command(flatten)]
-    extractor: ExtractorArgs,
+    pub extractor: ExtractorArgs,
+}
+
+impl IngestArgs {
+    /// The options for the library, keeping features when asked or when `index` keeps them.
+    pub fn options(&self, index: &Index) -> Result<IngestOptions> {
+        Ok(IngestOptions {
+            batch_size: self.batch_size as usize,
+            commit_every: self.commit_every as usize,
+            label_from_dir: self.label_from_dir,
+            keep_features: self.keep_features || keeps_features(index)?,
+            lenient: self.lenient,
+        })
+    }
 }
 
 pub fn run(args: AddArgs) -> Result<Outcome> {
-    let index = Index::open(&args.dir)?;
+    let AddArgs {
+        dir,
+        paths,
+        recursive,
+        ingest: args,
+    } = args;
+    let index = Index::open(&dir)?;
     let Some(model) = index.model().cloned() else {
         bail!(
             "{} stores codes only; create an image index with `milan index create DIR --model M.onnx --head H`",
-            shown(&args.dir)
+            shown(&dir)
         );
     };
-    let files: Vec<PathBuf> = collect(&args.paths, args.recursive)?
-        .into_iter()
-        .map(|file| std::path::absolute(&file).unwrap_or(file))
-        .collect();
+    // Keys are spelled as sync spells them: absolute, `..` resolved where it names the same file.
+    let roots: Vec<PathBuf> = paths.iter().map(|path| key_path(path)).collect();
+    let mut walked = walk(&roots, recursive)?;
+    let files = std::mem::take(&mut walked.files);
     let mut extractor = args.extractor.open(Some(&model))?;
     if !args.quiet && !args.json {
         eprintln!(
@@ -78,14 +109,8 @@ pub fn run(args: AddArgs) -> Result<Outcome> {
     let flag = cancel.clone();
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
     let bar = progress::bar(files.len() as u64, "adding", args.quiet || args.json);
-    let options = IngestOptions {
-        batch_size: args.batch_size as usize,
-        commit_every: args.commit_every as usize,
-        label_from_dir: args.label_from_dir,
-        keep_features: args.keep_features,
-        lenient: args.lenient,
-    };
-    let report = add_images(
+    let options = args.options(&index)?;
+    let mut report = add_images(
         &index,
         &mut extractor,
         &files,
@@ -94,35 +119,30 @@ pub fn run(args: AddArgs) -> Result<Outcome> {
         &cancel,
     )?;
     bar.finish_and_clear();
+    walked.report_unlisted(&mut report.failures);
     if args.json {
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {
-        for failed in &report.failed {
-            eprintln!(
-                "skipped {}: {}",
-                shown(&failed.path),
-                for_terminal(&failed.detail)
-            );
-        }
+        name_skipped(&report.failures.failed);
         let rate = report.added as f64 / report.seconds.max(1e-9);
         outln!(
             "added {} images to {} in {:.1} s ({rate:.1} images/s on {}); {} already indexed, {} duplicates, {} failed",
             report.added,
-            shown(&args.dir),
+            shown(&dir),
             report.seconds,
             report.device,
             report.already_indexed,
             report.duplicates,
-            report.failed.len()
+            report.failures.len()
         )?;
-        for (reason, count) in &report.failed_by_reason {
+        for (reason, count) in &report.failures.failed_by_reason {
             outln!("  {count} {reason}")?;
         }
         if report.cancelled {
             outln!("interrupted: everything added so far is committed; run the same command again to finish")?;
         }
     }
-    Ok(if report.failed.is_empty() {
+    Ok(if report.failures.is_empty() {
         Outcome::Success
     } else {
         Outcome::Partial

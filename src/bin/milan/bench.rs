@@ -2,12 +2,12 @@
 //! answer; `duplicates` times the self-join on every core and checks a sample of its codes;
 //! `generate` writes the synthetic workloads the benchmarks use.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use milan::{Code, Hit, Index, Strategy};
+use milan::{Code, Hit, Index, Info, Strategy};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -219,6 +219,22 @@ fn timed(
     Ok((answers, micros))
 }
 
+/// The index at `dir`, opened read-only, its info and the milliseconds the open took; fails when
+/// a radius is larger than the code length.
+fn open_for_radii(dir: &Path, radii: &[u32]) -> Result<(Index, Info, f64)> {
+    let started = Instant::now();
+    let index = Index::open_read_only(dir)?;
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    let info = index.info();
+    if let Some(r) = radii.iter().find(|&&r| r > info.bits) {
+        bail!(
+            "radius {r} is larger than the code length ({} bits)",
+            info.bits
+        );
+    }
+    Ok((index, info, open_ms))
+}
+
 /// Fraction of the scan's answers also returned, over all queries.
 fn recall(answers: &[Vec<Hit>], truth: &[Vec<Hit>]) -> f64 {
     let expected: usize = truth.iter().map(Vec::len).sum();
@@ -237,19 +253,8 @@ fn search(args: SearchArgs) -> Result<Outcome> {
     if args.top_k == 0 {
         bail!("--top-k must be at least 1");
     }
-    let started = Instant::now();
-    let index = Index::open_read_only(&args.dir)?;
-    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    let (index, info, open_ms) = open_for_radii(&args.dir, &args.radius)?;
     let reader = index.reader()?;
-    let info = index.info();
-    for &r in &args.radius {
-        if r > info.bits {
-            bail!(
-                "radius {r} is larger than the code length ({} bits)",
-                info.bits
-            );
-        }
-    }
     let queries = read_codes(&args.codes, info.bits)?;
     let k = args.top_k;
     let strategy = Strategy::from(args.strategy);
@@ -369,19 +374,8 @@ fn duplicates(args: DuplicatesBenchArgs) -> Result<Outcome> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let started = Instant::now();
-    let index = Index::open_read_only(&args.dir)?;
-    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    let (index, info, open_ms) = open_for_radii(&args.dir, &args.radius)?;
     let reader = index.reader()?;
-    let info = index.info();
-    for &r in &args.radius {
-        if r > info.bits {
-            bail!(
-                "radius {r} is larger than the code length ({} bits)",
-                info.bits
-            );
-        }
-    }
     // Evenly spaced live ids, increasing, so that the pairs (ordered by `a`) meet them in turn.
     let ids: Vec<u64> = reader.ids().collect();
     let step = (ids.len() / args.check.max(1)).max(1);

@@ -104,14 +104,21 @@ pub fn run(args: ExtractArgs) -> Result<Outcome> {
     ] {
         crate::outputs::check_output(&args.out.join(file), None, &inputs)?;
     }
+    // Folders inside that cannot be listed are named and count as skipped inputs (exit 3).
+    let mut unlisted = 0;
     let rows: Vec<(PathBuf, String)> = match (&args.images, &args.manifest) {
-        (Some(dir), _) => crate::walk::collect(std::slice::from_ref(dir), true)?
-            .into_iter()
-            .filter_map(|path| {
-                let label = path.parent()?.file_name()?.to_string_lossy().into_owned();
-                Some((path, label))
-            })
-            .collect(),
+        (Some(dir), _) => {
+            let walked = crate::walk::walk(std::slice::from_ref(dir), true)?;
+            crate::walk::name_skipped(&walked.unlisted);
+            unlisted = walked.unlisted.len();
+            walked.files
+        }
+        .into_iter()
+        .filter_map(|path| {
+            let label = path.parent()?.file_name()?.to_string_lossy().into_owned();
+            Some((path, label))
+        })
+        .collect(),
         (_, Some(manifest)) => read_manifest(manifest)?,
         _ => unreachable!("clap requires a source"),
     };
@@ -120,7 +127,7 @@ pub fn run(args: ExtractArgs) -> Result<Outcome> {
     }
     // A path that is not UTF-8 could not be named again by its key: skipped before its folder's
     // name becomes a class.
-    let mut failed = 0;
+    let mut failed = unlisted;
     let rows: Vec<(PathBuf, String)> = rows
         .into_iter()
         .filter(|(path, _)| {

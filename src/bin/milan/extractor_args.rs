@@ -31,7 +31,8 @@ pub struct ExtractorArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// The ONNX Runtime library (libonnxruntime.so) [default: MILAN_ORT_LIB, ORT_DYLIB_PATH,
-    /// beside the executable, or .onnxruntime/{cpu,gpu} beside it or up to three folders above].
+    /// beside the executable, or .onnxruntime/{cpu,gpu} beside it or in the project of a cargo
+    /// build].
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
 }

@@ -76,11 +76,14 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
     let earlier = index.import_progress(&source)?.filter(|_| !args.again);
     let (resume_at, mut first_id) = match &earlier {
         Some(done) if done.committed >= done.rows => {
+            let first = done
+                .first_id
+                .map_or(String::new(), |id| format!(", the first as id {id}"));
             outln!(
-                "{} was imported into {} before (ids {}); nothing to do (--again imports it again)",
+                "{} was imported into {} before ({} rows{first}); nothing to do (--again imports it again)",
                 args.codes.display(),
                 args.dir.display(),
-                id_range(done)
+                done.rows
             )?;
             return Ok(Outcome::Success);
         }
@@ -109,6 +112,9 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
     let bar = progress::bar(rows, "importing", args.quiet);
     bar.set_position(resume_at);
     let mut committed = resume_at;
+    // This run's ids are contiguous (it holds the writer throughout); an earlier run's need not
+    // continue them, since anything may have been written in between.
+    let mut run_first_id = None;
     loop {
         let batch = codes.read(args.batch_size as usize)?;
         if batch.is_empty() {
@@ -128,6 +134,7 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
                 },
             )?;
             first_id.get_or_insert(id);
+            run_first_id.get_or_insert(id);
         }
         let done = committed + batch.len() as u64;
         writer.set_import_progress(ImportProgress {
@@ -157,16 +164,20 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
     if rows == 0 {
         outln!("{} holds no codes; nothing imported", args.codes.display())?;
     } else {
+        let added = committed - resume_at;
+        let ids = match run_first_id {
+            Some(first) => format!("ids {first}..={}", first + added - 1),
+            None => "no ids".into(),
+        };
+        let earlier = match (resume_at, first_id) {
+            (0, _) | (_, None) => String::new(),
+            (rows, Some(first)) => {
+                format!("; rows 0..{rows} were imported before, the first as id {first}")
+            }
+        };
         outln!(
-            "imported {} codes into {} (ids {}) in {:.2} s; {} codes in the index",
-            committed - resume_at,
+            "imported {added} codes into {} ({ids}) in {:.2} s{earlier}; {} codes in the index",
             args.dir.display(),
-            id_range(&ImportProgress {
-                source,
-                rows,
-                committed,
-                first_id
-            }),
             started.elapsed().as_secs_f64(),
             info.len
         )?;
@@ -182,14 +193,6 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
         );
     }
     Ok(Outcome::Success)
-}
-
-/// The ids an import handed out, as `first..=last`.
-fn id_range(progress: &ImportProgress) -> String {
-    match progress.first_id {
-        Some(first) => format!("{first}..={}", first + progress.committed.max(1) - 1),
-        None => "none".into(),
-    }
 }
 
 /// What identifies an import: the BLAKE3 hash of the codes file and of the keys file (if any).

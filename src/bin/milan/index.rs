@@ -4,9 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use milan::extract::{layout_name, pixel_range_name};
+use milan::report::write_atomically;
 use milan::text::escape_line;
 use milan::{HashHead, Index};
 
@@ -184,8 +185,10 @@ fn create(args: CreateArgs) -> Result<Outcome> {
 }
 
 fn export(args: ExportArgs) -> Result<Outcome> {
-    for output in std::iter::once(&args.codes).chain(&args.keys) {
-        check_output(output, Some(&args.dir), &[])?;
+    check_output(&args.codes, Some(&args.dir), &[])?;
+    if let Some(keys) = &args.keys {
+        // The codes file counts as an input here, so that one path for both is refused.
+        check_output(keys, Some(&args.dir), &[&args.codes])?;
     }
     let index = Index::open_read_only(&args.dir)?;
     let reader = index.reader()?;
@@ -204,7 +207,7 @@ fn export(args: ExportArgs) -> Result<Outcome> {
     }
     write_codes(&args.codes, bytes_per_code, &codes)?;
     if let Some(path) = &args.keys {
-        std::fs::write(path, keys).with_context(|| format!("{}: cannot write", path.display()))?;
+        write_atomically(path, keys.as_bytes())?;
     }
     outln!(
         "exported {} codes to {}",

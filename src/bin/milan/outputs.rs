@@ -32,23 +32,29 @@ pub fn check_output(output: &Path, index_dir: Option<&Path>, inputs: &[&Path]) -
 }
 
 /// `path` made absolute with its links resolved, as far as it exists: the missing tail (an output
-/// that is not written yet) is appended to its longest existing ancestor, resolved.
+/// that is not written yet) is appended to its longest existing ancestor, resolved. A link whose
+/// target does not exist yet is followed too, since writing through it creates the target.
 fn resolve(path: &Path) -> PathBuf {
+    resolve_within(path, MAX_LINKS)
+}
+
+/// Links followed before giving up, as the system does (ELOOP).
+const MAX_LINKS: u32 = 40;
+
+fn resolve_within(path: &Path, links_left: u32) -> PathBuf {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let mut existing = absolute.as_path();
     let mut tail = Vec::new();
     loop {
         if let Ok(real) = existing.canonicalize() {
-            let mut resolved = real;
-            for part in tail.iter().rev() {
-                // `..` after a missing folder: lexically, as the caller's intent reads.
-                if part == ".." {
-                    resolved.pop();
-                } else if part != "." {
-                    resolved.push(part);
-                }
+            return append(real, &tail);
+        }
+        // A dangling link: where the write would land is its target.
+        if links_left > 0 && existing.symlink_metadata().is_ok_and(|m| m.is_symlink()) {
+            if let Ok(target) = std::fs::read_link(existing) {
+                let parent = existing.parent().unwrap_or(Path::new("/"));
+                return append(resolve_within(&parent.join(target), links_left - 1), &tail);
             }
-            return resolved;
         }
         match (existing.parent(), existing.components().next_back()) {
             (Some(parent), Some(last)) => {
@@ -58,4 +64,17 @@ fn resolve(path: &Path) -> PathBuf {
             _ => return absolute,
         }
     }
+}
+
+/// `base` with the `tail` components (innermost first) appended; `..` after a missing folder is
+/// taken lexically, as the caller's intent reads.
+fn append(mut base: PathBuf, tail: &[std::ffi::OsString]) -> PathBuf {
+    for part in tail.iter().rev() {
+        if part == ".." {
+            base.pop();
+        } else if part != "." {
+            base.push(part);
+        }
+    }
+    base
 }

@@ -1,19 +1,19 @@
 //! `milan index sync`: brings an image index in line with folders (adds, deletes, re-keys moved
 //! files, re-codes changed ones), or with --dry-run shows what it would do.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use milan::ingest::IngestOptions;
+use milan::ingest::key_path;
 use milan::sync::{RemovalReason, SyncPlan, SyncReport};
 use milan::text::for_terminal;
 use milan::Index;
 
-use crate::extractor_args::ExtractorArgs;
-use crate::walk::{collect, shown, FILES_HELP};
+use crate::add::IngestArgs;
+use crate::walk::{name_skipped, shown, walk, FILES_HELP};
 use crate::{progress, Outcome};
 
 /// How sync decides, below the options.
@@ -25,8 +25,11 @@ that path (same id and code, no model run). A file whose content changed is code
 item deleted, its label and metadata kept). A new file is added. An item whose file is gone is \
 deleted. Content is indexed once, as with `index add`: a file whose content is already indexed \
 under another path (a copy under a second name) is counted as a duplicate and not added. A file \
-that exists but cannot be read keeps its item. A folder that is missing is an error, never taken \
-for an empty one. Deletes and re-keys commit first, then new codes every --commit-every files \
+that exists but cannot be read keeps its item, as do the items under a folder inside that cannot \
+be listed (it is named, and the exit status is 3). A folder named that is missing is an error, \
+never taken for an empty one. Keys holding `..` are matched as the paths they name, and re-keyed \
+to the plain spelling `index add` stores. Feature vectors are kept, as by --keep-features, when \
+the index keeps them. Deletes and re-keys commit first, then new codes every --commit-every files \
 (each changed file's old item deleted in the same transaction): an interrupted sync keeps whole \
 transactions, and running it again finishes the job.";
 
@@ -42,60 +45,43 @@ pub struct SyncArgs {
     /// runs).
     #[arg(long)]
     dry_run: bool,
-    /// Label added, re-coded and moved images with their parent folder's name (otherwise added
-    /// images get no label and the others keep theirs).
-    #[arg(long)]
-    label_from_dir: bool,
-    /// Keep the feature vectors of the images coded, so that a new head can re-code them later.
-    #[arg(long)]
-    keep_features: bool,
-    /// Accept truncated JPEGs (data ending before the end-of-image marker), whose missing part
-    /// the decoder fills in grey; by default they are skipped as truncated.
-    #[arg(long)]
-    lenient: bool,
-    /// Images per model run.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    batch_size: u64,
-    /// Changes per commit (deletes and re-keys, then added images): an interrupted run loses at
-    /// most this many.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
-    commit_every: u64,
-    /// Print a JSON summary instead of text (counts by action; skipped files under `failed`,
-    /// counted by reason under `failed_by_reason`; with --dry-run, the whole plan under `plan`).
-    #[arg(long)]
-    json: bool,
-    /// No progress bars.
-    #[arg(long, short)]
-    quiet: bool,
     #[command(flatten)]
-    extractor: ExtractorArgs,
+    ingest: IngestArgs,
 }
 
 pub fn run(args: SyncArgs) -> Result<Outcome> {
-    let index = if args.dry_run {
-        Index::open_read_only(&args.dir)?
+    let SyncArgs {
+        dir,
+        folders: named,
+        dry_run,
+        ingest: args,
+    } = args;
+    let index = if dry_run {
+        Index::open_read_only(&dir)?
     } else {
-        Index::open(&args.dir)?
+        Index::open(&dir)?
     };
     let Some(model) = index.model().cloned() else {
         bail!(
             "{} stores codes only; only an image index (`milan index create DIR --model M.onnx --head H`) can be synced with folders",
-            shown(&args.dir)
+            shown(&dir)
         );
     };
-    let mut folders = Vec::with_capacity(args.folders.len());
-    for folder in &args.folders {
-        let Some(metadata) = std::fs::metadata(folder).ok().filter(|m| m.is_dir()) else {
+    let mut folders = Vec::with_capacity(named.len());
+    for folder in &named {
+        if !std::fs::metadata(folder).is_ok_and(|m| m.is_dir()) {
             bail!(
                 "{}: not a folder; sync takes folders (use `milan index add` for single files), and a missing folder is never taken for an empty one",
                 shown(folder)
             );
-        };
-        folders.push(plain_folder(folder, &metadata));
+        }
+        // Keys are spelled as `index add` spells them.
+        folders.push(key_path(folder));
     }
-    let files = collect(&folders, true)?;
+    let mut walked = walk(&folders, true)?;
+    let files = std::mem::take(&mut walked.files);
     // The model is opened before hours of hashing could be wasted on a model that will not load.
-    let mut extractor = if args.dry_run {
+    let mut extractor = if dry_run {
         None
     } else {
         Some(args.extractor.open(Some(&model))?)
@@ -125,7 +111,7 @@ pub fn run(args: SyncArgs) -> Result<Outcome> {
         return Ok(Outcome::Success);
     }
 
-    let report = match extractor.as_mut() {
+    let mut report = match extractor.as_mut() {
         None => plan.report(),
         Some(extractor) => {
             if !quiet {
@@ -137,13 +123,7 @@ pub fn run(args: SyncArgs) -> Result<Outcome> {
             }
             let coding = plan.recodes.len() + plan.adds.len();
             let bar = progress::bar(coding as u64, "coding", quiet);
-            let options = IngestOptions {
-                batch_size: args.batch_size as usize,
-                commit_every: args.commit_every as usize,
-                label_from_dir: args.label_from_dir,
-                keep_features: args.keep_features,
-                lenient: args.lenient,
-            };
+            let options = args.options(&index)?;
             let report = plan.apply(
                 &index,
                 extractor,
@@ -156,65 +136,26 @@ pub fn run(args: SyncArgs) -> Result<Outcome> {
         }
     };
 
+    walked.report_unlisted(&mut report.failures);
+
     if args.json {
         let mut value = serde_json::to_value(&report)?;
-        if args.dry_run {
+        if dry_run {
             value["plan"] = serde_json::to_value(&plan)?;
         }
         outln!("{value}")?;
     } else {
-        for failed in &report.failed {
-            eprintln!(
-                "skipped {}: {}",
-                shown(&failed.path),
-                for_terminal(&failed.detail)
-            );
-        }
-        if args.dry_run {
+        name_skipped(&report.failures.failed);
+        if dry_run {
             print_plan(&plan)?;
         }
-        print_summary(&args, &report)?;
+        print_summary(&dir, &report)?;
     }
-    Ok(if report.failed.is_empty() {
+    Ok(if report.failures.is_empty() {
         Outcome::Success
     } else {
         Outcome::Partial
     })
-}
-
-/// `folder` as an absolute path without `.` and `..`, when that names the same folder (a link
-/// before a `..` can make it another), so that keys are plain paths; else absolute as given.
-fn plain_folder(folder: &Path, metadata: &std::fs::Metadata) -> PathBuf {
-    let absolute = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
-    let mut plain = PathBuf::new();
-    for component in absolute.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !plain.pop() {
-                    return absolute;
-                }
-            }
-            other => plain.push(other),
-        }
-    }
-    if plain != absolute && same_folder(&plain, metadata) {
-        plain
-    } else {
-        absolute
-    }
-}
-
-#[cfg(unix)]
-fn same_folder(path: &Path, metadata: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (metadata.dev(), metadata.ino()))
-}
-
-#[cfg(not(unix))]
-fn same_folder(_: &Path, _: &std::fs::Metadata) -> bool {
-    // No cheap identity to compare: the path stays as given.
-    false
 }
 
 /// The plan, one line per change, for --dry-run.
@@ -255,7 +196,7 @@ fn print_plan(plan: &SyncPlan) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(args: &SyncArgs, report: &SyncReport) -> Result<()> {
+fn print_summary(dir: &std::path::Path, report: &SyncReport) -> Result<()> {
     let counts = format!(
         "{} added, {} re-coded, {} moved, {} deleted, {} unchanged, {} duplicates, {} failed",
         report.added,
@@ -264,22 +205,22 @@ fn print_summary(args: &SyncArgs, report: &SyncReport) -> Result<()> {
         report.deleted,
         report.unchanged,
         report.duplicates,
-        report.failed.len()
+        report.failures.len()
     );
     if report.dry_run {
         outln!(
             "dry run, nothing changed in {}: would be {counts}",
-            shown(&args.dir)
+            shown(dir)
         )?;
     } else {
         outln!(
             "synced {} in {:.1} s on {}: {counts}",
-            shown(&args.dir),
+            shown(dir),
             report.seconds,
             report.device
         )?;
     }
-    for (reason, count) in &report.failed_by_reason {
+    for (reason, count) in &report.failures.failed_by_reason {
         outln!("  {count} {reason}")?;
     }
     if report.cancelled {

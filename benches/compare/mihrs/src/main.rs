@@ -407,6 +407,17 @@ fn run_join<T: FromRow + Sync>(args: &Args, rows: &Array2<u8>) -> Result<JoinRep
     })
 }
 
+/// Prints why mih-rs cannot take codes of `width` bytes, in place of a report.
+fn print_skipped(width: usize) -> Result<()> {
+    let skipped = Skipped {
+        library: "mih-rs",
+        version: MIH_RS_VERSION,
+        skipped: format!("mih-rs {MIH_RS_VERSION} takes 8, 16, 32 or 64-bit codes, not {}", width * 8),
+    };
+    println!("{}", serde_json::to_string(&skipped)?);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     if args.join {
@@ -416,15 +427,7 @@ fn main() -> Result<()> {
             2 => run_join::<u16>(&args, &rows)?,
             4 => run_join::<u32>(&args, &rows)?,
             8 => run_join::<u64>(&args, &rows)?,
-            width => {
-                let skipped = Skipped {
-                    library: "mih-rs",
-                    version: MIH_RS_VERSION,
-                    skipped: format!("mih-rs {MIH_RS_VERSION} takes 8, 16, 32 or 64-bit codes, not {}", width * 8),
-                };
-                println!("{}", serde_json::to_string(&skipped)?);
-                return Ok(());
-            }
+            width => return print_skipped(width),
         };
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
@@ -441,15 +444,7 @@ fn main() -> Result<()> {
         2 => run::<u16>(&args, &rows, &query_rows, load_codes_s)?,
         4 => run::<u32>(&args, &rows, &query_rows, load_codes_s)?,
         8 => run::<u64>(&args, &rows, &query_rows, load_codes_s)?,
-        width => {
-            let skipped = Skipped {
-                library: "mih-rs",
-                version: MIH_RS_VERSION,
-                skipped: format!("mih-rs {MIH_RS_VERSION} takes 8, 16, 32 or 64-bit codes, not {}", width * 8),
-            };
-            println!("{}", serde_json::to_string(&skipped)?);
-            return Ok(());
-        }
+        width => return print_skipped(width),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
