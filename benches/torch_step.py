@@ -2,7 +2,7 @@
 """Median time of one MiLaN training step in PyTorch, for the side-by-side comparison with
 `cargo bench --bench train_step` (docs/training.md, "Speed").
 
-A port of the reference trainer's step (../shared/MILAN-METHOD.md): dense 2048 -> 1024 -> 512 -> K
+A port of the reference trainer's step (docs/method.md): dense 2048 -> 1024 -> 512 -> K
 with LeakyReLU(0.2) and a sigmoid, rows L2-normalised, the batch in thirds (anchors, positives,
 negatives), loss = triplet(margin 0.2) - 0.001 * push / K + 1 * balance (per code), Adam(1e-4,
 0.5, 0.9), the reference's uniform initialisation. The same fixed batch as the Rust bench

@@ -21,8 +21,14 @@ pub enum Error {
         /// The directory asked for.
         path: PathBuf,
     },
+    /// The path given as the index directory is something else, such as a plain file.
+    #[error("{}: not a directory (an index is a directory holding {DATABASE_FILE})", path.display())]
+    NotADirectory {
+        /// The path asked for.
+        path: PathBuf,
+    },
     /// The directory exists but holds no milan index.
-    #[error("{}: not a milan index (no {DATABASE_FILE} inside); make one with `milan index create`", path.display())]
+    #[error("{}: not a milan index (no {DATABASE_FILE} inside); create one with Index::builder(bits).create", path.display())]
     NotAnIndex {
         /// The directory asked for.
         path: PathBuf,
@@ -33,8 +39,10 @@ pub enum Error {
         /// The directory asked for.
         path: PathBuf,
     },
-    /// Another process (or another handle in this one) has the index open for writing.
-    #[error("{}: locked by another process that has the index open; wait for it to finish (the lock is held on this file)", path.display())]
+    /// The database file is locked: another process, or another open [`Index`](crate::Index)
+    /// handle in this process, has the index open for writing (or this open is for writing and
+    /// another handle has it open at all). The storage engine cannot tell the two apart.
+    #[error("{}: locked by another process or another open handle in this process; wait for it to finish, or drop that handle (the lock is held on this file)", path.display())]
     Locked {
         /// The locked file.
         path: PathBuf,
@@ -50,7 +58,7 @@ pub enum Error {
         supported: u32,
     },
     /// A writer was killed while the index was open; a read-only open cannot recover it.
-    #[error("{}: the index was not closed cleanly (a writer stopped mid-way) and must be recovered by a writable open, such as `milan index check`", path.display())]
+    #[error("{}: the index was not closed cleanly (a writer stopped mid-way) and must be recovered by opening it for writing once (Index::open)", path.display())]
     NeedsRecovery {
         /// The database file.
         path: PathBuf,
@@ -66,16 +74,19 @@ pub enum Error {
         oldest: u32,
     },
     /// Stored data violates the format.
-    #[error("{}: the index is damaged: {detail}; `milan index check` lists every problem", path.display())]
+    #[error("{}: the index is damaged: {detail}; Index::verify_dir lists every problem", path.display())]
     Corrupted {
         /// The index directory or file.
         path: PathBuf,
         /// What is wrong.
         detail: String,
     },
-    /// The code layout is not allowed.
+    /// A number of substrings that does not fit the code length ([`LayoutError::Substrings`]).
+    ///
+    /// A bad code length is always [`Error::InvalidBits`]: the conversion from [`LayoutError`]
+    /// turns [`LayoutError::Bits`] into it.
     #[error(transparent)]
-    Layout(#[from] LayoutError),
+    Layout(LayoutError),
     /// A code of another length than the index's.
     #[error("code has {got} bits but the index stores {expected}-bit codes")]
     CodeLength {
@@ -83,6 +94,37 @@ pub enum Error {
         expected: u32,
         /// The code's length.
         got: u32,
+    },
+    /// Two codes of different lengths compared with [`Code::distance`](crate::Code::distance).
+    #[error("cannot compare a {left}-bit code with a {right}-bit code: Hamming distance needs codes of one length")]
+    CodeLengthsDiffer {
+        /// The length of the code `distance` was called on.
+        left: u32,
+        /// The length of its argument.
+        right: u32,
+    },
+    /// [`IndexBuilder::open`](crate::IndexBuilder::open) of an index that stores codes of
+    /// another length than the builder's.
+    #[error("{}: the index stores {stored}-bit codes, not the {requested} bits asked for (Index::open takes the stored length)", path.display())]
+    BitsMismatch {
+        /// The index directory.
+        path: PathBuf,
+        /// The stored index's code length.
+        stored: u32,
+        /// The length the builder was made with.
+        requested: u32,
+    },
+    /// [`IndexBuilder::open`](crate::IndexBuilder::open) with
+    /// [`substrings`](crate::IndexBuilder::substrings) set to another number than the stored
+    /// index has.
+    #[error("{}: the index has {stored} substrings, not the {requested} asked for; an open does not change them, Index::optimize does", path.display())]
+    SubstringsMismatch {
+        /// The index directory.
+        path: PathBuf,
+        /// The stored index's number of substrings.
+        stored: u32,
+        /// The number the builder was given.
+        requested: u32,
     },
     /// A code could not be parsed or has an impossible length.
     #[error("invalid code: {detail}")]
@@ -240,7 +282,8 @@ pub enum Error {
         /// Distinct labels found.
         found: usize,
     },
-    /// A code length that is not a multiple of 8 from 8 to 1024.
+    /// A code length that is not a multiple of 8 from 8 to 1024, wherever one is asked for:
+    /// [`Index::builder`](crate::Index::builder), a training run, [`Code::from_fn`](crate::Code::from_fn).
     #[error("{bits} bits: the code length must be a multiple of 8 from 8 to 1024")]
     InvalidBits {
         /// The length asked for.
@@ -284,6 +327,17 @@ pub enum Error {
         /// The cause.
         source: Box<redb::Error>,
     },
+}
+
+impl From<LayoutError> for Error {
+    /// [`LayoutError::Bits`] becomes [`Error::InvalidBits`], the one error for a bad code
+    /// length; the rest [`Error::Layout`].
+    fn from(err: LayoutError) -> Error {
+        match err {
+            LayoutError::Bits { bits } => Error::InvalidBits { bits },
+            other => Error::Layout(other),
+        }
+    }
 }
 
 impl Error {

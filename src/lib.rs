@@ -30,6 +30,9 @@
 //!
 //! Modules map to concerns: [`Code`] (the code type), [`Index`] with [`Writer`] and [`Reader`]
 //! (the embedded store), [`Error`]. The on-disk format is the `milan-index-format` crate.
+//! The README's example is a complete program and runs as a documentation test too; the MiLaN
+//! method and evaluation protocol that [`train`] and [`eval`] implement are described in
+//! `docs/method.md`.
 
 #![warn(missing_docs)]
 
@@ -62,3 +65,9 @@ pub use store::check::CheckReport;
 
 /// The on-disk format crate, re-exported for tools that read index files directly.
 pub use milan_index_format as format;
+
+/// The README's Rust blocks, run as documentation tests so that its example keeps compiling and
+/// running exactly as printed (its other blocks are `sh`, which rustdoc does not run).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}

@@ -275,17 +275,18 @@ fn a_killed_import_keeps_whole_batches_and_stays_consistent() {
     let codes = clustered(&mut rng(8), 64, 60_000, 50, 0.1);
     write_codes(&codes_path, &codes);
     ok(&["index", "create", s(&dir), "--bits", "64"]);
+    let import = [
+        "index",
+        "import",
+        s(&dir),
+        "--codes",
+        s(&codes_path),
+        "--batch-size",
+        "1000",
+        "--quiet",
+    ];
     let mut child = Command::new(env!("CARGO_BIN_EXE_milan"))
-        .args([
-            "index",
-            "import",
-            s(&dir),
-            "--codes",
-            s(&codes_path),
-            "--batch-size",
-            "1000",
-            "--quiet",
-        ])
+        .args(import)
         .spawn()
         .unwrap();
     // Let some batches commit; wherever the kill lands, only whole batches may remain.
@@ -307,16 +308,7 @@ fn a_killed_import_keeps_whole_batches_and_stays_consistent() {
     drop(reader);
     drop(index);
     // The same command again finishes the job: every row once, in row order.
-    ok(&[
-        "index",
-        "import",
-        s(&dir),
-        "--codes",
-        s(&codes_path),
-        "--batch-size",
-        "1000",
-        "--quiet",
-    ]);
+    ok(&import);
     let index = Index::open_read_only(&dir).unwrap();
     assert_eq!(index.len(), codes.len() as u64);
     let reader = index.reader().unwrap();

@@ -8,7 +8,7 @@ use std::path::Path;
 use milan::{Code, Index, Item, Pair};
 use rand::RngExt;
 
-use crate::images::{lsh_image_index, render_in_browser, write_image_set};
+use crate::images::{lsh_image_index, render_in_browser, temp_image_set};
 use crate::util::*;
 
 /// Every pair of `live` within `radius`, by comparing all of them.
@@ -235,7 +235,13 @@ fn duplicates_finds_the_planted_groups() {
     let dir = tmp.path().join("idx");
     planted_index(&dir);
     let d = s(&dir);
-    let groups = json_groups(&["index", "duplicates", d, "--radius", "3", "--json"]);
+    // The groups of `index duplicates --radius RADIUS --json` with `flags`.
+    let groups_within = |radius, flags: &[&str]| {
+        let mut args = vec!["index", "duplicates", d, "--radius", radius, "--json"];
+        args.extend(flags);
+        json_groups(&args)
+    };
+    let groups = groups_within("3", &[]);
     let same = |kind: &str| kind.to_string();
     assert_eq!(
         groups,
@@ -250,30 +256,11 @@ fn duplicates_finds_the_planted_groups() {
         ]
     );
     // Below the chain's step the chain falls apart; --min-group and --limit cut the list.
-    let groups = json_groups(&["index", "duplicates", d, "--radius", "2", "--json"]);
-    assert_eq!(groups.len(), 3);
-    let groups = json_groups(&[
-        "index",
-        "duplicates",
-        d,
-        "--radius",
-        "3",
-        "--json",
-        "--min-group",
-        "4",
-    ]);
+    assert_eq!(groups_within("2", &[]).len(), 3);
+    let groups = groups_within("3", &["--min-group", "4"]);
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0].1.len(), 4);
-    let groups = json_groups(&[
-        "index",
-        "duplicates",
-        d,
-        "--radius",
-        "3",
-        "--json",
-        "--limit",
-        "1",
-    ]);
+    let groups = groups_within("3", &["--limit", "1"]);
     let kinds: Vec<&str> = groups.iter().map(|(kind, _)| kind.as_str()).collect();
     assert_eq!(kinds, ["same-content", "near"], "one of each kind");
 
@@ -335,9 +322,7 @@ fn duplicates_refuses_bad_flags_and_outputs_in_the_index() {
 
 #[test]
 fn the_duplicates_page_shows_every_group_in_a_real_browser() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    write_image_set(&images, 8);
+    let (tmp, images, _) = temp_image_set(8);
     let (_, index) = lsh_image_index(tmp.path(), &images, &["--label-from-dir"]);
     let page = tmp.path().join("dups.html");
     let args = ["index", "duplicates", s(&index), "--radius", "2"];

@@ -13,7 +13,7 @@ use std::time::Duration;
 use image::{DynamicImage, Rgb, RgbImage};
 use milan::dataset::Dataset;
 
-use crate::images::{lsh_head, lsh_image_index, tiny_model, write_image_set};
+use crate::images::{lsh_head, lsh_image_index, temp_image_set, tiny_model, write_image_set};
 use crate::util::*;
 
 /// Runs `milan` and fails the test, instead of hanging it, when the command does not finish
@@ -41,6 +41,13 @@ fn milan_within(args: &[&str], seconds: u64) -> Output {
     }
 }
 
+/// Runs `milan` within 60 seconds and checks that it exits with `status`.
+fn milan_exits(args: &[&str], status: i32) -> Output {
+    let output = milan_within(args, 60);
+    assert_eq!(output.status.code(), Some(status), "{}", stderr(&output));
+    output
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -66,6 +73,14 @@ fn detailed(seed: u32) -> RgbImage {
 fn save(image: &RgbImage, path: &Path) -> Vec<u8> {
     DynamicImage::ImageRgb8(image.clone()).save(path).unwrap();
     std::fs::read(path).unwrap()
+}
+
+/// A new folder `root/name` holding `file`, a `detailed(seed)` picture.
+fn picture_folder(root: &Path, name: &str, file: &str, seed: u32) -> PathBuf {
+    let folder = root.join(name);
+    std::fs::create_dir(&folder).unwrap();
+    save(&detailed(seed), &folder.join(file));
+    folder
 }
 
 fn mkfifo(path: &Path) {
@@ -163,9 +178,7 @@ impl Drop for Unlistable {
 
 #[test]
 fn a_folder_that_cannot_be_listed_is_skipped_by_name_and_the_walk_goes_on() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let files = write_image_set(&images, 2);
+    let (tmp, images, files) = temp_image_set(2);
     let locked = images.join("locked");
     std::fs::create_dir(&locked).unwrap();
     std::fs::copy(&files[0], locked.join("inside.png")).unwrap();
@@ -213,17 +226,7 @@ fn a_folder_that_cannot_be_listed_is_skipped_by_name_and_the_walk_goes_on() {
 
     // extract --images names it, goes on, and counts it as skipped.
     let model = tiny_model();
-    let args = [
-        "extract",
-        "--model",
-        s(&model),
-        "--images",
-        s(&images),
-        "--label-from-dir",
-        "--out",
-        s(&data),
-        "--quiet",
-    ];
+    let args = extract_args(&model, &images, &data);
     let output = milan_unprivileged(tmp.path(), &args).unwrap();
     let said = stderr(&output);
     assert!(matches!(output.status.code(), Some(3)), "{said}");
@@ -234,23 +237,18 @@ fn a_folder_that_cannot_be_listed_is_skipped_by_name_and_the_walk_goes_on() {
 #[test]
 fn link_loops_are_walked_once_and_each_file_read_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("d");
-    std::fs::create_dir(&d).unwrap();
-    save(&detailed(1), &d.join("x.png"));
+    let d = picture_folder(tmp.path(), "d", "x.png", 1);
     symlink(".", d.join("a")).unwrap();
     symlink(".", d.join("b")).unwrap();
     symlink(".", d.join("self")).unwrap();
     // A link to another file and a link to a folder kept elsewhere: followed, each file once.
     symlink("x.png", d.join("y.png")).unwrap();
-    let elsewhere = tmp.path().join("elsewhere");
-    std::fs::create_dir(&elsewhere).unwrap();
-    save(&detailed(2), &elsewhere.join("z.png"));
+    let elsewhere = picture_folder(tmp.path(), "elsewhere", "z.png", 2);
     symlink(&elsewhere, d.join("photos")).unwrap();
     symlink(&elsewhere, d.join("photos-again")).unwrap();
     let index = empty_image_index(tmp.path());
 
-    let output = milan_within(&["index", "add", s(&index), s(&d), "-r", "--json"], 60);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let output = milan_exits(&["index", "add", s(&index), s(&d), "-r", "--json"], 0);
     let report = json(&output);
     assert_eq!(report["added"], 2, "{report}");
     // The link to x.png is the same file: not read a second time, so not even a duplicate.
@@ -274,37 +272,20 @@ fn link_loops_are_walked_once_and_each_file_read_once() {
 
     // extract --images walks the same way.
     let data = tmp.path().join("data");
-    let output = milan_within(
-        &[
-            "extract",
-            "--model",
-            s(&tiny_model()),
-            "--images",
-            s(&d),
-            "--label-from-dir",
-            "--out",
-            s(&data),
-            "--quiet",
-        ],
-        60,
-    );
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    milan_exits(&extract_args(&tiny_model(), &d, &data), 0);
     assert_eq!(Dataset::load(&data).unwrap().keys.len(), 2);
 }
 
 #[test]
 fn fifos_sockets_and_devices_are_skipped_by_name() {
     let tmp = tempfile::tempdir().unwrap();
-    let folder = tmp.path().join("images");
-    std::fs::create_dir(&folder).unwrap();
-    save(&detailed(3), &folder.join("a.png"));
+    let folder = picture_folder(tmp.path(), "images", "a.png", 3);
     mkfifo(&folder.join("b.png"));
     let _socket = std::os::unix::net::UnixListener::bind(folder.join("c.png")).unwrap();
     symlink("/dev/zero", folder.join("zero.jpg")).unwrap();
     let index = empty_image_index(tmp.path());
 
-    let output = milan_within(&["index", "add", s(&index), s(&folder), "--json"], 60);
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let output = milan_exits(&["index", "add", s(&index), s(&folder), "--json"], 3);
     let report = json(&output);
     assert_eq!(report["added"], 1, "{report}");
     assert_eq!(report["failed_by_reason"]["not_a_file"], 3, "{report}");
@@ -316,8 +297,7 @@ fn fifos_sockets_and_devices_are_skipped_by_name() {
     // Named on the command line, a FIFO is skipped all the same, by name and reason.
     let fifo = tmp.path().join("named.png");
     mkfifo(&fifo);
-    let output = milan_within(&["index", "add", s(&index), s(&fifo)], 60);
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let output = milan_exits(&["index", "add", s(&index), s(&fifo)], 3);
     let said = stderr(&output);
     assert!(
         said.contains("named.png") && said.contains("not a regular file (a FIFO)"),
@@ -326,19 +306,16 @@ fn fifos_sockets_and_devices_are_skipped_by_name() {
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(out.contains("1 not_a_file"), "{out}");
     // As a query image, it is refused by name.
-    let output = milan_within(
+    let output = milan_exits(
         &["query", s(&index), "--image", s(&fifo), "--top-k", "1"],
-        60,
+        1,
     );
-    assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("named.png"), "{}", stderr(&output));
 }
 
 #[test]
 fn keys_naming_devices_or_fifos_show_no_picture() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    write_image_set(&images, 2);
+    let (tmp, images, _) = temp_image_set(2);
     let (_, index) = lsh_image_index(tmp.path(), &images, &[]);
     let fifo = tmp.path().join("fifo.png");
     mkfifo(&fifo);
@@ -359,7 +336,7 @@ fn keys_naming_devices_or_fifos_show_no_picture() {
         ids[0]
     };
     let page = tmp.path().join("r.html");
-    let output = milan_within(
+    milan_exits(
         &[
             "query",
             s(&index),
@@ -370,9 +347,8 @@ fn keys_naming_devices_or_fifos_show_no_picture() {
             "--html",
             s(&page),
         ],
-        60,
+        0,
     );
-    assert!(output.status.success(), "{}", stderr(&output));
     let html = std::fs::read_to_string(&page).unwrap();
     // The query and its three odd results (at distance 0 of themselves) show no picture.
     assert!(html.matches("no image").count() >= 4, "{html}");
@@ -399,7 +375,7 @@ fn keys_naming_devices_or_fifos_show_no_picture() {
     let dim_head = tmp.path().join("dim.head");
     lsh_head(&dim_head, "16", &["--dim", "16"]);
     let report = tmp.path().join("eval.html");
-    let output = milan_within(
+    milan_exits(
         &[
             "eval",
             "--data",
@@ -411,9 +387,8 @@ fn keys_naming_devices_or_fifos_show_no_picture() {
             "--html",
             s(&report),
         ],
-        60,
+        0,
     );
-    assert!(output.status.success(), "{}", stderr(&output));
     assert!(std::fs::read_to_string(&report)
         .unwrap()
         .contains("no image"));
@@ -422,17 +397,14 @@ fn keys_naming_devices_or_fifos_show_no_picture() {
 #[test]
 fn truncated_images_are_reported_unless_lenient() {
     let tmp = tempfile::tempdir().unwrap();
-    let folder = tmp.path().join("images");
-    std::fs::create_dir(&folder).unwrap();
-    save(&detailed(4), &folder.join("whole.jpg"));
+    let folder = picture_folder(tmp.path(), "images", "whole.jpg", 4);
     let jpeg = save(&detailed(5), &folder.join("cut.jpg"));
     std::fs::write(folder.join("cut.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
     let png = save(&detailed(6), &folder.join("cut.png"));
     std::fs::write(folder.join("cut.png"), &png[..png.len() / 3]).unwrap();
     let index = empty_image_index(tmp.path());
 
-    let output = milan_within(&["index", "add", s(&index), s(&folder), "--json"], 60);
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let output = milan_exits(&["index", "add", s(&index), s(&folder), "--json"], 3);
     let report = json(&output);
     assert_eq!(report["added"], 1, "{report}");
     assert_eq!(report["failed_by_reason"]["truncated"], 2, "{report}");
@@ -445,11 +417,10 @@ fn truncated_images_are_reported_unless_lenient() {
     assert!(said.contains("cut.png: truncated image"), "{said}");
 
     // --lenient takes the JPEG on purpose; the PNG's decoder cannot decode it either way.
-    let output = milan_within(
+    let output = milan_exits(
         &["index", "add", s(&index), s(&folder), "--json", "--lenient"],
-        60,
+        3,
     );
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     let report = json(&output);
     assert_eq!(
         (&report["added"], &report["already_indexed"]),
@@ -467,23 +438,11 @@ fn truncated_images_are_reported_unless_lenient() {
     let model = tiny_model();
     let extract = |out: &str, lenient: bool| {
         let out = tmp.path().join(out);
-        let mut args = vec![
-            "extract",
-            "--model",
-            s(&model),
-            "--images",
-            s(class.parent().unwrap()),
-            "--label-from-dir",
-            "--out",
-        ];
-        let out_str = s(&out).to_string();
-        args.push(&out_str);
-        args.push("--quiet");
+        let mut args = extract_args(&model, class.parent().unwrap(), &out).to_vec();
         if lenient {
             args.push("--lenient");
         }
-        let output = milan_within(&args, 60);
-        assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+        let output = milan_exits(&args, 3);
         (Dataset::load(&out).unwrap().keys.len(), stderr(&output))
     };
     let (rows, said) = extract("strict", false);
@@ -510,8 +469,7 @@ fn keys_round_trip_exactly_and_reach_the_terminal_escaped() {
     }
     let index = empty_image_index(tmp.path());
 
-    let output = milan_within(&["index", "add", s(&index), s(&class), "--json"], 60);
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let output = milan_exits(&["index", "add", s(&index), s(&class), "--json"], 3);
     let report = json(&output);
     assert_eq!(report["added"], 4, "{report}");
     assert_eq!(report["failed_by_reason"]["name_not_utf8"], 1, "{report}");
@@ -523,8 +481,7 @@ fn keys_round_trip_exactly_and_reach_the_terminal_escaped() {
     assert_eq!(stored, expected);
 
     // Text output: control characters escaped, the name that is not UTF-8 shown lossily.
-    let output = milan_within(&["index", "add", s(&index), s(&class)], 60);
-    assert_eq!(output.status.code(), Some(3));
+    let output = milan_exits(&["index", "add", s(&index), s(&class)], 3);
     let said = stderr(&output);
     assert!(
         said.contains("bad\u{fffd}.png: file name is not valid UTF-8"),
@@ -549,21 +506,10 @@ fn keys_round_trip_exactly_and_reach_the_terminal_escaped() {
 
     // A DATA folder holds them one per line and loads back exactly.
     let data = tmp.path().join("data");
-    let output = milan_within(
-        &[
-            "extract",
-            "--model",
-            s(&tiny_model()),
-            "--images",
-            s(class.parent().unwrap()),
-            "--label-from-dir",
-            "--out",
-            s(&data),
-            "--quiet",
-        ],
-        60,
+    let output = milan_exits(
+        &extract_args(&tiny_model(), class.parent().unwrap(), &data),
+        3,
     );
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     let said = stderr(&output);
     assert!(said.contains("file name is not valid UTF-8"), "{said}");
     assert!(!said.contains('\u{1b}'), "{said:?}");
@@ -611,25 +557,11 @@ fn keys_round_trip_exactly_and_reach_the_terminal_escaped() {
 
 #[test]
 fn outputs_never_overwrite_the_index_or_an_input() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let good = write_image_set(&images, 3);
+    let (tmp, images, good) = temp_image_set(3);
     let (head, index) = lsh_image_index(tmp.path(), &images, &["--label-from-dir"]);
     let database = index.join("milan.redb");
     let before = std::fs::read(&database).unwrap();
-    let err = fails(
-        &[
-            "query",
-            s(&index),
-            "--id",
-            "0",
-            "--top-k",
-            "3",
-            "--html",
-            s(&database),
-        ],
-        1,
-    );
+    let err = fails(&query_page_args(&index, "3", &database), 1);
     assert!(err.contains("inside the index directory"), "{err}");
     let err = fails(
         &[
@@ -649,17 +581,7 @@ fn outputs_never_overwrite_the_index_or_an_input() {
     assert!(ok(&["index", "check", s(&index)]).contains("ok"));
 
     let data = tmp.path().join("data");
-    ok(&[
-        "extract",
-        "--model",
-        s(&tiny_model()),
-        "--images",
-        s(&images),
-        "--label-from-dir",
-        "--out",
-        s(&data),
-        "--quiet",
-    ]);
+    ok(&extract_args(&tiny_model(), &images, &data));
     let dim_head = tmp.path().join("dim.head");
     lsh_head(&dim_head, "16", &["--model", s(&tiny_model())]);
     let labels = std::fs::read(data.join("labels.npy")).unwrap();
@@ -722,6 +644,20 @@ fn outputs_never_overwrite_the_index_or_an_input() {
         .ends_with(",red\n"));
 }
 
+/// The arguments of `milan query` for the `top_k` nearest of item 0, as a page at `page`.
+fn query_page_args<'a>(index: &'a Path, top_k: &'a str, page: &'a Path) -> [&'a str; 8] {
+    [
+        "query",
+        s(index),
+        "--id",
+        "0",
+        "--top-k",
+        top_k,
+        "--html",
+        s(page),
+    ]
+}
+
 /// Runs `milan args` with files limited to 1 block (SIGXFSZ ignored, so that a write past the
 /// limit fails with EFBIG instead of killing the process): every output write fails halfway.
 fn with_tiny_file_limit(args: &[&str]) -> Output {
@@ -758,16 +694,7 @@ fn a_failed_write_leaves_the_old_file_and_no_partial_one() {
     std::fs::create_dir(&out).unwrap();
     let page = out.join("page.html");
     std::fs::write(&page, "old page").unwrap();
-    let query = [
-        "query",
-        s(&index),
-        "--id",
-        "0",
-        "--top-k",
-        "5",
-        "--html",
-        s(&page),
-    ];
+    let query = query_page_args(&index, "5", &page);
     let output = with_tiny_file_limit(&query);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("page.html"), "{}", stderr(&output));
@@ -777,19 +704,7 @@ fn a_failed_write_leaves_the_old_file_and_no_partial_one() {
     let folder = out.join("folder.html");
     std::fs::create_dir(&folder).unwrap();
     std::fs::write(folder.join("inside"), "kept").unwrap();
-    let err = fails(
-        &[
-            "query",
-            s(&index),
-            "--id",
-            "0",
-            "--top-k",
-            "5",
-            "--html",
-            s(&folder),
-        ],
-        1,
-    );
+    let err = fails(&query_page_args(&index, "5", &folder), 1);
     assert!(err.contains("folder.html"), "{err}");
     assert_eq!(listing(&out), ["folder.html", "page.html"]);
     assert_eq!(listing(&folder), ["inside"]);
@@ -802,17 +717,7 @@ fn a_failed_write_leaves_the_old_file_and_no_partial_one() {
     // A DATA folder: each file is whole, old or new, never cut.
     let data = tmp.path().join("data");
     let model = tiny_model();
-    let extract = [
-        "extract",
-        "--model",
-        s(&model),
-        "--images",
-        s(&images),
-        "--label-from-dir",
-        "--out",
-        s(&data),
-        "--quiet",
-    ];
+    let extract = extract_args(&model, &images, &data);
     ok(&extract);
     let before: Vec<Vec<u8>> = listing(&data)
         .iter()

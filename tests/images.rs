@@ -88,6 +88,15 @@ pub fn write_image_set(root: &Path, per_class: usize) -> Vec<PathBuf> {
     files
 }
 
+/// A temporary folder whose `images` subfolder holds a `write_image_set` of `per_class` images a
+/// class; returns the folder, `images` and the good files.
+pub fn temp_image_set(per_class: usize) -> (tempfile::TempDir, PathBuf, Vec<PathBuf>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    let files = write_image_set(&images, per_class);
+    (tmp, images, files)
+}
+
 /// Writes one file of each kind of bad input into `dir`.
 fn write_bad_files(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
@@ -167,9 +176,7 @@ fn not_a_model_is_refused_by_name() {
 
 #[test]
 fn add_and_query_images_end_to_end() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let good = write_image_set(&images, 12);
+    let (tmp, images, good) = temp_image_set(12);
     write_bad_files(&images.join("bad"));
     // Formats the encoder above does not cover: 16-bit greyscale and transparent RGBA.
     DynamicImage::ImageLuma16(ImageBuffer::from_fn(30, 30, |x, _| {
@@ -206,7 +213,7 @@ fn add_and_query_images_end_to_end() {
         "--head",
         s(&head),
     ]);
-    let output = milan(&[
+    let args = [
         "index",
         "add",
         s(&index),
@@ -216,14 +223,8 @@ fn add_and_query_images_end_to_end() {
         "--json",
         "--batch-size",
         "5",
-    ]);
-    assert_eq!(
-        output.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    ];
+    let report = json_output(&args, &milan(&args), 3);
     assert_eq!(report["added"], good.len() + 2, "{report}");
     for reason in ["empty", "unsupported", "truncated", "corrupt", "too_large"] {
         assert_eq!(report["failed_by_reason"][reason], 1, "{reason}: {report}");
@@ -437,9 +438,7 @@ fn mismatched_models_and_heads_are_refused() {
 
 #[test]
 fn a_killed_add_keeps_its_commits_and_a_rerun_finishes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let good = write_image_set(&images, 400);
+    let (tmp, images, good) = temp_image_set(400);
     let (head, index) = (tmp.path().join("h.head"), tmp.path().join("idx"));
     let model = tiny_model();
     ok(&[
@@ -493,9 +492,7 @@ fn a_killed_add_keeps_its_commits_and_a_rerun_finishes() {
 
 #[test]
 fn the_results_page_shows_every_image_in_a_real_browser() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let good = write_image_set(&images, 6);
+    let (tmp, images, good) = temp_image_set(6);
     let page = tmp.path().join("page.html");
     let (_, index) = lsh_image_index(tmp.path(), &images, &["--label-from-dir"]);
     ok(&[
@@ -563,23 +560,11 @@ pub fn render_in_browser(page: &Path, profile: &Path) -> String {
 
 #[test]
 fn extract_writes_features_labels_and_the_contract() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let good = write_image_set(&images, 5);
+    let (tmp, images, good) = temp_image_set(5);
     std::fs::write(images.join("blue/broken.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
     let data = tmp.path().join("data");
     let model = tiny_model();
-    let output = milan(&[
-        "extract",
-        "--model",
-        s(&model),
-        "--images",
-        s(&images),
-        "--label-from-dir",
-        "--out",
-        s(&data),
-        "--quiet",
-    ]);
+    let output = milan(&extract_args(&model, &images, &data));
     assert_eq!(
         output.status.code(),
         Some(3),
@@ -638,9 +623,7 @@ fn extract_writes_features_labels_and_the_contract() {
 
 #[test]
 fn kept_features_follow_their_codes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let good = write_image_set(&images, 3);
+    let (tmp, images, good) = temp_image_set(3);
     let (_, index_dir) = lsh_image_index(tmp.path(), &images, &["--keep-features"]);
     let mut index = milan::Index::open(&index_dir).unwrap();
     let reader = index.reader().unwrap();

@@ -3,11 +3,11 @@
 //! two names, scope, --dry-run, unreadable files, and a kill in the middle.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use milan::{Code, Index, Item};
 
-use crate::images::{create_image_index, lsh_head, tiny_model, write_image_set};
+use crate::images::{lsh_head, lsh_image_index, temp_image_set, tiny_model, write_image_set};
 use crate::util::*;
 
 /// One stored item as the tests compare them.
@@ -56,14 +56,7 @@ fn sync(index: &Path, folders: &[&Path], flags: &[&str], status: i32) -> serde_j
     args.extend(folders.iter().map(|folder| s(folder)));
     args.extend(["--json", "--quiet"]);
     args.extend(flags);
-    let output = milan(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(status),
-        "milan {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    json_output(&args, &milan(&args), status)
 }
 
 /// The counts of a sync report, in a fixed order: added, re-coded, moved, deleted, unchanged,
@@ -99,14 +92,6 @@ fn files_under(root: &Path) -> Vec<String> {
     files
 }
 
-/// A 16-bit LSH head for the tiny model and an image index of `images` under `root`.
-fn image_index(root: &Path, images: &Path, add_flags: &[&str]) -> PathBuf {
-    let (head, index) = (root.join("lsh.head"), root.join("idx"));
-    lsh_head(&head, "16", &["--model", s(&tiny_model())]);
-    create_image_index(&index, &head, images, add_flags);
-    index
-}
-
 /// Checks the whole index: the invariants hold, and every item's key names a file with its
 /// content hash.
 fn assert_consistent(index: &Path) {
@@ -119,13 +104,10 @@ fn assert_consistent(index: &Path) {
 
 #[test]
 fn sync_adds_deletes_rekeys_moves_and_recodes_edits() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let files = write_image_set(&images, 6);
+    let (tmp, images, files) = temp_image_set(6);
     // Content the index has never seen: the generator's images past the first six of each class.
-    let fresh = tmp.path().join("fresh");
-    let fresh_files = write_image_set(&fresh, 8);
-    let index = image_index(tmp.path(), &images, &["--label-from-dir"]);
+    let fresh_files = write_image_set(&tmp.path().join("fresh"), 8);
+    let (_, index) = lsh_image_index(tmp.path(), &images, &["--label-from-dir"]);
     let before = state(&index);
     assert_eq!(before.len(), 12);
     let max_id = before.values().map(|item| item.id).max().unwrap();
@@ -188,13 +170,10 @@ fn sync_adds_deletes_rekeys_moves_and_recodes_edits() {
 
 #[test]
 fn a_file_under_two_names_is_indexed_once_and_its_item_follows_the_survivor() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let files = write_image_set(&images, 2);
-    let index = image_index(tmp.path(), &images, &[]);
+    let (tmp, images, files) = temp_image_set(2);
+    let (_, index) = lsh_image_index(tmp.path(), &images, &[]);
     // Two new names for one new content, plus a copy of an indexed file.
-    let fresh = tmp.path().join("fresh");
-    let fresh_files = write_image_set(&fresh, 3);
+    let fresh_files = write_image_set(&tmp.path().join("fresh"), 3);
     let (first, second) = (images.join("a.png"), images.join("b.png"));
     std::fs::copy(&fresh_files[2], &first).unwrap();
     std::fs::copy(&fresh_files[2], &second).unwrap();
@@ -234,17 +213,14 @@ fn a_file_under_two_names_is_indexed_once_and_its_item_follows_the_survivor() {
 
 #[test]
 fn items_outside_the_folders_are_never_touched() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let files = write_image_set(&images, 3);
+    let (tmp, images, files) = temp_image_set(3);
     // A folder whose name extends the synced one's: /x/red must not take in /x/red2.
-    let fresh = tmp.path().join("fresh");
-    let fresh_files = write_image_set(&fresh, 4);
+    let fresh_files = write_image_set(&tmp.path().join("fresh"), 4);
     let red2 = images.join("red2");
     std::fs::create_dir_all(&red2).unwrap();
     let in_red2 = red2.join("red2.bmp");
     std::fs::copy(&fresh_files[3], &in_red2).unwrap();
-    let index = image_index(tmp.path(), &images, &[]);
+    let (_, index) = lsh_image_index(tmp.path(), &images, &[]);
     let before = state(&index);
     assert_eq!(before.len(), 7);
 
@@ -276,14 +252,11 @@ fn items_outside_the_folders_are_never_touched() {
 
 #[test]
 fn a_dry_run_changes_nothing_and_shows_the_plan() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let files = write_image_set(&images, 3);
-    let index = image_index(tmp.path(), &images, &[]);
+    let (tmp, images, files) = temp_image_set(3);
+    let (_, index) = lsh_image_index(tmp.path(), &images, &[]);
     std::fs::rename(&files[0], images.join("red/moved.png")).unwrap();
     std::fs::remove_file(&files[4]).unwrap();
-    let fresh = tmp.path().join("fresh");
-    let fresh_files = write_image_set(&fresh, 5);
+    let fresh_files = write_image_set(&tmp.path().join("fresh"), 5);
     std::fs::copy(&fresh_files[3], &files[5]).unwrap();
     std::fs::copy(&fresh_files[4], images.join("blue/new.webp")).unwrap();
     let database = index.join(milan::format::DATABASE_FILE);
@@ -324,10 +297,8 @@ fn a_dry_run_changes_nothing_and_shows_the_plan() {
 #[cfg(unix)]
 #[test]
 fn unreadable_files_are_skipped_keeping_their_items_and_a_bad_edit_loses_its_item() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let files = write_image_set(&images, 2);
-    let index = image_index(tmp.path(), &images, &[]);
+    let (tmp, images, files) = temp_image_set(2);
+    let (_, index) = lsh_image_index(tmp.path(), &images, &[]);
     let before = state(&index);
     // A FIFO where an indexed file was: it cannot be read, so its item stays.
     std::fs::remove_file(&files[0]).unwrap();
@@ -358,10 +329,8 @@ fn unreadable_files_are_skipped_keeping_their_items_and_a_bad_edit_loses_its_ite
 #[test]
 fn a_folder_that_cannot_be_listed_keeps_its_items_and_counts_as_skipped() {
     use crate::files::{milan_unprivileged, Unlistable};
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let files = write_image_set(&images, 3);
-    let index = image_index(tmp.path(), &images, &[]);
+    let (tmp, images, files) = temp_image_set(3);
+    let (_, index) = lsh_image_index(tmp.path(), &images, &[]);
     let before = state(&index);
     // A change where the walk can see it is still synced.
     std::fs::remove_file(&files[0]).unwrap();
@@ -372,13 +341,7 @@ fn a_folder_that_cannot_be_listed_keeps_its_items_and_counts_as_skipped() {
     let Some(output) = milan_unprivileged(tmp.path(), &args) else {
         return;
     };
-    assert_eq!(
-        output.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = json_output(&args, &output, 3);
     // added, re-coded, moved, deleted, unchanged, duplicates, failed: the folder, and its three
     // files, which cannot be reached to tell whether they are still there.
     assert_eq!(counts(&report), [0, 0, 0, 1, 2, 0, 4], "{report}");
@@ -395,14 +358,12 @@ fn a_folder_that_cannot_be_listed_keeps_its_items_and_counts_as_skipped() {
 
 #[test]
 fn paths_with_dots_are_keyed_alike_by_add_and_sync() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    write_image_set(&images, 2);
+    let (tmp, images, _) = temp_image_set(2);
     let other = tmp.path().join("other");
     std::fs::create_dir(&other).unwrap();
     let dotted = other.join("..").join("images");
     // `index add` keys the plain paths, as sync spells them: nothing for sync to do.
-    let index = image_index(tmp.path(), &dotted, &[]);
+    let (_, index) = lsh_image_index(tmp.path(), &dotted, &[]);
     let added = state(&index);
     assert_eq!(
         added.keys().cloned().collect::<Vec<_>>(),
@@ -440,12 +401,9 @@ fn paths_with_dots_are_keyed_alike_by_add_and_sync() {
 
 #[test]
 fn kept_features_stay_kept_through_sync_and_add_without_the_flag() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let files = write_image_set(&images, 2);
-    let fresh = tmp.path().join("fresh");
-    let fresh_files = write_image_set(&fresh, 5);
-    let index = image_index(tmp.path(), &images, &["--keep-features"]);
+    let (tmp, images, files) = temp_image_set(2);
+    let fresh_files = write_image_set(&tmp.path().join("fresh"), 5);
+    let (_, index) = lsh_image_index(tmp.path(), &images, &["--keep-features"]);
     // An edit (re-coded) and a new file (added), synced without --keep-features.
     std::fs::copy(&fresh_files[2], &files[0]).unwrap();
     std::fs::copy(&fresh_files[3], images.join("red/new.png")).unwrap();
@@ -463,10 +421,8 @@ fn kept_features_stay_kept_through_sync_and_add_without_the_flag() {
 
 #[test]
 fn a_killed_sync_keeps_whole_commits_and_a_rerun_finishes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    let files = write_image_set(&images, 20);
-    let index = image_index(tmp.path(), &images, &[]);
+    let (tmp, images, files) = temp_image_set(20);
+    let (_, index) = lsh_image_index(tmp.path(), &images, &[]);
     // Moves and deletes for the first commits, then many new files for the model.
     for (i, file) in files.iter().enumerate().take(10) {
         if i % 2 == 0 {

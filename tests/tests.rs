@@ -1,5 +1,6 @@
 //! milan's integration tests: one binary, shared helpers in `util`.
 
+mod api;
 mod bad_input;
 mod cli;
 mod duplicates;

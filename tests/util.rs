@@ -96,6 +96,33 @@ pub fn fails(args: &[&str], status: i32) -> String {
     String::from_utf8(output.stderr).unwrap()
 }
 
+/// The JSON that `milan args` wrote to standard output, after checking it exited with `status`.
+#[track_caller]
+pub fn json_output(args: &[&str], output: &Output, status: i32) -> serde_json::Value {
+    assert_eq!(
+        output.status.code(),
+        Some(status),
+        "milan {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The arguments of `milan extract` from the class folders under `images` into `out`, quietly.
+pub fn extract_args<'a>(model: &'a Path, images: &'a Path, out: &'a Path) -> [&'a str; 9] {
+    [
+        "extract",
+        "--model",
+        s(model),
+        "--images",
+        s(images),
+        "--label-from-dir",
+        "--out",
+        s(out),
+        "--quiet",
+    ]
+}
+
 pub fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }

@@ -12,7 +12,8 @@ use milan::format::{ModelRecord, PixelRange, TensorLayout};
 use milan::Code;
 
 use crate::images::{
-    create_image_index, lsh_head, lsh_image_index, render_in_browser, tiny_model, write_image_set,
+    create_image_index, lsh_head, lsh_image_index, render_in_browser, temp_image_set, tiny_model,
+    write_image_set,
 };
 use crate::util::*;
 
@@ -77,9 +78,7 @@ fn train(data: &Path, out: &Path, bits: &str, iters: &str) -> String {
 
 #[test]
 fn images_to_a_trained_index_end_to_end() {
-    let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    write_image_set(&images, 10);
+    let (tmp, images, _) = temp_image_set(10);
     let model = tiny_model();
     let (data, head, report, export, index) = (
         tmp.path().join("data"),
@@ -88,17 +87,7 @@ fn images_to_a_trained_index_end_to_end() {
         tmp.path().join("export"),
         tmp.path().join("idx"),
     );
-    ok(&[
-        "extract",
-        "--model",
-        s(&model),
-        "--images",
-        s(&images),
-        "--label-from-dir",
-        "--out",
-        s(&data),
-        "--quiet",
-    ]);
+    ok(&extract_args(&model, &images, &data));
     let said = train(&data, &head, "16", "150");
     assert!(said.contains("16-bit milan-plus head, 150 steps"), "{said}");
     let trained = milan::HashHead::read(&head).unwrap();

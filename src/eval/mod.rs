@@ -1,4 +1,4 @@
-//! Evaluation as the MiLaN papers do it (../shared/MILAN-METHOD.md, docs/training.md).
+//! Evaluation as the MiLaN papers do it (the protocol: docs/method.md; the command: docs/training.md).
 //!
 //! - [`split_per_class`] / [`split_from_lists`]: the train/test split;
 //! - [`hamming_retrieval`]: mAP@k, precision@k and precision-recall over Hamming radius, the test

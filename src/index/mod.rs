@@ -46,16 +46,41 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 /// Creates or opens an index with non-default settings.
 ///
+/// On [`create`](IndexBuilder::create) every setting applies. On [`open`](IndexBuilder::open)
+/// and [`open_read_only`](IndexBuilder::open_read_only) the index's own layout rules: the
+/// builder's code length and, when set, its [`substrings`](IndexBuilder::substrings) are checked
+/// against it ([`Error::BitsMismatch`], [`Error::SubstringsMismatch`]; [`Index::optimize`]
+/// changes the substrings); [`cache_size`](IndexBuilder::cache_size) applies;
+/// [`expected_len`](IndexBuilder::expected_len) is ignored (it only chooses the substrings of a
+/// new index); [`images`](IndexBuilder::images) is refused ([`Error::InvalidArgument`]), since an
+/// image index keeps the extractor and head it was created with ([`Index::rehash`] changes the
+/// head). [`Index::open`] checks nothing and takes the index as it is.
+///
 /// ```
 /// # fn main() -> milan::Result<()> {
 /// # let dir = tempfile::tempdir().unwrap();
-/// let index = milan::Index::builder(64).substrings(4).create(dir.path())?;
+/// use milan::{Error, Index};
+///
+/// let index = Index::builder(64).substrings(4).create(dir.path())?;
 /// assert_eq!(index.substrings(), 4);
+/// drop(index);
+///
+/// assert_eq!(Index::builder(64).substrings(4).open(dir.path())?.bits(), 64);
+/// assert!(matches!(
+///     Index::builder(128).open(dir.path()),
+///     Err(Error::BitsMismatch { stored: 64, requested: 128, .. })
+/// ));
+/// assert!(matches!(
+///     Index::builder(64).substrings(8).open(dir.path()),
+///     Err(Error::SubstringsMismatch { stored: 4, requested: 8, .. })
+/// ));
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct IndexBuilder {
-    bits: u32,
+    /// `None` only for [`Index::open`] and [`Index::open_read_only`], which take the stored
+    /// length.
+    bits: Option<u32>,
     substrings: Option<u32>,
     expected_len: u64,
     cache_bytes: usize,
@@ -64,14 +89,16 @@ pub struct IndexBuilder {
 
 impl IndexBuilder {
     /// Number of multi-index-hashing substrings. Default: [`Index::recommended_substrings`] for
-    /// the expected number of codes.
+    /// the expected number of codes. On open, the number the index must have
+    /// ([`Error::SubstringsMismatch`] otherwise).
     pub fn substrings(mut self, substrings: u32) -> Self {
         self.substrings = Some(substrings);
         self
     }
 
     /// The number of codes the index is expected to hold, which sets the default number of
-    /// substrings. Default: [`DEFAULT_EXPECTED_LEN`] (about a million).
+    /// substrings. Default: [`DEFAULT_EXPECTED_LEN`] (about a million). Used by
+    /// [`create`](IndexBuilder::create) only; an open ignores it.
     pub fn expected_len(mut self, len: u64) -> Self {
         self.expected_len = len;
         self
@@ -80,6 +107,8 @@ impl IndexBuilder {
     /// Binds the index to a feature extractor and a hash head, so that it can take images: the
     /// head's code length must be the index's, its input the extractor's output, and, when the
     /// head was made for a particular extractor, that extractor. Default: a code-only index.
+    /// For [`create`](IndexBuilder::create) only: an open with it set fails with
+    /// [`Error::InvalidArgument`].
     pub fn images(mut self, model: ModelRecord, head: HashHead) -> Self {
         self.images = Some((model, head));
         self
@@ -94,12 +123,18 @@ impl IndexBuilder {
     /// Creates a new, empty index in `dir` (created if missing; an existing index there is an error).
     pub fn create(&self, dir: impl AsRef<Path>) -> Result<Index> {
         let dir = dir.as_ref();
+        let bits = self.bits.unwrap_or(64);
         let substrings = self
             .substrings
-            .unwrap_or_else(|| Index::recommended_substrings(self.bits, self.expected_len));
-        let layout = CodeLayout::new(self.bits, substrings)?;
+            .unwrap_or_else(|| Index::recommended_substrings(bits, self.expected_len));
+        let layout = CodeLayout::new(bits, substrings)?;
         if let Some((model, head)) = &self.images {
-            check_binding(dir, self.bits, model, head)?;
+            check_binding(dir, bits, model, head)?;
+        }
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::NotADirectory {
+                path: dir.to_path_buf(),
+            });
         }
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.to_path_buf(),
@@ -172,19 +207,30 @@ impl IndexBuilder {
     }
 
     fn open_mode(&self, dir: &Path, writable: bool) -> Result<Index> {
+        if self.images.is_some() {
+            return Err(Error::InvalidArgument {
+                detail: format!(
+                    "{}: IndexBuilder::images applies to create only; an open index codes images \
+                     with the extractor and head it stores (Index::rehash changes the head)",
+                    dir.display()
+                ),
+            });
+        }
         let db_path = database_path(dir)?;
         let mut builder = redb::Builder::new();
         builder.set_cache_size(self.cache_bytes);
         if writable {
             // Read the meta record through a read-only handle first: an index of another format
-            // version must be refused before anything could write to it. A file left by a killed
+            // version, or of another layout than the builder asks for, must be refused before
+            // anything could write to it. A file left by a killed
             // writer cannot be opened read-only; the writable open below recovers it.
             let checked = guard_storage(&db_path, || match builder.open_read_only(&db_path) {
                 Ok(db) => {
                     let txn = db
                         .begin_read()
                         .map_err(|err| Error::storage(&db_path, err))?;
-                    store::read_meta(dir, &txn).map(|_| ())
+                    let meta = store::read_meta(dir, &txn)?;
+                    self.check_settings(dir, &meta)
                 }
                 Err(redb::DatabaseError::RepairAborted) => Ok(()),
                 Err(err) => Err(Error::storage(&db_path, err)),
@@ -210,6 +256,7 @@ impl IndexBuilder {
             };
             let txn = db.begin_read(&db_path)?;
             let mut meta = store::read_meta(dir, &txn)?;
+            self.check_settings(dir, &meta)?;
             let (model, head) = store::read_binding(dir, &txn)?;
             let file_bytes = std::fs::metadata(&db_path)
                 .map_err(|source| Error::Io {
@@ -236,6 +283,27 @@ impl IndexBuilder {
                 head,
             ))
         })
+    }
+}
+
+impl IndexBuilder {
+    /// Refuses an open whose explicitly set code length or substrings differ from the index's.
+    fn check_settings(&self, dir: &Path, meta: &MetaRecord) -> Result<()> {
+        if let Some(requested) = self.bits.filter(|&bits| bits != meta.bits) {
+            return Err(Error::BitsMismatch {
+                path: dir.to_path_buf(),
+                stored: meta.bits,
+                requested,
+            });
+        }
+        if let Some(requested) = self.substrings.filter(|&m| m != meta.substrings) {
+            return Err(Error::SubstringsMismatch {
+                path: dir.to_path_buf(),
+                stored: meta.substrings,
+                requested,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -298,8 +366,12 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// The database file of the index in `dir`, which must exist.
 fn database_path(dir: &Path) -> Result<PathBuf> {
     if !dir.is_dir() {
-        return Err(Error::MissingDirectory {
-            path: dir.to_path_buf(),
+        let path = dir.to_path_buf();
+        // `exists` follows links: a dangling link is missing, a link to a file is not a directory.
+        return Err(if dir.exists() {
+            Error::NotADirectory { path }
+        } else {
+            Error::MissingDirectory { path }
         });
     }
     let db_path = dir.join(DATABASE_FILE);
@@ -392,9 +464,18 @@ impl std::fmt::Debug for Index {
 
 impl Index {
     /// A builder for `bits`-bit codes (a multiple of 8 from 8 to 1024), with defaults for the rest.
+    /// Its opens check that the index stores `bits`-bit codes.
     pub fn builder(bits: u32) -> IndexBuilder {
         IndexBuilder {
-            bits,
+            bits: Some(bits),
+            ..Index::open_builder()
+        }
+    }
+
+    /// The builder behind [`Index::open`]: default settings, the stored code length.
+    fn open_builder() -> IndexBuilder {
+        IndexBuilder {
+            bits: None,
             substrings: None,
             expected_len: DEFAULT_EXPECTED_LEN,
             cache_bytes: DEFAULT_CACHE_BYTES,
@@ -402,14 +483,20 @@ impl Index {
         }
     }
 
-    /// Opens the index in `dir` for reading and writing, with default settings.
+    /// Opens the index in `dir` for reading and writing, whatever its code length and
+    /// substrings, with the default cache size.
+    ///
+    /// Fails with [`Error::Locked`] while another process or another open handle in this process
+    /// has the file open, [`Error::MissingDirectory`], [`Error::NotADirectory`] or
+    /// [`Error::NotAnIndex`] for a wrong path.
     pub fn open(dir: impl AsRef<Path>) -> Result<Index> {
-        Index::builder(64).open(dir)
+        Index::open_builder().open(dir)
     }
 
-    /// Opens the index in `dir` read-only, with default settings.
+    /// Opens the index in `dir` read-only, whatever its code length and substrings, with the
+    /// default cache size; other read-only handles may share it.
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Index> {
-        Index::builder(64).open_read_only(dir)
+        Index::open_builder().open_read_only(dir)
     }
 
     /// The number of substrings multi-index hashing works best with for `len` codes of `bits` bits:

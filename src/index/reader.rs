@@ -214,7 +214,29 @@ impl Reader {
         })
     }
 
-    /// Searches around the code stored under `id` (which is among the results, at distance 0).
+    /// Searches around the code stored under `id`: the same as [`Reader::search`] with that
+    /// code, so the code itself matches at distance 0.
+    ///
+    /// Results are ordered by distance, then by id, and `id` gets no precedence: where more than
+    /// k codes are identical to it, [`Search::top_k`] returns the k smallest of their ids, which
+    /// need not include `id`. [`Search::within`] always includes it.
+    ///
+    /// ```
+    /// # fn main() -> milan::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use milan::{Code, Index, Item};
+    /// let index = Index::builder(16).create(dir.path())?;
+    /// let mut writer = index.writer()?;
+    /// for _ in 0..20 {
+    ///     writer.add(&Code::from_hex("0ff0")?, Item::default())?; // ids 0 to 19, all alike
+    /// }
+    /// writer.commit()?;
+    /// let reader = index.reader()?;
+    /// let top: Vec<u64> = reader.search_id(15)?.top_k(5)?.iter().map(|hit| hit.id).collect();
+    /// assert_eq!(top, [0, 1, 2, 3, 4]); // ties by id: 15 is not among them
+    /// assert!(reader.search_id(15)?.within(0)?.iter().any(|hit| hit.id == 15));
+    /// # Ok(()) }
+    /// ```
     pub fn search_id(&self, id: u64) -> Result<Search<'_>> {
         let words = self.view.code(id).ok_or(Error::UnknownId { id })?;
         Ok(Search {

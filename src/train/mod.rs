@@ -1,4 +1,4 @@
-//! Training hash heads: MiLaN (../shared/MILAN-METHOD.md) on ndarray, and milan's own recipe.
+//! Training hash heads: MiLaN (the method: docs/method.md) on ndarray, and milan's own recipe.
 //!
 //! The network is the hash head of [`HashHead`]: dense layers with LeakyReLU(0.2), a sigmoid on
 //! the last layer, bit `i` set where the sigmoid is above 0.5. [`Trainer`] draws batches

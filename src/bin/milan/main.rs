@@ -91,8 +91,36 @@ fn main() -> ExitCode {
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            if let Some(hint) = hint(&err) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::from(1)
         }
+    }
+}
+
+/// What to do next on the command line, for the library errors whose fix is a milan command (the
+/// library's messages name library calls, not commands).
+fn hint(err: &anyhow::Error) -> Option<String> {
+    let err = err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<milan::Error>())?;
+    match err {
+        milan::Error::NotAnIndex { path } => Some(format!(
+            "make one with `milan index create {}`",
+            path.display()
+        )),
+        milan::Error::Corrupted { .. } => {
+            Some("`milan index check INDEX` lists every problem".to_string())
+        }
+        milan::Error::NeedsRecovery { .. } => Some(
+            "`milan index check INDEX` opens it for writing, which recovers it, then checks it"
+                .to_string(),
+        ),
+        milan::Error::Locked { .. } => {
+            Some("another milan command or program has this index open; run this again when it has finished".to_string())
+        }
+        _ => None,
     }
 }
 

@@ -1,0 +1,286 @@
+//! The library API as a new user meets it: what an open does with builder settings, error types
+//! and messages (no command-line advice), `Code` conversions, search ties, the CLI's hints.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use milan::format::{ModelRecord, PixelRange, TensorLayout, DATABASE_FILE};
+use milan::train::{Recipe, TrainConfig};
+use milan::{Code, Error, HashHead, Index, Item};
+
+fn index_of(dir: &Path, bits: u32, substrings: u32, codes: &[Code]) {
+    let index = Index::builder(bits)
+        .substrings(substrings)
+        .create(dir)
+        .unwrap();
+    let mut writer = index.writer().unwrap();
+    for code in codes {
+        writer.add(code, Item::default()).unwrap();
+    }
+    writer.commit().unwrap();
+}
+
+fn model_record(dim: u32) -> ModelRecord {
+    ModelRecord {
+        fingerprint: [7; 32],
+        path: "model.onnx".into(),
+        input: "input".into(),
+        layout: TensorLayout::Nchw,
+        size: 32,
+        pixel_range: PixelRange::ZeroOne,
+        output: "features".into(),
+        dim,
+    }
+}
+
+#[test]
+fn an_open_refuses_a_code_length_or_substrings_other_than_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("idx");
+    index_of(&dir, 64, 4, &[Code::from(1u64), Code::from(3u64)]);
+    let file = dir.join(DATABASE_FILE);
+
+    for read_only in [false, true] {
+        let before = std::fs::read(&file).unwrap();
+        let open = |builder: milan::IndexBuilder| {
+            if read_only {
+                builder.open_read_only(&dir)
+            } else {
+                builder.open(&dir)
+            }
+        };
+        let err = open(Index::builder(128)).unwrap_err();
+        assert!(
+            matches!(&err, Error::BitsMismatch { path, stored: 64, requested: 128 } if *path == dir),
+            "{err:?}"
+        );
+        let said = err.to_string();
+        assert!(
+            said.contains("64-bit") && said.contains("128 bits"),
+            "{said}"
+        );
+
+        let err = open(Index::builder(64).substrings(8)).unwrap_err();
+        assert!(
+            matches!(&err, Error::SubstringsMismatch { path, stored: 4, requested: 8 } if *path == dir),
+            "{err:?}"
+        );
+        let said = err.to_string();
+        assert!(
+            said.contains("4 substrings") && said.contains("the 8 asked for"),
+            "{said}"
+        );
+        assert!(said.contains("Index::optimize"), "{said}");
+        assert!(!said.contains("milan index"), "{said}");
+        assert!(
+            std::fs::read(&file).unwrap() == before,
+            "a refused open wrote to the file"
+        );
+
+        // Matching settings open; expected_len only sizes a new index and is ignored here.
+        let index = open(
+            Index::builder(64)
+                .substrings(4)
+                .expected_len(10)
+                .cache_size(1 << 20),
+        )
+        .unwrap();
+        assert_eq!((index.bits(), index.substrings(), index.len()), (64, 4, 2));
+        drop(index);
+        let index = open(Index::builder(64)).unwrap();
+        assert_eq!(index.substrings(), 4);
+        drop(index);
+
+        // An image binding belongs to create: an open with one is refused, not silently ignored.
+        let head = HashHead::lsh(64, 3, 1, None, None).unwrap();
+        let err = open(Index::builder(64).images(model_record(3), head)).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+        assert!(err.to_string().contains("create only"), "{err}");
+    }
+
+    // Index::open takes whatever is stored, whatever its length.
+    let other = tmp.path().join("idx16");
+    index_of(&other, 16, 2, &[Code::from([1u8, 2])]);
+    assert_eq!(Index::open(&other).unwrap().bits(), 16);
+    assert_eq!(Index::open_read_only(&other).unwrap().bits(), 16);
+    // A refused open wrote nothing: the index still opens and holds its codes.
+    assert_eq!(Index::open(&dir).unwrap().len(), 2);
+}
+
+#[test]
+fn a_plain_file_given_as_the_index_is_not_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("plain");
+    std::fs::write(&file, b"x").unwrap();
+    let errors = [
+        Index::open(&file).unwrap_err(),
+        Index::open_read_only(&file).unwrap_err(),
+        Index::verify_dir(&file).unwrap_err(),
+        Index::builder(64).create(&file).unwrap_err(),
+    ];
+    for err in errors {
+        assert!(
+            matches!(&err, Error::NotADirectory { path } if *path == file),
+            "{err:?}"
+        );
+        let said = err.to_string();
+        assert!(said.contains("not a directory"), "{said}");
+        assert!(!said.contains("no such"), "{said}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    let missing = tmp.path().join("missing");
+    assert!(matches!(
+        Index::open(&missing),
+        Err(Error::MissingDirectory { .. })
+    ));
+}
+
+#[test]
+fn library_errors_name_library_calls_not_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut said = Vec::new();
+
+    let err = Index::open(tmp.path()).unwrap_err();
+    assert!(matches!(err, Error::NotAnIndex { .. }), "{err:?}");
+    assert!(err.to_string().contains("Index::builder"), "{err}");
+    said.push(err.to_string());
+
+    std::fs::write(tmp.path().join(DATABASE_FILE), b"not a database").unwrap();
+    let err = Index::open(tmp.path()).unwrap_err();
+    assert!(matches!(err, Error::Corrupted { .. }), "{err:?}");
+    assert!(err.to_string().contains("Index::verify_dir"), "{err}");
+    said.push(err.to_string());
+
+    let recovery = Error::NeedsRecovery {
+        path: PathBuf::from("idx"),
+    };
+    assert!(recovery.to_string().contains("Index::open"), "{recovery}");
+    said.push(recovery.to_string());
+
+    // Two handles in one process: the message must not claim another process holds it.
+    let dir = tmp.path().join("idx");
+    index_of(&dir, 16, 2, &[]);
+    let _first = Index::open(&dir).unwrap();
+    let err = Index::open(&dir).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("another open handle in this process"),
+        "{err}"
+    );
+    said.push(err.to_string());
+
+    let err = Code::from([1u8])
+        .distance(&Code::from([1u8, 2]))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::CodeLengthsDiffer { left: 8, right: 16 }),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("index"), "{err}");
+    said.push(err.to_string());
+
+    for message in said {
+        assert!(
+            !message.contains("`milan")
+                && !message.contains("milan index create")
+                && !message.contains("milan index check"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_code_length_is_one_error_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    for bits in [0, 12, 1032] {
+        let errors = [
+            Index::builder(bits)
+                .create(tmp.path().join("idx"))
+                .unwrap_err(),
+            TrainConfig::new(Recipe::default(), bits)
+                .check()
+                .unwrap_err(),
+            Code::from_fn(bits, |_| true).unwrap_err(),
+        ];
+        for err in errors {
+            assert!(
+                matches!(err, Error::InvalidBits { bits: b } if b == bits),
+                "{bits}: {err:?}"
+            );
+            assert!(err.to_string().contains("multiple of 8"), "{err}");
+        }
+    }
+    // A bad number of substrings is still its own error.
+    let err = Index::builder(64)
+        .substrings(40)
+        .create(tmp.path().join("idx"))
+        .unwrap_err();
+    assert!(matches!(err, Error::Layout(_)), "{err:?}");
+}
+
+#[test]
+fn code_conversions_agree_with_hex() {
+    let value = 0x8001_fe7f_00ff_1042_u64;
+    let code = Code::from(value);
+    assert_eq!(code, Code::from_hex("8001fe7f00ff1042").unwrap());
+    assert_eq!(code, "8001fe7f00ff1042".parse().unwrap());
+    assert_eq!(code, Code::from(value.to_be_bytes()));
+    assert!(code.as_bitslice()[0], "the most significant bit is bit 0");
+    assert_eq!(code.to_string(), "8001fe7f00ff1042");
+    assert_eq!(format!("{code}").parse::<Code>().unwrap(), code);
+    assert_eq!(u64::try_from(&code).unwrap(), value);
+    assert!(u64::try_from(&Code::from([0u8; 16])).is_err());
+    assert_eq!(Code::from([0xffu8; 32]).bits(), 256);
+    assert!(matches!(
+        "0g".parse::<Code>(),
+        Err(Error::InvalidCode { .. })
+    ));
+}
+
+#[test]
+fn search_id_orders_ties_by_id_without_favouring_the_query() {
+    let tmp = tempfile::tempdir().unwrap();
+    let same = Code::from(0x0ff0_0ff0_0ff0_0ff0_u64);
+    index_of(tmp.path(), 64, 4, &vec![same; 20]);
+    let index = Index::open_read_only(tmp.path()).unwrap();
+    let reader = index.reader().unwrap();
+    let ids = |hits: Vec<milan::Hit>| hits.iter().map(|hit| hit.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(reader.search_id(15).unwrap().top_k(5).unwrap()),
+        [0, 1, 2, 3, 4]
+    );
+    assert!(ids(reader.search_id(15).unwrap().within(0).unwrap()).contains(&15));
+    assert_eq!(reader.search_id(15).unwrap().top_k(20).unwrap().len(), 20);
+}
+
+/// Runs the command line; its standard error.
+fn milan_fails(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_milan"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn the_command_line_adds_its_own_advice_to_library_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let said = milan_fails(&["index", "info", dir]);
+    assert!(said.contains("not a milan index"), "{said}");
+    assert!(
+        said.lines()
+            .any(|line| line.starts_with("hint: ") && line.contains("milan index create")),
+        "{said}"
+    );
+    std::fs::write(tmp.path().join(DATABASE_FILE), b"not a database").unwrap();
+    let said = milan_fails(&["index", "info", dir]);
+    assert!(said.contains("damaged"), "{said}");
+    assert!(
+        said.lines()
+            .any(|line| line.starts_with("hint: ") && line.contains("milan index check")),
+        "{said}"
+    );
+}
