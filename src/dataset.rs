@@ -130,7 +130,7 @@ impl Dataset {
         if !features_path.exists() {
             return Err(bad(
                 FEATURES_FILE,
-                "missing: DATA is a folder written by `milan extract` (features.npy, labels.npy, classes.txt, paths.txt) or an index built with --keep-features".into(),
+                "missing: DATA is a folder written by Dataset::save (features.npy, labels.npy, classes.txt, paths.txt) or an index whose items were added with IngestOptions::keep_features".into(),
             ));
         }
         let features: Array2<f32> = ndarray_npy::read_npy(&features_path)
@@ -252,7 +252,7 @@ impl Dataset {
         }
         if without_features > 0 || without_label > 0 {
             return Err(bad(format!(
-                "{without_features} items have no kept features and {without_label} no label; add images with --keep-features and --label-from-dir to train on an index"
+                "{without_features} items have no kept features and {without_label} no label; add images with IngestOptions::keep_features and IngestOptions::label_from_dir set to train on an index"
             )));
         }
         let classes: Vec<String> = names

@@ -41,7 +41,9 @@ pub enum Error {
     },
     /// The database file is locked: another process, or another open [`Index`](crate::Index)
     /// handle in this process, has the index open for writing (or this open is for writing and
-    /// another handle has it open at all). The storage engine cannot tell the two apart.
+    /// another handle has it open at all). A [`Reader`](crate::Reader) keeps its index's file
+    /// open after the [`Index`](crate::Index) is dropped, until the reader is dropped too. The
+    /// storage engine cannot tell these apart.
     #[error("{}: locked by another process or another open handle in this process; wait for it to finish, or drop that handle (the lock is held on this file)", path.display())]
     Locked {
         /// The locked file.

@@ -145,8 +145,9 @@ pub fn check_extractor(index: &Index, extractor: &Extractor) -> Result<(ModelRec
     let (Some(model), Some(head)) = (index.model(), index.head()) else {
         return Err(Error::Mismatch {
             path: index.path().to_path_buf(),
-            detail: "this index stores codes only; create it with --model and --head to add images"
-                .into(),
+            detail:
+                "this index stores codes only; create it with IndexBuilder::images to add images"
+                    .into(),
         });
     };
     let given = extractor.contract();

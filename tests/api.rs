@@ -180,9 +180,21 @@ fn library_errors_name_library_calls_not_commands() {
     assert!(!err.to_string().contains("index"), "{err}");
     said.push(err.to_string());
 
+    // A folder that is no DATA names the library's way of making one, not `milan extract`.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let err = milan::dataset::Dataset::load(&empty).unwrap_err();
+    assert!(matches!(err, Error::BadData { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("IngestOptions::keep_features"),
+        "{err}"
+    );
+    said.push(err.to_string());
+
     for message in said {
         assert!(
             !message.contains("`milan")
+                && !message.contains("--")
                 && !message.contains("milan index create")
                 && !message.contains("milan index check"),
             "{message}"
@@ -283,4 +295,29 @@ fn the_command_line_adds_its_own_advice_to_library_errors() {
             .any(|line| line.starts_with("hint: ") && line.contains("milan index check")),
         "{said}"
     );
+}
+
+#[test]
+fn a_reader_outlives_its_index_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::builder(64).create(dir.path()).unwrap();
+    let mut writer = index.writer().unwrap();
+    let code = Code::from_hex("00000000000000ff").unwrap();
+    let item = Item {
+        key: Some("a.png".into()),
+        label: Some("cats".into()),
+        ..Item::default()
+    };
+    let id = writer.add(&code, item.clone()).unwrap();
+    writer.commit().unwrap();
+    let reader = index.reader().unwrap();
+    drop(index);
+    // Searches and stored items both still answer from the snapshot.
+    let hits = reader.search(&code).unwrap().within(0).unwrap();
+    assert_eq!(hits.iter().map(|hit| hit.id).collect::<Vec<_>>(), [id]);
+    assert_eq!(reader.item(id).unwrap(), Some(item));
+    // The file stays open while the reader lives, and is free once it is gone.
+    assert!(matches!(Index::open(dir.path()), Err(Error::Locked { .. })));
+    drop(reader);
+    assert_eq!(Index::open(dir.path()).unwrap().len(), 1);
 }

@@ -438,6 +438,12 @@ fn onnx_runtime_is_found_from_the_executable_and_the_file_checked_is_the_file_lo
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("not found") && err.contains(s(&bin)), "{err}");
+    // The library names its setting, the CLI's hint the flag.
+    assert!(
+        err.contains("ExtractorOptions::ort_library") && err.contains("hint: `make setup`"),
+        "{err}"
+    );
+    assert!(err.contains("--ort-lib"), "{err}");
     assert!(
         !err.contains("planted") && !err.contains(s(&planted)),
         "{err}"

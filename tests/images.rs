@@ -414,7 +414,10 @@ fn mismatched_models_and_heads_are_refused() {
     let codes_only = tmp.path().join("codes");
     ok(&["index", "create", s(&codes_only), "--bits", "16"]);
     let err = fails(&["index", "add", s(&codes_only), s(&images)], 1);
-    assert!(err.contains("stores codes only"), "{err}");
+    assert!(
+        err.contains("stores codes only") && err.contains("--model"),
+        "{err}"
+    );
     let garbage = tmp.path().join("garbage.head");
     std::fs::write(&garbage, b"MILANHD\0garbage").unwrap();
     let err = fails(

@@ -350,6 +350,24 @@ fn multi_word_codes_and_packing_agree() {
 }
 
 #[test]
+fn packing_codes_of_two_lengths_names_both_lengths() {
+    let mut rng = rng(5);
+    let codes = vec![random_code(&mut rng, 16), random_code(&mut rng, 24)];
+    let err = PackedCodes::from_codes(&codes).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::CodeLengthsDiffer {
+                left: 16,
+                right: 24
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("index"), "{err}");
+}
+
+#[test]
 fn the_report_has_the_documented_json_and_beats_lsh_for_a_trained_head() {
     let d = clustered_split();
     let head = milan::train::train(
@@ -486,7 +504,11 @@ fn bad_training_input_gets_typed_errors() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("--batch"), "{err}");
+    assert!(err.to_string().contains("TrainConfig::batch"), "{err}");
+    assert!(
+        !err.to_string().contains("--batch"),
+        "no CLI flags in library messages: {err}"
+    );
     // K not a multiple of 8, or out of range.
     for bits in [12, 0, 2048] {
         let err = new(TrainConfig { bits, ..config() }, x.view(), &y).unwrap_err();

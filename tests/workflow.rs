@@ -411,7 +411,9 @@ fn bad_training_and_evaluation_input_is_named() {
     // A class too small for the paper's batches, named.
     let said = train_fails(&data, &["--bits", "16", "--recipe", "milan-paper"]);
     assert!(
-        said.contains("\"class-0\"") && said.contains("--batch"),
+        said.contains("\"class-0\"")
+            && said.contains("TrainConfig::batch")
+            && said.contains("hint: lower --batch"),
         "{said}"
     );
     // One class only.
@@ -519,7 +521,12 @@ fn rehash_refuses_what_it_cannot_recode_and_changes_nothing() {
         &["--model", s(&tiny_model()), "--seed", "7"],
     );
     let said = fails(&["index", "rehash", s(&index), "--head", s(&other_head)], 1);
-    assert!(said.contains("no kept features"), "{said}");
+    assert!(
+        said.contains("no kept features")
+            && said.contains("IngestOptions::keep_features")
+            && said.contains("hint: only images added with --keep-features"),
+        "{said}"
+    );
     assert_eq!(
         exported("after.npy"),
         before,

@@ -35,13 +35,14 @@ impl PackedCodes {
         PackedCodes { bits, words, data }
     }
 
-    /// Packs codes, which must all have the same length.
+    /// Packs codes, which must all have the same length: [`Error::CodeLengthsDiffer`] names the
+    /// first code's length (`left`) and the first other length found (`right`).
     pub fn from_codes(codes: &[Code]) -> Result<PackedCodes> {
         let bits = codes.first().map_or(8, Code::bits);
         if let Some(other) = codes.iter().find(|c| c.bits() != bits) {
-            return Err(Error::CodeLength {
-                expected: bits,
-                got: other.bits(),
+            return Err(Error::CodeLengthsDiffer {
+                left: bits,
+                right: other.bits(),
             });
         }
         Ok(PackedCodes::from_byte_rows(

@@ -49,7 +49,10 @@ pub(crate) struct Runtime {
 pub fn library_candidates(explicit: Option<&Path>, prefer_gpu: bool) -> Vec<(PathBuf, String)> {
     let mut candidates = Vec::new();
     if let Some(path) = explicit {
-        candidates.push((path.to_path_buf(), "--ort-lib".to_string()));
+        candidates.push((
+            path.to_path_buf(),
+            "ExtractorOptions::ort_library".to_string(),
+        ));
     }
     for variable in ["MILAN_ORT_LIB", "ORT_DYLIB_PATH"] {
         if let Some(value) = std::env::var_os(variable) {
@@ -106,8 +109,8 @@ pub(crate) fn runtime(explicit: Option<&Path>, prefer_gpu: bool) -> Result<&'sta
                 .map(|(path, source)| format!("{} ({source})", path.display()))
                 .collect();
             return Err(format!(
-                "ONNX Runtime 1.31 was not found; run `make setup` (or `make setup-gpu`), or point \
-                 --ort-lib or MILAN_ORT_LIB at libonnxruntime. Looked in: {}",
+                "ONNX Runtime 1.31 was not found; point ExtractorOptions::ort_library or \
+                 MILAN_ORT_LIB at libonnxruntime. Looked in: {}",
                 searched.join(", ")
             ));
         };

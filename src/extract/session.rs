@@ -175,7 +175,12 @@ fn resolve(
             Some(text) => parse_layout(&text)?,
             None if shape[1] == 3 => TensorLayout::Nchw,
             None if shape[3] == 3 => TensorLayout::Nhwc,
-            None => return Err("cannot tell the input layout: pass --layout nchw or nhwc".into()),
+            None => {
+                return Err(
+                    "cannot tell the input layout: set ExtractorOptions::layout (NCHW or NHWC)"
+                        .into(),
+                )
+            }
         },
     };
     let spatial = match layout {
@@ -189,7 +194,9 @@ fn resolve(
                 .parse()
                 .map_err(|_| format!("bad milan.size metadata {text:?}"))?,
             None if spatial.0 > 0 && spatial.0 == spatial.1 => spatial.0 as u32,
-            None => return Err("cannot tell the input size: pass --input-size".into()),
+            None => {
+                return Err("cannot tell the input size: set ExtractorOptions::input_size".into())
+            }
         },
     };
     if !(8..=4096).contains(&size) || (spatial.0 > 0 && spatial.0 != i64::from(size)) {
@@ -201,7 +208,7 @@ fn resolve(
         Some(range) => range,
         None => match meta("pixel_range") {
             Some(text) => parse_pixel_range(&text)?,
-            None => return Err("the model does not say how to scale pixels: pass --pixel-range 0..1, -1..1 or imagenet".into()),
+            None => return Err("the model does not say how to scale pixels: set ExtractorOptions::pixel_range (0..1, -1..1 or ImageNet)".into()),
         },
     };
     let output = match options.output.clone().or_else(|| meta("output")) {
@@ -409,7 +416,7 @@ fn build_session(
             Err(detail) => {
                 return Err(Error::Runtime {
                     detail: format!(
-                        "CUDA device {device} is not usable with {} ({detail}); run `make setup-gpu`, or use --device cpu",
+                        "CUDA device {device} is not usable with {} ({detail}); it needs the CUDA build of ONNX Runtime with CUDA 13 and cuDNN 9 beside it, or set ExtractorOptions::device to Device::Cpu",
                         runtime.library.display()
                     ),
                 })
@@ -481,7 +488,11 @@ mod tests {
             &signature(),
         )
         .unwrap_err();
-        assert!(missing.contains("--pixel-range"), "{missing}");
+        assert!(
+            missing.contains("ExtractorOptions::pixel_range"),
+            "{missing}"
+        );
+        assert!(!missing.contains("--"), "{missing}");
         let wrong = ExtractorOptions {
             output: Some("nope".into()),
             ..options.clone()

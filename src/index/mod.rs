@@ -188,7 +188,7 @@ impl IndexBuilder {
         Ok(Index::assemble(
             dir,
             db_path,
-            Db::Writable(db),
+            Db::Writable(Arc::new(db)),
             meta,
             view,
             model,
@@ -242,17 +242,17 @@ impl IndexBuilder {
         }
         guard_storage(&db_path, || {
             let db = if writable {
-                Db::Writable(
+                Db::Writable(Arc::new(
                     builder
                         .open(&db_path)
                         .map_err(|err| Error::storage(&db_path, err))?,
-                )
+                ))
             } else {
-                Db::ReadOnly(
+                Db::ReadOnly(Arc::new(
                     builder
                         .open_read_only(&db_path)
                         .map_err(|err| Error::storage(&db_path, err))?,
-                )
+                ))
             };
             let txn = db.begin_read(&db_path)?;
             let mut meta = store::read_meta(dir, &txn)?;
@@ -668,17 +668,29 @@ impl Index {
         // Taken under the view lock so that the codes and the stored items belong to one commit.
         let view = self.view.read().unwrap_or_else(|e| e.into_inner());
         let txn = self.db.begin_read(&self.db_path)?;
-        Ok(Reader::new(self.dir.clone(), view.clone(), txn))
+        Ok(Reader::new(
+            self.dir.clone(),
+            view.clone(),
+            txn,
+            self.db.clone(),
+        ))
     }
 
     /// Checks every invariant of the stored index (each live code in exactly its buckets, no
     /// dangling ids, counts and meta consistent) and, when opened writable, redb's own structure.
     pub fn verify(&mut self) -> Result<CheckReport> {
         let storage_ok = match &mut self.db {
-            Db::Writable(db) => Some(
-                db.check_integrity()
-                    .map_err(|err| Error::storage(&self.db_path, err))?,
-            ),
+            Db::Writable(db) => {
+                // Shared only with live readers, whose read transactions redb refuses the check
+                // during anyway.
+                let db = Arc::get_mut(db).ok_or_else(|| {
+                    Error::storage(&self.db_path, redb::DatabaseError::TransactionInProgress)
+                })?;
+                Some(
+                    db.check_integrity()
+                        .map_err(|err| Error::storage(&self.db_path, err))?,
+                )
+            }
             Db::ReadOnly(_) => None,
         };
         let txn = self.db.begin_read(&self.db_path)?;
@@ -704,7 +716,7 @@ impl Index {
         let storage_ok = db
             .check_integrity()
             .map_err(|err| Error::storage(&db_path, err))?;
-        let db = Db::Writable(db);
+        let db = Db::Writable(Arc::new(db));
         let txn = db.begin_read(&db_path)?;
         let mut report = store::check::check(dir, &txn)?;
         report.storage_ok = Some(storage_ok);
@@ -767,6 +779,10 @@ impl Index {
                 path: self.dir.clone(),
             });
         };
+        // Shared only with live readers, whose read transactions stop a compaction anyway.
+        let db = Arc::get_mut(db).ok_or_else(|| {
+            Error::storage(&self.db_path, redb::CompactionError::TransactionInProgress)
+        })?;
         let mut compacted = false;
         while db
             .compact()

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::mih::join::{Join, JoinPlan};
 use crate::mih::search::{Packed, Strategy, TooCostly};
 use crate::mih::View;
-use crate::store;
+use crate::store::{self, Db};
 
 /// One search result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -47,15 +47,27 @@ pub struct Pair {
 }
 
 /// A snapshot of an index: the codes and items of one commit, whatever is committed later.
+///
+/// A reader keeps the index's database open: it works whole (searches and stored items alike)
+/// after its [`Index`](crate::Index) is dropped, and the file stays open, and locked, until the
+/// last reader is dropped too.
 pub struct Reader {
     dir: PathBuf,
     view: Arc<View>,
+    /// Declared before `_db`, so that the transaction ends before the database can close.
     txn: ReadTransaction,
+    /// The database `txn` reads, held open for as long as the reader lives.
+    _db: Db,
 }
 
 impl Reader {
-    pub(super) fn new(dir: PathBuf, view: Arc<View>, txn: ReadTransaction) -> Reader {
-        Reader { dir, view, txn }
+    pub(super) fn new(dir: PathBuf, view: Arc<View>, txn: ReadTransaction, db: Db) -> Reader {
+        Reader {
+            dir,
+            view,
+            txn,
+            _db: db,
+        }
     }
 
     /// Number of live codes.

@@ -84,7 +84,7 @@ impl Index {
                     let Some(bytes) = stored else {
                         let missing = live.len() - count_with_features(&features, &live, &st)?;
                         return Err(mismatch(format!(
-                            "{missing} of {} items have no kept features (item {id} is one); only items added with --keep-features can be re-coded",
+                            "{missing} of {} items have no kept features (item {id} is one); only items added with IngestOptions::keep_features can be re-coded",
                             live.len()
                         )));
                     };

@@ -45,10 +45,13 @@ pub(crate) const IMPORTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::n
 /// Most ids in one bucket chunk: keeps a delete's read-modify-write of a chunk short.
 pub(crate) const MAX_CHUNK_IDS: usize = 4096;
 
-/// An open redb database.
+/// An open redb database, shared by its [`Index`](crate::Index) and the
+/// [`Reader`](crate::Reader)s it hands out: redb closes the file when the database is dropped, so
+/// each reader holds it open until the last of them is gone.
+#[derive(Clone)]
 pub(crate) enum Db {
-    Writable(redb::Database),
-    ReadOnly(ReadOnlyDatabase),
+    Writable(Arc<redb::Database>),
+    ReadOnly(Arc<ReadOnlyDatabase>),
 }
 
 impl Db {

@@ -414,7 +414,7 @@ fn check_classes(config: &TrainConfig, classes: &Classes) -> Result<()> {
         if members.len() < needed {
             let why = match config.sampling {
                 Sampling::TwoClasses => format!(
-                    "the {} recipe draws batch/3 anchors and batch/3 positives ({needed} distinct items) from one class; lower --batch (a multiple of 3) or leave the class out",
+                    "the {} recipe draws batch/3 anchors and batch/3 positives ({needed} distinct items) from one class; lower TrainConfig::batch (a multiple of 3) or leave the class out",
                     config.recipe
                 ),
                 Sampling::PerClass { .. } => {

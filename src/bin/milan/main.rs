@@ -99,8 +99,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// What to do next on the command line, for the library errors whose fix is a milan command (the
-/// library's messages name library calls, not commands).
+/// What to do next on the command line, for the library errors whose fix is a milan command or
+/// flag (the library's messages name library calls and settings, not commands or flags).
 fn hint(err: &anyhow::Error) -> Option<String> {
     let err = err
         .chain()
@@ -119,6 +119,36 @@ fn hint(err: &anyhow::Error) -> Option<String> {
         ),
         milan::Error::Locked { .. } => {
             Some("another milan command or program has this index open; run this again when it has finished".to_string())
+        }
+        // The library names its settings; the command line's flags for them follow.
+        milan::Error::Runtime { detail } if detail.contains("ExtractorOptions::device") => Some(
+            "`make setup-gpu` installs the CUDA build; --device cpu runs on the CPU".to_string(),
+        ),
+        milan::Error::Runtime { detail } if detail.contains("ExtractorOptions::ort_library") => {
+            Some(
+                "`make setup` (or `make setup-gpu`) installs ONNX Runtime; --ort-lib PATH names the library"
+                    .to_string(),
+            )
+        }
+        milan::Error::Model { detail, .. } => [
+            ("ExtractorOptions::layout", "pass --layout nchw or nhwc"),
+            ("ExtractorOptions::input_size", "pass --input-size"),
+            (
+                "ExtractorOptions::pixel_range",
+                "pass --pixel-range 0..1, -1..1 or imagenet",
+            ),
+        ]
+        .into_iter()
+        .find(|(setting, _)| detail.contains(setting))
+        .map(|(_, hint)| hint.to_string()),
+        milan::Error::ClassTooSmall { why, .. } if why.contains("TrainConfig::batch") => {
+            Some("lower --batch (a multiple of 3)".to_string())
+        }
+        milan::Error::BadData { detail, .. } if detail.contains("IngestOptions::keep_features") => {
+            Some("`milan extract` writes DATA folders; to train on an index, add its images with --keep-features and --label-from-dir".to_string())
+        }
+        milan::Error::Mismatch { detail, .. } if detail.contains("IngestOptions::keep_features") => {
+            Some("only images added with --keep-features (`milan index add`) can be re-coded".to_string())
         }
         _ => None,
     }
