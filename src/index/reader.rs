@@ -170,10 +170,8 @@ impl Reader {
         guard_storage(&self.dir, || {
             let read = || -> std::result::Result<_, redb::Error> {
                 // Optional tables (`features`) may be absent from files that never used them.
-                let table = match self.txn.open_table(table) {
-                    Ok(table) => table,
-                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                    Err(err) => return Err(err.into()),
+                let Some(table) = store::open_optional(&self.txn, table)? else {
+                    return Ok(None);
                 };
                 Ok(table.get(id)?.map(|bytes| bytes.value().to_vec()))
             };

@@ -11,7 +11,7 @@ use milan_index_format::{
 };
 use redb::{ReadTransaction, ReadableMultimapTable, ReadableTable};
 
-use super::{read_meta, BUCKETS, CODES, CONTENT_HASHES, FEATURES, IMPORTS, ITEMS};
+use super::{open_optional, read_meta, BUCKETS, CODES, CONTENT_HASHES, FEATURES, IMPORTS, ITEMS};
 use crate::error::{Error, Result};
 
 /// Most problems listed one by one.
@@ -104,16 +104,13 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
 
     // Kept features: only for live codes, each of the bound extractor's dimension.
     let (model, _) = super::read_binding(dir, txn)?;
-    let features = match txn.open_table(FEATURES) {
-        Ok(table) => Some(table),
-        // Absent from files that never kept features: nothing to check.
-        Err(redb::TableError::TableDoesNotExist(_)) => None,
-        Err(err) => return Err(storage(err.into())),
-    };
-    let entries = match &features {
-        Some(table) => Some(table.iter().map_err(|e| storage(e.into()))?),
-        None => None,
-    };
+    // Absent from files that never kept features: nothing to check.
+    let features = open_optional(txn, FEATURES).map_err(|e| storage(e.into()))?;
+    let entries = features
+        .as_ref()
+        .map(|table| table.iter())
+        .transpose()
+        .map_err(|e| storage(e.into()))?;
     for entry in entries.into_iter().flatten() {
         let (id, bytes) = entry.map_err(|e| storage(e.into()))?;
         let id = id.value();
@@ -134,16 +131,13 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
 
     // Import progress (format version 2): every record decodes (which checks committed <= rows),
     // and an import cannot have given out ids the index never handed out.
-    let imports = match txn.open_table(IMPORTS) {
-        Ok(table) => Some(table),
-        // Absent until an import records progress, and from every version-1 file.
-        Err(redb::TableError::TableDoesNotExist(_)) => None,
-        Err(err) => return Err(storage(err.into())),
-    };
-    let entries = match &imports {
-        Some(table) => Some(table.iter().map_err(|e| storage(e.into()))?),
-        None => None,
-    };
+    // Absent until an import records progress, and from every version-1 file.
+    let imports = open_optional(txn, IMPORTS).map_err(|e| storage(e.into()))?;
+    let entries = imports
+        .as_ref()
+        .map(|table| table.iter())
+        .transpose()
+        .map_err(|e| storage(e.into()))?;
     for entry in entries.into_iter().flatten() {
         let (source, bytes) = entry.map_err(|e| storage(e.into()))?;
         let name = crate::index::hex(source.value());

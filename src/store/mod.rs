@@ -42,6 +42,19 @@ pub(crate) const CONTENT_HASHES: MultimapTableDefinition<&[u8; 32], u64> =
 pub(crate) const FEATURES: TableDefinition<u64, &[u8]> = TableDefinition::new(FEATURES_TABLE);
 pub(crate) const IMPORTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new(IMPORTS_TABLE);
 
+/// Opens a table that a file may lack (`features` until features are kept, `imports` until an
+/// import records progress, and both in older versions): `None` when it is absent.
+pub(crate) fn open_optional<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> std::result::Result<Option<redb::ReadOnlyTable<K, V>>, redb::TableError> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
 /// Most ids in one bucket chunk: keeps a delete's read-modify-write of a chunk short.
 pub(crate) const MAX_CHUNK_IDS: usize = 4096;
 
@@ -134,10 +147,8 @@ pub(crate) fn read_import(
     txn: &ReadTransaction,
     source: &[u8; 32],
 ) -> Result<Option<ImportRecord>> {
-    let table = match txn.open_table(IMPORTS) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(err) => return Err(Error::storage(dir, err)),
+    let Some(table) = open_optional(txn, IMPORTS).map_err(|err| Error::storage(dir, err))? else {
+        return Ok(None);
     };
     let Some(bytes) = table.get(source).map_err(|err| Error::storage(dir, err))? else {
         return Ok(None);
