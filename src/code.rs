@@ -207,6 +207,16 @@ pub(crate) fn bytes_to_words(bytes: &[u8]) -> Vec<u64> {
         .collect()
 }
 
+/// Appends the words of `bytes` (a packed code) to `words`, as [`bytes_to_words`] makes them,
+/// without a vector per code.
+pub(crate) fn extend_words(words: &mut Vec<u64>, bytes: &[u8]) {
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        words.push(u64::from_be_bytes(word));
+    }
+}
+
 /// The inverse of [`bytes_to_words`] for a code of `len` bytes.
 pub(crate) fn words_to_bytes(words: &[u64], len: usize) -> Vec<u8> {
     let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();

@@ -326,8 +326,8 @@ pub enum Error {
     Storage {
         /// The database file.
         path: PathBuf,
-        /// The cause.
-        source: Box<redb::Error>,
+        /// The cause, the storage engine's own error.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -360,33 +360,6 @@ impl Error {
             other => Error::Corrupted {
                 path,
                 detail: other.to_string(),
-            },
-        }
-    }
-
-    /// Maps a storage error on the database at `path`, naming damage and locks as such.
-    pub(crate) fn storage(path: &std::path::Path, err: impl Into<redb::Error>) -> Error {
-        let err: redb::Error = err.into();
-        let path = path.to_path_buf();
-        match err {
-            redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
-                Error::Locked { path }
-            }
-            redb::Error::Corrupted(detail) => Error::Corrupted { path, detail },
-            redb::Error::RepairAborted => Error::NeedsRecovery { path },
-            redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
-                Error::Corrupted {
-                    path,
-                    detail: format!("not a readable database file ({io})"),
-                }
-            }
-            redb::Error::UpgradeRequired(version) => Error::Corrupted {
-                path,
-                detail: format!("storage file format {version} is not supported"),
-            },
-            other => Error::Storage {
-                path,
-                source: Box::new(other),
             },
         }
     }

@@ -7,8 +7,8 @@ use redb::{ReadableTable, TableDefinition};
 use crate::util::*;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const BUCKETS: TableDefinition<&[u8; 14], &[u8]> = TableDefinition::new("buckets");
-const CODES: TableDefinition<u64, &[u8]> = TableDefinition::new("codes");
+const HASH_TABLES: TableDefinition<&[u8; 7], &[u8]> = TableDefinition::new("hash_tables");
+const CODE_BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("code_blocks");
 const IMPORTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("imports");
 
 /// An index of 300 clustered 64-bit codes; returns its directory and codes.
@@ -21,7 +21,19 @@ fn sample_index() -> (tempfile::TempDir, Vec<Code>) {
         writer.add(code, Item::default()).unwrap();
     }
     writer.commit().unwrap();
+    // Files them in stored hash tables (300 codes would otherwise wait in the scanned delta).
+    index.optimize(Some(4)).unwrap();
     (dir, codes)
+}
+
+/// The key of part `part` of the entries of hash table `table`.
+fn entries_part(table: u16, part: u32) -> [u8; 7] {
+    milan::format::PartKey {
+        substring: table,
+        kind: milan::format::PartKind::Entries,
+        part,
+    }
+    .encode()
 }
 
 #[test]
@@ -123,53 +135,82 @@ fn a_second_writer_handle_gets_a_lock_error_naming_the_file() {
 }
 
 #[test]
-fn a_missing_bucket_entry_is_refused_at_open_and_listed_by_check() {
+fn a_missing_table_part_is_refused_at_open_and_listed_by_check() {
     let (dir, _) = sample_index();
     let path = dir.path().join(DATABASE_FILE);
     {
         let db = redb::Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        {
-            let mut table = txn.open_table(BUCKETS).unwrap();
-            let key = *table.first().unwrap().unwrap().0.value();
-            table.remove(&key).unwrap();
-        }
+        txn.open_table(HASH_TABLES)
+            .unwrap()
+            .remove(&entries_part(1, 0))
+            .unwrap()
+            .unwrap();
         txn.commit().unwrap();
     }
-    let err = Index::open(dir.path()).unwrap_err();
-    assert!(matches!(err, Error::Corrupted { .. }), "{err}");
-    assert!(err.to_string().contains("Index::verify_dir"), "{err}");
+    for err in [
+        Index::open(dir.path()).unwrap_err(),
+        Index::open_read_only(dir.path()).unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::Corrupted { .. }), "{err}");
+        assert!(err.to_string().contains("hash table 1"), "{err}");
+        assert!(err.to_string().contains("Index::verify_dir"), "{err}");
+    }
+    let report = Index::verify_dir(dir.path()).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains("hash table 1")),
+        "{report:?}"
+    );
 }
 
 #[test]
 fn check_lists_every_damaged_record() {
-    let (dir, _) = sample_index();
+    let (dir, codes) = sample_index();
     let path = dir.path().join(DATABASE_FILE);
-    {
+    let (first, last) = {
         let db = redb::Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        {
-            let mut buckets = txn.open_table(BUCKETS).unwrap();
-            let (key, ids) = {
-                let first = buckets.first().unwrap().unwrap();
-                (*first.0.value(), first.1.value().to_vec())
-            };
-            // Drop the first id of the first chunk, and file a dangling id.
-            buckets.insert(&key, &ids[8..]).unwrap();
-            let mut dangling = key;
-            dangling[13] = 0xff;
-            buckets
-                .insert(&dangling, 99_999u64.to_le_bytes().as_slice())
+        let ids = {
+            let mut parts = txn.open_table(HASH_TABLES).unwrap();
+            let mut entries = parts
+                .get(&entries_part(0, 0))
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec();
+            let id = |at: usize| u32::from_le_bytes(entries[at..at + 4].try_into().unwrap());
+            let (first, last) = (id(0), id(entries.len() - 7));
+            // The first entry now names the last one's id: that id is filed twice, the first
+            // id is missing, and (the two lying in different buckets) filed where it is not.
+            let copy: Vec<u8> = entries[entries.len() - 7..entries.len() - 3].to_vec();
+            entries[..4].copy_from_slice(&copy);
+            parts
+                .insert(&entries_part(0, 0), entries.as_slice())
                 .unwrap();
-        }
+            (first, last)
+        };
         txn.commit().unwrap();
-    }
-    assert!(Index::open(dir.path()).is_err());
+        ids
+    };
+    // Nothing out of bounds: the open takes it, and only the full check can tell.
+    let index = Index::open_read_only(dir.path()).unwrap();
+    assert_eq!(index.len(), codes.len() as u64);
+    drop(index);
     let report = Index::verify_dir(dir.path()).unwrap();
     assert!(!report.is_ok());
     let problems = report.problems.join("\n");
-    assert!(problems.contains("is missing from bucket"), "{problems}");
-    assert!(problems.contains("which has no code"), "{problems}");
+    assert!(
+        problems.contains(&format!("id {last} is filed twice in hash table 0")),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(&format!("id {first} is missing from hash table 0")),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(&format!("id {last} is filed under the wrong bucket 0:")),
+        "{problems}"
+    );
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_milan"))
         .args(["index", "check"])
         .arg(dir.path())
@@ -260,14 +301,16 @@ fn a_crafted_meta_record_cannot_make_open_allocate_past_the_file() {
     }
     writer.commit().unwrap();
     drop(index);
+    // A copy of block 0 far past it, and the meta record counting ids up to there.
     let far = u64::from(u32::MAX) - 2;
+    let far_block = far / milan::format::block_ids(128) as u64;
     {
         let db = redb::Database::open(dir.path().join(DATABASE_FILE)).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut table = txn.open_table(CODES).unwrap();
-            let bytes = table.remove(7).unwrap().unwrap().value().to_vec();
-            table.insert(far, bytes.as_slice()).unwrap();
+            let mut table = txn.open_table(CODE_BLOCKS).unwrap();
+            let bytes = table.get(0).unwrap().unwrap().value().to_vec();
+            table.insert(far_block, bytes.as_slice()).unwrap();
         }
         txn.commit().unwrap();
     }
@@ -282,8 +325,10 @@ fn a_crafted_meta_record_cannot_make_open_allocate_past_the_file() {
     ] {
         assert!(matches!(err, Error::Corrupted { .. }), "{err}");
         let text = err.to_string();
-        assert!(text.contains(&format!("code ids run to {far}")), "{text}");
-        assert!(text.contains("holds at most"), "{text}");
+        assert!(
+            text.contains(&format!("code block {far_block} follows block 0")),
+            "{text}"
+        );
     }
     assert!(
         started.elapsed() < std::time::Duration::from_secs(10),
@@ -293,7 +338,10 @@ fn a_crafted_meta_record_cannot_make_open_allocate_past_the_file() {
     // The full check reads what is there and names the count that does not match.
     let report = Index::verify_dir(dir.path()).unwrap();
     assert!(
-        report.problems.iter().any(|p| p.contains("8 codes stored")),
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("8 codes stored but the meta record counts")),
         "{report:?}"
     );
 }

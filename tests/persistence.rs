@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use milan::format::TablesRecord;
 use milan::{Code, ImportProgress, Index, Item};
 
 use crate::util::*;
@@ -139,6 +140,7 @@ fn golden_index_of_format_version_1_opens_and_answers() {
     );
     // Writable, it is upgraded in place to the current version, contents unchanged.
     let mut index = Index::open(copy.path()).unwrap();
+    assert_eq!(index.upgraded_from(), Some(1));
     assert_eq!(index.info().format_version, milan::format::FORMAT_VERSION);
     assert_fixture_contents(&index, 1);
     assert!(index.verify().unwrap().is_ok());
@@ -162,8 +164,8 @@ fn golden_index_of_format_version_1_opens_and_answers() {
     assert_eq!(index.len(), 296);
 }
 
-/// The import progress recorded in the version-2 fixture, as listed in its `imports.txt`
-/// (`source-hex rows committed first-id`, `-` for none).
+/// The import progress recorded in the fixture of `version` (2 or later), as listed in its
+/// `imports.txt` (`source-hex rows committed first-id`, `-` for none).
 fn fixture_imports(version: u32) -> Vec<ImportProgress> {
     let (dir, _) = fixture(version);
     let text = std::fs::read_to_string(dir.parent().unwrap().join("imports.txt")).unwrap();
@@ -187,44 +189,215 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What an index's database file holds, read straight from redb (read-only): the names of its
+/// tables, the hash tables' record (format version 3), the slots of each code block, the parts of
+/// the hash tables and the item records.
+struct Stored {
+    tables: Vec<String>,
+    next_id: u64,
+    record: Option<TablesRecord>,
+    blocks: Vec<usize>,
+    parts: u64,
+    items: u64,
+}
+
+impl Stored {
+    fn has(&self, table: &str) -> bool {
+        self.tables.iter().any(|name| name == table)
+    }
+}
+
+fn stored(dir: &Path) -> Stored {
+    use milan::format::*;
+    use redb::{
+        ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    };
+    let db = redb::ReadOnlyDatabase::open(dir.join(DATABASE_FILE)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let mut tables: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|table| table.name().to_string())
+        .collect();
+    tables.sort();
+    let meta = txn
+        .open_table(TableDefinition::<&str, &[u8]>::new(META_TABLE))
+        .unwrap();
+    let meta_record = MetaRecord::decode(meta.get(META_KEY).unwrap().unwrap().value()).unwrap();
+    let record = meta
+        .get(TABLES_KEY)
+        .unwrap()
+        .map(|bytes| TablesRecord::decode(bytes.value()).unwrap());
+    let mut blocks = Vec::new();
+    if tables.iter().any(|name| name == CODE_BLOCKS_TABLE) {
+        let table = txn
+            .open_table(TableDefinition::<u64, &[u8]>::new(CODE_BLOCKS_TABLE))
+            .unwrap();
+        for (expected, entry) in table.iter().unwrap().enumerate() {
+            let (key, value) = entry.unwrap();
+            assert_eq!(key.value(), expected as u64);
+            let block = CodeBlock::decode(value.value(), meta_record.layout().bytes()).unwrap();
+            blocks.push(block.slots());
+        }
+    }
+    let parts = if tables.iter().any(|name| name == HASH_TABLES_TABLE) {
+        txn.open_table(TableDefinition::<&[u8; PART_KEY_BYTES], &[u8]>::new(
+            HASH_TABLES_TABLE,
+        ))
+        .unwrap()
+        .len()
+        .unwrap()
+    } else {
+        0
+    };
+    let items = txn
+        .open_table(TableDefinition::<u64, &[u8]>::new(ITEMS_TABLE))
+        .unwrap()
+        .len()
+        .unwrap();
+    Stored {
+        tables,
+        next_id: meta_record.next_id,
+        record,
+        blocks,
+        parts,
+        items,
+    }
+}
+
+/// Checks that `index` reports each of `imports` as its progress.
+fn assert_imports(index: &Index, imports: &[ImportProgress]) {
+    for progress in imports {
+        assert_eq!(
+            index.import_progress(&progress.source).unwrap().as_ref(),
+            Some(progress)
+        );
+    }
+}
+
 #[test]
 fn golden_index_of_format_version_2_opens_and_answers() {
+    use milan::format::{
+        BUCKETS_TABLE, CODES_TABLE, CODE_BLOCKS_TABLE, DATABASE_FILE, FORMAT_VERSION,
+        HASH_TABLES_TABLE,
+    };
     let copy = fixture_copy(2);
+    let file = copy.path().join(DATABASE_FILE);
+    let before = std::fs::read(&file).unwrap();
     let imports = fixture_imports(2);
     assert_eq!(imports.len(), 2);
+    // Read-only, it stays a version-2 index (codes and bucket chunks), and the file is untouched.
+    {
+        let mut index = Index::open_read_only(copy.path()).unwrap();
+        assert_eq!(index.info().format_version, 2);
+        assert_eq!(index.upgraded_from(), None);
+        assert_fixture_contents(&index, 2);
+        assert_imports(&index, &imports);
+        assert!(index.verify().unwrap().is_ok());
+    }
+    assert!(
+        std::fs::read(&file).unwrap() == before,
+        "a read-only open changed the file"
+    );
+    let old = stored(copy.path());
+    assert!(old.has(CODES_TABLE) && old.has(BUCKETS_TABLE));
+    assert!(!old.has(CODE_BLOCKS_TABLE) && old.record.is_none());
+    // Writable, it is upgraded in place to the current version: contents, searches and import
+    // progress unchanged.
+    {
+        let mut index = Index::open(copy.path()).unwrap();
+        assert_eq!(index.upgraded_from(), Some(2));
+        assert_eq!(index.info().format_version, FORMAT_VERSION);
+        assert_fixture_contents(&index, 2);
+        assert_imports(&index, &imports);
+        assert!(index.verify().unwrap().is_ok());
+    }
+    // The old tables are gone; the codes are in blocks and every one is filed in stored tables.
+    let new = stored(copy.path());
+    assert!(!new.has(CODES_TABLE) && !new.has(BUCKETS_TABLE));
+    assert!(new.has(CODE_BLOCKS_TABLE) && new.has(HASH_TABLES_TABLE));
+    assert_eq!(new.blocks, vec![300]);
+    let record = new.record.expect("the upgrade stores the hash tables");
+    assert_eq!((record.slots, record.tables.len()), (300, 2));
+    assert!(new.parts > 0);
+    assert_eq!(new.items, old.items);
+    // Reopened, it is an index of the current version like any other.
     for writable in [false, true] {
         let mut index = if writable {
             Index::open(copy.path()).unwrap()
         } else {
             Index::open_read_only(copy.path()).unwrap()
         };
-        assert_eq!(index.info().format_version, 2);
+        assert_eq!(index.upgraded_from(), None);
+        assert_eq!(index.info().format_version, FORMAT_VERSION);
         assert_fixture_contents(&index, 2);
-        for progress in &imports {
-            assert_eq!(
-                index.import_progress(&progress.source).unwrap().as_ref(),
-                Some(progress)
-            );
-        }
+        assert_imports(&index, &imports);
         assert!(index.verify().unwrap().is_ok());
     }
 }
 
+#[test]
+fn golden_index_of_format_version_3_opens_and_answers() {
+    use milan::format::{BUCKETS_TABLE, CODES_TABLE, DATABASE_FILE, FORMAT_VERSION};
+    let copy = fixture_copy(3);
+    let file = copy.path().join(DATABASE_FILE);
+    let before = std::fs::read(&file).unwrap();
+    // What the fixture is there to exercise: hash tables stored over the first 300 ids, a delta
+    // of later ids past them, code blocks, live ids without item records, and no table of the
+    // earlier versions.
+    let layout = stored(copy.path());
+    assert!(!layout.has(CODES_TABLE) && !layout.has(BUCKETS_TABLE));
+    let record = layout
+        .record
+        .as_ref()
+        .expect("the fixture stores its hash tables");
+    assert_eq!((record.slots, record.tables.len()), (300, 2));
+    assert!(!record.sample.is_empty());
+    assert!(layout.next_id > record.slots);
+    assert_eq!(layout.blocks, vec![layout.next_id as usize]);
+    assert!(layout.parts > 0);
+    let imports = fixture_imports(3);
+    assert_eq!(imports.len(), 2);
+    for writable in [false, true] {
+        {
+            let mut index = if writable {
+                Index::open(copy.path()).unwrap()
+            } else {
+                Index::open_read_only(copy.path()).unwrap()
+            };
+            assert_eq!(index.info().format_version, 3);
+            assert_eq!(index.upgraded_from(), None);
+            assert!(layout.items < index.len());
+            assert_fixture_contents(&index, 3);
+            assert_imports(&index, &imports);
+            assert!(index.verify().unwrap().is_ok());
+        }
+        if !writable {
+            assert!(
+                std::fs::read(&file).unwrap() == before,
+                "a read-only open changed the file"
+            );
+        }
+    }
+    assert_eq!(FORMAT_VERSION, 3, "a newer version adds its own fixture");
+}
+
 /// Regenerates the fixture of the current format version: `MILAN_WRITE_FIXTURE=1 cargo test
-/// write_fixture`. Only ever run while that version is the current format; the fixtures of older
-/// versions stay as they were written, and a new version adds a fixture of its own.
+/// --test tests write_fixture`. Only ever run while that version is the current format; the
+/// fixtures of older versions stay as they were written, and a new version adds a fixture of its
+/// own.
 #[test]
 fn write_fixture() {
     if std::env::var_os("MILAN_WRITE_FIXTURE").is_none() {
         return;
     }
     let version = milan::format::FORMAT_VERSION;
-    assert_eq!(version, 2, "write the fixture of the new version here");
+    assert_eq!(version, 3, "write the fixture of the new version here");
     let (dir, contents) = fixture(version);
     let _ = std::fs::remove_dir_all(&dir);
     let index = Index::builder(32).substrings(2).create(&dir).unwrap();
     let mut rng = rng(2024);
-    // The same items as the version-1 fixture (codes, keys, labels, deletes).
+    // The same items as the version-1 and version-2 fixtures (codes, keys, labels, deletes).
     let codes = clustered(&mut rng, 32, 300, 6, 0.08);
     let source = *blake3::hash(b"fixture source").as_bytes();
     for (batch, chunk) in codes.chunks(120).enumerate() {
@@ -242,7 +415,7 @@ fn write_fixture() {
         for id in (batch as u64 * 50..).step_by(17).take(3) {
             writer.delete(id).unwrap();
         }
-        // Version 2: each batch records how far the import of its source has come.
+        // Since version 2: each batch records how far the import of its source has come.
         writer.set_import_progress(ImportProgress {
             source,
             rows: codes.len() as u64,
@@ -259,6 +432,38 @@ fn write_fixture() {
         }
         writer.commit().unwrap();
     }
+    // Version 3: the hash tables are stored (a small index's commits leave its codes in the
+    // delta until then) ...
+    index.optimize(Some(2)).unwrap();
+    // ... then a commit past them: ids the tables do not cover (a delta that searches scan),
+    // two of them with the empty item (no item record), and a delete of a code the tables file
+    // (its entries stay until the next build).
+    let late = clustered(&mut rng, 32, 4, 2, 0.08);
+    let mut writer = index.writer().unwrap();
+    for (i, code) in late.iter().enumerate() {
+        let item = if i % 2 == 0 {
+            Item::default()
+        } else {
+            Item {
+                key: Some(format!("images/{:03}.png", 300 + i)),
+                label: Some("late".into()),
+                ..Item::default()
+            }
+        };
+        writer.add(code, item).unwrap();
+    }
+    assert!(writer.delete(200).unwrap());
+    writer.commit().unwrap();
+    assert_eq!(index.info().format_version, 3);
+    // The space the earlier commits' pages took goes back: a smaller file to check in.
+    let mut index = index;
+    index.compact().unwrap();
+    drop(index);
+    let layout = stored(&dir);
+    assert_eq!(layout.record.map(|record| record.slots), Some(300));
+    assert_eq!(layout.next_id, 304);
+
+    let index = Index::open_read_only(&dir).unwrap();
     std::fs::write(contents, listing(&index)).unwrap();
     let mut imports = String::new();
     for source in [source, [0xee; 32]] {

@@ -9,6 +9,7 @@ mod files;
 mod images;
 mod import;
 mod persistence;
+mod scale;
 mod sync;
 mod training;
 mod util;

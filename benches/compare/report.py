@@ -43,6 +43,19 @@ def secs(value):
     return f"{value:.{decimals}f}"
 
 
+def per_code(report):
+    """Resident bytes per code: milan's rss_bytes (when its bench search writes it) and mih-rs's
+    (after reading its index back and every query; its peak, the build included, beside it)."""
+    codes = report.get("codes")
+    rss = report.get("rss_bytes")
+    if not codes or rss is None:
+        return "n/a"
+    text = f"{rss / codes:.1f}"
+    if report.get("peak_rss_bytes") is not None:
+        text += f" (peak {report['peak_rss_bytes'] / codes:.1f})"
+    return text
+
+
 def frac(value):
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -96,23 +109,25 @@ def main():
         return notes
 
     header = ["library", f"exact top-{k} mean µs"] + [f"radius {r}" for r in radii]
-    header += ["recall notes", "import/build s", "open s"]
+    header += ["recall notes", "import/build s", "open s", "RSS bytes/code"]
     rows = []
 
     def add(name, report, build_s, notes, approximate_topk=False):
         by_r = radius_by_r(report)
         topk = us(report["top_k"]["mean_us"]) + (" (approx.)" if approximate_topk else "")
         row = [name, topk] + [us(by_r[r]["mean_us"]) if r in by_r else "n/a" for r in radii]
-        row += ["; ".join(notes), secs(build_s), secs(report["open_ms"] / 1e3)]
+        build = build_s if isinstance(build_s, str) else secs(build_s)
+        row += ["; ".join(notes), build, secs(report["open_ms"] / 1e3), per_code(report)]
         rows.append(row)
 
     def missing(name, why):
-        rows.append([name, "n/a"] + ["n/a"] * len(radii) + [why, "n/a", "n/a"])
+        rows.append([name, "n/a"] + ["n/a"] * len(radii) + [why, "n/a", "n/a", "n/a"])
 
     if milan is not None:
         t = milan["top_k"]
         notes = [f"top-{t['k']} recall {frac(t['recall'])} vs its own scan"] + radius_notes(milan)
-        add(f"milan ({milan.get('substrings')} substrings)", milan, milan.get("import_s"), notes)
+        import_s = "reused index" if run.get("milan_index_reused") else milan.get("import_s")
+        add(f"milan ({milan.get('substrings')} substrings)", milan, import_s, notes)
     else:
         missing("milan", "did not run")
 
@@ -143,12 +158,15 @@ def main():
         notes += radius_notes(report)
         add(name, report, report["build_s"], notes, approximate)
     if not faiss:
-        missing("faiss", "did not run")
+        missing("faiss", "skipped (SKIP_FAISS=1)" if run.get("skip_faiss") else "did not run")
 
+    if run.get("codes_given"):
+        source = f"from {run.get('codes_file')}, queries from {run.get('queries_file')}"
+    else:
+        source = f"centres {run.get('centres')}, flip {run.get('flip')}, seed {run.get('seed')}"
     print(
-        f"{run.get('count')} codes of {run.get('bits')} bits (centres {run.get('centres')}, "
-        f"flip {run.get('flip')}, seed {run.get('seed')}), {run.get('queries')} queries, one thread, "
-        "mean µs per query"
+        f"{run.get('count')} codes of {run.get('bits')} bits ({source}), {run.get('queries')} queries, "
+        "one thread, mean µs per query"
     )
     if faiss:
         print(f"(faiss times include about {us(faiss[0]['call_overhead_us'])} µs of Python call overhead per query)")

@@ -1,11 +1,17 @@
 //! `open_damaged`: opening a damaged index file gives an error, never a crash.
 //!
-//! A small valid index (64-bit codes, two commits, a few deletes) is built once per process. Each
-//! input damages a copy of its database file (byte overwrites plus an optional truncation), or is
-//! itself the whole file. Asserts that `Index::open` and `Index::open_read_only` return Ok or Err
-//! without panicking or hanging, and that an index that opens anyway can be searched (including
-//! with k = `usize::MAX`), read (items, import progress), written (with import progress, which
-//! creates the imports table in the damaged file) and verified, again with Ok or Err results only.
+//! A small valid index is built once per process, so that every structure of the current format is
+//! present to be damaged: 64-bit codes in three sparse hash tables (22, 21 and 21 bits: keys,
+//! offsets and entries arrays) stored with their `tables` record over the first 8,030 ids, in two
+//! code blocks (a full one of `block_ids(8)` = 7,936 ids and a short last one); then a commit past
+//! the tables (a delta that opens scan) with deletes in both blocks (table entries naming deleted
+//! ids); item records for some ids only (the rest have the empty item), content hashes and import
+//! progress. Each input damages a copy of its database file (byte overwrites plus an optional
+//! truncation), or is itself the whole file. Asserts that `Index::open` and `Index::open_read_only`
+//! return Ok or Err without panicking or hanging, and that an index that opens anyway can be
+//! searched (including with k = `usize::MAX`), read (items, import progress), written (with import
+//! progress, which creates the imports table in the damaged file) and verified, again with Ok or
+//! Err results only.
 //!
 //! "Without panicking" means no panic reaches the caller: milan catches the storage engine's
 //! panics on damaged pages and returns `Error::Corrupted`, which is allowed. libFuzzer's default
@@ -25,15 +31,18 @@ use std::sync::{LazyLock, Mutex};
 
 use libfuzzer_sys::fuzz_target;
 use milan::{Code, ImportProgress, Index, Item, Strategy};
-use milan_index_format::DATABASE_FILE;
+use milan_index_format::{block_ids, DATABASE_FILE};
 
 /// Granularity at which the base file is split into used (non-zero) and unused regions.
 const PAGE: usize = 4096;
 /// Most overwrites applied per input: enough to break several structures at once.
 const MAX_WRITES: usize = 64;
 const STRATEGIES: [Strategy; 3] = [Strategy::Auto, Strategy::MultiIndex, Strategy::Scan];
-/// The import source whose progress the write step records and reads back.
+/// The import source whose progress the base records and the write step updates and reads back.
 const IMPORT_SOURCE: [u8; 32] = [0x5a; 32];
+/// Ids filed in the base's stored hash tables: a little more than one code block of 64-bit codes
+/// holds (`block_ids(8)` = 7,936), so that the second block is short.
+const BASE_TABLE_IDS: u64 = 7936 + 94;
 
 struct Base {
     /// The database file of the valid index.
@@ -102,10 +111,15 @@ fn xorshift(state: &mut u64) -> u64 {
 }
 
 fn build_base() -> Base {
+    let block = block_ids(8) as u64;
+    assert!(
+        (block + 1..2 * block).contains(&BASE_TABLE_IDS),
+        "the base must span two code blocks, the last one short"
+    );
     let build = scratch_dir();
     let dir = build.path().join("base");
     let index = Index::builder(64)
-        .substrings(8)
+        .substrings(3)
         .create(&dir)
         .expect("create base index");
     // Clustered codes, so that searches of the opened index find neighbours at small distances.
@@ -116,24 +130,39 @@ fn build_base() -> Base {
         let flips = xorshift(state) & xorshift(state) & xorshift(state);
         Code::from_bytes(&(centre ^ flips).to_be_bytes()).expect("8-byte code")
     };
-    for (round, count) in [(0u64, 80u64), (1, 40)] {
+    // Round 0 fills one code block and starts a second; round 1 stays in the delta.
+    for (round, count) in [(0u64, BASE_TABLE_IDS), (1, 40)] {
         let mut writer = index.writer().expect("writer");
         for i in 0..count {
+            // Most items are empty (no record stored); the others vary in which fields they hold.
             let item = Item {
-                key: Some(format!("img-{round}-{i}.png")),
-                content_hash: (i % 3 == 0).then_some([(i % 7) as u8; 32]),
-                label: (i % 5 == 0).then(|| "cat".to_string()),
-                metadata: (i % 11 == 0).then(|| vec![round as u8; 4]),
+                key: (i % 4 == 0).then(|| format!("img-{round}-{i}.png")),
+                content_hash: (i % 12 == 0).then_some([(i % 7) as u8; 32]),
+                label: (i % 20 == 0).then(|| "cat".to_string()),
+                metadata: (i % 44 == 0).then(|| vec![round as u8; 4]),
             };
             writer.add(&next_code(&mut state), item).expect("add");
         }
         if round == 1 {
-            for id in (0..80).step_by(13) {
+            for id in (0..80).step_by(13).chain([block + 4, BASE_TABLE_IDS - 1]) {
                 assert!(writer.delete(id).expect("delete"));
             }
+            writer.set_import_progress(ImportProgress {
+                source: IMPORT_SOURCE,
+                rows: 100,
+                committed: count,
+                first_id: Some(BASE_TABLE_IDS),
+            });
         }
         writer.commit().expect("commit");
+        if round == 0 {
+            // Stores the hash tables and their record over every id so far.
+            index.optimize(Some(3)).expect("optimize");
+        }
     }
+    // Pages freed by the rewrites go back, so that overwrites land on what an open reads.
+    let mut index = index;
+    index.compact().expect("compact");
     drop(index);
     let bytes = std::fs::read(dir.join(DATABASE_FILE)).expect("read base file");
     let used_pages: Vec<usize> = (0..bytes.len())

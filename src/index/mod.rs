@@ -18,10 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 use std::thread::ThreadId;
 
 use milan_index_format::{
-    CodeLayout, MetaRecord, ModelRecord, DATABASE_FILE, FORMAT_VERSION, HEAD_KEY, MAGIC, META_KEY,
-    MODEL_KEY,
+    CodeLayout, MetaRecord, ModelRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC,
 };
-use redb::ReadableDatabase;
 
 pub use reader::{BatchSearch, Hit, Pair, PairBatches, Reader, Search};
 pub use rehash::RehashReport;
@@ -31,8 +29,7 @@ use crate::error::{Error, Result};
 use crate::head::HashHead;
 use crate::mih::layout::WordLayout;
 use crate::mih::View;
-use crate::store::check::CheckReport;
-use crate::store::{self, Db};
+use crate::store::{self, CheckReport, Store, StoreWrite};
 
 /// The milan version written into the meta record.
 const MILAN_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -146,10 +143,6 @@ impl IndexBuilder {
                 path: dir.to_path_buf(),
             });
         }
-        let db = redb::Builder::new()
-            .set_cache_size(self.cache_bytes)
-            .create(&db_path)
-            .map_err(|err| Error::storage(&db_path, err))?;
         let meta = MetaRecord {
             magic: MAGIC,
             format_version: FORMAT_VERSION,
@@ -160,40 +153,15 @@ impl IndexBuilder {
             created_by: MILAN_VERSION.to_string(),
             written_by: MILAN_VERSION.to_string(),
         };
-        let init = || -> std::result::Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(store::META)?;
-                table.insert(META_KEY, meta.encode().as_slice())?;
-                if let Some((model, head)) = &self.images {
-                    table.insert(MODEL_KEY, model.encode().as_slice())?;
-                    table.insert(HEAD_KEY, head.as_bytes())?;
-                }
-                txn.open_table(store::FEATURES)?;
-                txn.open_table(store::ITEMS)?;
-                txn.open_table(store::CODES)?;
-                txn.open_table(store::BUCKETS)?;
-                txn.open_multimap_table(store::CONTENT_HASHES)?;
-            }
-            txn.commit()?;
-            Ok(())
-        };
-        init().map_err(|err| Error::storage(&db_path, err))?;
+        let binding = self.images.as_ref().map(|(model, head)| (model, head));
+        let store = Store::create(dir, &db_path, self.cache_bytes, &meta, binding)?;
         let layout = Arc::new(WordLayout::new(layout));
         let view = View::build(layout, Vec::new(), Default::default());
         let (model, head) = match self.images.clone() {
             Some((model, head)) => (Some(model), Some(head)),
             None => (None, None),
         };
-        Ok(Index::assemble(
-            dir,
-            db_path,
-            Db::Writable(Arc::new(db)),
-            meta,
-            view,
-            model,
-            head,
-        ))
+        Ok(Index::assemble(dir, store, meta, view, model, head))
     }
 
     /// Opens the index in `dir` for reading and writing.
@@ -217,72 +185,38 @@ impl IndexBuilder {
             });
         }
         let db_path = database_path(dir)?;
-        let mut builder = redb::Builder::new();
-        builder.set_cache_size(self.cache_bytes);
-        if writable {
-            // Read the meta record through a read-only handle first: an index of another format
-            // version, or of another layout than the builder asks for, must be refused before
-            // anything could write to it. A file left by a killed
-            // writer cannot be opened read-only; the writable open below recovers it.
-            let checked = guard_storage(&db_path, || match builder.open_read_only(&db_path) {
-                Ok(db) => {
-                    let txn = db
-                        .begin_read()
-                        .map_err(|err| Error::storage(&db_path, err))?;
-                    let meta = store::read_meta(dir, &txn)?;
-                    self.check_settings(dir, &meta)
-                }
-                Err(redb::DatabaseError::RepairAborted) => Ok(()),
-                Err(err) => Err(Error::storage(&db_path, err)),
-            });
-            checked?;
-            // Every page's checksum is verified before anything is trusted: a damaged file
-            // fails here with a clear error instead of misbehaving later.
-            builder.set_check_integrity_on_open(true);
-        }
-        guard_storage(&db_path, || {
-            let db = if writable {
-                Db::Writable(Arc::new(
-                    builder
-                        .open(&db_path)
-                        .map_err(|err| Error::storage(&db_path, err))?,
-                ))
-            } else {
-                Db::ReadOnly(Arc::new(
-                    builder
-                        .open_read_only(&db_path)
-                        .map_err(|err| Error::storage(&db_path, err))?,
-                ))
-            };
-            let txn = db.begin_read(&db_path)?;
-            let mut meta = store::read_meta(dir, &txn)?;
+        let store = store::guard(&db_path, || {
+            Store::open(dir, &db_path, self.cache_bytes, writable, |meta| {
+                self.check_settings(dir, meta)
+            })
+        })?;
+        // The store lives outside the guarded reads, so that a panic of the storage engine on
+        // damaged data never drops it while unwinding: it closes normally on the error.
+        let (mut meta, model, head, view, tables_slots) = store::guard(&db_path, || {
+            let read = store.read()?;
+            let meta = read.meta()?;
             self.check_settings(dir, &meta)?;
-            let (model, head) = store::read_binding(dir, &txn)?;
-            let file_bytes = std::fs::metadata(&db_path)
-                .map_err(|source| Error::Io {
-                    path: db_path.clone(),
-                    source,
-                })?
-                .len();
-            let view = store::load_view(dir, &txn, &meta, file_bytes)?;
-            drop(txn);
-            if let Db::Writable(db) = &db {
-                // Upgraded only once the whole file has loaded without damage, so that a damaged
-                // old index is refused as it stands rather than rewritten.
-                if meta.format_version < FORMAT_VERSION {
-                    meta = upgrade(db, &db_path, meta)?;
-                }
-            }
-            Ok(Index::assemble(
-                dir,
-                db_path.clone(),
-                db,
-                meta,
-                view,
-                model,
-                head,
-            ))
-        })
+            let (model, head) = read.binding()?;
+            let view = read.load_view(&meta)?;
+            let tables_slots = read.tables_slots()?;
+            Ok((meta, model, head, view, tables_slots))
+        })?;
+        let mut upgraded_from = None;
+        if store.is_writable() && meta.format_version < FORMAT_VERSION {
+            // Upgraded only once the whole file has loaded without damage, so that a damaged
+            // old index is refused as it stands rather than rewritten.
+            upgraded_from = Some(meta.format_version);
+            meta = upgrade(&store, meta, &view)?;
+        } else if store.is_writable() && delta_over_limit(view.slots(), tables_slots) {
+            // The open filed codes the stored tables lack (a bulk load stopped before its
+            // tables were built): stored now, so that the next open need not do it again.
+            let mut txn = store.write()?;
+            store::guard(dir, || txn.put_tables(&view))?;
+            txn.commit()?;
+        }
+        let mut index = Index::assemble(dir, store, meta, view, model, head);
+        index.upgraded_from = upgraded_from;
+        Ok(index)
     }
 }
 
@@ -307,43 +241,22 @@ impl IndexBuilder {
     }
 }
 
-/// Brings the index of an older format version to [`FORMAT_VERSION`] in one transaction.
-///
-/// From version 1: version 2 only adds the `imports` table, which is created by the first commit
-/// that records import progress (an absent table holds none), so the upgrade rewrites the version
-/// in the meta record and nothing else.
-fn upgrade(db: &redb::Database, db_path: &Path, mut meta: MetaRecord) -> Result<MetaRecord> {
+/// Brings the index of an older format version to [`FORMAT_VERSION`] in one transaction:
+/// versions 1 and 2 kept one entry per code and the buckets in chunks; their codes (`view`, read
+/// from those tables) are written as code blocks, its hash tables as whole arrays, and the old
+/// tables dropped. Version 2's import progress and every item stay as they are.
+fn upgrade(store: &Store, mut meta: MetaRecord, view: &View) -> Result<MetaRecord> {
     meta.format_version = FORMAT_VERSION;
     meta.written_by = MILAN_VERSION.to_string();
-    let write = || -> std::result::Result<(), redb::Error> {
-        let txn = db.begin_write()?;
-        txn.open_table(store::META)?
-            .insert(META_KEY, meta.encode().as_slice())?;
-        txn.commit()?;
-        Ok(())
-    };
-    write().map_err(|err| Error::storage(db_path, err))?;
+    let mut txn = store.write()?;
+    store::guard(store.dir(), || {
+        txn.upgrade_tables(view)?;
+        txn.put_meta(&meta)
+    })?;
+    txn.commit()?;
     Ok(meta)
 }
 
-/// Runs a read of the database, turning a panic of the storage engine on damaged data into
-/// [`Error::Corrupted`]. Writable opens verify every page's checksum first; read-only opens
-/// cannot, and this keeps a damaged file from taking the process down with it.
-pub(crate) fn guard_storage<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
-        let detail = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        Err(Error::Corrupted {
-            path: path.to_path_buf(),
-            detail: format!("the storage engine failed on damaged data ({detail})"),
-        })
-    })
-}
-
-/// Checks that `head` codes `bits`-bit codes from the features of `model`.
 fn check_binding(dir: &Path, bits: u32, model: &ModelRecord, head: &HashHead) -> Result<()> {
     let mismatch = |detail: String| Error::Mismatch {
         path: dir.to_path_buf(),
@@ -381,6 +294,26 @@ fn database_path(dir: &Path) -> Result<PathBuf> {
         });
     }
     Ok(db_path)
+}
+
+/// Whether more codes lie past the stored tables' coverage than the delta may hold: a bulk load
+/// stopped before its tables were built (the open then built them in memory).
+fn delta_over_limit(slots: usize, tables_slots: Option<u64>) -> bool {
+    let covered = tables_slots.unwrap_or(0) as usize;
+    slots.saturating_sub(covered) > crate::mih::rebuild_threshold(covered)
+}
+
+/// The snapshot a commit makes current.
+pub(crate) enum Next {
+    /// A snapshot built for the commit (new hash tables).
+    Replace(View),
+    /// The current snapshot with `ids` (their codes' words one after another in `words`) added
+    /// to its delta and `deletes` flagged.
+    Append {
+        ids: Vec<u64>,
+        words: Vec<u64>,
+        deletes: Vec<u64>,
+    },
 }
 
 /// The index's writer lock, held by one thread: records that thread while held, so that it gets
@@ -439,8 +372,9 @@ pub struct OptimizeReport {
 /// An open index: see the crate documentation for an example.
 pub struct Index {
     dir: PathBuf,
-    db_path: PathBuf,
-    db: Db,
+    store: Store,
+    /// The format version an open upgraded the file from, if it did.
+    upgraded_from: Option<u32>,
     /// The committed meta record; the writer lock serialises its updates.
     meta: Mutex<MetaRecord>,
     view: RwLock<Arc<View>>,
@@ -509,8 +443,7 @@ impl Index {
 
     fn assemble(
         dir: &Path,
-        db_path: PathBuf,
-        db: Db,
+        store: Store,
         meta: MetaRecord,
         view: View,
         model: Option<ModelRecord>,
@@ -520,8 +453,8 @@ impl Index {
             model,
             head,
             dir: dir.to_path_buf(),
-            db_path,
-            db,
+            store,
+            upgraded_from: None,
             meta: Mutex::new(meta),
             view: RwLock::new(Arc::new(view)),
             writer_lock: Mutex::new(()),
@@ -532,6 +465,13 @@ impl Index {
     /// The index directory.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// The format version this handle's open upgraded the index from (in one transaction,
+    /// before anything else was written), or `None` when it was current already. Only writable
+    /// opens upgrade; a read-only open reads an older version as it is.
+    pub fn upgraded_from(&self) -> Option<u32> {
+        self.upgraded_from
     }
 
     fn meta(&self) -> MetaRecord {
@@ -584,9 +524,7 @@ impl Index {
             recommended_substrings: Index::recommended_substrings(meta.bits, view.live()),
             len: view.live(),
             next_id: meta.next_id,
-            file_bytes: std::fs::metadata(&self.db_path)
-                .map(|m| m.len())
-                .unwrap_or(0),
+            file_bytes: self.store.file_bytes().unwrap_or(0),
             memory_bytes: view.heap_bytes() as u64,
             created_by: meta.created_by,
             written_by: meta.written_by,
@@ -618,7 +556,7 @@ impl Index {
     /// Takes the writer lock, waiting for another thread's writer when `wait` (otherwise `None`
     /// while it is taken); [`Error::WriterBusy`] when this thread holds it already.
     fn lock_writer(&self, wait: bool) -> Result<Option<WriterLock<'_>>> {
-        if !matches!(self.db, Db::Writable(_)) {
+        if !self.store.is_writable() {
             return Err(Error::ReadOnly {
                 path: self.dir.clone(),
             });
@@ -651,9 +589,8 @@ impl Index {
     /// committed with [`Writer::set_import_progress`]; `None` when none was recorded (always so
     /// for an index of format version 1 opened read-only). Works on read-only handles.
     pub fn import_progress(&self, source: &[u8; 32]) -> Result<Option<ImportProgress>> {
-        guard_storage(&self.db_path, || {
-            let txn = self.db.begin_read(&self.db_path)?;
-            let record = store::read_import(&self.dir, &txn, source)?;
+        store::guard(&self.dir, || {
+            let record = self.store.read()?.import(source)?;
             Ok(record.map(|record| ImportProgress {
                 source: *source,
                 rows: record.rows,
@@ -667,34 +604,18 @@ impl Index {
     pub fn reader(&self) -> Result<Reader> {
         // Taken under the view lock so that the codes and the stored items belong to one commit.
         let view = self.view.read().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db.begin_read(&self.db_path)?;
-        Ok(Reader::new(
-            self.dir.clone(),
-            view.clone(),
-            txn,
-            self.db.clone(),
-        ))
+        let read = self.store.read()?;
+        Ok(Reader::new(self.dir.clone(), view.clone(), read))
     }
 
     /// Checks every invariant of the stored index (each live code in exactly its buckets, no
     /// dangling ids, counts and meta consistent) and, when opened writable, redb's own structure.
     pub fn verify(&mut self) -> Result<CheckReport> {
-        let storage_ok = match &mut self.db {
-            Db::Writable(db) => {
-                // Shared only with live readers, whose read transactions redb refuses the check
-                // during anyway.
-                let db = Arc::get_mut(db).ok_or_else(|| {
-                    Error::storage(&self.db_path, redb::DatabaseError::TransactionInProgress)
-                })?;
-                Some(
-                    db.check_integrity()
-                        .map_err(|err| Error::storage(&self.db_path, err))?,
-                )
-            }
-            Db::ReadOnly(_) => None,
-        };
-        let txn = self.db.begin_read(&self.db_path)?;
-        let mut report = store::check::check(&self.dir, &txn)?;
+        // Shared only with live readers, whose read transactions redb refuses the check during
+        // anyway.
+        let dir = self.dir.clone();
+        let storage_ok = store::guard(&dir, || self.store.check_structure())?;
+        let mut report = store::guard(&self.dir, || self.store.read()?.check())?;
         report.storage_ok = storage_ok;
         Ok(report)
     }
@@ -704,23 +625,12 @@ impl Index {
     pub fn verify_dir(dir: impl AsRef<Path>) -> Result<CheckReport> {
         let dir = dir.as_ref();
         let db_path = database_path(dir)?;
-        guard_storage(&db_path, || Index::verify_unguarded(dir, &db_path))
-    }
-
-    fn verify_unguarded(dir: &Path, db_path: &Path) -> Result<CheckReport> {
-        let db_path = db_path.to_path_buf();
-        let mut db = redb::Builder::new()
-            .set_cache_size(DEFAULT_CACHE_BYTES)
-            .open(&db_path)
-            .map_err(|err| Error::storage(&db_path, err))?;
-        let storage_ok = db
-            .check_integrity()
-            .map_err(|err| Error::storage(&db_path, err))?;
-        let db = Db::Writable(Arc::new(db));
-        let txn = db.begin_read(&db_path)?;
-        let mut report = store::check::check(dir, &txn)?;
-        report.storage_ok = Some(storage_ok);
-        Ok(report)
+        store::guard(&db_path, || {
+            let (store, storage_ok) = Store::open_for_check(dir, &db_path, DEFAULT_CACHE_BYTES)?;
+            let mut report = store.read()?.check()?;
+            report.storage_ok = Some(storage_ok);
+            Ok(report)
+        })
     }
 
     /// Rebuilds every bucket for `substrings` substrings (default: the recommended number for the
@@ -729,11 +639,6 @@ impl Index {
     /// Takes the writer lock like [`Index::writer`]: waits for another thread's [`Writer`], and
     /// fails with [`Error::WriterBusy`] while the calling thread holds one.
     pub fn optimize(&self, substrings: Option<u32>) -> Result<OptimizeReport> {
-        let Db::Writable(db) = &self.db else {
-            return Err(Error::ReadOnly {
-                path: self.dir.clone(),
-            });
-        };
         let _lock = self.lock_writer(true)?;
         let view = self.snapshot();
         let mut meta = self.meta();
@@ -743,27 +648,18 @@ impl Index {
         let layout = WordLayout::new(CodeLayout::new(meta.bits, new_substrings)?);
         meta.substrings = new_substrings;
         meta.written_by = MILAN_VERSION.to_string();
-        let txn = db
-            .begin_write()
-            .map_err(|err| Error::storage(&self.db_path, err))?;
-        let write = || -> std::result::Result<(), redb::Error> {
-            store::rewrite_buckets(&txn, &layout, &view)?;
-            txn.open_table(store::META)?
-                .insert(META_KEY, meta.encode().as_slice())?;
-            Ok(())
-        };
-        write().map_err(|err| Error::storage(&self.db_path, err))?;
-        let words: Vec<u64> = (0..view.slots() as u64)
-            .flat_map(|id| match view.code(id) {
-                Some(code) => code.to_vec(),
-                None => vec![0; layout.words],
-            })
-            .collect();
-        let deleted = (0..view.slots() as u64)
-            .map(|id| !view.is_live(id))
-            .collect();
-        let rebuilt = View::build(Arc::new(layout), words, deleted);
-        self.commit_and_publish(txn, meta, rebuilt)?;
+        let rebuilt = View::build(
+            Arc::new(layout),
+            view.all_words(),
+            view.deleted_flags().clone(),
+        );
+        drop(view);
+        let mut txn = self.store.write()?;
+        store::guard(&self.dir, || {
+            txn.put_tables(&rebuilt)?;
+            txn.put_meta(&meta)
+        })?;
+        self.commit_and_publish(txn, meta, Next::Replace(rebuilt))?;
         Ok(OptimizeReport {
             old_substrings,
             new_substrings,
@@ -774,38 +670,31 @@ impl Index {
     /// Returns false when nothing could be reclaimed. Fails with a storage error while a
     /// [`Reader`] of this handle is alive.
     pub fn compact(&mut self) -> Result<bool> {
-        let Db::Writable(db) = &mut self.db else {
-            return Err(Error::ReadOnly {
-                path: self.dir.clone(),
-            });
-        };
-        // Shared only with live readers, whose read transactions stop a compaction anyway.
-        let db = Arc::get_mut(db).ok_or_else(|| {
-            Error::storage(&self.db_path, redb::CompactionError::TransactionInProgress)
-        })?;
-        let mut compacted = false;
-        while db
-            .compact()
-            .map_err(|err| Error::storage(&self.db_path, err))?
-        {
-            compacted = true;
-        }
-        Ok(compacted)
+        let dir = self.dir.clone();
+        store::guard(&dir, || self.store.compact())
     }
 
-    /// Commits `txn` and makes `view` current in one step as readers see it: the view lock is held
-    /// across the commit, so no reader pairs the old codes with the new items or the reverse.
-    fn commit_and_publish(
-        &self,
-        txn: redb::WriteTransaction,
-        meta: MetaRecord,
-        view: View,
-    ) -> Result<()> {
+    /// Commits `txn` and makes the next snapshot current in one step as readers see it: the view
+    /// lock is held across the commit, so no reader pairs the old codes with the new items or the
+    /// reverse. A snapshot that keeps its tables is derived here, from the current one taken out
+    /// of the lock, so that it grows in place when no reader holds it.
+    fn commit_and_publish(&self, txn: StoreWrite, meta: MetaRecord, next: Next) -> Result<()> {
         let mut current = self.view.write().unwrap_or_else(|e| e.into_inner());
-        txn.commit()
-            .map_err(|err| Error::storage(&self.db_path, err))?;
+        txn.commit()?;
         *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = meta;
-        *current = Arc::new(view);
+        let next = match next {
+            Next::Replace(view) => view,
+            Next::Append {
+                ids,
+                words,
+                deletes,
+            } => {
+                let placeholder = Arc::new(View::placeholder(current.layout().clone()));
+                let old = std::mem::replace(&mut *current, placeholder);
+                old.appended(&ids, &words, &deletes)
+            }
+        };
+        *current = Arc::new(next);
         Ok(())
     }
 }

@@ -4,18 +4,15 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use milan_index_format::ItemRecord;
 use rayon::prelude::*;
-use redb::{ReadTransaction, ReadableMultimapTable};
 
-use super::guard_storage;
 use super::writer::Item;
 use crate::code::{words_to_bytes, Code};
 use crate::error::{Error, Result};
 use crate::mih::join::{Join, JoinPlan};
 use crate::mih::search::{Packed, Strategy, TooCostly};
 use crate::mih::View;
-use crate::store::{self, Db};
+use crate::store::{self, StoreRead};
 
 /// One search result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -54,20 +51,13 @@ pub struct Pair {
 pub struct Reader {
     dir: PathBuf,
     view: Arc<View>,
-    /// Declared before `_db`, so that the transaction ends before the database can close.
-    txn: ReadTransaction,
-    /// The database `txn` reads, held open for as long as the reader lives.
-    _db: Db,
+    /// The stored items of the same commit; it holds the database open while the reader lives.
+    read: StoreRead,
 }
 
 impl Reader {
-    pub(super) fn new(dir: PathBuf, view: Arc<View>, txn: ReadTransaction, db: Db) -> Reader {
-        Reader {
-            dir,
-            view,
-            txn,
-            _db: db,
-        }
+    pub(super) fn new(dir: PathBuf, view: Arc<View>, read: StoreRead) -> Reader {
+        Reader { dir, view, read }
     }
 
     /// Number of live codes.
@@ -102,30 +92,23 @@ impl Reader {
         Some(Code::from_bytes(&bytes).expect("stored codes have a valid length"))
     }
 
-    /// The item stored with a live id.
+    /// The item stored with a live id (`None` for an id that is not live).
     pub fn item(&self, id: u64) -> Result<Option<Item>> {
-        self.stored(store::ITEMS, id)?
-            .map(|bytes| ItemRecord::decode(&bytes))
-            .transpose()
-            .map_err(|err| Error::from_decode(&self.dir, err))
+        if !self.view.is_live(id) {
+            return Ok(None);
+        }
+        // A live id without a stored record has the empty item.
+        store::guard(&self.dir, || Ok(self.read.item(id)?.unwrap_or_default())).map(Some)
     }
 
     /// The feature vector kept for a live id (indexes built with kept features).
     pub fn features(&self, id: u64, dim: u32) -> Result<Option<Vec<f32>>> {
-        self.stored(store::FEATURES, id)?
-            .map(|bytes| milan_index_format::decode_features(&bytes, dim))
-            .transpose()
-            .map_err(|err| Error::from_decode(&self.dir, err))
+        store::guard(&self.dir, || self.read.features(id, dim))
     }
 
     /// The ids of the items stored with this content hash.
     pub fn ids_with_content_hash(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
-        self.with_hashes(|table| {
-            table
-                .get(hash)?
-                .map(|id| Ok(id?.value()))
-                .collect::<std::result::Result<_, redb::StorageError>>()
-        })
+        store::guard(&self.dir, || self.read.ids_with_content_hash(hash))
     }
 
     /// The live ids of every content hash stored by two items or more (the same file content),
@@ -133,19 +116,7 @@ impl Reader {
     /// store no content hashes, and `index add` skips content it holds already, so this is
     /// usually empty; items written through the library may share one.
     pub fn content_hash_groups(&self) -> Result<Vec<Vec<u64>>> {
-        let mut groups: Vec<Vec<u64>> = self.with_hashes(|table| {
-            let mut groups = Vec::new();
-            for entry in table.iter()? {
-                let (_, ids) = entry?;
-                let ids = ids
-                    .map(|id| Ok(id?.value()))
-                    .collect::<std::result::Result<Vec<u64>, redb::StorageError>>()?;
-                if ids.len() > 1 {
-                    groups.push(ids);
-                }
-            }
-            Ok(groups)
-        })?;
+        let mut groups = store::guard(&self.dir, || self.read.shared_content_hashes())?;
         for ids in &mut groups {
             ids.retain(|&id| self.view.is_live(id));
             ids.sort_unstable();
@@ -157,42 +128,7 @@ impl Reader {
 
     /// Every content hash stored.
     pub fn content_hashes(&self) -> Result<std::collections::HashSet<[u8; 32]>> {
-        self.with_hashes(|table| {
-            table
-                .iter()?
-                .map(|entry| Ok(*entry?.0.value()))
-                .collect::<std::result::Result<_, redb::StorageError>>()
-        })
-    }
-
-    /// The bytes stored under `id` in an id-keyed table, read under the storage guard.
-    fn stored(&self, table: redb::TableDefinition<u64, &[u8]>, id: u64) -> Result<Option<Vec<u8>>> {
-        guard_storage(&self.dir, || {
-            let read = || -> std::result::Result<_, redb::Error> {
-                // Optional tables (`features`) may be absent from files that never used them.
-                let Some(table) = store::open_optional(&self.txn, table)? else {
-                    return Ok(None);
-                };
-                Ok(table.get(id)?.map(|bytes| bytes.value().to_vec()))
-            };
-            read().map_err(|err| Error::storage(&self.dir, err))
-        })
-    }
-
-    /// Runs `read` on the content-hash table, under the storage guard.
-    fn with_hashes<T>(
-        &self,
-        read: impl FnOnce(
-            &redb::ReadOnlyMultimapTable<&'static [u8; 32], u64>,
-        ) -> std::result::Result<T, redb::StorageError>,
-    ) -> Result<T> {
-        guard_storage(&self.dir, || {
-            let table = self
-                .txn
-                .open_multimap_table(store::CONTENT_HASHES)
-                .map_err(|err| Error::storage(&self.dir, err))?;
-            read(&table).map_err(|err| Error::storage(&self.dir, err))
-        })
+        store::guard(&self.dir, || self.read.content_hashes())
     }
 
     fn query_words(&self, query: &Code) -> Result<Vec<u64>> {

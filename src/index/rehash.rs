@@ -2,17 +2,14 @@
 
 use std::sync::Arc;
 
-use bitvec::vec::BitVec;
-use milan_index_format::{decode_features, CodeLayout, HEAD_KEY, META_KEY};
+use milan_index_format::CodeLayout;
 use ndarray::Array2;
-use redb::ReadableTable;
 
-use super::{check_binding, Index, MILAN_VERSION};
+use super::{check_binding, Index, Next, MILAN_VERSION};
 use crate::error::{Error, Result};
 use crate::head::HashHead;
 use crate::mih::layout::WordLayout;
 use crate::mih::View;
-use crate::store::{self, Db};
 
 /// Items coded per head run: bounds the memory of the feature matrix.
 const CHUNK: usize = 4096;
@@ -41,11 +38,11 @@ impl Index {
     /// with [`Error::Mismatch`] for a code-only index, a head made for another extractor or
     /// feature dimension, and when any live item has no kept features (added without them).
     pub fn rehash(&mut self, head: HashHead) -> Result<RehashReport> {
-        let Db::Writable(db) = &self.db else {
+        if !self.store.is_writable() {
             return Err(Error::ReadOnly {
                 path: self.dir.clone(),
             });
-        };
+        }
         let mismatch = |detail: String| Error::Mismatch {
             path: self.dir.clone(),
             detail,
@@ -68,57 +65,44 @@ impl Index {
         meta.written_by = MILAN_VERSION.to_string();
         let layout = WordLayout::new(CodeLayout::new(meta.bits, meta.substrings)?);
 
-        let db_path = self.db_path.clone();
-        let st = |err: redb::Error| Error::storage(&db_path, err);
-        let txn = db.begin_write().map_err(|e| st(e.into()))?;
+        let mut txn = self.store.write()?;
         let live: Vec<u64> = view.live_ids().collect();
         let mut words = vec![0u64; view.slots() * layout.words];
         let mut changed = 0u64;
-        {
-            let features = txn.open_table(store::FEATURES).map_err(|e| st(e.into()))?;
-            let mut codes = txn.open_table(store::CODES).map_err(|e| st(e.into()))?;
-            for chunk in live.chunks(CHUNK) {
-                let mut matrix = Vec::with_capacity(chunk.len() * dim as usize);
-                for &id in chunk {
-                    let stored = features.get(id).map_err(|e| st(e.into()))?;
-                    let Some(bytes) = stored else {
-                        let missing = live.len() - count_with_features(&features, &live, &st)?;
-                        return Err(mismatch(format!(
-                            "{missing} of {} items have no kept features (item {id} is one); only items added with IngestOptions::keep_features can be re-coded",
-                            live.len()
-                        )));
-                    };
-                    let vector = decode_features(bytes.value(), dim)
-                        .map_err(|err| Error::from_decode(&self.dir, err))?;
-                    matrix.extend_from_slice(&vector);
-                }
-                let matrix = Array2::from_shape_vec((chunk.len(), dim as usize), matrix)
-                    .expect("one row of `dim` values per item");
-                for (&id, code) in chunk.iter().zip(head.codes(matrix.view())?) {
-                    let new_words = code.to_words();
-                    if old_bits != meta.bits || view.code(id) != Some(new_words.as_slice()) {
-                        changed += 1;
+        for chunk in live.chunks(CHUNK) {
+            let mut matrix = Vec::with_capacity(chunk.len() * dim as usize);
+            for &id in chunk {
+                let Some(vector) = crate::store::guard(&self.dir, || txn.features(id, dim))? else {
+                    let mut missing = 0;
+                    for &id in &live {
+                        missing += usize::from(txn.features(id, dim)?.is_none());
                     }
-                    let slot = id as usize * layout.words;
-                    words[slot..slot + layout.words].copy_from_slice(&new_words);
-                    codes
-                        .insert(id, code.as_bytes())
-                        .map_err(|e| st(e.into()))?;
+                    return Err(mismatch(format!(
+                        "{missing} of {} items have no kept features (item {id} is one); only items added with IngestOptions::keep_features can be re-coded",
+                        live.len()
+                    )));
+                };
+                matrix.extend_from_slice(&vector);
+            }
+            let matrix = Array2::from_shape_vec((chunk.len(), dim as usize), matrix)
+                .expect("one row of `dim` values per item");
+            for (&id, code) in chunk.iter().zip(head.codes(matrix.view())?) {
+                let new_words = code.to_words();
+                if old_bits != meta.bits || view.code(id) != Some(new_words.as_slice()) {
+                    changed += 1;
                 }
+                let slot = id as usize * layout.words;
+                words[slot..slot + layout.words].copy_from_slice(&new_words);
             }
         }
-        let deleted: BitVec<u64> = (0..view.slots() as u64)
-            .map(|id| !view.is_live(id))
-            .collect();
-        let rebuilt = View::build(Arc::new(layout), words, deleted);
-        let write = || -> std::result::Result<(), redb::Error> {
-            store::rewrite_buckets(&txn, rebuilt.layout(), &rebuilt)?;
-            let mut table = txn.open_table(store::META)?;
-            table.insert(META_KEY, meta.encode().as_slice())?;
-            table.insert(HEAD_KEY, head.as_bytes())?;
-            Ok(())
-        };
-        write().map_err(st)?;
+        let rebuilt = View::build(Arc::new(layout), words, view.deleted_flags().clone());
+        drop(view);
+        crate::store::guard(&self.dir, || {
+            txn.rewrite_codes(&rebuilt)?;
+            txn.put_tables(&rebuilt)?;
+            txn.put_head(&head)?;
+            txn.put_meta(&meta)
+        })?;
         let report = RehashReport {
             items: live.len() as u64,
             changed,
@@ -126,23 +110,8 @@ impl Index {
             new_bits: meta.bits,
             substrings: meta.substrings,
         };
-        self.commit_and_publish(txn, meta, rebuilt)?;
+        self.commit_and_publish(txn, meta, Next::Replace(rebuilt))?;
         self.head = Some(head);
         Ok(report)
     }
-}
-
-/// How many of `ids` have kept features, for the refusal message.
-fn count_with_features(
-    features: &redb::Table<u64, &[u8]>,
-    ids: &[u64],
-    st: &impl Fn(redb::Error) -> Error,
-) -> Result<usize> {
-    let mut count = 0;
-    for &id in ids {
-        if features.get(id).map_err(|e| st(e.into()))?.is_some() {
-            count += 1;
-        }
-    }
-    Ok(count)
 }

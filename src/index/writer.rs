@@ -5,15 +5,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use milan_index_format::{
-    encode_features, ImportRecord, ItemRecord, MetaRecord, MAX_RECORD_BYTES, META_KEY,
-};
+use milan_index_format::{ImportRecord, ItemRecord, MetaRecord, MAX_RECORD_BYTES};
 
-use super::{Index, WriterLock, MILAN_VERSION};
-use crate::code::{bytes_to_words, Code};
+use super::{Index, Next, WriterLock, MILAN_VERSION};
+use crate::code::{extend_words, Code};
 use crate::error::{Error, Result};
 use crate::mih::{View, MAX_IDS};
-use crate::store::{self, Db};
+use crate::store::{self, StoreWrite};
 
 /// What is stored with a code: key, content hash, label, metadata (all optional).
 pub type Item = ItemRecord;
@@ -43,7 +41,8 @@ pub struct ImportProgress {
 
 struct PendingAdd {
     id: u64,
-    bytes: Vec<u8>,
+    /// Where its code starts in the writer's `codes`.
+    at: usize,
     item: ItemRecord,
     features: Option<Vec<f32>>,
 }
@@ -63,30 +62,27 @@ struct PendingAdd {
 pub struct Writer<'a> {
     index: &'a Index,
     _exclusive: WriterLock<'a>,
-    txn: redb::WriteTransaction,
+    txn: StoreWrite,
     /// The committed snapshot; current for the writer's whole life, since writes are exclusive.
     view: Arc<View>,
     meta: MetaRecord,
     adds: Vec<PendingAdd>,
+    /// The packed codes of the adds, one after another (one buffer, not one per add).
+    codes: Vec<u8>,
     deletes: Vec<u64>,
     deleted: HashSet<u64>,
     /// New items for committed ids, written at commit over the stored ones.
     updates: BTreeMap<u64, ItemRecord>,
     /// Import progress to store at commit, by source.
     imports: BTreeMap<[u8; 32], ImportRecord>,
+    /// Leave the adds in the scanned delta whatever its size (see [`Writer::defer_merge`]).
+    defer_merge: bool,
 }
 
 impl<'a> Writer<'a> {
     /// Starts the transaction; `exclusive` is the index's writer lock, taken by the caller.
     pub(super) fn begin(index: &'a Index, exclusive: WriterLock<'a>) -> Result<Writer<'a>> {
-        let Db::Writable(db) = &index.db else {
-            return Err(Error::ReadOnly {
-                path: index.dir.clone(),
-            });
-        };
-        let txn = db
-            .begin_write()
-            .map_err(|err| Error::storage(&index.db_path, err))?;
+        let txn = index.store.write()?;
         Ok(Writer {
             view: index.snapshot(),
             meta: index.meta(),
@@ -94,10 +90,12 @@ impl<'a> Writer<'a> {
             _exclusive: exclusive,
             txn,
             adds: Vec::new(),
+            codes: Vec::new(),
             deletes: Vec::new(),
             deleted: HashSet::new(),
             updates: BTreeMap::new(),
             imports: BTreeMap::new(),
+            defer_merge: false,
         })
     }
 
@@ -143,9 +141,11 @@ impl<'a> Writer<'a> {
         check_item_size(&item)?;
         let id = self.meta.next_id;
         self.meta.next_id += 1;
+        let at = self.codes.len();
+        self.codes.extend_from_slice(code.as_bytes());
         self.adds.push(PendingAdd {
             id,
-            bytes: code.as_bytes().to_vec(),
+            at,
             item,
             features,
         });
@@ -225,18 +225,33 @@ impl<'a> Writer<'a> {
         self.imports.insert(progress.source, record);
     }
 
+    /// Leaves this commit's adds in the scanned delta, however many there are, instead of
+    /// filing them in new hash tables when the delta passes its limit (which costs a pass over
+    /// every stored code). For bulk loads of many commits: searches scan the delta until
+    /// [`Index::optimize`] (or a later commit without this) builds the tables once, so the load
+    /// costs time in proportion to what it adds, not to what is stored times the commits.
+    pub fn defer_merge(&mut self) {
+        self.defer_merge = true;
+    }
+
     /// Makes every add, delete and item update durable and visible to new readers, atomically.
+    ///
+    /// Adds wait in a delta that searches scan; when it passes its limit (a thirty-second of the
+    /// codes in the hash tables, from 4,096 to 65,536 codes) the commit files every code in new
+    /// tables, unless [`Writer::defer_merge`] was called.
     pub fn commit(self) -> Result<()> {
         let Writer {
             index,
             _exclusive,
-            txn,
+            mut txn,
             view,
             mut meta,
             adds,
+            codes,
             deletes,
             updates,
             imports,
+            defer_merge,
             ..
         } = self;
         for (source, record) in &imports {
@@ -265,108 +280,53 @@ impl<'a> Writer<'a> {
                 });
             }
         }
-        let path = &index.db_path;
-        let st = |err: redb::Error| Error::storage(path, err);
-        let layout = view.layout().clone();
-        let mut added_words = Vec::with_capacity(adds.len());
-        {
-            let mut items = txn.open_table(store::ITEMS).map_err(|e| st(e.into()))?;
-            let mut codes = txn.open_table(store::CODES).map_err(|e| st(e.into()))?;
-            let mut buckets = txn.open_table(store::BUCKETS).map_err(|e| st(e.into()))?;
-            let mut hashes = txn
-                .open_multimap_table(store::CONTENT_HASHES)
-                .map_err(|e| st(e.into()))?;
-            let mut features = txn.open_table(store::FEATURES).map_err(|e| st(e.into()))?;
-            let mut entries = Vec::with_capacity(adds.len() * layout.substrings.len());
+        // A damaged file can make the storage engine panic where the open did not look: the
+        // commit then fails as damage, and the transaction is rolled back.
+        let next = store::guard(&index.dir, || -> Result<Next> {
+            let layout = view.layout().clone();
+            let code_bytes = layout.code.bytes();
+            let ids: Vec<u64> = adds.iter().map(|add| add.id).collect();
+            let mut bytes = Vec::with_capacity(adds.len() * code_bytes);
+            let mut words = Vec::with_capacity(adds.len() * layout.words);
             for add in &adds {
-                items
-                    .insert(add.id, add.item.encode().as_slice())
-                    .map_err(|e| st(e.into()))?;
-                codes
-                    .insert(add.id, add.bytes.as_slice())
-                    .map_err(|e| st(e.into()))?;
-                if let Some(hash) = &add.item.content_hash {
-                    hashes.insert(hash, add.id).map_err(|e| st(e.into()))?;
-                }
+                let code = &codes[add.at..add.at + code_bytes];
+                bytes.extend_from_slice(code);
+                extend_words(&mut words, code);
+                txn.add_item(add.id, &add.item)?;
                 if let Some(vector) = &add.features {
-                    features
-                        .insert(add.id, encode_features(vector).as_slice())
-                        .map_err(|e| st(e.into()))?;
+                    txn.put_features(add.id, vector)?;
                 }
-                let words = bytes_to_words(&add.bytes);
-                for (j, sub) in layout.substrings.iter().enumerate() {
-                    entries.push((j as u16, sub.value(&words), add.id));
-                }
-                added_words.push((add.id, words));
             }
-            store::add_bucket_chunks(&mut buckets, &mut entries).map_err(|e| st(e.into()))?;
+            txn.add_codes(code_bytes, &ids, &bytes)?;
+            txn.delete_codes(code_bytes, &deletes)?;
             for &id in &deletes {
-                let words = view.code(id).expect("deletes are live ids");
-                for (j, sub) in layout.substrings.iter().enumerate() {
-                    let removed =
-                        store::remove_from_bucket(&mut buckets, j as u16, sub.value(words), id)
-                            .map_err(|e| st(e.into()))?;
-                    if !removed {
-                        return Err(Error::Corrupted {
-                            path: index.dir.clone(),
-                            detail: format!("id {id} is missing from its bucket in hash table {j}"),
-                        });
-                    }
-                }
-                let hash = match items.remove(id).map_err(|e| st(e.into()))? {
-                    Some(record) => ItemRecord::decode(record.value())
-                        .ok()
-                        .and_then(|item| item.content_hash),
-                    None => None,
-                };
-                if let Some(hash) = hash {
-                    hashes.remove(&hash, id).map_err(|e| st(e.into()))?;
-                }
-                codes.remove(id).map_err(|e| st(e.into()))?;
-                features.remove(id).map_err(|e| st(e.into()))?;
+                txn.remove_item(id)?;
+                txn.remove_features(id)?;
             }
             for (&id, item) in &updates {
-                // The hash lookup holds (hash, id) for every item with a hash: swap the old one.
-                let old_hash = match items
-                    .insert(id, item.encode().as_slice())
-                    .map_err(|e| st(e.into()))?
-                {
-                    Some(record) => ItemRecord::decode(record.value())
-                        .ok()
-                        .and_then(|old| old.content_hash),
-                    None => {
-                        return Err(Error::Corrupted {
-                            path: index.dir.clone(),
-                            detail: format!("live id {id} has no item record"),
-                        })
-                    }
-                };
-                if old_hash != item.content_hash {
-                    if let Some(hash) = &old_hash {
-                        hashes.remove(hash, id).map_err(|e| st(e.into()))?;
-                    }
-                    if let Some(hash) = &item.content_hash {
-                        hashes.insert(hash, id).map_err(|e| st(e.into()))?;
-                    }
-                }
+                txn.replace_item(id, item)?;
             }
-            if !imports.is_empty() {
-                // Created here on first use: an index without import progress has no table.
-                let mut table = txn.open_table(store::IMPORTS).map_err(|e| st(e.into()))?;
-                for (source, record) in &imports {
-                    table
-                        .insert(source, record.encode().as_slice())
-                        .map_err(|e| st(e.into()))?;
-                }
+            for (source, record) in &imports {
+                txn.put_import(source, record)?;
             }
             meta.live_count = view.live() + adds.len() as u64 - deletes.len() as u64;
             meta.written_by = MILAN_VERSION.to_string();
-            txn.open_table(store::META)
-                .map_err(|e| st(e.into()))?
-                .insert(META_KEY, meta.encode().as_slice())
-                .map_err(|e| st(e.into()))?;
-        }
-        let next = view.apply(&added_words, &deletes);
+            txn.put_meta(&meta)?;
+            let next = if !defer_merge && view.needs_merge(ids.len()) {
+                let merged = view.merged(&ids, &words, &deletes);
+                txn.put_tables(&merged)?;
+                Next::Replace(merged)
+            } else {
+                Next::Append {
+                    ids,
+                    words,
+                    deletes,
+                }
+            };
+            Ok(next)
+        })?;
+        // Released before the publish, so that the snapshot can grow in place.
+        drop(view);
         index.commit_and_publish(txn, meta, next)
     }
 

@@ -66,7 +66,7 @@ impl BitField {
 /// Bits of a filter: stored in each bucket entry, they bound the entry's distance from below
 /// without reading its code. 24 bits, where 16 let through about four times as many entries to a
 /// code read at radius 2 on clustered codes.
-pub(crate) const FILTER_BITS: u32 = 24;
+pub(crate) const FILTER_BITS: u32 = milan_index_format::FILTER_BITS;
 
 /// A [`CodeLayout`] resolved to word positions and masks.
 #[derive(Debug, Clone)]
@@ -87,16 +87,11 @@ impl WordLayout {
         let substrings = (0..code.substrings())
             .map(|j| BitField::new(code.substring_start(j), code.substring_width(j)))
             .collect();
+        // Stored with each entry on disk: the format's own definition.
         let filters = (0..code.substrings())
             .map(|j| {
-                let (start, width) = (code.substring_start(j), code.substring_width(j));
-                // Whichever side of the substring has more room, up to FILTER_BITS.
-                let (after, before) = (bits - start - width, start);
-                if after >= before.min(FILTER_BITS) {
-                    BitField::new(start + width, after.min(FILTER_BITS))
-                } else {
-                    BitField::new(start - before.min(FILTER_BITS), before.min(FILTER_BITS))
-                }
+                let (start, width) = code.filter_range(j);
+                BitField::new(start, width)
             })
             .collect();
         WordLayout {

@@ -92,6 +92,44 @@ impl View {
         }
     }
 
+    /// A snapshot read from storage: the codes of every slot (`words`), the hash tables over the
+    /// first `base_slots` of them with the neighbour sample they were built with, and the rest
+    /// as the scanned delta. A delta past its limit (a bulk import stopped before its tables were
+    /// built) is filed in new tables here instead.
+    pub(crate) fn from_stored(
+        layout: Arc<WordLayout>,
+        words: Vec<u64>,
+        deleted: BitVec<u64>,
+        base_slots: usize,
+        tables: Vec<Table>,
+        sample: Vec<Vec<u32>>,
+    ) -> View {
+        let w = layout.words;
+        let slots = words.len() / w;
+        debug_assert!(base_slots <= slots && deleted.len() == slots);
+        if slots - base_slots > rebuild_threshold(base_slots)
+            || tables.len() != layout.substrings.len()
+        {
+            return View::build(layout, words, deleted);
+        }
+        let live = (slots - deleted.count_ones()) as u64;
+        let mut base_words = words;
+        let delta = base_words.split_off(base_slots * w);
+        let sample = NeighbourSample::from_rows(sample, layout.bits());
+        View {
+            layout,
+            base: Arc::new(Base {
+                words: base_words,
+                slots: base_slots,
+                tables,
+                sample,
+            }),
+            delta: Arc::new(delta),
+            deleted: Arc::new(deleted),
+            live,
+        }
+    }
+
     /// A snapshot whose hash tables are computed from the codes.
     pub(crate) fn build(layout: Arc<WordLayout>, words: Vec<u64>, deleted: BitVec<u64>) -> View {
         let slots = words.len() / layout.words;
@@ -160,47 +198,130 @@ impl View {
             + self.deleted.as_raw_slice().len() * 8
     }
 
-    /// The snapshot after a commit: `adds` (ids increasing, all at or above `slots()`) stored and
-    /// `deletes` (live ids) removed.
-    pub(crate) fn apply(&self, adds: &[(u64, Vec<u64>)], deletes: &[u64]) -> View {
-        let w = self.layout.words;
-        let mut deleted = (*self.deleted).clone();
-        let mut delta = (*self.delta).clone();
-        for (id, words) in adds {
-            let slot = *id as usize;
-            while self.base.slots + delta.len() / w < slot {
+    /// Whether a commit of `adds` more slots would pass the delta's limit, so that the tables
+    /// must be rebuilt ([`View::merged`]) rather than the delta grown ([`View::appended`]).
+    pub(crate) fn needs_merge(&self, adds: usize) -> bool {
+        self.delta.len() / self.layout.words + adds > rebuild_threshold(self.base.slots)
+    }
+
+    /// Slots filed in the hash tables; later slots are the scanned delta.
+    pub(crate) fn base_slots(&self) -> usize {
+        self.base.slots
+    }
+
+    /// The hash tables, one per substring, over the first [`View::base_slots`] slots.
+    pub(crate) fn tables(&self) -> &[Table] {
+        &self.base.tables
+    }
+
+    /// The neighbour sample taken when the tables were built.
+    pub(crate) fn sample_rows(&self) -> &[Vec<u32>] {
+        self.base.sample.rows()
+    }
+
+    /// A snapshot of no codes, held for a moment while the current one is taken apart.
+    pub(crate) fn placeholder(layout: Arc<WordLayout>) -> View {
+        View::build(layout, Vec::new(), BitVec::new())
+    }
+
+    /// The snapshot after a commit that keeps the tables: `adds` (ids increasing, all at or
+    /// above `slots()`, with their codes' words one after another in `words`) join the delta
+    /// and `deletes` (live ids) are flagged. Taking the snapshot by `Arc` lets the commit grow the
+    /// delta in place when nothing else holds it, so that a bulk import's many commits cost what
+    /// they add, not what is stored.
+    pub(crate) fn appended(self: Arc<View>, adds: &[u64], words: &[u64], deletes: &[u64]) -> View {
+        let view = Arc::try_unwrap(self).unwrap_or_else(|shared| View {
+            layout: shared.layout.clone(),
+            base: shared.base.clone(),
+            delta: shared.delta.clone(),
+            deleted: shared.deleted.clone(),
+            live: shared.live,
+        });
+        let View {
+            layout,
+            base,
+            mut delta,
+            mut deleted,
+            live,
+        } = view;
+        let w = layout.words;
+        {
+            let delta = Arc::make_mut(&mut delta);
+            let deleted = Arc::make_mut(&mut deleted);
+            for (&id, code) in adds.iter().zip(words.chunks_exact(w)) {
+                let slot = id as usize;
                 // An id handed out and deleted in the same transaction never reaches storage.
-                delta.extend(std::iter::repeat_n(0, w));
-                deleted.push(true);
+                let gap = slot - (base.slots + delta.len() / w);
+                delta.extend(std::iter::repeat_n(0, gap * w));
+                deleted.extend(std::iter::repeat_n(true, gap));
+                delta.extend_from_slice(code);
+                deleted.push(false);
             }
-            delta.extend_from_slice(words);
+            for &id in deletes {
+                deleted.set(id as usize, true);
+            }
+        }
+        View {
+            layout,
+            base,
+            delta,
+            deleted,
+            live: live + adds.len() as u64 - deletes.len() as u64,
+        }
+    }
+
+    /// The snapshot after a commit, with every live code filed in new hash tables (the same
+    /// arguments as [`View::appended`]).
+    pub(crate) fn merged(&self, adds: &[u64], words: &[u64], deletes: &[u64]) -> View {
+        let w = self.layout.words;
+        let slots = adds.last().map_or(self.slots(), |&id| id as usize + 1);
+        let mut all = Vec::with_capacity(slots * w);
+        all.extend_from_slice(&self.base.words);
+        all.extend_from_slice(&self.delta);
+        let mut deleted = (*self.deleted).clone();
+        for (&id, code) in adds.iter().zip(words.chunks_exact(w)) {
+            let gap = id as usize - all.len() / w;
+            all.extend(std::iter::repeat_n(0, gap * w));
+            deleted.extend(std::iter::repeat_n(true, gap));
+            all.extend_from_slice(code);
             deleted.push(false);
         }
         for &id in deletes {
             deleted.set(id as usize, true);
         }
-        let live = self.live + adds.len() as u64 - deletes.len() as u64;
-        let delta_slots = delta.len() / w;
-        if delta_slots > rebuild_threshold(self.base.slots) {
-            let mut words = Vec::with_capacity(self.base.words.len() + delta.len());
-            words.extend_from_slice(&self.base.words);
-            words.extend_from_slice(&delta);
-            let base = Base::build(&self.layout, words, &deleted);
-            return View {
-                layout: self.layout.clone(),
-                base: Arc::new(base),
-                delta: Arc::new(Vec::new()),
-                deleted: Arc::new(deleted),
-                live,
-            };
+        View::build(self.layout.clone(), all, deleted)
+    }
+
+    /// The snapshot after a commit of `adds` (`(id, words)`) and `deletes`, merged or appended
+    /// as a commit would.
+    #[cfg(test)]
+    pub(crate) fn apply(&self, adds: &[(u64, Vec<u64>)], deletes: &[u64]) -> View {
+        let ids: Vec<u64> = adds.iter().map(|(id, _)| *id).collect();
+        let words: Vec<u64> = adds.iter().flat_map(|(_, words)| words.clone()).collect();
+        if self.needs_merge(ids.len()) {
+            return self.merged(&ids, &words, deletes);
         }
-        View {
+        let shared = Arc::new(View {
             layout: self.layout.clone(),
             base: self.base.clone(),
-            delta: Arc::new(delta),
-            deleted: Arc::new(deleted),
-            live,
-        }
+            delta: self.delta.clone(),
+            deleted: self.deleted.clone(),
+            live: self.live,
+        });
+        shared.appended(&ids, &words, deletes)
+    }
+
+    /// Every slot's words, deleted ones included (as stale or zero words).
+    pub(crate) fn all_words(&self) -> Vec<u64> {
+        let mut all = Vec::with_capacity(self.base.words.len() + self.delta.len());
+        all.extend_from_slice(&self.base.words);
+        all.extend_from_slice(&self.delta);
+        all
+    }
+
+    /// One flag per slot, set where the id is deleted or was never stored.
+    pub(crate) fn deleted_flags(&self) -> &BitVec<u64> {
+        &self.deleted
     }
 }
 
@@ -234,6 +355,6 @@ fn build_tables(
 /// How many codes may wait in the scanned delta before the hash tables are rebuilt: a fixed floor
 /// for small indexes, a fraction of the base (amortising the rebuild) capped so that scanning the
 /// delta stays cheap.
-fn rebuild_threshold(base_slots: usize) -> usize {
+pub(crate) fn rebuild_threshold(base_slots: usize) -> usize {
     (base_slots / 32).clamp(4096, 65536)
 }

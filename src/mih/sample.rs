@@ -53,6 +53,21 @@ impl NeighbourSample {
         NeighbourSample { within }
     }
 
+    /// The counts as stored with the hash tables: per sample, codes within each distance.
+    pub(crate) fn rows(&self) -> &[Vec<u32>] {
+        &self.within
+    }
+
+    /// A sample read back from storage; rows of another length than `bits + 1` are dropped
+    /// (the sample only guides planning, so a damaged one costs time, never answers).
+    pub(crate) fn from_rows(rows: Vec<Vec<u32>>, bits: u32) -> Self {
+        let within = rows
+            .into_iter()
+            .filter(|row| row.len() == bits as usize + 1)
+            .collect();
+        NeighbourSample { within }
+    }
+
     /// The median over the samples of the distance within which `k` other codes lie; `None` with
     /// no samples or fewer than `k` other codes.
     pub(crate) fn kth_distance(&self, k: usize) -> Option<u32> {

@@ -35,6 +35,7 @@ pub(crate) type Entry = (u32, u32, u32);
 /// A bucket entry: a little-endian `u32` id, then the low 24 bits of its filter. Seven bytes, not
 /// eight: the memory budget of an entry (one per code per table) is tight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
 pub(crate) struct BucketEntry([u8; 7]);
 
 impl BucketEntry {
@@ -67,6 +68,31 @@ enum Lookup {
     Sparse { keys: Vec<u32>, offsets: Vec<u32> },
 }
 
+/// A table's arrays as stored (format version 3): the lookup and the entries.
+pub(crate) struct StoredTable<'a> {
+    pub(crate) dense: bool,
+    /// The occupied values of a sparse table (empty when dense).
+    pub(crate) keys: &'a [u32],
+    pub(crate) offsets: &'a [u32],
+    pub(crate) entries: &'a [BucketEntry],
+}
+
+/// The bytes of `entries`, seven per entry, as stored.
+pub(crate) fn entry_bytes(entries: &[BucketEntry]) -> &[u8] {
+    // SAFETY: BucketEntry is a transparent wrapper of [u8; 7], so a slice of n entries is 7n
+    // initialised bytes with alignment 1.
+    unsafe { std::slice::from_raw_parts(entries.as_ptr().cast::<u8>(), entries.len() * 7) }
+}
+
+/// Appends the entries encoded in `bytes` (a multiple of seven) to `entries`.
+pub(crate) fn extend_entries(entries: &mut Vec<BucketEntry>, bytes: &[u8]) {
+    entries.extend(
+        bytes
+            .chunks_exact(7)
+            .map(|chunk| BucketEntry(chunk.try_into().expect("seven bytes"))),
+    );
+}
+
 /// A hint to load the cache line holding `address`; never faults, does nothing elsewhere than on
 /// x86-64.
 #[inline(always)]
@@ -82,7 +108,7 @@ pub(crate) fn prefetch(address: *const u8) {
 }
 
 /// Whether a table of `width`-bit substrings over `slots` ids is directly addressed.
-fn is_dense(width: u32, slots: usize) -> bool {
+pub(crate) fn is_dense(width: u32, slots: usize) -> bool {
     (1u64 << width) <= (slots as u64 * 2).max(1 << 16)
 }
 
@@ -107,6 +133,86 @@ impl Table {
             entries,
             largest_bucket,
             long_buckets,
+        }
+    }
+
+    /// A table read from storage, after checking that its arrays are consistent and that every
+    /// entry names a slot below `slots`: a damaged table can then give wrong answers (which the
+    /// full check reports) but never index out of bounds. The dense form is allowed only where a
+    /// build would choose it, so a damaged record cannot make the reader allocate a huge offsets
+    /// array.
+    pub(crate) fn from_stored(
+        width: u32,
+        slots: usize,
+        dense: bool,
+        keys: Vec<u32>,
+        offsets: Vec<u32>,
+        entries: Vec<BucketEntry>,
+    ) -> Result<Table, String> {
+        if dense != is_dense(width, slots) {
+            return Err(format!(
+                "a {}-bit table over {slots} ids is stored {}",
+                width,
+                if dense { "dense" } else { "sparse" }
+            ));
+        }
+        let expected_offsets = if dense {
+            (1usize << width) + 1
+        } else {
+            keys.len() + 1
+        };
+        if offsets.len() != expected_offsets {
+            return Err(format!(
+                "{} offsets where {expected_offsets} are due",
+                offsets.len()
+            ));
+        }
+        if offsets[0] != 0 || offsets[offsets.len() - 1] as usize != entries.len() {
+            return Err(format!(
+                "offsets run from {} to {}, not from 0 to the {} entries",
+                offsets[0],
+                offsets[offsets.len() - 1],
+                entries.len()
+            ));
+        }
+        if offsets.windows(2).any(|w| w[0] > w[1]) {
+            return Err("offsets decrease".into());
+        }
+        if keys.windows(2).any(|w| w[0] >= w[1])
+            || keys.last().is_some_and(|&k| width < 32 && k >> width > 0)
+        {
+            return Err("keys are not increasing values of the substring's width".into());
+        }
+        // One pass, vectorised: the largest id decides.
+        let largest = entries.iter().map(BucketEntry::id).max().unwrap_or(0);
+        if !entries.is_empty() && largest as usize >= slots {
+            return Err(format!(
+                "an entry names id {largest}, past the {slots} ids the table covers"
+            ));
+        }
+        let lookup = if dense {
+            Lookup::Dense(offsets)
+        } else {
+            Lookup::Sparse { keys, offsets }
+        };
+        Ok(Table::assemble(lookup, entries))
+    }
+
+    /// The arrays to store.
+    pub(crate) fn stored(&self) -> StoredTable<'_> {
+        match &self.lookup {
+            Lookup::Dense(offsets) => StoredTable {
+                dense: true,
+                keys: &[],
+                offsets,
+                entries: &self.entries,
+            },
+            Lookup::Sparse { keys, offsets } => StoredTable {
+                dense: false,
+                keys,
+                offsets,
+                entries: &self.entries,
+            },
         }
     }
 

@@ -1,18 +1,27 @@
 //! The full invariant check behind [`Index::verify`](crate::Index::verify) and `milan index check`.
 //!
-//! Unlike an open, which stops at the first problem, the check reads everything and lists every
-//! problem it finds (up to [`MAX_LISTED`], then a count).
+//! Unlike an open, which reads only what keeps the search in bounds and stops at the first
+//! problem, the check reads everything and lists every problem it finds (up to [`MAX_LISTED`],
+//! then a count): each stored code in its bucket of every hash table with the right filter,
+//! nothing filed twice, items, kept features, content hashes and import progress consistent with
+//! the stored codes.
 
 use std::collections::HashSet;
-use std::path::Path;
 
+use bitvec::vec::BitVec;
 use milan_index_format::{
-    check_code_bytes, decode_bucket_ids, decode_features, BucketKey, ImportRecord, ItemRecord,
+    block_ids, decode_features, parts_of, CodeBlock, CodeLayout, ImportRecord, ItemRecord,
+    MetaRecord, PartKind, ENTRY_BYTES,
 };
-use redb::{ReadTransaction, ReadableMultimapTable, ReadableTable};
+use redb::{ReadableMultimapTable, ReadableTable};
 
-use super::{open_optional, read_meta, BUCKETS, CODES, CONTENT_HASHES, FEATURES, IMPORTS, ITEMS};
-use crate::error::{Error, Result};
+use super::tables::{read_array, read_u32s};
+use super::{
+    open_optional, StoreError, StoreRead, CODE_BLOCKS, CONTENT_HASHES, FEATURES, HASH_TABLES,
+    IMPORTS, ITEMS,
+};
+use crate::error::Result;
+use crate::mih::table::{extend_entries, is_dense, BucketEntry};
 
 /// Most problems listed one by one.
 pub const MAX_LISTED: usize = 100;
@@ -27,7 +36,7 @@ pub struct CheckReport {
     pub unlisted: usize,
     /// Live codes.
     pub codes: u64,
-    /// Bucket chunks read.
+    /// Stored values of the hash tables read (table parts; bucket chunks in versions 1 and 2).
     pub chunks: u64,
     /// Whether redb's own structural check passed (`None` when not run: read-only open).
     pub storage_ok: Option<bool>,
@@ -39,7 +48,7 @@ impl CheckReport {
         self.problems.is_empty() && self.storage_ok != Some(false)
     }
 
-    fn problem(&mut self, text: String) {
+    pub(super) fn problem(&mut self, text: String) {
         if self.problems.len() < MAX_LISTED {
             self.problems.push(text);
         } else {
@@ -48,44 +57,119 @@ impl CheckReport {
     }
 }
 
-pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
-    let meta = read_meta(dir, txn)?;
-    let layout = meta.layout();
-    let storage = |err: redb::Error| Error::storage(dir, err);
-    let mut report = CheckReport::default();
+/// Every stored code, as packed bytes per slot, and which slots hold one (the blocks' bitmaps
+/// one after another: blocks hold a multiple of 8 ids).
+struct Codes {
+    bytes: Vec<u8>,
+    live: Vec<u8>,
+    code_bytes: usize,
+}
 
-    let mut codes: Vec<(u64, Vec<u8>)> = Vec::new();
-    let table = txn.open_table(CODES).map_err(|e| storage(e.into()))?;
-    for entry in table.iter().map_err(|e| storage(e.into()))? {
-        let (id, bytes) = entry.map_err(|e| storage(e.into()))?;
-        let (id, bytes) = (id.value(), bytes.value());
-        if id >= meta.next_id {
+impl Codes {
+    fn slots(&self) -> usize {
+        self.bytes.len() / self.code_bytes
+    }
+
+    fn is_live(&self, id: u64) -> bool {
+        (id as usize) < self.slots() && self.live[id as usize / 8] >> (id % 8) & 1 == 1
+    }
+
+    /// Pads with empty slots to `slots` (a multiple of 8).
+    fn pad_to(&mut self, slots: usize) {
+        self.bytes.resize(slots * self.code_bytes, 0);
+        self.live.resize(slots / 8, 0);
+    }
+
+    fn code(&self, id: u64) -> &[u8] {
+        let at = id as usize * self.code_bytes;
+        &self.bytes[at..at + self.code_bytes]
+    }
+}
+
+pub(crate) fn check(read: &StoreRead, meta: &MetaRecord) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let codes = read_codes(read, meta, &mut report)?;
+    check_records(read, meta, &codes, &mut report)?;
+    check_tables(read, meta, &codes, &mut report)?;
+    Ok(report)
+}
+
+/// Reads every code block, listing each one out of sequence or malformed (its slots then count
+/// as empty).
+fn read_codes(read: &StoreRead, meta: &MetaRecord, report: &mut CheckReport) -> Result<Codes> {
+    let code_bytes = meta.layout().bytes();
+    let mut codes = Codes {
+        bytes: Vec::new(),
+        live: Vec::new(),
+        code_bytes,
+    };
+    let per_block = block_ids(code_bytes);
+    let table = read
+        .txn
+        .open_table(CODE_BLOCKS)
+        .map_err(|err| read.st(err))?;
+    for (expected, entry) in (0u64..).zip(table.iter().map_err(|err| read.st(err))?) {
+        let (key, value) = entry.map_err(|err| read.st(err))?;
+        let key = key.value();
+        // Slots are allocated only for blocks in sequence: a block far out of it cannot make
+        // the check allocate what the file does not hold.
+        if key != expected {
             report.problem(format!(
-                "code {id} is at or past the next id {}",
-                meta.next_id
+                "code block {key} follows block {}: block {expected} is missing, and no later block is read",
+                expected as i64 - 1
             ));
+            break;
         }
-        match check_code_bytes(&layout, bytes) {
-            Ok(()) => codes.push((id, bytes.to_vec())),
-            Err(err) => report.problem(format!("code {id}: {err}")),
+        if codes.slots() != expected as usize * per_block {
+            report.problem(format!(
+                "code block {} holds {} slots but is not the last block",
+                expected - 1,
+                codes.slots() % per_block
+            ));
+            codes.pad_to(expected as usize * per_block);
+        }
+        match CodeBlock::decode(value.value(), code_bytes) {
+            Ok(block) => {
+                codes.bytes.extend_from_slice(block.codes());
+                codes.live.extend_from_slice(block.live_bitmap());
+            }
+            Err(err) => report.problem(format!("code block {key}: {err}")),
         }
     }
-    report.codes = codes.len() as u64;
+    if codes.slots() as u64 > meta.next_id {
+        report.problem(format!(
+            "code ids run to {}, at or past the next id {}",
+            codes.slots() - 1,
+            meta.next_id
+        ));
+    }
+    report.codes = codes
+        .live
+        .iter()
+        .map(|byte| u64::from(byte.count_ones()))
+        .sum();
     if report.codes != meta.live_count {
         report.problem(format!(
             "{} codes stored but the meta record counts {}",
             report.codes, meta.live_count
         ));
     }
-    let code_ids: HashSet<u64> = codes.iter().map(|(id, _)| *id).collect();
+    Ok(codes)
+}
 
+/// Items, kept features, import progress and content hashes against the stored codes.
+fn check_records(
+    read: &StoreRead,
+    meta: &MetaRecord,
+    codes: &Codes,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let st = |err: redb::Error| read.st(err);
     let mut hashed_items: HashSet<([u8; 32], u64)> = HashSet::new();
-    let mut item_ids = HashSet::new();
-    let table = txn.open_table(ITEMS).map_err(|e| storage(e.into()))?;
-    for entry in table.iter().map_err(|e| storage(e.into()))? {
-        let (id, bytes) = entry.map_err(|e| storage(e.into()))?;
+    let table = read.txn.open_table(ITEMS).map_err(|e| st(e.into()))?;
+    for entry in table.iter().map_err(|e| st(e.into()))? {
+        let (id, bytes) = entry.map_err(|e| st(e.into()))?;
         let id = id.value();
-        item_ids.insert(id);
         match ItemRecord::decode(bytes.value()) {
             Ok(item) => {
                 if let Some(hash) = item.content_hash {
@@ -94,77 +178,65 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
             }
             Err(err) => report.problem(format!("item {id}: {err}")),
         }
-        if !code_ids.contains(&id) {
+        if !codes.is_live(id) {
             report.problem(format!("item {id} has no code"));
         }
     }
-    for id in code_ids.difference(&item_ids) {
-        report.problem(format!("code {id} has no item record"));
-    }
 
     // Kept features: only for live codes, each of the bound extractor's dimension.
-    let (model, _) = super::read_binding(dir, txn)?;
-    // Absent from files that never kept features: nothing to check.
-    let features = open_optional(txn, FEATURES).map_err(|e| storage(e.into()))?;
-    let entries = features
-        .as_ref()
-        .map(|table| table.iter())
-        .transpose()
-        .map_err(|e| storage(e.into()))?;
-    for entry in entries.into_iter().flatten() {
-        let (id, bytes) = entry.map_err(|e| storage(e.into()))?;
-        let id = id.value();
-        if !code_ids.contains(&id) {
-            report.problem(format!("features kept for id {id}, which has no code"));
-        }
-        match &model {
-            Some(model) => {
-                if let Err(err) = decode_features(bytes.value(), model.dim) {
-                    report.problem(format!("features of id {id}: {err}"));
-                }
+    let (model, _) = read.binding()?;
+    let features = open_optional(&read.txn, FEATURES).map_err(|e| st(e.into()))?;
+    if let Some(features) = &features {
+        for entry in features.iter().map_err(|e| st(e.into()))? {
+            let (id, bytes) = entry.map_err(|e| st(e.into()))?;
+            let id = id.value();
+            if !codes.is_live(id) {
+                report.problem(format!("features kept for id {id}, which has no code"));
             }
-            None => report.problem(format!(
-                "features kept for id {id} in an index bound to no extractor"
-            )),
+            match &model {
+                Some(model) => {
+                    if let Err(err) = decode_features(bytes.value(), model.dim) {
+                        report.problem(format!("features of id {id}: {err}"));
+                    }
+                }
+                None => report.problem(format!(
+                    "features kept for id {id} in an index bound to no extractor"
+                )),
+            }
         }
     }
 
-    // Import progress (format version 2): every record decodes (which checks committed <= rows),
-    // and an import cannot have given out ids the index never handed out.
-    // Absent until an import records progress, and from every version-1 file.
-    let imports = open_optional(txn, IMPORTS).map_err(|e| storage(e.into()))?;
-    let entries = imports
-        .as_ref()
-        .map(|table| table.iter())
-        .transpose()
-        .map_err(|e| storage(e.into()))?;
-    for entry in entries.into_iter().flatten() {
-        let (source, bytes) = entry.map_err(|e| storage(e.into()))?;
-        let name = crate::index::hex(source.value());
-        match ImportRecord::decode(bytes.value()) {
-            Ok(record) => {
-                if let Some(first) = record.first_id {
-                    if first >= meta.next_id {
+    // Import progress: every record decodes (which checks committed <= rows), and an import
+    // cannot have given out ids the index never handed out.
+    let imports = open_optional(&read.txn, IMPORTS).map_err(|e| st(e.into()))?;
+    if let Some(imports) = &imports {
+        for entry in imports.iter().map_err(|e| st(e.into()))? {
+            let (source, bytes) = entry.map_err(|e| st(e.into()))?;
+            let name = crate::index::hex(source.value());
+            match ImportRecord::decode(bytes.value()) {
+                Ok(record) => {
+                    if let Some(first) = record.first_id.filter(|&first| first >= meta.next_id) {
                         report.problem(format!(
                             "import {name}: first id {first} is at or past the next id {}",
                             meta.next_id
                         ));
                     }
                 }
+                Err(err) => report.problem(format!("import {name}: {err}")),
             }
-            Err(err) => report.problem(format!("import {name}: {err}")),
         }
     }
 
-    let hashes = txn
+    let hashes = read
+        .txn
         .open_multimap_table(CONTENT_HASHES)
-        .map_err(|e| storage(e.into()))?;
+        .map_err(|e| st(e.into()))?;
     let mut hash_entries = HashSet::new();
-    for entry in hashes.iter().map_err(|e| storage(e.into()))? {
-        let (hash, ids) = entry.map_err(|e| storage(e.into()))?;
+    for entry in hashes.iter().map_err(|e| st(e.into()))? {
+        let (hash, ids) = entry.map_err(|e| st(e.into()))?;
         let hash = *hash.value();
         for id in ids {
-            let id = id.map_err(|e| storage(e.into()))?.value();
+            let id = id.map_err(|e| st(e.into()))?.value();
             if !hashed_items.contains(&(hash, id)) {
                 report.problem(format!(
                     "content hash entry for id {id} matches no item with that hash"
@@ -178,92 +250,169 @@ pub(crate) fn check(dir: &Path, txn: &ReadTransaction) -> Result<CheckReport> {
             "item {id} has a content hash missing from the hash table"
         ));
     }
+    Ok(())
+}
 
-    // Each live code must appear exactly once in each of its m buckets, and nothing else may.
-    let m = layout.substrings();
-    let mut expected: Vec<(u32, u64, u32)> = codes
-        .iter()
-        .flat_map(|(id, bytes)| (0..m).map(move |j| (j, *id, layout.substring_value(bytes, j))))
-        .collect();
-    expected.sort_unstable();
-    let mut actual: Vec<(u32, u64, u32)> = Vec::with_capacity(expected.len());
-    let table = txn.open_table(BUCKETS).map_err(|e| storage(e.into()))?;
-    let mut previous: Option<(BucketKey, u64)> = None;
-    for entry in table.iter().map_err(|e| storage(e.into()))? {
-        let (key, value) = entry.map_err(|e| storage(e.into()))?;
-        report.chunks += 1;
-        let key = BucketKey::decode(key.value());
-        let name = format!(
-            "bucket chunk {}:{}@{}",
-            key.substring, key.value, key.first_id
-        );
-        if u32::from(key.substring) >= m {
-            report.problem(format!("{name}: substring out of range ({m} substrings)"));
-            continue;
-        }
-        if u64::from(key.value) >= 1u64 << layout.substring_width(u32::from(key.substring)) {
-            report.problem(format!("{name}: value wider than its substring"));
-        }
-        let ids = match decode_bucket_ids(value.value()) {
-            Ok(ids) => ids,
-            Err(err) => {
-                report.problem(format!("{name}: {err}"));
-                continue;
-            }
-        };
-        if ids[0] < key.first_id {
-            report.problem(format!("{name}: holds id {} below its first id", ids[0]));
-        }
-        if let Some((prev, prev_last)) = previous {
-            if (prev.substring, prev.value) == (key.substring, key.value)
-                && prev_last >= key.first_id
-            {
-                report.problem(format!("{name}: overlaps the previous chunk of its bucket"));
-            }
-        }
-        previous = Some((key, *ids.last().expect("non-empty")));
-        actual.extend(
-            ids.iter()
-                .map(|&id| (u32::from(key.substring), id, key.value)),
-        );
+/// Each live code below the tables' coverage exactly once in each table, in the bucket of its
+/// substring value and with its filter; entries of deleted ids may stay until the next build,
+/// but nothing is filed twice and nothing names an id that was never stored.
+fn check_tables(
+    read: &StoreRead,
+    meta: &MetaRecord,
+    codes: &Codes,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let layout = meta.layout();
+    let Some(record) = read.tables_record()? else {
+        return Ok(());
+    };
+    let m = layout.substrings() as usize;
+    if record.tables.len() != m {
+        report.problem(format!(
+            "{} hash tables recorded for {m} substrings",
+            record.tables.len()
+        ));
+        return Ok(());
     }
-    actual.sort_unstable();
-    for pair in actual.windows(2) {
-        if pair[0].0 == pair[1].0 && pair[0].1 == pair[1].1 {
+    if record.slots > codes.slots() as u64 {
+        report.problem(format!(
+            "the hash tables cover {} ids but {} are stored",
+            record.slots,
+            codes.slots()
+        ));
+    }
+    let covered = (record.slots as usize).min(codes.slots());
+    let parts = read
+        .txn
+        .open_table(HASH_TABLES)
+        .map_err(|err| read.st(err))?;
+    // Arrays are reserved at most as large as the file, whatever the record claims.
+    let file_bytes = read.file_bytes()?;
+    for (j, shape) in record.tables.iter().enumerate() {
+        let substring = j as u16;
+        let width = layout.substring_width(j as u32);
+        if shape.dense != is_dense(width, record.slots as usize) {
             report.problem(format!(
-                "id {} is filed twice in hash table {}",
-                pair[0].1, pair[0].0
+                "hash table {j}: stored in the form a build would not choose"
             ));
         }
+        if shape.dense && (width > 30 || shape.keys != 0) {
+            report.problem(format!("hash table {j}: a dense shape it cannot have"));
+            continue;
+        }
+        let arrays = || -> std::result::Result<_, StoreError> {
+            let keys = if shape.dense {
+                Vec::new()
+            } else {
+                read_u32s(&parts, substring, PartKind::Keys, shape.keys, file_bytes)?
+            };
+            let offsets = read_u32s(
+                &parts,
+                substring,
+                PartKind::Offsets,
+                shape.offsets(width),
+                file_bytes,
+            )?;
+            let mut entries: Vec<BucketEntry> = Vec::new();
+            read_array(
+                &parts,
+                substring,
+                PartKind::Entries,
+                shape.entries,
+                ENTRY_BYTES,
+                |bytes| extend_entries(&mut entries, bytes),
+            )?;
+            Ok((keys, offsets, entries))
+        };
+        let (keys, offsets, entries) = match arrays() {
+            Ok(arrays) => arrays,
+            Err(StoreError::Corrupted(detail)) => {
+                report.problem(detail);
+                continue;
+            }
+            Err(StoreError::Storage(err)) => return Err(read.st(err)),
+        };
+        report.chunks += parts_of(shape.entries, ENTRY_BYTES)
+            + parts_of(shape.offsets(width), 4)
+            + parts_of(shape.keys, 4);
+        check_table(
+            j,
+            &layout,
+            codes,
+            covered,
+            (&keys, &offsets, &entries),
+            report,
+        );
     }
-    let (mut e, mut a) = (0, 0);
-    while e < expected.len() || a < actual.len() {
-        match (expected.get(e), actual.get(a)) {
-            (Some(x), Some(y)) if x == y => {
-                e += 1;
-                a += 1;
+    Ok(())
+}
+
+fn check_table(
+    j: usize,
+    layout: &CodeLayout,
+    codes: &Codes,
+    covered: usize,
+    (keys, offsets, entries): (&[u32], &[u32], &[BucketEntry]),
+    report: &mut CheckReport,
+) {
+    let width = layout.substring_width(j as u32);
+    let (filter_start, filter_width) = layout.filter_range(j as u32);
+    let bucket_values = if keys.is_empty() && offsets.len() == (1usize << width) + 1 {
+        (0..1u32 << width).collect::<Vec<u32>>()
+    } else {
+        keys.to_vec()
+    };
+    if offsets.len() != bucket_values.len() + 1
+        || offsets.first() != Some(&0)
+        || offsets.last().map(|&o| o as usize) != Some(entries.len())
+        || offsets.windows(2).any(|w| w[0] > w[1])
+    {
+        report.problem(format!(
+            "hash table {j}: its offsets do not divide its entries into buckets"
+        ));
+        return;
+    }
+    if keys.windows(2).any(|w| w[0] >= w[1])
+        || keys.last().is_some_and(|&k| u64::from(k) >= 1u64 << width)
+    {
+        report.problem(format!(
+            "hash table {j}: its keys are not increasing substring values"
+        ));
+    }
+    let mut seen: BitVec<u64> = BitVec::repeat(false, covered);
+    for (value, range) in bucket_values.iter().zip(offsets.windows(2)) {
+        let bucket = &entries[range[0] as usize..range[1] as usize];
+        if bucket.windows(2).any(|w| w[0].id() >= w[1].id()) {
+            report.problem(format!("bucket {j}:{value}: ids are not increasing"));
+        }
+        for entry in bucket {
+            let id = u64::from(entry.id());
+            if id as usize >= covered {
+                report.problem(format!(
+                    "bucket {j}:{value} lists id {id}, past the {covered} ids the tables cover"
+                ));
+                continue;
             }
-            (Some(x), y) if y.is_none_or(|y| x < y) => {
-                report.problem(format!("id {} is missing from bucket {}:{}", x.1, x.0, x.2));
-                e += 1;
+            if seen.replace(id as usize, true) {
+                report.problem(format!("id {id} is filed twice in hash table {j}"));
             }
-            (_, Some(y)) => {
-                if code_ids.contains(&y.1) {
-                    report.problem(format!(
-                        "id {} is filed under the wrong bucket {}:{}",
-                        y.1, y.0, y.2
-                    ));
-                } else {
-                    report.problem(format!(
-                        "bucket {}:{} lists id {}, which has no code",
-                        y.0, y.2, y.1
-                    ));
-                }
-                a += 1;
+            if !codes.is_live(id) {
+                // A deleted id keeps its entries until the next build.
+                continue;
             }
-            (None, None) => break,
-            (Some(_), None) => unreachable!("handled above"),
+            let code = codes.code(id);
+            if layout.substring_value(code, j as u32) != *value {
+                report.problem(format!(
+                    "id {id} is filed under the wrong bucket {j}:{value}"
+                ));
+            } else if CodeLayout::bits_value(code, filter_start, filter_width) != entry.filter() {
+                report.problem(format!("id {id} has a wrong filter in bucket {j}:{value}"));
+            }
         }
     }
-    Ok(report)
+    for id in 0..covered {
+        if codes.is_live(id as u64) && !seen[id] {
+            report.problem(format!("id {id} is missing from hash table {j}"));
+        }
+    }
 }

@@ -1,50 +1,361 @@
-//! The redb tables that make up an index on disk, and the reads and writes the engine needs.
+//! The redb database behind an index, and the only module that touches redb.
 //!
 //! The byte layout of every table is specified in `index-format/README.md` and encoded by the
-//! `milan-index-format` crate; this module only moves those bytes in and out of redb:
-//! - [`Db`]: a database opened writable or read-only;
-//! - [`read_meta`], [`load_view`]: what an open reads (validating as it goes, so a damaged index is
-//!   refused rather than searched wrongly);
-//! - [`add_bucket_chunks`], [`remove_from_bucket`], [`rewrite_buckets`]: bucket maintenance;
-//! - [`read_import`]: the progress of a bulk import (format version 2);
+//! `milan-index-format` crate; this module moves those bytes in and out of redb:
+//! - [`Store`]: the database file, created, or opened writable or read-only;
+//! - [`StoreRead`]: one read transaction: the meta record, the image binding, items, kept
+//!   features, content hashes, import progress, and the search snapshot
+//!   ([`StoreRead::load_view`]);
+//! - [`StoreWrite`]: one write transaction over the same records, committed whole or not at all;
+//! - [`blocks`]: codes in blocks of [`block_ids`](milan_index_format::block_ids) ids;
+//! - [`tables`]: the hash tables as whole arrays, in parts;
+//! - [`legacy`]: versions 1 and 2 (one entry per code, buckets in chunks), read and upgraded;
 //! - [`check`](mod@check): the full invariant check behind `milan index check`.
+//!
+//! redb's errors become [`Error`]s here ([`storage_error`]) and nowhere else.
 
+mod blocks;
 pub(crate) mod check;
+mod legacy;
+mod tables;
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bitvec::vec::BitVec;
 use milan_index_format::{
-    check_code_bytes, decode_bucket_ids, encode_bucket_ids, BucketKey, ImportRecord, MetaRecord,
-    ModelRecord, BUCKETS_TABLE, BUCKET_KEY_BYTES, CODES_TABLE, CONTENT_HASHES_TABLE,
-    FEATURES_TABLE, HEAD_KEY, IMPORTS_TABLE, ITEMS_TABLE, META_KEY, META_TABLE, MODEL_KEY,
+    ImportRecord, ItemRecord, MetaRecord, ModelRecord, TablesRecord, CODE_BLOCKS_TABLE,
+    CONTENT_HASHES_TABLE, FEATURES_TABLE, FORMAT_VERSION, HASH_TABLES_TABLE, HEAD_KEY,
+    IMPORTS_TABLE, ITEMS_TABLE, META_KEY, META_TABLE, MODEL_KEY, PART_KEY_BYTES, TABLES_KEY,
 };
 use redb::{
-    MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
-    Table, TableDefinition,
+    MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ReadableMultimapTable, ReadableTable, TableDefinition, WriteTransaction,
 };
 
-use crate::code::bytes_to_words;
 use crate::error::{Error, Result};
 use crate::head::HashHead;
-use crate::mih::layout::WordLayout;
-use crate::mih::table::TableBuilder;
-use crate::mih::{View, MAX_IDS};
+use crate::mih::View;
 
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new(META_TABLE);
-pub(crate) const ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new(ITEMS_TABLE);
-pub(crate) const CODES: TableDefinition<u64, &[u8]> = TableDefinition::new(CODES_TABLE);
-pub(crate) const BUCKETS: TableDefinition<&[u8; BUCKET_KEY_BYTES], &[u8]> =
-    TableDefinition::new(BUCKETS_TABLE);
-pub(crate) const CONTENT_HASHES: MultimapTableDefinition<&[u8; 32], u64> =
+pub(crate) use check::CheckReport;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new(META_TABLE);
+const ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new(ITEMS_TABLE);
+const CODE_BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new(CODE_BLOCKS_TABLE);
+const HASH_TABLES: TableDefinition<&[u8; PART_KEY_BYTES], &[u8]> =
+    TableDefinition::new(HASH_TABLES_TABLE);
+const CONTENT_HASHES: MultimapTableDefinition<&[u8; 32], u64> =
     MultimapTableDefinition::new(CONTENT_HASHES_TABLE);
-pub(crate) const FEATURES: TableDefinition<u64, &[u8]> = TableDefinition::new(FEATURES_TABLE);
-pub(crate) const IMPORTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new(IMPORTS_TABLE);
+const FEATURES: TableDefinition<u64, &[u8]> = TableDefinition::new(FEATURES_TABLE);
+const IMPORTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new(IMPORTS_TABLE);
+
+/// Maps a storage error on the database at `path`, naming damage and locks as such.
+pub(crate) fn storage_error(path: &Path, err: impl Into<redb::Error>) -> Error {
+    let err: redb::Error = err.into();
+    let path = path.to_path_buf();
+    match err {
+        redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
+            Error::Locked { path }
+        }
+        redb::Error::Corrupted(detail) => Error::Corrupted { path, detail },
+        redb::Error::RepairAborted => Error::NeedsRecovery { path },
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Error::Corrupted {
+            path,
+            detail: format!("not a readable database file ({io})"),
+        },
+        redb::Error::UpgradeRequired(version) => Error::Corrupted {
+            path,
+            detail: format!("storage file format {version} is not supported"),
+        },
+        other => Error::Storage {
+            path,
+            source: Box::new(other),
+        },
+    }
+}
+
+fn corrupted(dir: &Path, detail: impl Into<String>) -> Error {
+    Error::Corrupted {
+        path: dir.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// Runs a read of the database, turning a panic of the storage engine on damaged data into
+/// [`Error::Corrupted`]: opens no longer verify every page's checksum (that is the full
+/// check's job), and this keeps a damaged file from taking the process down with it.
+pub(crate) fn guard<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+        let detail = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(Error::Corrupted {
+            path: path.to_path_buf(),
+            detail: format!("the storage engine failed on damaged data ({detail})"),
+        })
+    })
+}
+
+/// An open redb database, shared by its [`Store`] and the [`StoreRead`]s it hands out: redb
+/// closes the file when the database is dropped, so each read transaction holds it open until
+/// the last of them is gone.
+#[derive(Clone)]
+enum Db {
+    Writable(Arc<WritableDb>),
+    ReadOnly(Arc<ReadOnlyDatabase>),
+}
+
+/// A writable redb database whose closing cannot take the process down: redb writes its
+/// allocator state when a database closes, which can panic on a damaged file that nothing read
+/// deeply enough to refuse (opens no longer verify every page). That panic is caught, and while
+/// the thread is already unwinding the database is left unclosed instead (a second panic would
+/// abort); redb recovers either way at the next open.
+struct WritableDb(Option<redb::Database>);
+
+impl WritableDb {
+    fn get(&self) -> &redb::Database {
+        self.0.as_ref().expect("taken only by drop")
+    }
+
+    fn get_mut(&mut self) -> &mut redb::Database {
+        self.0.as_mut().expect("taken only by drop")
+    }
+}
+
+impl Drop for WritableDb {
+    fn drop(&mut self) {
+        let Some(db) = self.0.take() else {
+            return;
+        };
+        if std::thread::panicking() {
+            std::mem::forget(db);
+            return;
+        }
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
+    }
+}
+
+/// The database file of an index.
+pub(crate) struct Store {
+    db: Db,
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Creates the database at `path` (in index directory `dir`) with its meta record, the image
+    /// binding if any, and every table.
+    pub(crate) fn create(
+        dir: &Path,
+        path: &Path,
+        cache_bytes: usize,
+        meta: &MetaRecord,
+        binding: Option<(&ModelRecord, &HashHead)>,
+    ) -> Result<Store> {
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|err| storage_error(path, err))?;
+        let store = Store {
+            db: Db::Writable(Arc::new(WritableDb(Some(db)))),
+            dir: dir.to_path_buf(),
+            path: path.to_path_buf(),
+        };
+        let mut txn = store.write()?;
+        txn.put_meta(meta)?;
+        let create = || -> std::result::Result<(), redb::Error> {
+            let mut table = txn.txn.open_table(META)?;
+            if let Some((model, head)) = binding {
+                table.insert(MODEL_KEY, model.encode().as_slice())?;
+                table.insert(HEAD_KEY, head.as_bytes())?;
+            }
+            txn.txn.open_table(FEATURES)?;
+            txn.txn.open_table(ITEMS)?;
+            txn.txn.open_table(CODE_BLOCKS)?;
+            txn.txn.open_table(HASH_TABLES)?;
+            txn.txn.open_multimap_table(CONTENT_HASHES)?;
+            Ok(())
+        };
+        create().map_err(|err| storage_error(path, err))?;
+        txn.commit()?;
+        Ok(store)
+    }
+
+    /// Opens the database at `path` (in index directory `dir`). A writable open shows the meta
+    /// record to `accept` through a read-only handle first, so that an index of another format
+    /// version or layout is refused before anything could write to it. Nothing is read beyond
+    /// that: the open costs the same whatever the index holds.
+    pub(crate) fn open(
+        dir: &Path,
+        path: &Path,
+        cache_bytes: usize,
+        writable: bool,
+        accept: impl Fn(&MetaRecord) -> Result<()>,
+    ) -> Result<Store> {
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(cache_bytes);
+        let st = |err: redb::DatabaseError| storage_error(path, err);
+        let db = if writable {
+            match builder.open_read_only(path) {
+                Ok(db) => {
+                    let txn = db.begin_read().map_err(|err| storage_error(path, err))?;
+                    accept(&read_meta(dir, path, &txn)?)?;
+                }
+                // Left by a killed writer: the writable open below recovers it first.
+                Err(redb::DatabaseError::RepairAborted) => {}
+                Err(err) => return Err(st(err)),
+            }
+            Db::Writable(Arc::new(WritableDb(Some(builder.open(path).map_err(st)?))))
+        } else {
+            Db::ReadOnly(Arc::new(builder.open_read_only(path).map_err(st)?))
+        };
+        Ok(Store {
+            db,
+            dir: dir.to_path_buf(),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens the database at `path` writable for the full check, with redb's structural check
+    /// first; returns the store and whether that check passed.
+    pub(crate) fn open_for_check(
+        dir: &Path,
+        path: &Path,
+        cache_bytes: usize,
+    ) -> Result<(Store, bool)> {
+        let mut db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .open(path)
+            .map_err(|err| storage_error(path, err))?;
+        let ok = db
+            .check_integrity()
+            .map_err(|err| storage_error(path, err))?;
+        let store = Store {
+            db: Db::Writable(Arc::new(WritableDb(Some(db)))),
+            dir: dir.to_path_buf(),
+            path: path.to_path_buf(),
+        };
+        Ok((store, ok))
+    }
+
+    /// The index directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn is_writable(&self) -> bool {
+        matches!(self.db, Db::Writable(_))
+    }
+
+    /// The database file's length in bytes.
+    pub(crate) fn file_bytes(&self) -> Result<u64> {
+        std::fs::metadata(&self.path)
+            .map(|meta| meta.len())
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Starts a read transaction: a snapshot of the last commit.
+    pub(crate) fn read(&self) -> Result<StoreRead> {
+        let txn = match &self.db {
+            Db::Writable(db) => db.get().begin_read(),
+            Db::ReadOnly(db) => db.begin_read(),
+        }
+        .map_err(|err| storage_error(&self.path, err))?;
+        Ok(StoreRead {
+            txn,
+            _db: self.db.clone(),
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+        })
+    }
+
+    /// Starts the write transaction (redb allows one at a time).
+    pub(crate) fn write(&self) -> Result<StoreWrite> {
+        let Db::Writable(db) = &self.db else {
+            return Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            });
+        };
+        let txn = db
+            .get()
+            .begin_write()
+            .map_err(|err| storage_error(&self.path, err))?;
+        Ok(StoreWrite {
+            txn: UnwindSafeTxn(Some(txn)),
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+        })
+    }
+
+    /// redb's structural check (writable handles only; `None` on a read-only one). Fails while
+    /// a read transaction of this store is alive.
+    pub(crate) fn check_structure(&mut self) -> Result<Option<bool>> {
+        match &mut self.db {
+            Db::Writable(db) => {
+                let db = Arc::get_mut(db).ok_or_else(|| {
+                    storage_error(&self.path, redb::DatabaseError::TransactionInProgress)
+                })?;
+                Ok(Some(
+                    db.get_mut()
+                        .check_integrity()
+                        .map_err(|err| storage_error(&self.path, err))?,
+                ))
+            }
+            Db::ReadOnly(_) => Ok(None),
+        }
+    }
+
+    /// Gives the file space freed by earlier commits back to the file system. Fails while a read
+    /// transaction of this store is alive.
+    pub(crate) fn compact(&mut self) -> Result<bool> {
+        let Db::Writable(db) = &mut self.db else {
+            return Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            });
+        };
+        let db = Arc::get_mut(db).ok_or_else(|| {
+            storage_error(&self.path, redb::CompactionError::TransactionInProgress)
+        })?;
+        let mut compacted = false;
+        while db
+            .get_mut()
+            .compact()
+            .map_err(|err| storage_error(&self.path, err))?
+        {
+            compacted = true;
+        }
+        Ok(compacted)
+    }
+}
+
+/// Reads and decodes the meta record.
+fn read_meta(dir: &Path, path: &Path, txn: &ReadTransaction) -> Result<MetaRecord> {
+    let table = match txn.open_table(META) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Err(Error::NotAnIndex {
+                path: dir.to_path_buf(),
+            })
+        }
+        Err(err) => return Err(storage_error(path, err)),
+    };
+    let bytes = table
+        .get(META_KEY)
+        .map_err(|err| storage_error(path, err))?
+        .ok_or_else(|| Error::NotAnIndex {
+            path: dir.to_path_buf(),
+        })?;
+    MetaRecord::decode(bytes.value()).map_err(|err| Error::from_decode(dir, err))
+}
 
 /// Opens a table that a file may lack (`features` until features are kept, `imports` until an
 /// import records progress, and both in older versions): `None` when it is absent.
-pub(crate) fn open_optional<K: redb::Key + 'static, V: redb::Value + 'static>(
+fn open_optional<K: redb::Key + 'static, V: redb::Value + 'static>(
     txn: &ReadTransaction,
     table: TableDefinition<K, V>,
 ) -> std::result::Result<Option<redb::ReadOnlyTable<K, V>>, redb::TableError> {
@@ -55,366 +366,424 @@ pub(crate) fn open_optional<K: redb::Key + 'static, V: redb::Value + 'static>(
     }
 }
 
-/// Most ids in one bucket chunk: keeps a delete's read-modify-write of a chunk short.
-pub(crate) const MAX_CHUNK_IDS: usize = 4096;
-
-/// An open redb database, shared by its [`Index`](crate::Index) and the
-/// [`Reader`](crate::Reader)s it hands out: redb closes the file when the database is dropped, so
-/// each reader holds it open until the last of them is gone.
-#[derive(Clone)]
-pub(crate) enum Db {
-    Writable(Arc<redb::Database>),
-    ReadOnly(Arc<ReadOnlyDatabase>),
+/// One read transaction. It keeps the database open while it lives.
+pub(crate) struct StoreRead {
+    /// Declared before `_db`, so that the transaction ends before the database can close.
+    txn: ReadTransaction,
+    _db: Db,
+    dir: PathBuf,
+    path: PathBuf,
 }
 
-impl Db {
-    pub(crate) fn begin_read(&self, path: &Path) -> Result<ReadTransaction> {
-        match self {
-            Db::Writable(db) => db.begin_read(),
-            Db::ReadOnly(db) => db.begin_read(),
-        }
-        .map_err(|err| Error::storage(path, err))
+impl StoreRead {
+    fn st(&self, err: impl Into<redb::Error>) -> Error {
+        storage_error(&self.path, err)
     }
-}
 
-/// Reads and decodes the meta record.
-pub(crate) fn read_meta(dir: &Path, txn: &ReadTransaction) -> Result<MetaRecord> {
-    let table = match txn.open_table(META) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => {
-            return Err(Error::NotAnIndex {
-                path: dir.to_path_buf(),
+    /// The database file's length in bytes: what bounds every allocation a read makes.
+    fn file_bytes(&self) -> Result<u64> {
+        std::fs::metadata(&self.path)
+            .map(|meta| meta.len())
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
             })
-        }
-        Err(err) => return Err(Error::storage(dir, err)),
-    };
-    let bytes = table
-        .get(META_KEY)
-        .map_err(|err| Error::storage(dir, err))?
-        .ok_or_else(|| Error::NotAnIndex {
-            path: dir.to_path_buf(),
-        })?;
-    MetaRecord::decode(bytes.value()).map_err(|err| Error::from_decode(dir, err))
-}
-
-/// Reads the extractor and head an image index is bound to (both absent for a code-only index).
-pub(crate) fn read_binding(
-    dir: &Path,
-    txn: &ReadTransaction,
-) -> Result<(Option<ModelRecord>, Option<HashHead>)> {
-    let table = txn
-        .open_table(META)
-        .map_err(|err| Error::storage(dir, err))?;
-    let get = |key: &str| -> Result<Option<Vec<u8>>> {
-        Ok(table
-            .get(key)
-            .map_err(|err| Error::storage(dir, err))?
-            .map(|bytes| bytes.value().to_vec()))
-    };
-    let model = match get(MODEL_KEY)? {
-        Some(bytes) => {
-            Some(ModelRecord::decode(&bytes).map_err(|err| Error::from_decode(dir, err))?)
-        }
-        None => None,
-    };
-    let head = match get(HEAD_KEY)? {
-        Some(bytes) => Some(
-            HashHead::from_bytes(bytes)
-                .map_err(|err| corrupted(dir, format!("the stored hash head: {err}")))?,
-        ),
-        None => None,
-    };
-    if model.is_some() != head.is_some() {
-        return Err(corrupted(
-            dir,
-            "the index stores a model record without a head, or the reverse",
-        ));
     }
-    Ok((model, head))
-}
 
-fn corrupted(dir: &Path, detail: impl Into<String>) -> Error {
-    Error::Corrupted {
-        path: dir.to_path_buf(),
-        detail: detail.into(),
+    /// The meta record.
+    pub(crate) fn meta(&self) -> Result<MetaRecord> {
+        read_meta(&self.dir, &self.path, &self.txn)
     }
-}
 
-/// Reads the progress record of the import of `source` (`None` when there is none, including in
-/// a version-1 file, which has no imports table).
-pub(crate) fn read_import(
-    dir: &Path,
-    txn: &ReadTransaction,
-    source: &[u8; 32],
-) -> Result<Option<ImportRecord>> {
-    let Some(table) = open_optional(txn, IMPORTS).map_err(|err| Error::storage(dir, err))? else {
-        return Ok(None);
-    };
-    let Some(bytes) = table.get(source).map_err(|err| Error::storage(dir, err))? else {
-        return Ok(None);
-    };
-    ImportRecord::decode(bytes.value())
-        .map(Some)
-        .map_err(|err| Error::from_decode(dir, err))
-}
-
-/// Ids may run this far past 64 ids per stored code, whatever the code length: the bound of
-/// earlier versions, kept as a floor.
-const SLOT_SLACK: u64 = 1 << 24;
-
-/// The memory that empty slots (deleted ids, 8 bytes per code word each) may take beyond 64 per
-/// stored code, unless the file is longer: see [`max_slots`].
-const GAP_BYTES: u64 = 1 << 30;
-
-/// The most slots (the largest stored id + 1) an open allocates for `codes` stored codes of
-/// `words` words in a `file_bytes`-byte file.
-///
-/// What the file proves: its length bounds the number of codes stored (the caller's `codes`), but
-/// nothing bounds the largest id: ids are never reused, so an index churned by deletes and
-/// re-codes (each sync re-code takes a new id) legitimately holds few codes under huge ids, and
-/// compacting it shrinks the file, not the ids. Its writer held the same slots in memory, so they
-/// are allowed, up to a budget: 64 slots per stored code, plus empty slots worth [`GAP_BYTES`] of
-/// code memory, or the file's length when that is more (a file that once held the deleted codes
-/// is at least that long), and never fewer than [`SLOT_SLACK`]. A crafted file can therefore
-/// make an open allocate at most about 64 times its length, plus max(1 GiB, its length, 2^24
-/// slots) of zeroed memory that only ids it stores are written to.
-fn max_slots(codes: u64, words: usize, file_bytes: u64) -> u64 {
-    let slot_bytes = 8 * words.max(1) as u64;
-    let gap = (GAP_BYTES.max(file_bytes) / slot_bytes).max(SLOT_SLACK);
-    codes.saturating_mul(64).saturating_add(gap)
-}
-
-/// Loads every code and the bucket tables into a search snapshot, checking on the way that each
-/// bucket entry names a stored code whose substring matches the bucket and that every table holds
-/// each live code once.
-///
-/// `file_bytes` is the database file's length: every allocation here is bounded by what the file
-/// can hold, not by counts read from it, so a crafted record cannot ask for a huge allocation.
-pub(crate) fn load_view(
-    dir: &Path,
-    txn: &ReadTransaction,
-    meta: &MetaRecord,
-    file_bytes: u64,
-) -> Result<View> {
-    let layout = Arc::new(WordLayout::new(meta.layout()));
-    if meta.next_id > MAX_IDS {
-        return Err(corrupted(
-            dir,
-            format!("next id {} is out of range", meta.next_id),
-        ));
-    }
-    let storage = |err: redb::StorageError| Error::storage(dir, err);
-    let codes = txn
-        .open_table(CODES)
-        .map_err(|err| Error::storage(dir, err))?;
-    // Slots run to the largest stored id, not to next_id: trailing deleted ids need no memory,
-    // and a damaged counter cannot ask for a huge allocation.
-    let slots = match codes.last().map_err(storage)? {
-        Some((id, _)) => id.value().saturating_add(1),
-        None => 0,
-    };
-    if slots > meta.next_id {
-        return Err(corrupted(
-            dir,
-            format!(
-                "code id {} is at or past the next id {}",
-                slots - 1,
-                meta.next_id
+    /// The extractor and head an image index is bound to (both absent for a code-only index).
+    pub(crate) fn binding(&self) -> Result<(Option<ModelRecord>, Option<HashHead>)> {
+        let table = self.txn.open_table(META).map_err(|err| self.st(err))?;
+        let get = |key: &str| -> Result<Option<Vec<u8>>> {
+            Ok(table
+                .get(key)
+                .map_err(|err| self.st(err))?
+                .map(|bytes| bytes.value().to_vec()))
+        };
+        let model = match get(MODEL_KEY)? {
+            Some(bytes) => Some(
+                ModelRecord::decode(&bytes).map_err(|err| Error::from_decode(&self.dir, err))?,
             ),
-        ));
-    }
-    // Ids are dense unless deleted, and a churned index's gaps are bounded as `max_slots` says.
-    // The count of codes is the meta record's (checked against the codes actually read below,
-    // after this allocation), so it is bounded here by what the file can hold: each stored code
-    // takes at least its 8-byte key and its bytes in the file.
-    let file_codes = file_bytes / (8 + layout.code.bytes() as u64);
-    let codes_bound = meta.live_count.min(file_codes);
-    let most = max_slots(codes_bound, layout.words, file_bytes);
-    if slots > most {
-        return Err(corrupted(
-            dir,
-            format!(
-                "code ids run to {} for at most {} stored codes (the meta record counts {}; the {file_bytes}-byte file holds at most {file_codes}), more gaps than the file justifies (at most {most} slots)",
-                slots - 1,
-                codes_bound,
-                meta.live_count,
+            None => None,
+        };
+        let head = match get(HEAD_KEY)? {
+            Some(bytes) => Some(
+                HashHead::from_bytes(bytes)
+                    .map_err(|err| corrupted(&self.dir, format!("the stored hash head: {err}")))?,
             ),
-        ));
-    }
-    let slots = slots as usize;
-    let w = layout.words;
-    let mut words = vec![0u64; slots * w];
-    let mut deleted: BitVec<u64> = BitVec::repeat(true, slots);
-    let storage = |err: redb::StorageError| Error::storage(dir, err);
-
-    let codes = txn
-        .open_table(CODES)
-        .map_err(|err| Error::storage(dir, err))?;
-    for entry in codes.iter().map_err(storage)? {
-        let (id, bytes) = entry.map_err(storage)?;
-        // Every id is below `slots`, which was checked against next_id above.
-        let (id, bytes) = (id.value(), bytes.value());
-        check_code_bytes(&layout.code, bytes)
-            .map_err(|err| corrupted(dir, format!("code {id}: {err}")))?;
-        let slot = id as usize;
-        words[slot * w..(slot + 1) * w].copy_from_slice(&bytes_to_words(bytes));
-        deleted.set(slot, false);
-    }
-    let live = (slots - deleted.count_ones()) as u64;
-    if live != meta.live_count {
-        return Err(corrupted(
-            dir,
-            format!(
-                "{live} codes stored but the meta record counts {}",
-                meta.live_count
-            ),
-        ));
-    }
-
-    let m = layout.substrings.len();
-    let mut builders: Vec<TableBuilder> = layout
-        .substrings
-        .iter()
-        .map(|sub| TableBuilder::new(sub.width, slots, live as usize))
-        .collect();
-    let mut per_table = vec![0u64; m];
-    let buckets = txn
-        .open_table(BUCKETS)
-        .map_err(|err| Error::storage(dir, err))?;
-    for entry in buckets.iter().map_err(storage)? {
-        let (key, value) = entry.map_err(storage)?;
-        let key = BucketKey::decode(key.value());
-        let j = key.substring as usize;
-        let sub = layout.substrings.get(j).ok_or_else(|| {
-            corrupted(
-                dir,
-                format!("bucket of substring {j} in an index of {m} substrings"),
-            )
-        })?;
-        if u64::from(key.value) >= 1u64 << sub.width {
+            None => None,
+        };
+        if model.is_some() != head.is_some() {
             return Err(corrupted(
-                dir,
-                format!("bucket value {} does not fit substring {j}", key.value),
+                &self.dir,
+                "the index stores a model record without a head, or the reverse",
             ));
         }
-        let ids =
-            decode_bucket_ids(value.value()).map_err(|err| corrupted(dir, err.to_string()))?;
-        per_table[j] += ids.len() as u64;
-        let filter = &layout.filters[j];
-        for id in ids {
-            let slot = id as usize;
-            if slot >= slots || deleted[slot] {
-                return Err(corrupted(
-                    dir,
-                    format!("bucket {j}:{} lists id {id}, which has no code", key.value),
-                ));
-            }
-            let code = &words[slot * w..(slot + 1) * w];
-            if id < key.first_id || sub.value(code) != key.value {
-                return Err(corrupted(
-                    dir,
-                    format!(
-                        "id {id} is filed under the wrong bucket ({j}:{})",
-                        key.value
-                    ),
-                ));
-            }
-            builders[j].push(key.value, id as u32, filter.value(code));
+        Ok((model, head))
+    }
+
+    /// Ids the stored hash tables cover (format version 3; `None` without tables).
+    pub(crate) fn tables_slots(&self) -> Result<Option<u64>> {
+        Ok(self.tables_record()?.map(|record| record.slots))
+    }
+
+    /// The hash tables' record (format version 3): `None` while no code is filed in tables.
+    fn tables_record(&self) -> Result<Option<TablesRecord>> {
+        let table = self.txn.open_table(META).map_err(|err| self.st(err))?;
+        let Some(bytes) = table.get(TABLES_KEY).map_err(|err| self.st(err))? else {
+            return Ok(None);
+        };
+        TablesRecord::decode(bytes.value())
+            .map(Some)
+            .map_err(|err| Error::from_decode(&self.dir, err))
+    }
+
+    /// The search snapshot of every stored code: read from the code blocks and the hash tables
+    /// (or, for versions 1 and 2, from one entry per code and the bucket chunks). Checks what
+    /// keeps the search in bounds and every allocation within what the file holds; the
+    /// invariants that only decide answers are the full check's.
+    pub(crate) fn load_view(&self, meta: &MetaRecord) -> Result<View> {
+        if meta.format_version < FORMAT_VERSION {
+            return legacy::load_view(&self.dir, &self.txn, meta, self.file_bytes()?);
         }
+        let file_bytes = self.file_bytes()?;
+        let record = self.tables_record()?;
+        let load = || -> std::result::Result<View, StoreError> {
+            let codes = self.txn.open_table(CODE_BLOCKS)?;
+            let stored = blocks::load(&codes, meta)?;
+            let parts = self.txn.open_table(HASH_TABLES)?;
+            tables::load(&parts, meta, record, stored, file_bytes)
+        };
+        load().map_err(|err| err.into_error(&self.dir, &self.path))
     }
-    if let Some(j) = per_table.iter().position(|&n| n != live) {
-        return Err(corrupted(
-            dir,
-            format!("hash table {j} holds {} ids for {live} codes", per_table[j]),
-        ));
+
+    /// The item stored with `id`: `None` when there is no record (a live id without one has
+    /// the empty item).
+    pub(crate) fn item(&self, id: u64) -> Result<Option<ItemRecord>> {
+        let table = self.txn.open_table(ITEMS).map_err(|err| self.st(err))?;
+        let Some(bytes) = table.get(id).map_err(|err| self.st(err))? else {
+            return Ok(None);
+        };
+        ItemRecord::decode(bytes.value())
+            .map(Some)
+            .map_err(|err| Error::from_decode(&self.dir, err))
     }
-    let tables = builders.into_iter().map(TableBuilder::finish).collect();
-    Ok(View::from_parts(layout, words, deleted, tables))
+
+    /// The features kept for `id`, of dimension `dim`.
+    pub(crate) fn features(&self, id: u64, dim: u32) -> Result<Option<Vec<f32>>> {
+        let Some(table) = open_optional(&self.txn, FEATURES).map_err(|err| self.st(err))? else {
+            return Ok(None);
+        };
+        let Some(bytes) = table.get(id).map_err(|err| self.st(err))? else {
+            return Ok(None);
+        };
+        milan_index_format::decode_features(bytes.value(), dim)
+            .map(Some)
+            .map_err(|err| Error::from_decode(&self.dir, err))
+    }
+
+    /// The ids stored under a content hash.
+    pub(crate) fn ids_with_content_hash(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
+        let table = self
+            .txn
+            .open_multimap_table(CONTENT_HASHES)
+            .map_err(|err| self.st(err))?;
+        let ids = table.get(hash).map_err(|err| self.st(err))?;
+        ids.map(|id| Ok(id.map_err(|err| self.st(err))?.value()))
+            .collect()
+    }
+
+    /// The ids of every content hash stored with two ids or more.
+    pub(crate) fn shared_content_hashes(&self) -> Result<Vec<Vec<u64>>> {
+        let table = self
+            .txn
+            .open_multimap_table(CONTENT_HASHES)
+            .map_err(|err| self.st(err))?;
+        let mut groups = Vec::new();
+        for entry in table.iter().map_err(|err| self.st(err))? {
+            let (_, ids) = entry.map_err(|err| self.st(err))?;
+            let ids = ids
+                .map(|id| Ok(id.map_err(|err| self.st(err))?.value()))
+                .collect::<Result<Vec<u64>>>()?;
+            if ids.len() > 1 {
+                groups.push(ids);
+            }
+        }
+        Ok(groups)
+    }
+
+    /// Every content hash stored.
+    pub(crate) fn content_hashes(&self) -> Result<HashSet<[u8; 32]>> {
+        let table = self
+            .txn
+            .open_multimap_table(CONTENT_HASHES)
+            .map_err(|err| self.st(err))?;
+        let iter = table.iter().map_err(|err| self.st(err))?;
+        iter.map(|entry| Ok(*entry.map_err(|err| self.st(err))?.0.value()))
+            .collect()
+    }
+
+    /// The progress record of the import of `source` (`None` when there is none, including in
+    /// a version-1 file, which has no imports table).
+    pub(crate) fn import(&self, source: &[u8; 32]) -> Result<Option<ImportRecord>> {
+        let Some(table) = open_optional(&self.txn, IMPORTS).map_err(|err| self.st(err))? else {
+            return Ok(None);
+        };
+        let Some(bytes) = table.get(source).map_err(|err| self.st(err))? else {
+            return Ok(None);
+        };
+        ImportRecord::decode(bytes.value())
+            .map(Some)
+            .map_err(|err| Error::from_decode(&self.dir, err))
+    }
+
+    /// Every invariant of the stored index, each violation listed (see [`check`](mod@check)).
+    pub(crate) fn check(&self) -> Result<CheckReport> {
+        let meta = self.meta()?;
+        if meta.format_version < FORMAT_VERSION {
+            return legacy::check(&self.dir, &self.txn, &meta, self);
+        }
+        check::check(self, &meta)
+    }
 }
 
-/// Writes new bucket chunks for `entries` (`(substring, value, id)`, any order), whose ids are all
-/// larger than any id already stored, so each chunk sorts after the bucket's existing ones.
-pub(crate) fn add_bucket_chunks(
-    buckets: &mut Table<&[u8; BUCKET_KEY_BYTES], &[u8]>,
-    entries: &mut [(u16, u32, u64)],
-) -> std::result::Result<(), redb::StorageError> {
-    entries.sort_unstable();
-    for group in entries.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
-        for chunk in group.chunks(MAX_CHUNK_IDS) {
-            let key = BucketKey {
-                substring: chunk[0].0,
-                value: chunk[0].1,
-                first_id: chunk[0].2,
-            };
-            let ids: Vec<u64> = chunk.iter().map(|e| e.2).collect();
-            buckets.insert(&key.encode(), encode_bucket_ids(&ids).as_slice())?;
-        }
-    }
-    Ok(())
+/// A failure inside the code block and hash table modules: damage found in the bytes, or the
+/// storage engine's own error, mapped once the index's paths are at hand.
+enum StoreError {
+    Corrupted(String),
+    Storage(redb::Error),
 }
 
-/// Removes `id` from bucket `(substring, value)`. Returns false when it is not there.
-pub(crate) fn remove_from_bucket(
-    buckets: &mut Table<&[u8; BUCKET_KEY_BYTES], &[u8]>,
-    substring: u16,
-    value: u32,
-    id: u64,
-) -> std::result::Result<bool, redb::StorageError> {
-    let low = BucketKey {
-        substring,
-        value,
-        first_id: 0,
-    }
-    .encode();
-    let high = BucketKey {
-        substring,
-        value,
-        first_id: id,
-    }
-    .encode();
-    let found = {
-        let mut range = buckets.range::<&[u8; BUCKET_KEY_BYTES]>(&low..=&high)?;
-        match range.next_back() {
-            Some(entry) => {
-                let (key, chunk) = entry?;
-                Some((*key.value(), chunk.value().to_vec()))
-            }
-            None => None,
+impl StoreError {
+    fn into_error(self, dir: &Path, path: &Path) -> Error {
+        match self {
+            StoreError::Corrupted(detail) => corrupted(dir, detail),
+            StoreError::Storage(err) => storage_error(path, err),
         }
-    };
-    let Some((key, chunk)) = found else {
-        return Ok(false);
-    };
-    let Ok(mut ids) = decode_bucket_ids(&chunk) else {
-        return Ok(false);
-    };
-    let Ok(position) = ids.binary_search(&id) else {
-        return Ok(false);
-    };
-    ids.remove(position);
-    if ids.is_empty() {
-        buckets.remove(&key)?;
-    } else {
-        buckets.insert(&key, encode_bucket_ids(&ids).as_slice())?;
     }
-    Ok(true)
 }
 
-/// Replaces every bucket with one built for `layout` from the live codes of `view`, one chunk per
-/// bucket (split at [`MAX_CHUNK_IDS`]).
-pub(crate) fn rewrite_buckets(
-    txn: &redb::WriteTransaction,
-    layout: &WordLayout,
-    view: &View,
-) -> std::result::Result<(), redb::Error> {
-    txn.delete_table(BUCKETS)?;
-    let mut buckets = txn.open_table(BUCKETS)?;
-    for (j, sub) in layout.substrings.iter().enumerate() {
-        let mut entries: Vec<(u16, u32, u64)> = view
-            .live_ids()
-            .map(|id| (j as u16, sub.value(view.code(id).expect("live id")), id))
-            .collect();
-        add_bucket_chunks(&mut buckets, &mut entries)?;
+impl From<redb::StorageError> for StoreError {
+    fn from(err: redb::StorageError) -> StoreError {
+        StoreError::Storage(err.into())
     }
-    Ok(())
+}
+
+impl From<redb::TableError> for StoreError {
+    fn from(err: redb::TableError) -> StoreError {
+        StoreError::Storage(err.into())
+    }
+}
+
+/// The write transaction. Dropped without [`StoreWrite::commit`], it changes nothing.
+pub(crate) struct StoreWrite {
+    txn: UnwindSafeTxn,
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+/// A write transaction that, like [`WritableDb`], cannot abort the process when dropped: redb
+/// rolls back a dropped transaction, which can panic on a damaged file; the panic is caught, or
+/// while the thread is unwinding from an earlier one the transaction is left as it is.
+struct UnwindSafeTxn(Option<WriteTransaction>);
+
+impl std::ops::Deref for UnwindSafeTxn {
+    type Target = WriteTransaction;
+
+    fn deref(&self) -> &WriteTransaction {
+        self.0.as_ref().expect("taken only by commit and drop")
+    }
+}
+
+impl Drop for UnwindSafeTxn {
+    fn drop(&mut self) {
+        let Some(txn) = self.0.take() else {
+            return;
+        };
+        if std::thread::panicking() {
+            std::mem::forget(txn);
+            return;
+        }
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(txn)));
+    }
+}
+
+impl StoreWrite {
+    fn st(&self, err: impl Into<redb::Error>) -> Error {
+        storage_error(&self.path, err)
+    }
+
+    /// Writes the meta record.
+    pub(crate) fn put_meta(&mut self, meta: &MetaRecord) -> Result<()> {
+        let mut table = self.txn.open_table(META).map_err(|err| self.st(err))?;
+        table
+            .insert(META_KEY, meta.encode().as_slice())
+            .map_err(|err| self.st(err))?;
+        Ok(())
+    }
+
+    /// Replaces the stored hash head (the model record stays).
+    pub(crate) fn put_head(&mut self, head: &HashHead) -> Result<()> {
+        let mut table = self.txn.open_table(META).map_err(|err| self.st(err))?;
+        table
+            .insert(HEAD_KEY, head.as_bytes())
+            .map_err(|err| self.st(err))?;
+        Ok(())
+    }
+
+    /// Stores new codes: `ids` increasing, each with its packed bytes in `bytes` (one code after
+    /// another).
+    pub(crate) fn add_codes(&mut self, code_bytes: usize, ids: &[u64], bytes: &[u8]) -> Result<()> {
+        let mut table = self
+            .txn
+            .open_table(CODE_BLOCKS)
+            .map_err(|err| self.st(err))?;
+        blocks::add(&mut table, code_bytes, ids, bytes)
+            .map_err(|err| err.into_error(&self.dir, &self.path))
+    }
+
+    /// Removes stored codes; an id without a code is damage and fails the transaction.
+    pub(crate) fn delete_codes(&mut self, code_bytes: usize, ids: &[u64]) -> Result<()> {
+        let mut table = self
+            .txn
+            .open_table(CODE_BLOCKS)
+            .map_err(|err| self.st(err))?;
+        blocks::delete(&mut table, code_bytes, ids)
+            .map_err(|err| err.into_error(&self.dir, &self.path))
+    }
+
+    /// Replaces every code block with the live codes of `view` (a re-coded index).
+    pub(crate) fn rewrite_codes(&mut self, view: &View) -> Result<()> {
+        self.txn
+            .delete_table(CODE_BLOCKS)
+            .map_err(|err| self.st(err))?;
+        let mut table = self
+            .txn
+            .open_table(CODE_BLOCKS)
+            .map_err(|err| self.st(err))?;
+        blocks::write_view(&mut table, view).map_err(|err| err.into_error(&self.dir, &self.path))
+    }
+
+    /// Replaces the hash tables and their record with those of `view`.
+    pub(crate) fn put_tables(&mut self, view: &View) -> Result<()> {
+        self.txn
+            .delete_table(HASH_TABLES)
+            .map_err(|err| self.st(err))?;
+        let mut parts = self
+            .txn
+            .open_table(HASH_TABLES)
+            .map_err(|err| self.st(err))?;
+        let record =
+            tables::write(&mut parts, view).map_err(|err| err.into_error(&self.dir, &self.path))?;
+        let mut meta = self.txn.open_table(META).map_err(|err| self.st(err))?;
+        meta.insert(TABLES_KEY, record.encode().as_slice())
+            .map_err(|err| self.st(err))?;
+        Ok(())
+    }
+
+    /// Stores the item of a new id; the empty item needs no record.
+    pub(crate) fn add_item(&mut self, id: u64, item: &ItemRecord) -> Result<()> {
+        if *item == ItemRecord::default() {
+            return Ok(());
+        }
+        let mut table = self.txn.open_table(ITEMS).map_err(|err| self.st(err))?;
+        table
+            .insert(id, item.encode().as_slice())
+            .map_err(|err| self.st(err))?;
+        if let Some(hash) = &item.content_hash {
+            let mut hashes = self
+                .txn
+                .open_multimap_table(CONTENT_HASHES)
+                .map_err(|err| self.st(err))?;
+            hashes.insert(hash, id).map_err(|err| self.st(err))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the item of `id`, keeping the content-hash lookup in step.
+    pub(crate) fn replace_item(&mut self, id: u64, item: &ItemRecord) -> Result<()> {
+        self.remove_item(id)?;
+        self.add_item(id, item)
+    }
+
+    /// Removes the item of `id` and its content-hash entry; returns the removed item.
+    pub(crate) fn remove_item(&mut self, id: u64) -> Result<Option<ItemRecord>> {
+        let removed = {
+            let mut table = self.txn.open_table(ITEMS).map_err(|err| self.st(err))?;
+            let removed = table.remove(id).map_err(|err| self.st(err))?;
+            removed.map(|bytes| ItemRecord::decode(bytes.value()))
+        };
+        // A record that no longer decodes is dropped all the same; its hash entry, if any, is
+        // the full check's to report.
+        let Some(Ok(item)) = removed else {
+            return Ok(None);
+        };
+        if let Some(hash) = &item.content_hash {
+            let mut hashes = self
+                .txn
+                .open_multimap_table(CONTENT_HASHES)
+                .map_err(|err| self.st(err))?;
+            hashes.remove(hash, id).map_err(|err| self.st(err))?;
+        }
+        Ok(Some(item))
+    }
+
+    /// Keeps the features `id` was coded from.
+    pub(crate) fn put_features(&mut self, id: u64, features: &[f32]) -> Result<()> {
+        let mut table = self.txn.open_table(FEATURES).map_err(|err| self.st(err))?;
+        table
+            .insert(id, milan_index_format::encode_features(features).as_slice())
+            .map_err(|err| self.st(err))?;
+        Ok(())
+    }
+
+    /// Drops the features kept for `id`, if any.
+    pub(crate) fn remove_features(&mut self, id: u64) -> Result<()> {
+        let mut table = self.txn.open_table(FEATURES).map_err(|err| self.st(err))?;
+        table.remove(id).map_err(|err| self.st(err))?;
+        Ok(())
+    }
+
+    /// The features kept for `id`, as this transaction sees them.
+    pub(crate) fn features(&self, id: u64, dim: u32) -> Result<Option<Vec<f32>>> {
+        let table = self.txn.open_table(FEATURES).map_err(|err| self.st(err))?;
+        let Some(bytes) = table.get(id).map_err(|err| self.st(err))? else {
+            return Ok(None);
+        };
+        milan_index_format::decode_features(bytes.value(), dim)
+            .map(Some)
+            .map_err(|err| Error::from_decode(&self.dir, err))
+    }
+
+    /// Records the progress of an import.
+    pub(crate) fn put_import(&mut self, source: &[u8; 32], record: &ImportRecord) -> Result<()> {
+        // Created here on first use: an index without import progress has no table.
+        let mut table = self.txn.open_table(IMPORTS).map_err(|err| self.st(err))?;
+        table
+            .insert(source, record.encode().as_slice())
+            .map_err(|err| self.st(err))?;
+        Ok(())
+    }
+
+    /// Converts a version-1 or version-2 file to the current version: the codes of `view` (read
+    /// from the old tables) go into code blocks, its hash tables replace the bucket chunks, and
+    /// the old tables are dropped. The caller writes the new meta record.
+    pub(crate) fn upgrade_tables(&mut self, view: &View) -> Result<()> {
+        legacy::drop_tables(&self.txn).map_err(|err| self.st(err))?;
+        self.rewrite_codes(view)?;
+        self.put_tables(view)
+    }
+
+    /// Makes the transaction durable.
+    pub(crate) fn commit(mut self) -> Result<()> {
+        let txn = self.txn.0.take().expect("taken only by commit and drop");
+        let path = self.path.clone();
+        guard(&self.dir, move || {
+            txn.commit().map_err(|err| storage_error(&path, err))
+        })
+    }
 }

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use milan::npy::CodesReader;
 use milan::text::unescape_line;
-use milan::{ImportProgress, Index, Item};
+use milan::{ImportProgress, Item};
 
 use crate::{progress, Outcome};
 
@@ -70,7 +70,7 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
         }
     }
     let source = source_hash(&args.codes, args.keys.as_deref())?;
-    let index = Index::open(&args.dir)?;
+    let index = crate::index::open_writable(&args.dir)?;
     codes.expect_bits(index.bits())?;
 
     let earlier = index.import_progress(&source)?.filter(|_| !args.again);
@@ -121,6 +121,8 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
             break;
         }
         let mut writer = index.writer()?;
+        // The hash tables are built once, after the last batch: each batch costs what it adds.
+        writer.defer_merge();
         for code in &batch {
             let key = match &mut keys {
                 Some(lines) => lines.next_key()?.flatten(),
@@ -153,12 +155,11 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
         bar.set_position(committed);
     }
     bar.finish_and_clear();
-    // Each batch adds a small chunk to most buckets and leaves free pages behind: merge the chunks
-    // (keeping the number of substrings) and give the pages back, which halves the next open.
-    let mut index = index;
+    // The batches wait in the scanned delta: file them all in the hash tables in one pass
+    // (keeping the number of substrings). A run stopped before this leaves them waiting; the next
+    // writable open, or this command run again, files them.
     if committed > resume_at {
         index.optimize(Some(index.substrings()))?;
-        index.compact()?;
     }
     let info = index.info();
     if rows == 0 {

@@ -1,7 +1,7 @@
 //! `milan index ...`: create, import, export, info, check, delete, optimize.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -32,6 +32,9 @@ pub enum IndexCommand {
     Info(InfoArgs),
     /// Verify every invariant of the stored index; exit 0 only when all hold.
     Check(DirArgs),
+    /// Convert an index of an older format version to the current one, in one transaction (any
+    /// command that writes to an index does the same first).
+    Upgrade(DirArgs),
     /// Delete codes by id (all ids must exist, or nothing is deleted).
     Delete(DeleteArgs),
     /// Rebuild the hash tables for a better number of substrings, in one transaction.
@@ -129,6 +132,7 @@ pub fn run(command: IndexCommand) -> Result<Outcome> {
         IndexCommand::Export(args) => export(args),
         IndexCommand::Info(args) => info(args),
         IndexCommand::Check(args) => check(args),
+        IndexCommand::Upgrade(args) => upgrade(args),
         IndexCommand::Delete(args) => delete(args),
         IndexCommand::Optimize(args) => optimize(args),
         IndexCommand::Rehash(args) => rehash(args),
@@ -273,7 +277,7 @@ fn check(args: DirArgs) -> Result<Outcome> {
 fn delete(mut args: DeleteArgs) -> Result<Outcome> {
     args.ids.sort_unstable();
     args.ids.dedup();
-    let index = Index::open(&args.dir)?;
+    let index = open_writable(&args.dir)?;
     let mut writer = index.writer()?;
     for &id in &args.ids {
         if !writer.delete(id)? {
@@ -288,8 +292,37 @@ fn delete(mut args: DeleteArgs) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// Opens an index for writing, saying so on standard error when the open upgraded its format.
+pub fn open_writable(dir: &Path) -> Result<Index> {
+    let index = Index::open(dir)?;
+    if let Some(old) = index.upgraded_from() {
+        eprintln!(
+            "upgraded {} from index format version {old} to {}",
+            dir.display(),
+            index.info().format_version
+        );
+    }
+    Ok(index)
+}
+
+fn upgrade(args: DirArgs) -> Result<Outcome> {
+    let index = Index::open(&args.dir)?;
+    let version = index.info().format_version;
+    match index.upgraded_from() {
+        Some(old) => outln!(
+            "upgraded {} from index format version {old} to {version}",
+            args.dir.display()
+        )?,
+        None => outln!(
+            "{} is at index format version {version} already; nothing to do",
+            args.dir.display()
+        )?,
+    }
+    Ok(Outcome::Success)
+}
+
 fn optimize(args: OptimizeArgs) -> Result<Outcome> {
-    let mut index = Index::open(&args.dir)?;
+    let mut index = open_writable(&args.dir)?;
     let started = Instant::now();
     let before = index.info().file_bytes;
     let report = index.optimize(args.substrings)?;
@@ -308,7 +341,7 @@ fn optimize(args: OptimizeArgs) -> Result<Outcome> {
 
 fn rehash(args: RehashArgs) -> Result<Outcome> {
     let head = HashHead::read(&args.head)?;
-    let mut index = Index::open(&args.dir)?;
+    let mut index = open_writable(&args.dir)?;
     let started = Instant::now();
     let report = index.rehash(head)?;
     index.compact()?;

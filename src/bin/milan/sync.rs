@@ -59,7 +59,7 @@ pub fn run(args: SyncArgs) -> Result<Outcome> {
     let index = if dry_run {
         Index::open_read_only(&dir)?
     } else {
-        Index::open(&dir)?
+        crate::index::open_writable(&dir)?
     };
     let Some(model) = index.model().cloned() else {
         bail!(

@@ -5,6 +5,13 @@
 //! Usage: milan-compare-mihrs --codes codes.npy --queries queries.npy [--top-k 20]
 //!        [--radius 2,4,8] [--blocks M] [--index-file PATH]
 //!
+//! Memory: the .npy rows are dropped once packed into integers, and the top-k check counts the
+//! distances to every code in a histogram instead of sorting them, so a run holds the codes
+//! (8 bytes each for 64 bits) and mih-rs's index, not copies of them. `rss_bytes` (resident
+//! memory after the index was read back and every query ran, freed heap returned first) and
+//! `peak_rss_bytes` (the process's high-water mark, the build included) come from
+//! /proc/self/status (Linux; absent elsewhere).
+//!
 //! With `--join` (no queries), it times the self-join the way mih-rs can do one: a range search
 //! around every code, keeping the ids above the code's own, on `--threads` threads (each with its
 //! own searcher, over interleaved chunks of codes), `--runs` times per radius, and prints one JSON
@@ -169,6 +176,10 @@ struct Report {
     build_s: f64,
     open_ms: f64,
     serialized_bytes_per_code: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_rss_bytes: Option<u64>,
     top_k: TopKReport,
     radius: Vec<RadiusReport>,
     linear_scan: ScanReport,
@@ -185,11 +196,60 @@ fn read_rows(path: &PathBuf) -> Result<Array2<u8>> {
     ndarray_npy::read_npy(path).map_err(|err| anyhow!("{}: not a uint8 [n, bytes] .npy array: {err}", path.display()))
 }
 
-fn to_codes<T: FromRow>(rows: &Array2<u8>) -> Vec<T> {
-    rows.rows().into_iter().map(|row| T::from_row(&row.to_vec())).collect()
+/// Packs the rows into integers, dropping the rows as soon as they are packed.
+fn to_codes<T: FromRow>(rows: Array2<u8>) -> Vec<T> {
+    let width = rows.ncols();
+    if width == 0 {
+        return Vec::new();
+    }
+    match rows.as_slice() {
+        Some(bytes) => bytes.chunks_exact(width).map(T::from_row).collect(),
+        None => rows.rows().into_iter().map(|row| T::from_row(&row.to_vec())).collect(),
+    }
 }
 
-fn run<T: FromRow>(args: &Args, rows: &Array2<u8>, query_rows: &Array2<u8>, load_codes_s: f64) -> Result<Report> {
+/// A "VmRSS:"-style line of /proc/self/status in bytes; None where there is no such file.
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    let kib: u64 = line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Gives freed heap back to the system, so that the resident memory measured afterwards is
+/// what is still in use (glibc keeps small freed blocks otherwise).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
+/// The distance of the k-th nearest code (k >= 1, k <= codes.len()), from a histogram of the
+/// distances to every code: one pass, no buffer of n entries.
+fn kth_distance<T: CodeInt>(codes: &[T], q: T, k: usize, counts: &mut Vec<usize>) -> usize {
+    counts.clear();
+    counts.resize(T::dimensions() + 1, 0);
+    for &code in codes {
+        counts[hamdist(code, q)] += 1;
+    }
+    let mut seen = 0;
+    for (d, &count) in counts.iter().enumerate() {
+        seen += count;
+        if seen >= k {
+            return d;
+        }
+    }
+    unreachable!("k is at most the number of codes")
+}
+
+fn run<T: FromRow>(args: &Args, rows: Array2<u8>, query_rows: Array2<u8>, load_codes_s: f64) -> Result<Report> {
     let bits = rows.ncols() * 8;
     let codes: Vec<T> = to_codes(rows);
     let queries: Vec<T> = to_codes(query_rows);
@@ -217,6 +277,7 @@ fn run<T: FromRow>(args: &Args, rows: &Array2<u8>, query_rows: &Array2<u8>, load
     }
     let serialized_bytes = std::fs::metadata(&index_file)?.len();
     drop(built);
+    release_free_memory();
     let started = Instant::now();
     let index = Index::<T>::deserialize_from(BufReader::new(File::open(&index_file)?))?;
     let open_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -237,12 +298,10 @@ fn run<T: FromRow>(args: &Args, rows: &Array2<u8>, query_rows: &Array2<u8>, load
     }
     let mut scan_micros = Vec::with_capacity(queries.len());
     let mut kth_exact = Vec::with_capacity(queries.len());
-    let mut buf = Vec::new();
+    let mut counts = Vec::new();
     for &q in &queries {
         let started = Instant::now();
-        ls::exhaustive_search_with_buf(codes, q, &mut buf);
-        buf.select_nth_unstable_by_key(k - 1, |&(_, d)| d);
-        let kth = buf[k - 1].1 as usize;
+        let kth = kth_distance(codes, q, k, &mut counts);
         scan_micros.push(started.elapsed().as_secs_f64() * 1e6);
         kth_exact.push(kth);
     }
@@ -305,6 +364,9 @@ fn run<T: FromRow>(args: &Args, rows: &Array2<u8>, query_rows: &Array2<u8>, load
         });
     }
 
+    release_free_memory();
+    let rss_bytes = proc_status_bytes("VmRSS:");
+    let peak_rss_bytes = proc_status_bytes("VmHWM:");
     Ok(Report {
         library: "mih-rs",
         version: MIH_RS_VERSION,
@@ -316,6 +378,8 @@ fn run<T: FromRow>(args: &Args, rows: &Array2<u8>, query_rows: &Array2<u8>, load
         build_s,
         open_ms,
         serialized_bytes_per_code: serialized_bytes as f64 / codes.len() as f64,
+        rss_bytes,
+        peak_rss_bytes,
         top_k,
         radius,
         linear_scan: ScanReport {
@@ -348,7 +412,7 @@ struct JoinReport {
 /// Codes per chunk a thread takes in turn: small enough to share the work evenly.
 const JOIN_CHUNK: usize = 4096;
 
-fn run_join<T: FromRow + Sync>(args: &Args, rows: &Array2<u8>) -> Result<JoinReport> {
+fn run_join<T: FromRow + Sync>(args: &Args, rows: Array2<u8>) -> Result<JoinReport> {
     let bits = rows.ncols() * 8;
     let codes: Vec<T> = to_codes(rows);
     if codes.is_empty() {
@@ -423,10 +487,10 @@ fn main() -> Result<()> {
     if args.join {
         let rows = read_rows(&args.codes)?;
         let report = match rows.ncols() {
-            1 => run_join::<u8>(&args, &rows)?,
-            2 => run_join::<u16>(&args, &rows)?,
-            4 => run_join::<u32>(&args, &rows)?,
-            8 => run_join::<u64>(&args, &rows)?,
+            1 => run_join::<u8>(&args, rows)?,
+            2 => run_join::<u16>(&args, rows)?,
+            4 => run_join::<u32>(&args, rows)?,
+            8 => run_join::<u64>(&args, rows)?,
             width => return print_skipped(width),
         };
         println!("{}", serde_json::to_string(&report)?);
@@ -440,10 +504,10 @@ fn main() -> Result<()> {
         bail!("codes are {} bytes wide but queries {}", rows.ncols(), query_rows.ncols());
     }
     let report = match rows.ncols() {
-        1 => run::<u8>(&args, &rows, &query_rows, load_codes_s)?,
-        2 => run::<u16>(&args, &rows, &query_rows, load_codes_s)?,
-        4 => run::<u32>(&args, &rows, &query_rows, load_codes_s)?,
-        8 => run::<u64>(&args, &rows, &query_rows, load_codes_s)?,
+        1 => run::<u8>(&args, rows, query_rows, load_codes_s)?,
+        2 => run::<u16>(&args, rows, query_rows, load_codes_s)?,
+        4 => run::<u32>(&args, rows, query_rows, load_codes_s)?,
+        8 => run::<u64>(&args, rows, query_rows, load_codes_s)?,
         width => return print_skipped(width),
     };
     println!("{}", serde_json::to_string(&report)?);

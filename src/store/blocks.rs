@@ -1,0 +1,209 @@
+//! Codes in blocks (format version 3): [`block_ids`] ids per redb entry (7,936 of 64-bit codes),
+//! a live bitmap then the codes, so that an open reads a few thousand large values instead of
+//! one entry per code, and a commit rewrites only the blocks it touches.
+//!
+//! Every block from 0 to the last is present, and every block but the last holds all its slots:
+//! the slots an open allocates are then proven by the bytes the file holds.
+
+use bitvec::vec::BitVec;
+use milan_index_format::{block_ids, CodeBlock, CodeBlockBuf, MetaRecord};
+use redb::{ReadOnlyTable, ReadableTable, Table};
+
+use super::StoreError;
+use crate::code::extend_words;
+use crate::mih::View;
+
+/// The codes an open read: every slot's words, and a flag per slot set where nothing is stored.
+pub(super) struct StoredCodes {
+    pub(super) words: Vec<u64>,
+    pub(super) deleted: BitVec<u64>,
+}
+
+/// Appends the packed bytes of a code of `code_bytes` bytes held as `words`.
+fn push_bytes(bytes: &mut Vec<u8>, words: &[u64], code_bytes: usize) {
+    let start = bytes.len();
+    for word in words {
+        bytes.extend_from_slice(&word.to_be_bytes());
+    }
+    bytes.truncate(start + code_bytes);
+}
+
+/// Reads every block, checking their sequence, their shape and the count of stored codes.
+pub(super) fn load(
+    table: &ReadOnlyTable<u64, &[u8]>,
+    meta: &MetaRecord,
+) -> Result<StoredCodes, StoreError> {
+    let code_bytes = meta.layout().bytes();
+    let per_block = block_ids(code_bytes);
+    let mut words = Vec::new();
+    let mut flags: Vec<u8> = Vec::new();
+    let (mut slots, mut live) = (0usize, 0u64);
+    for (expected, entry) in table.iter()?.enumerate() {
+        let (key, value) = entry?;
+        let key = key.value();
+        if key != expected as u64 {
+            return Err(StoreError::Corrupted(format!(
+                "code block {key} follows block {}: block {expected} is missing",
+                expected as i64 - 1
+            )));
+        }
+        if slots != expected * per_block {
+            return Err(StoreError::Corrupted(format!(
+                "code block {} holds {} slots but is not the last block",
+                expected - 1,
+                slots - (expected - 1) * per_block
+            )));
+        }
+        let block = CodeBlock::decode(value.value(), code_bytes)
+            .map_err(|err| StoreError::Corrupted(format!("code block {key}: {err}")))?;
+        slots += block.slots();
+        if slots as u64 > meta.next_id {
+            return Err(StoreError::Corrupted(format!(
+                "code block {key} holds ids up to {}, at or past the next id {}",
+                slots - 1,
+                meta.next_id
+            )));
+        }
+        live += block.live_count() as u64;
+        if code_bytes % 8 == 0 {
+            words.extend(
+                block
+                    .codes()
+                    .chunks_exact(8)
+                    .map(|word| u64::from_be_bytes(word.try_into().expect("eight bytes"))),
+            );
+        } else {
+            for i in 0..block.slots() {
+                extend_words(&mut words, block.code(i));
+            }
+        }
+        // A block's ids start on a byte of the bitmap (blocks hold a multiple of 8 ids), so
+        // the bitmaps, inverted, join into the deleted flags byte by byte.
+        flags.extend(block.live_bitmap().iter().map(|byte| !byte));
+    }
+    if live != meta.live_count {
+        return Err(StoreError::Corrupted(format!(
+            "{live} codes stored but the meta record counts {}",
+            meta.live_count
+        )));
+    }
+    // Least significant bit first in each byte and each word: the flags' own order.
+    let raw: Vec<u64> = flags
+        .chunks(8)
+        .map(|chunk| {
+            let mut word = [0xffu8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            u64::from_le_bytes(word)
+        })
+        .collect();
+    let mut deleted = BitVec::from_vec(raw);
+    deleted.truncate(slots);
+    Ok(StoredCodes { words, deleted })
+}
+
+/// Reads block `b` to change it: a new block when it is not stored yet.
+fn block_for_change(
+    table: &Table<u64, &[u8]>,
+    code_bytes: usize,
+    b: u64,
+) -> Result<Option<CodeBlockBuf>, StoreError> {
+    let Some(value) = table.get(b)? else {
+        return Ok(None);
+    };
+    let block = CodeBlock::decode(value.value(), code_bytes)
+        .map_err(|err| StoreError::Corrupted(format!("code block {b}: {err}")))?;
+    Ok(Some(CodeBlockBuf::from_block(&block)))
+}
+
+/// Stores new codes (`ids` increasing and past every stored slot, their packed bytes one after
+/// another in `bytes`), padding the blocks before them to full length first.
+pub(super) fn add(
+    table: &mut Table<u64, &[u8]>,
+    code_bytes: usize,
+    ids: &[u64],
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let Some(&first) = ids.first() else {
+        return Ok(());
+    };
+    let per_block = block_ids(code_bytes) as u64;
+    let first_block = first / per_block;
+    // Every block before the first one touched holds all its slots (ids handed out and deleted
+    // before reaching storage leave zeroed, unmarked slots).
+    let last_stored = table.last()?.map(|(key, _)| key.value());
+    if let Some(last) = last_stored.filter(|&last| last < first_block) {
+        let mut block = block_for_change(table, code_bytes, last)?.expect("the last block");
+        block.pad_to(per_block as usize);
+        table.insert(last, block.as_bytes())?;
+    }
+    let from = last_stored.map_or(0, |last| last + 1);
+    for b in from..first_block {
+        let mut block = CodeBlockBuf::new(code_bytes);
+        block.pad_to(per_block as usize);
+        table.insert(b, block.as_bytes())?;
+    }
+    let codes: Vec<&[u8]> = bytes.chunks_exact(code_bytes).collect();
+    let mut at = 0;
+    while at < ids.len() {
+        let b = ids[at] / per_block;
+        let mut block = match block_for_change(table, code_bytes, b)? {
+            Some(block) => block,
+            None => CodeBlockBuf::new(code_bytes),
+        };
+        while at < ids.len() && ids[at] / per_block == b {
+            block.set((ids[at] % per_block) as usize, codes[at]);
+            at += 1;
+        }
+        table.insert(b, block.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Removes stored codes (`ids` in any order); an id with no stored code is damage.
+pub(super) fn delete(
+    table: &mut Table<u64, &[u8]>,
+    code_bytes: usize,
+    ids: &[u64],
+) -> Result<(), StoreError> {
+    let per_block = block_ids(code_bytes) as u64;
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    for group in ids.chunk_by(|a, b| a / per_block == b / per_block) {
+        let b = group[0] / per_block;
+        let mut block = block_for_change(table, code_bytes, b)?.ok_or_else(|| {
+            StoreError::Corrupted(format!("live id {} has no code block", group[0]))
+        })?;
+        for &id in group {
+            if !block.clear((id % per_block) as usize) {
+                return Err(StoreError::Corrupted(format!(
+                    "live id {id} has no stored code"
+                )));
+            }
+        }
+        table.insert(b, block.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Writes the blocks of every slot of `view` into an empty table.
+pub(super) fn write_view(table: &mut Table<u64, &[u8]>, view: &View) -> Result<(), StoreError> {
+    let code_bytes = view.layout().code.bytes();
+    let per_block = block_ids(code_bytes);
+    let mut bytes = Vec::with_capacity(code_bytes);
+    for (b, first) in (0..view.slots()).step_by(per_block).enumerate() {
+        let mut block = CodeBlockBuf::new(code_bytes);
+        let end = (first + per_block).min(view.slots());
+        for slot in first..end {
+            match view.code(slot as u64) {
+                Some(words) => {
+                    bytes.clear();
+                    push_bytes(&mut bytes, words, code_bytes);
+                    block.set(slot - first, &bytes);
+                }
+                None => block.pad_to(slot - first + 1),
+            }
+        }
+        table.insert(b as u64, block.as_bytes())?;
+    }
+    Ok(())
+}
