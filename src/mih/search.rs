@@ -105,10 +105,11 @@ const TOP_K_PROBE_NS: f64 = 50.0;
 /// 11).
 const EXPLORE_BUDGET: f64 = 0.03;
 /// A top-k search starts on the hash tables only when, at the sampled k-th distance, they are
-/// predicted to cost less than this fraction of a scan. The prediction is rough (it missed by
-/// 1.3x to 4x on the 128- and 1024-bit workloads of docs/benchmarks.md); measured clustered
-/// workloads predict under 0.25, uniform and very long codes 1.7 and more.
-const TOP_K_PLAN_MARGIN: f64 = 0.5;
+/// predicted to cost less than this fraction of a scan. The prediction is rough, but the search
+/// itself switches to the scan when its own query turns out costly: the clustered workloads of
+/// docs/benchmarks.md predict under 0.25 for their top-20, uniform and very long codes 1.7 and
+/// more.
+const TOP_K_PLAN_MARGIN: f64 = 1.0;
 /// A forced multi-index search may probe this many buckets whatever the index's size: every
 /// value of 16 tables of 16-bit substrings, so that small indexes with substrings that narrow can
 /// always be searched that way. At `PROBE_NS` that is 3 ms, but probes of tables too large for the
