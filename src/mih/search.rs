@@ -12,7 +12,12 @@
 //!
 //! Multi-index hashing loses to a scan on tiny indexes, long codes and large radii over uniform
 //! codes; [`Strategy::Auto`] prices both per query (probes and candidates against codes scanned)
-//! and takes the cheaper. Codes added since the last table build (the delta) are always scanned.
+//! and takes the cheaper. A top-k search learns its cost only as it finds its k-th nearest, so it
+//! starts on the tables (unless sample codes predict the scan) and, from the hits found so far,
+//! estimates where the k-th nearest lies and what the rest will cost: it switches to the scan as
+//! soon as that is expected to be cheaper, and never after spending a scan's cost
+//! ([`View::top_k_gives_up`]). Codes added since the last table build (the delta) are always
+//! scanned.
 //!
 //! A forced [`Strategy::MultiIndex`] has no such escape, so it has a budget instead
 //! ([`View::forced_probe_budget`]): a query that would probe more buckets is refused with
@@ -88,14 +93,23 @@ pub(super) const ENTRY_NS: f64 = 1.5;
 const SURVIVOR_NS: f64 = 8.0;
 /// Below this many slots a scan is always cheaper.
 const SCAN_BELOW_SLOTS: usize = 2048;
-/// Until a top-k search can predict its remaining cost (k candidates found, two substring levels
-/// probed), it gives up for the scan after spending this fraction of a scan's cost.
-const UNGUIDED_BUDGET: f64 = 0.1;
+/// A bucket probe of a top-k search. Its keys spread over the whole table, so nearly every probe
+/// misses the caches (the bucket's offset, then its entries): 20-40 ns on the workloads of
+/// docs/benchmarks.md, where a scan read a word in 0.25 ns; so about 50 ns at `SCAN_NS_PER_WORD`.
+/// (`PROBE_NS`, 17 times less, is kept for the radius search and the self-join, as calibrated
+/// for them.)
+const TOP_K_PROBE_NS: f64 = 50.0;
+/// A planned top-k search takes every probe step that keeps it within this fraction of a scan's
+/// cost, whatever it predicts: the first steps tell too little (at 10,000,000 64-bit codes in 3
+/// substrings, two levels found no hit nearer than 15 bits for queries whose 20th nearest lies at
+/// 11).
+const EXPLORE_BUDGET: f64 = 0.03;
 /// A top-k search starts on the hash tables only when, at the sampled k-th distance, they are
-/// predicted to cost less than this fraction of a scan. The prediction is rough (it missed by
-/// 1.3x to 4x on the 128- and 1024-bit workloads of docs/benchmarks.md); measured clustered
-/// workloads predict under 0.1, uniform and very long codes 0.8 and more.
-const TOP_K_PLAN_MARGIN: f64 = 0.5;
+/// predicted to cost less than this fraction of a scan. The prediction is rough, but the search
+/// itself switches to the scan when its own query turns out costly: the clustered workloads of
+/// docs/benchmarks.md predict under 0.25 for their top-20, uniform and very long codes 1.7 and
+/// more.
+const TOP_K_PLAN_MARGIN: f64 = 1.0;
 /// A forced multi-index search may probe this many buckets whatever the index's size: every
 /// value of 16 tables of 16-bit substrings, so that small indexes with substrings that narrow can
 /// always be searched that way. At `PROBE_NS` that is 3 ms, but probes of tables too large for the
@@ -273,31 +287,6 @@ fn reached_earlier(
     })
 }
 
-/// Calls `verify(slot)` for each bucket entry whose filter is within `slack` of the query's.
-///
-/// Survivors are gathered first, without branches, then verified: their code reads are then
-/// independent of each other and the processor overlaps their cache misses.
-#[inline(always)]
-fn for_each_survivor(
-    entries: &[BucketEntry],
-    query_filter: u32,
-    slack: u32,
-    mut verify: impl FnMut(usize),
-) {
-    const BATCH: usize = 64;
-    let mut survivors = [0u32; BATCH];
-    for chunk in entries.chunks(BATCH) {
-        let mut count = 0;
-        for &entry in chunk {
-            survivors[count] = entry.id();
-            count += usize::from((entry.filter() ^ query_filter).count_ones() <= slack);
-        }
-        for &slot in &survivors[..count] {
-            verify(slot as usize);
-        }
-    }
-}
-
 /// Expected cost of one bucket entry whose filter (`filter_width` bits) may differ from the
 /// query's in up to `slack` bits: the share of entries that survive the filter, as if their filter
 /// bits were random, pays for a code read.
@@ -369,6 +358,47 @@ pub(super) fn binomial(n: u32, k: u32) -> f64 {
     match BINOMIALS.get(n as usize) {
         Some(row) => row[k as usize],
         None => (0..k).fold(1.0, |acc, i| acc * f64::from(n - i) / f64::from(i + 1)),
+    }
+}
+
+/// `P(X <= r)` for `X ~ Binomial(n, p)`.
+fn binomial_cdf(n: u32, p: f64, r: i64) -> f64 {
+    if r < 0 {
+        return 0.0;
+    }
+    if r >= i64::from(n) {
+        return 1.0;
+    }
+    if p >= 1.0 {
+        return 0.0; // X = n > r
+    }
+    // Terms C(n, i) p^i (1-p)^(n-i), each from the one before.
+    let mut term = (1.0 - p).powi(n as i32);
+    let mut sum = term;
+    for i in 0..r as u32 {
+        term *= f64::from(n - i) / f64::from(i + 1) * p / (1.0 - p);
+        sum += term;
+    }
+    sum
+}
+
+/// The last `(width, radius)` for which [`View::found_share`] computed a table's miss share, with
+/// that share: substrings come in at most two widths, in runs, so most tables reuse it.
+#[derive(Default)]
+struct ShareCache {
+    last: Option<(u32, i64, f64)>,
+}
+
+impl ShareCache {
+    fn get(&mut self, width: u32, radius: i64, compute: impl FnOnce() -> f64) -> f64 {
+        match self.last {
+            Some((w, r, share)) if (w, r) == (width, radius) => share,
+            _ => {
+                let share = compute();
+                self.last = Some((width, radius, share));
+                share
+            }
+        }
     }
 }
 
@@ -716,7 +746,7 @@ impl View {
             Some(budget) => Limit::Probes(budget),
             None => Limit::ScanCost,
         };
-        match self.top_k_tables::<W>(query, &mut top, limit) {
+        match self.top_k_tables::<W>(query, &mut top, limit).0 {
             TablesOutcome::Complete => Ok(top.finish()),
             TablesOutcome::ScanCheaper => Ok(scan_all()),
             TablesOutcome::OverBudget(refusal) => Err(refusal),
@@ -761,18 +791,20 @@ impl View {
     /// Predicted cost of the probe steps from `(s, j)` on until the bound passes `cap`, with
     /// buckets holding `entries_per_probe` entries.
     fn predicted_top_k_cost(&self, s: u32, j: usize, cap: u32, entries_per_probe: f64) -> f64 {
-        let subs = &self.layout.substrings;
         self.top_k_steps(s, j, cap)
-            .map(|(s, j)| {
-                let per_entry = entry_cost(
-                    self.layout.filters[j].width,
-                    i64::from(cap) - i64::from(s),
-                    self.verify_ns(),
-                );
-                binomial(subs[j].width, s)
-                    * (PROBE_NS + entries_per_probe.max(self.uniform_bucket_len(j)) * per_entry)
-            })
+            .map(|(s, j)| self.top_k_step_cost(s, j, cap, entries_per_probe))
             .sum()
+    }
+
+    /// Predicted cost of probe step `(s, j)` with `cap` the k-th distance so far.
+    fn top_k_step_cost(&self, s: u32, j: usize, cap: u32, entries_per_probe: f64) -> f64 {
+        let per_entry = entry_cost(
+            self.layout.filters[j].width,
+            i64::from(cap) - i64::from(s),
+            self.verify_ns(),
+        );
+        let entries = entries_per_probe.max(self.uniform_bucket_len(j));
+        binomial(self.layout.substrings[j].width, s) * (TOP_K_PROBE_NS + entries * per_entry)
     }
 
     /// Bucket probes of the steps from `(s, j)` on until the bound passes `cap`.
@@ -783,14 +815,86 @@ impl View {
             .sum()
     }
 
+    /// Where the query's k-th nearest code is expected to lie, from the hits `top` holds before
+    /// probe step `(s, j)`: a code at distance `d` has been found with probability
+    /// [`View::found_share`], so each hit at `d` stands for `1 / share` codes (a Horvitz-Thompson
+    /// estimate); the k-th is where those add up to `k`, and at most `top.cap`. After two levels
+    /// it is within a bit or two of the true distance on the clustered workloads, where the cap
+    /// can still be twice that.
+    fn estimated_kth(&self, top: &TopK, s: u32, j: usize) -> u32 {
+        let mut expected = 0.0;
+        for d in 0..=top.cap {
+            let count = top.counts[d as usize];
+            if count > 0 {
+                expected += count as f64 / self.found_share(d, s, j).max(1e-9);
+                if expected >= top.k as f64 {
+                    return d;
+                }
+            }
+        }
+        top.cap
+    }
+
+    /// Share of the codes at distance `d` from the query that the probes before step `(s, j)`
+    /// have reached: those with a substring within `s` bits on tables `0..j`, or within `s - 1`
+    /// on the others, as if the `d` differing bits fell independently on each bit position.
+    fn found_share(&self, d: u32, s: u32, j: usize) -> f64 {
+        let subs = &self.layout.substrings;
+        if d < subs.len() as u32 * s + j as u32 {
+            return 1.0; // every code that near has been found (pigeonhole)
+        }
+        let bits = f64::from(self.layout.bits());
+        let mut shares = ShareCache::default();
+        let missed: f64 = subs
+            .iter()
+            .enumerate()
+            .map(|(t, sub)| {
+                let radius = i64::from(s) - i64::from(t >= j);
+                shares.get(sub.width, radius, || {
+                    1.0 - binomial_cdf(d, f64::from(sub.width) / bits, radius)
+                })
+            })
+            .product();
+        1.0 - missed
+    }
+
+    /// Whether a planned top-k search that has spent `spent` should give up for the scan before
+    /// probe step `(s, j)`. A step that keeps it within [`EXPLORE_BUDGET`] of a scan's cost is
+    /// always taken: it is cheap, and its hits sharpen the estimate of the k-th distance. Past
+    /// that, it goes on while the rest, predicted at the estimated k-th distance, costs less than
+    /// a scan (what it spent is spent either way), but never into a step that would take it past
+    /// a scan's cost: so no query costs much more than two scans, and those expected to cost
+    /// more than one switch early.
+    fn top_k_gives_up(
+        &self,
+        top: &TopK,
+        s: u32,
+        j: usize,
+        spent: f64,
+        entries_per_probe: f64,
+    ) -> bool {
+        let scan = self.scan_cost();
+        let next = spent + self.top_k_step_cost(s, j, top.cap, entries_per_probe);
+        if next <= EXPLORE_BUDGET * scan {
+            return false;
+        }
+        if next > scan {
+            return true;
+        }
+        let rest = |cap| self.predicted_top_k_cost(s, j, cap, entries_per_probe);
+        // At the cap first: an upper bound on the k-th distance, and cheap.
+        rest(top.cap) > scan && rest(self.estimated_kth(top, s, j)) > scan
+    }
+
     /// Grows the substring radius until the `k` best are certain. Stops early, leaving `top`
-    /// partial, when `limit` says the rest costs too much.
+    /// partial, when `limit` says the rest costs too much. Also returns the cost of what it did,
+    /// as the planner prices it.
     fn top_k_tables<const W: usize>(
         &self,
         query: &[u64],
         top: &mut TopK,
         limit: Limit,
-    ) -> TablesOutcome {
+    ) -> (TablesOutcome, f64) {
         let words = self.layout.words;
         let subs = &self.layout.substrings;
         let m = subs.len() as u32;
@@ -798,69 +902,74 @@ impl View {
             table.prefetch(sub.value(query));
         }
         let mut xor = [0u64; MAX_WORDS];
-        let scan = self.scan_cost();
-        let (mut spent, mut probes_done, mut entries_seen) = (0.0f64, 0.0f64, 0usize);
+        let (mut spent, mut probes_done) = (0.0f64, 0.0f64);
+        // (probes, entries) of the level being probed and of the one before: the buckets of
+        // clustered codes empty as the substring distance grows, so the latest level tells best
+        // how full the next ones are.
+        let (mut level, mut last_level) = ((0.0f64, 0usize), (0.0f64, 0usize));
         let max_width = subs.iter().map(|sub| sub.width).max().unwrap_or(0);
         for s in 0..=max_width {
+            last_level = if level.0 > 0.0 { level } else { last_level };
+            level = (0.0, 0);
             for (j, (sub, table)) in subs.iter().zip(&self.base.tables).enumerate() {
                 match limit {
                     Limit::ScanCost => {
-                        // The cap falls fast over the first two levels (which cost little), so
-                        // it predicts the rest only from then on.
-                        let give_up = if s >= 2 && top.full() {
-                            let per_probe = entries_seen as f64 / probes_done.max(1.0);
-                            spent + self.predicted_top_k_cost(s, j, top.cap, per_probe) > scan
-                        } else {
-                            spent > UNGUIDED_BUDGET * scan
-                        };
-                        if give_up {
-                            return TablesOutcome::ScanCheaper;
+                        let (probes, entries) = if level.0 > 0.0 { level } else { last_level };
+                        let per_probe = entries as f64 / probes.max(1.0);
+                        if (s, j) != (0, 0) && self.top_k_gives_up(top, s, j, spent, per_probe) {
+                            return (TablesOutcome::ScanCheaper, spent);
                         }
                     }
                     Limit::Probes(budget) => {
                         if probes_done + binomial(sub.width, s) > budget {
                             let probes = probes_done + self.predicted_top_k_probes(s, j, top.cap);
-                            return TablesOutcome::OverBudget(TooCostly { probes, budget });
+                            let refusal = TooCostly { probes, budget };
+                            return (TablesOutcome::OverBudget(refusal), spent);
                         }
                     }
                 }
-                let mut cap = top.cap;
                 let mut entries = 0usize;
                 let query_filter = self.layout.filters[j].value(query);
-                for_each_bucket(table, sub.value(query), sub.width, s, |bucket| {
-                    entries += bucket.len();
-                    if s > cap {
-                        return;
-                    }
-                    let slack = cap - s;
-                    for_each_survivor(bucket, query_filter, slack, |slot| {
+                // Survivors of many buckets are gathered before their codes are read, so that
+                // those reads (cache misses, mostly) overlap.
+                let cap = std::cell::Cell::new(top.cap);
+                let mut verified = 0usize;
+                let mut verify = |batch: &[(u32, u16)]| {
+                    verified += batch.len();
+                    for &(slot, _) in batch {
+                        let slot = slot as usize;
                         let code = &self.base.words[slot * words..];
                         let d = xor_distance::<W>(query, code, words, &mut xor);
-                        if d > cap {
-                            return;
+                        if d > cap.get() {
+                            continue;
                         }
                         let seen = reached_earlier(subs, &xor, i64::from(s), j, |_, _| true);
                         if !seen && !self.deleted[slot] {
-                            cap = top.push(d, slot);
+                            cap.set(top.push(d, slot));
                         }
-                    });
+                    }
+                };
+                let mut survivors = Survivors::new();
+                for_each_bucket(table, sub.value(query), sub.width, s, |bucket| {
+                    entries += bucket.len();
+                    if let Some(slack) = cap.get().checked_sub(s) {
+                        survivors.gather(bucket, j, 0, query_filter, slack, &mut verify);
+                    }
                 });
+                survivors.flush(&mut verify);
                 let probes = binomial(sub.width, s);
                 probes_done += probes;
-                entries_seen += entries;
-                let per_entry = entry_cost(
-                    self.layout.filters[j].width,
-                    i64::from(cap) - i64::from(s),
-                    self.verify_ns(),
-                );
-                spent += probes * PROBE_NS + entries as f64 * per_entry;
+                level = (level.0 + probes, level.1 + entries);
+                spent += probes * TOP_K_PROBE_NS
+                    + entries as f64 * ENTRY_NS
+                    + verified as f64 * self.verify_ns();
                 // Table j fully enumerated: every code has been seen.
                 if s == sub.width || top.complete_below(m * s + j as u32 + 1) {
-                    return TablesOutcome::Complete;
+                    return (TablesOutcome::Complete, spent);
                 }
             }
         }
-        TablesOutcome::Complete
+        (TablesOutcome::Complete, spent)
     }
 
     /// Calls `report(distance, slot)` for every slot in `range` within `limit`, deleted slots
@@ -954,6 +1063,55 @@ mod tests {
         let clustered = view_of(200_000, 200, 0.1);
         assert!(!clustered.scan_expected_cheaper_for_top(20));
         assert!(clustered.scan_expected_cheaper_for_top(150_000));
+    }
+
+    #[test]
+    fn planned_top_k_gives_up_early_and_within_a_scan_where_the_kth_nearest_lies_far() {
+        use rand::{Rng, SeedableRng};
+        // Clustered codes, on which the planner starts every top-k search on the tables. Queries
+        // near them finish there; uniform queries have their 20th nearest 20 bits away or more,
+        // where the tables would cost several scans.
+        let view = view_of(200_000, 200, 0.1);
+        assert!(!view.scan_expected_cheaper_for_top(20));
+        let scan = view.scan_cost();
+        let run = |query: u64, limit: Limit| {
+            let mut top = TopK::new(20, 64);
+            let (outcome, spent) = view.top_k_tables::<1>(&[query], &mut top, limit);
+            (matches!(outcome, TablesOutcome::Complete), spent)
+        };
+        let mut complete = 0;
+        for id in (0..200_000).step_by(4001) {
+            let (done, spent) = run(view.code(id).unwrap()[0] ^ 0b101, Limit::ScanCost);
+            assert!(
+                spent <= scan,
+                "near query {id}: {spent} against a scan's {scan}"
+            );
+            complete += usize::from(done);
+        }
+        assert!(
+            complete >= 40,
+            "{complete} of 50 near queries finished on the tables"
+        );
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for i in 0..50 {
+            let query = rng.next_u64();
+            let (done, spent) = run(query, Limit::ScanCost);
+            assert!(
+                !done && spent <= 0.1 * scan,
+                "far query {i}: {spent} against {scan}"
+            );
+            if i < 5 {
+                let (_, unbounded) = run(query, Limit::Probes(f64::INFINITY));
+                assert!(
+                    unbounded > 2.0 * scan,
+                    "far query {i}: {unbounded} against {scan}"
+                );
+            }
+            assert_eq!(
+                view.top_k(&[query], 20, Strategy::Auto).unwrap(),
+                view.top_k(&[query], 20, Strategy::Scan).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -147,6 +147,7 @@ struct Timing {
     mean_us: f64,
     median_us: f64,
     p99_us: f64,
+    max_us: f64,
 }
 
 fn timing(mut micros: Vec<f64>) -> Timing {
@@ -162,6 +163,7 @@ fn timing(mut micros: Vec<f64>) -> Timing {
         mean_us: micros.iter().sum::<f64>() / n as f64,
         median_us: at(0.5),
         p99_us: at(0.99),
+        max_us: micros.last().copied().unwrap_or(0.0),
     }
 }
 
@@ -172,6 +174,7 @@ struct TopKReport {
     timing: Timing,
     recall: f64,
     scan_mean_us: f64,
+    scan_p99_us: f64,
 }
 
 #[derive(Serialize)]
@@ -182,6 +185,7 @@ struct RadiusReport {
     mean_hits: f64,
     recall: f64,
     scan_mean_us: f64,
+    scan_p99_us: f64,
 }
 
 #[derive(Serialize)]
@@ -201,6 +205,21 @@ struct Report {
     top_k: TopKReport,
     radius: Vec<RadiusReport>,
     linear_scan: ScanReport,
+    /// The process's resident memory after the open and every query; `None` (null) where the
+    /// system does not tell.
+    rss_bytes: Option<u64>,
+}
+
+/// The process's resident memory in bytes (VmRSS in /proc/self/status), where readable.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let mut fields = line["VmRSS:".len()..].split_whitespace();
+    let value: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => value.checked_mul(1024),
+        _ => None,
+    }
 }
 
 /// Times `run` once per query; returns the answers and the times in microseconds.
@@ -268,6 +287,7 @@ fn search(args: SearchArgs) -> Result<Outcome> {
         recall: recall(&answers, &truth),
         timing: timing(micros),
         scan_mean_us: scan.mean_us,
+        scan_p99_us: scan.p99_us,
     };
     let mut radius = Vec::new();
     for &r in &args.radius {
@@ -276,13 +296,15 @@ fn search(args: SearchArgs) -> Result<Outcome> {
         let (truth, scan_micros) = timed(&queries, |q| {
             reader.search(q)?.strategy(Strategy::Scan).within(r)
         })?;
+        let radius_scan = timing(scan_micros);
         radius.push(RadiusReport {
             r,
             mean_hits: answers.iter().map(Vec::len).sum::<usize>() as f64
                 / queries.len().max(1) as f64,
             recall: recall(&answers, &truth),
             timing: timing(micros),
-            scan_mean_us: timing(scan_micros).mean_us,
+            scan_mean_us: radius_scan.mean_us,
+            scan_p99_us: radius_scan.p99_us,
         });
     }
     let report = Report {
@@ -298,6 +320,7 @@ fn search(args: SearchArgs) -> Result<Outcome> {
             mean_us: scan.mean_us,
             median_us: scan.median_us,
         },
+        rss_bytes: resident_bytes(),
     };
     if args.json {
         outln!("{}", serde_json::to_string(&report)?)?;
@@ -306,35 +329,47 @@ fn search(args: SearchArgs) -> Result<Outcome> {
             "{} queries on {} {}-bit codes, {} substrings; open {:.1} ms; {:.1} bytes per code in memory",
             report.queries, report.codes, report.bits, report.substrings, report.open_ms, report.memory_bytes_per_code
         )?;
+        if let Some(bytes) = report.rss_bytes {
+            outln!(
+                "resident memory after the queries: {:.1} MiB",
+                bytes as f64 / (1024.0 * 1024.0)
+            )?;
+        }
         outln!(
-            "{:<12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10}",
+            "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10}",
             "search",
             "mean µs",
             "median µs",
             "p99 µs",
+            "max µs",
             "scan µs",
+            "scan p99 µs",
             "recall",
             "mean hits"
         )?;
         let t = &report.top_k;
         outln!(
-            "{:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.3} {:>10}",
+            "{:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>12.2} {:>8.3} {:>10}",
             format!("top-{}", t.k),
             t.timing.mean_us,
             t.timing.median_us,
             t.timing.p99_us,
+            t.timing.max_us,
             t.scan_mean_us,
+            t.scan_p99_us,
             t.recall,
             "-"
         )?;
         for r in &report.radius {
             outln!(
-                "{:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>8.3} {:>10.1}",
+                "{:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>12.2} {:>8.3} {:>10.1}",
                 format!("radius {}", r.r),
                 r.timing.mean_us,
                 r.timing.median_us,
                 r.timing.p99_us,
+                r.timing.max_us,
                 r.scan_mean_us,
+                r.scan_p99_us,
                 r.recall,
                 r.mean_hits
             )?;
