@@ -39,7 +39,7 @@ pub const DEFAULT_EXPECTED_LEN: u64 = 1 << 20;
 
 /// Default redb page cache: enough for the hot upper levels of the tables; search itself runs from
 /// the in-memory snapshot, not from this cache.
-pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
 
 /// Creates or opens an index with non-default settings.
 ///

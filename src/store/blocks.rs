@@ -7,7 +7,7 @@
 
 use bitvec::vec::BitVec;
 use milan_index_format::{block_ids, CodeBlock, CodeBlockBuf, MetaRecord};
-use redb::{ReadOnlyTable, ReadableTable, Table};
+use redb::{ReadOnlyTable, ReadableTable, ReadableTableMetadata, Table};
 
 use super::StoreError;
 use crate::code::extend_words;
@@ -32,11 +32,18 @@ fn push_bytes(bytes: &mut Vec<u8>, words: &[u64], code_bytes: usize) {
 pub(super) fn load(
     table: &ReadOnlyTable<u64, &[u8]>,
     meta: &MetaRecord,
+    file_bytes: u64,
 ) -> Result<StoredCodes, StoreError> {
     let code_bytes = meta.layout().bytes();
     let per_block = block_ids(code_bytes);
-    let mut words = Vec::new();
-    let mut flags: Vec<u8> = Vec::new();
+    let words_per_code = code_bytes.div_ceil(8);
+    // Reserved exactly (the resident memory of a large index is mostly these words), from the
+    // table's count of blocks, but never past what the file could hold.
+    let blocks = table
+        .len()?
+        .min(file_bytes / (per_block * code_bytes) as u64 + 1) as usize;
+    let mut words = Vec::with_capacity(blocks * per_block * words_per_code);
+    let mut flags: Vec<u8> = Vec::with_capacity(blocks * per_block / 8);
     let (mut slots, mut live) = (0usize, 0u64);
     for (expected, entry) in table.iter()?.enumerate() {
         let (key, value) = entry?;

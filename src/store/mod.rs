@@ -454,7 +454,7 @@ impl StoreRead {
         let record = self.tables_record()?;
         let load = || -> std::result::Result<View, StoreError> {
             let codes = self.txn.open_table(CODE_BLOCKS)?;
-            let stored = blocks::load(&codes, meta)?;
+            let stored = blocks::load(&codes, meta, file_bytes)?;
             let parts = self.txn.open_table(HASH_TABLES)?;
             tables::load(&parts, meta, record, stored, file_bytes)
         };

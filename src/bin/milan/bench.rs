@@ -208,6 +208,8 @@ struct Report {
     /// The process's resident memory after the open and every query; `None` (null) where the
     /// system does not tell.
     rss_bytes: Option<u64>,
+    /// The same before the open: the difference is what the open index holds resident.
+    rss_before_open_bytes: Option<u64>,
 }
 
 /// The process's resident memory in bytes (VmRSS in /proc/self/status), where readable.
@@ -272,6 +274,7 @@ fn search(args: SearchArgs) -> Result<Outcome> {
     if args.top_k == 0 {
         bail!("--top-k must be at least 1");
     }
+    let rss_before_open_bytes = resident_bytes();
     let (index, info, open_ms) = open_for_radii(&args.dir, &args.radius)?;
     let reader = index.reader()?;
     let queries = read_codes(&args.codes, info.bits)?;
@@ -321,6 +324,7 @@ fn search(args: SearchArgs) -> Result<Outcome> {
             median_us: scan.median_us,
         },
         rss_bytes: resident_bytes(),
+        rss_before_open_bytes,
     };
     if args.json {
         outln!("{}", serde_json::to_string(&report)?)?;
@@ -329,10 +333,11 @@ fn search(args: SearchArgs) -> Result<Outcome> {
             "{} queries on {} {}-bit codes, {} substrings; open {:.1} ms; {:.1} bytes per code in memory",
             report.queries, report.codes, report.bits, report.substrings, report.open_ms, report.memory_bytes_per_code
         )?;
-        if let Some(bytes) = report.rss_bytes {
+        if let (Some(after), Some(before)) = (report.rss_bytes, report.rss_before_open_bytes) {
             outln!(
-                "resident memory after the queries: {:.1} MiB",
-                bytes as f64 / (1024.0 * 1024.0)
+                "resident memory after the queries: {:.1} MiB ({:.1} bytes per code more than before the open)",
+                after as f64 / (1024.0 * 1024.0),
+                after.saturating_sub(before) as f64 / report.codes.max(1) as f64
             )?;
         }
         outln!(

@@ -120,9 +120,14 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
         if batch.is_empty() {
             break;
         }
+        let done = committed + batch.len() as u64;
         let mut writer = index.writer()?;
-        // The hash tables are built once, after the last batch: each batch costs what it adds.
-        writer.defer_merge();
+        // Batches wait in the scanned delta, so that each costs what it adds; the last commits
+        // as any other, filing them all in new hash tables in one pass when the delta has
+        // passed its limit (a small import into a large index stays in the delta).
+        if done < rows {
+            writer.defer_merge();
+        }
         for code in &batch {
             let key = match &mut keys {
                 Some(lines) => lines.next_key()?.flatten(),
@@ -138,7 +143,6 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
             first_id.get_or_insert(id);
             run_first_id.get_or_insert(id);
         }
-        let done = committed + batch.len() as u64;
         writer.set_import_progress(ImportProgress {
             source,
             rows,
@@ -155,12 +159,8 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
         bar.set_position(committed);
     }
     bar.finish_and_clear();
-    // The batches wait in the scanned delta: file them all in the hash tables in one pass
-    // (keeping the number of substrings). A run stopped before this leaves them waiting; the next
+    // A run stopped before its last batch leaves the others waiting in the delta: the next
     // writable open, or this command run again, files them.
-    if committed > resume_at {
-        index.optimize(Some(index.substrings()))?;
-    }
     let info = index.info();
     if rows == 0 {
         outln!("{} holds no codes; nothing imported", args.codes.display())?;

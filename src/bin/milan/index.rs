@@ -262,7 +262,7 @@ fn check(args: DirArgs) -> Result<Outcome> {
     }
     if report.is_ok() {
         outln!(
-            "{}: ok ({} codes, {} bucket chunks)",
+            "{}: ok ({} codes, {} hash table parts)",
             args.dir.display(),
             report.codes,
             report.chunks
