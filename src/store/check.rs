@@ -11,17 +11,17 @@ use std::collections::HashSet;
 use bitvec::vec::BitVec;
 use milan_index_format::{
     block_ids, decode_features, parts_of, CodeBlock, CodeLayout, ImportRecord, ItemRecord,
-    MetaRecord, PartKind, ENTRY_BYTES,
+    MetaRecord, ENTRY_BYTES,
 };
 use redb::{ReadableMultimapTable, ReadableTable};
 
-use super::tables::{read_array, read_u32s};
+use super::tables::read_arrays;
 use super::{
     open_optional, StoreError, StoreRead, CODE_BLOCKS, CONTENT_HASHES, FEATURES, HASH_TABLES,
     IMPORTS, ITEMS,
 };
 use crate::error::Result;
-use crate::mih::table::{extend_entries, is_dense, BucketEntry};
+use crate::mih::table::{is_dense, BucketEntry};
 
 /// Most problems listed one by one.
 pub const MAX_LISTED: usize = 100;
@@ -89,7 +89,7 @@ impl Codes {
 pub(crate) fn check(read: &StoreRead, meta: &MetaRecord) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let codes = read_codes(read, meta, &mut report)?;
-    check_records(read, meta, &codes, &mut report)?;
+    check_records(read, meta, &|id| codes.is_live(id), &mut report)?;
     check_tables(read, meta, &codes, &mut report)?;
     Ok(report)
 }
@@ -157,19 +157,22 @@ fn read_codes(read: &StoreRead, meta: &MetaRecord, report: &mut CheckReport) -> 
     Ok(codes)
 }
 
-/// Items, kept features, import progress and content hashes against the stored codes.
-fn check_records(
+/// Items, kept features, import progress and content hashes against the stored codes (`is_live`
+/// tells which ids hold one); returns the ids that have an item record.
+pub(super) fn check_records(
     read: &StoreRead,
     meta: &MetaRecord,
-    codes: &Codes,
+    is_live: &dyn Fn(u64) -> bool,
     report: &mut CheckReport,
-) -> Result<()> {
+) -> Result<HashSet<u64>> {
     let st = |err: redb::Error| read.st(err);
     let mut hashed_items: HashSet<([u8; 32], u64)> = HashSet::new();
+    let mut item_ids = HashSet::new();
     let table = read.txn.open_table(ITEMS).map_err(|e| st(e.into()))?;
     for entry in table.iter().map_err(|e| st(e.into()))? {
         let (id, bytes) = entry.map_err(|e| st(e.into()))?;
         let id = id.value();
+        item_ids.insert(id);
         match ItemRecord::decode(bytes.value()) {
             Ok(item) => {
                 if let Some(hash) = item.content_hash {
@@ -178,7 +181,7 @@ fn check_records(
             }
             Err(err) => report.problem(format!("item {id}: {err}")),
         }
-        if !codes.is_live(id) {
+        if !is_live(id) {
             report.problem(format!("item {id} has no code"));
         }
     }
@@ -190,7 +193,7 @@ fn check_records(
         for entry in features.iter().map_err(|e| st(e.into()))? {
             let (id, bytes) = entry.map_err(|e| st(e.into()))?;
             let id = id.value();
-            if !codes.is_live(id) {
+            if !is_live(id) {
                 report.problem(format!("features kept for id {id}, which has no code"));
             }
             match &model {
@@ -250,7 +253,7 @@ fn check_records(
             "item {id} has a content hash missing from the hash table"
         ));
     }
-    Ok(())
+    Ok(item_ids)
 }
 
 /// Each live code below the tables' coverage exactly once in each table, in the bucket of its
@@ -300,38 +303,15 @@ fn check_tables(
             report.problem(format!("hash table {j}: a dense shape it cannot have"));
             continue;
         }
-        let arrays = || -> std::result::Result<_, StoreError> {
-            let keys = if shape.dense {
-                Vec::new()
-            } else {
-                read_u32s(&parts, substring, PartKind::Keys, shape.keys, file_bytes)?
+        let (keys, offsets, entries) =
+            match read_arrays(&parts, substring, shape, width, file_bytes) {
+                Ok(arrays) => arrays,
+                Err(StoreError::Corrupted(detail)) => {
+                    report.problem(detail);
+                    continue;
+                }
+                Err(StoreError::Storage(err)) => return Err(read.st(err)),
             };
-            let offsets = read_u32s(
-                &parts,
-                substring,
-                PartKind::Offsets,
-                shape.offsets(width),
-                file_bytes,
-            )?;
-            let mut entries: Vec<BucketEntry> = Vec::new();
-            read_array(
-                &parts,
-                substring,
-                PartKind::Entries,
-                shape.entries,
-                ENTRY_BYTES,
-                |bytes| extend_entries(&mut entries, bytes),
-            )?;
-            Ok((keys, offsets, entries))
-        };
-        let (keys, offsets, entries) = match arrays() {
-            Ok(arrays) => arrays,
-            Err(StoreError::Corrupted(detail)) => {
-                report.problem(detail);
-                continue;
-            }
-            Err(StoreError::Storage(err)) => return Err(read.st(err)),
-        };
         report.chunks += parts_of(shape.entries, ENTRY_BYTES)
             + parts_of(shape.offsets(width), 4)
             + parts_of(shape.keys, 4);

@@ -9,17 +9,13 @@ use std::sync::Arc;
 
 use bitvec::vec::BitVec;
 use milan_index_format::{
-    check_code_bytes, decode_bucket_ids, decode_features, BucketKey, ImportRecord, ItemRecord,
-    MetaRecord, BUCKETS_TABLE, BUCKET_KEY_BYTES, CODES_TABLE,
+    check_code_bytes, decode_bucket_ids, BucketKey, MetaRecord, BUCKETS_TABLE, BUCKET_KEY_BYTES,
+    CODES_TABLE,
 };
-use redb::{
-    ReadTransaction, ReadableMultimapTable, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::check::CheckReport;
-use super::{
-    corrupted, open_optional, storage_error, StoreRead, CONTENT_HASHES, FEATURES, IMPORTS, ITEMS,
-};
+use super::{corrupted, storage_error, StoreRead};
 use crate::code::bytes_to_words;
 use crate::error::Result;
 use crate::mih::layout::WordLayout;
@@ -245,105 +241,12 @@ pub(super) fn check(
         ));
     }
     let code_ids: HashSet<u64> = codes.iter().map(|(id, _)| *id).collect();
-
-    let mut hashed_items: HashSet<([u8; 32], u64)> = HashSet::new();
-    let mut item_ids = HashSet::new();
-    let table = txn.open_table(ITEMS).map_err(|e| storage(e.into()))?;
-    for entry in table.iter().map_err(|e| storage(e.into()))? {
-        let (id, bytes) = entry.map_err(|e| storage(e.into()))?;
-        let id = id.value();
-        item_ids.insert(id);
-        match ItemRecord::decode(bytes.value()) {
-            Ok(item) => {
-                if let Some(hash) = item.content_hash {
-                    hashed_items.insert((hash, id));
-                }
-            }
-            Err(err) => report.problem(format!("item {id}: {err}")),
-        }
-        if !code_ids.contains(&id) {
-            report.problem(format!("item {id} has no code"));
-        }
-    }
+    // Items, features, import progress and content hashes as in version 3, and in these
+    // versions every stored code also has an item record.
+    let item_ids =
+        super::check::check_records(read, meta, &|id| code_ids.contains(&id), &mut report)?;
     for id in code_ids.difference(&item_ids) {
         report.problem(format!("code {id} has no item record"));
-    }
-
-    // Kept features: only for live codes, each of the bound extractor's dimension.
-    let (model, _) = read.binding()?;
-    // Absent from files that never kept features: nothing to check.
-    let features = open_optional(txn, FEATURES).map_err(|e| storage(e.into()))?;
-    let entries = features
-        .as_ref()
-        .map(|table| table.iter())
-        .transpose()
-        .map_err(|e| storage(e.into()))?;
-    for entry in entries.into_iter().flatten() {
-        let (id, bytes) = entry.map_err(|e| storage(e.into()))?;
-        let id = id.value();
-        if !code_ids.contains(&id) {
-            report.problem(format!("features kept for id {id}, which has no code"));
-        }
-        match &model {
-            Some(model) => {
-                if let Err(err) = decode_features(bytes.value(), model.dim) {
-                    report.problem(format!("features of id {id}: {err}"));
-                }
-            }
-            None => report.problem(format!(
-                "features kept for id {id} in an index bound to no extractor"
-            )),
-        }
-    }
-
-    // Import progress (format version 2): every record decodes (which checks committed <= rows),
-    // and an import cannot have given out ids the index never handed out.
-    // Absent until an import records progress, and from every version-1 file.
-    let imports = open_optional(txn, IMPORTS).map_err(|e| storage(e.into()))?;
-    let entries = imports
-        .as_ref()
-        .map(|table| table.iter())
-        .transpose()
-        .map_err(|e| storage(e.into()))?;
-    for entry in entries.into_iter().flatten() {
-        let (source, bytes) = entry.map_err(|e| storage(e.into()))?;
-        let name = crate::index::hex(source.value());
-        match ImportRecord::decode(bytes.value()) {
-            Ok(record) => {
-                if let Some(first) = record.first_id {
-                    if first >= meta.next_id {
-                        report.problem(format!(
-                            "import {name}: first id {first} is at or past the next id {}",
-                            meta.next_id
-                        ));
-                    }
-                }
-            }
-            Err(err) => report.problem(format!("import {name}: {err}")),
-        }
-    }
-
-    let hashes = txn
-        .open_multimap_table(CONTENT_HASHES)
-        .map_err(|e| storage(e.into()))?;
-    let mut hash_entries = HashSet::new();
-    for entry in hashes.iter().map_err(|e| storage(e.into()))? {
-        let (hash, ids) = entry.map_err(|e| storage(e.into()))?;
-        let hash = *hash.value();
-        for id in ids {
-            let id = id.map_err(|e| storage(e.into()))?.value();
-            if !hashed_items.contains(&(hash, id)) {
-                report.problem(format!(
-                    "content hash entry for id {id} matches no item with that hash"
-                ));
-            }
-            hash_entries.insert((hash, id));
-        }
-    }
-    for (_, id) in hashed_items.difference(&hash_entries) {
-        report.problem(format!(
-            "item {id} has a content hash missing from the hash table"
-        ));
     }
 
     // Each live code must appear exactly once in each of its m buckets, and nothing else may.

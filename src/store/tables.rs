@@ -77,7 +77,7 @@ fn write_u32s(
 
 /// Reads the parts of one array in order, handing each to `sink`, and checks that there are
 /// exactly the parts `elements` elements of `element_bytes` take.
-pub(super) fn read_array(
+fn read_array(
     parts: &ReadOnlyTable<&[u8; PART_KEY_BYTES], &[u8]>,
     substring: u16,
     kind: PartKind,
@@ -138,7 +138,7 @@ fn reserve(elements: u64, element_bytes: usize, file_bytes: u64) -> usize {
     elements.min(file_bytes / element_bytes as u64) as usize
 }
 
-pub(super) fn read_u32s(
+fn read_u32s(
     parts: &ReadOnlyTable<&[u8; PART_KEY_BYTES], &[u8]>,
     substring: u16,
     kind: PartKind,
@@ -192,36 +192,14 @@ pub(super) fn load(
         if shape.dense && shape.keys != 0 {
             return Err(bad("a dense table with a keys array".into()));
         }
-        let keys = if shape.dense {
-            Vec::new()
-        } else {
-            read_u32s(parts, substring, PartKind::Keys, shape.keys, file_bytes)?
-        };
         // A dense shape the build would not choose is refused before its offsets are read.
-        let offsets = if shape.dense && !fits_dense(sub.width, base_slots) {
+        if shape.dense && !fits_dense(sub.width, base_slots) {
             return Err(bad(format!(
                 "stored dense for {}-bit values over {base_slots} ids",
                 sub.width
             )));
-        } else {
-            read_u32s(
-                parts,
-                substring,
-                PartKind::Offsets,
-                shape.offsets(sub.width),
-                file_bytes,
-            )?
-        };
-        let mut entries: Vec<BucketEntry> =
-            Vec::with_capacity(reserve(shape.entries, ENTRY_BYTES, file_bytes));
-        read_array(
-            parts,
-            substring,
-            PartKind::Entries,
-            shape.entries,
-            ENTRY_BYTES,
-            |bytes| extend_entries(&mut entries, bytes),
-        )?;
+        }
+        let (keys, offsets, entries) = read_arrays(parts, substring, shape, sub.width, file_bytes)?;
         let table = Table::from_stored(sub.width, base_slots, shape.dense, keys, offsets, entries)
             .map_err(bad)?;
         tables.push(table);
@@ -234,6 +212,42 @@ pub(super) fn load(
         tables,
         record.sample,
     ))
+}
+
+/// A table's arrays as read: keys (empty when dense), offsets, entries.
+pub(super) type TableArrays = (Vec<u32>, Vec<u32>, Vec<BucketEntry>);
+
+/// The arrays of table `substring` of `shape`, whose substrings are `width` bits wide.
+pub(super) fn read_arrays(
+    parts: &ReadOnlyTable<&[u8; PART_KEY_BYTES], &[u8]>,
+    substring: u16,
+    shape: &TableRecord,
+    width: u32,
+    file_bytes: u64,
+) -> Result<TableArrays, StoreError> {
+    let keys = if shape.dense {
+        Vec::new()
+    } else {
+        read_u32s(parts, substring, PartKind::Keys, shape.keys, file_bytes)?
+    };
+    let offsets = read_u32s(
+        parts,
+        substring,
+        PartKind::Offsets,
+        shape.offsets(width),
+        file_bytes,
+    )?;
+    let mut entries: Vec<BucketEntry> =
+        Vec::with_capacity(reserve(shape.entries, ENTRY_BYTES, file_bytes));
+    read_array(
+        parts,
+        substring,
+        PartKind::Entries,
+        shape.entries,
+        ENTRY_BYTES,
+        |bytes| extend_entries(&mut entries, bytes),
+    )?;
+    Ok((keys, offsets, entries))
 }
 
 /// Whether a dense table of `width`-bit values over `slots` ids is what a build makes.
