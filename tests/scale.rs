@@ -191,3 +191,52 @@ fn kills_during_a_table_rebuild_leave_the_old_tables_or_the_new() {
     }
     assert!(killed_rounds > 0, "every rebuild ended before its kill");
 }
+
+#[test]
+fn ids_deleted_in_their_own_transaction_across_blocks_reopen() {
+    // 64-bit codes: 7,936 ids per block. Deleting, in the transaction that handed them out, the
+    // last id of a block, or every id of whole blocks, leaves slots no code reaches storage in:
+    // the blocks before later ids must still be stored full.
+    for (bits, count, deleted) in [
+        (64, 7_937u64, 7_935..7_936u64),
+        (1024, 1_500, 400..1_000),
+        (64, 20_000, 3_000..19_000),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let codes = clustered(&mut rng(35), bits, count as usize, 10, 0.1);
+        let mut live: Vec<(u64, Code)> = Vec::new();
+        {
+            let index = Index::builder(bits).create(dir.path()).unwrap();
+            let mut writer = index.writer().unwrap();
+            for (id, code) in (0..).zip(&codes) {
+                assert_eq!(writer.add(code, Item::default()).unwrap(), id);
+            }
+            for id in deleted.clone() {
+                assert!(writer.delete(id).unwrap());
+            }
+            writer.commit().unwrap();
+            live.extend(
+                (0..)
+                    .zip(codes.iter().cloned())
+                    .filter(|(id, _)| !deleted.contains(id)),
+            );
+            assert_answers(&index, &live, 11);
+            // A later commit starts past the gap.
+            let mut writer = index.writer().unwrap();
+            let id = writer.add(&codes[0], Item::default()).unwrap();
+            writer.commit().unwrap();
+            live.push((id, codes[0].clone()));
+        }
+        for writable in [false, true] {
+            let mut index = if writable {
+                Index::open(dir.path()).unwrap()
+            } else {
+                Index::open_read_only(dir.path()).unwrap()
+            };
+            assert_eq!(index.len(), live.len() as u64, "{bits} bits, {deleted:?}");
+            assert_answers(&index, &live, 12);
+            let report = index.verify().unwrap();
+            assert!(report.is_ok(), "{bits} bits, {deleted:?}: {report:?}");
+        }
+    }
+}

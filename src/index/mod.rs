@@ -192,7 +192,7 @@ impl IndexBuilder {
         })?;
         // The store lives outside the guarded reads, so that a panic of the storage engine on
         // damaged data never drops it while unwinding: it closes normally on the error.
-        let (mut meta, model, head, view, tables_slots) = store::guard(&db_path, || {
+        let (mut meta, model, head, mut view, tables_slots) = store::guard(&db_path, || {
             let read = store.read()?;
             let meta = read.meta()?;
             self.check_settings(dir, &meta)?;
@@ -206,6 +206,13 @@ impl IndexBuilder {
             // Upgraded only once the whole file has loaded without damage, so that a damaged
             // old index is refused as it stands rather than rewritten.
             upgraded_from = Some(meta.format_version);
+            // The old tables are checked at open only for their counts: the new ones are built
+            // from the codes, so that no damage of theirs is carried over.
+            view = View::build(
+                view.layout().clone(),
+                view.all_words(),
+                view.deleted_flags().clone(),
+            );
             meta = upgrade(&store, meta, &view)?;
         } else if store.is_writable() && delta_over_limit(view.slots(), tables_slots) {
             // The open filed codes the stored tables lack (a bulk load stopped before its

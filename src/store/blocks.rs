@@ -123,36 +123,24 @@ fn block_for_change(
 }
 
 /// Stores new codes (`ids` increasing and past every stored slot, their packed bytes one after
-/// another in `bytes`), padding the blocks before them to full length first.
+/// another in `bytes`). Ids may skip slots (handed out and deleted in the same transaction), even
+/// whole blocks: before a block is written, the block before it is padded to full length and any
+/// skipped blocks are written empty, so that every block but the last stays full.
 pub(super) fn add(
     table: &mut Table<u64, &[u8]>,
     code_bytes: usize,
     ids: &[u64],
     bytes: &[u8],
 ) -> Result<(), StoreError> {
-    let Some(&first) = ids.first() else {
-        return Ok(());
-    };
     let per_block = block_ids(code_bytes) as u64;
-    let first_block = first / per_block;
-    // Every block before the first one touched holds all its slots (ids handed out and deleted
-    // before reaching storage leave zeroed, unmarked slots).
-    let last_stored = table.last()?.map(|(key, _)| key.value());
-    if let Some(last) = last_stored.filter(|&last| last < first_block) {
-        let mut block = block_for_change(table, code_bytes, last)?.expect("the last block");
-        block.pad_to(per_block as usize);
-        table.insert(last, block.as_bytes())?;
-    }
-    let from = last_stored.map_or(0, |last| last + 1);
-    for b in from..first_block {
-        let mut block = CodeBlockBuf::new(code_bytes);
-        block.pad_to(per_block as usize);
-        table.insert(b, block.as_bytes())?;
-    }
     let codes: Vec<&[u8]> = bytes.chunks_exact(code_bytes).collect();
+    let mut last = table.last()?.map(|(key, _)| key.value());
     let mut at = 0;
     while at < ids.len() {
         let b = ids[at] / per_block;
+        if last.is_none_or(|last| last < b) {
+            fill_up_to(table, code_bytes, last, b)?;
+        }
         let mut block = match block_for_change(table, code_bytes, b)? {
             Some(block) => block,
             None => CodeBlockBuf::new(code_bytes),
@@ -162,6 +150,29 @@ pub(super) fn add(
             at += 1;
         }
         table.insert(b, block.as_bytes())?;
+        last = Some(b);
+    }
+    Ok(())
+}
+
+/// Makes every block before block `b` full: pads the last stored one (`last`) and writes empty
+/// full blocks for the numbers between it and `b`.
+fn fill_up_to(
+    table: &mut Table<u64, &[u8]>,
+    code_bytes: usize,
+    last: Option<u64>,
+    b: u64,
+) -> Result<(), StoreError> {
+    let per_block = block_ids(code_bytes);
+    if let Some(last) = last {
+        let mut block = block_for_change(table, code_bytes, last)?.expect("the last block");
+        block.pad_to(per_block);
+        table.insert(last, block.as_bytes())?;
+    }
+    let mut empty = CodeBlockBuf::new(code_bytes);
+    empty.pad_to(per_block);
+    for skipped in last.map_or(0, |last| last + 1)..b {
+        table.insert(skipped, empty.as_bytes())?;
     }
     Ok(())
 }

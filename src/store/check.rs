@@ -266,8 +266,14 @@ fn check_tables(
     report: &mut CheckReport,
 ) -> Result<()> {
     let layout = meta.layout();
-    let Some(record) = read.tables_record()? else {
-        return Ok(());
+    let record = match read.tables_record() {
+        Ok(Some(record)) => record,
+        Ok(None) => return Ok(()),
+        Err(crate::error::Error::Corrupted { detail, .. }) => {
+            report.problem(format!("the tables record: {detail}"));
+            return Ok(());
+        }
+        Err(err) => return Err(err),
     };
     let m = layout.substrings() as usize;
     if record.tables.len() != m {
@@ -299,7 +305,7 @@ fn check_tables(
                 "hash table {j}: stored in the form a build would not choose"
             ));
         }
-        if shape.dense && (width > 30 || shape.keys != 0) {
+        if shape.dense && shape.keys != 0 {
             report.problem(format!("hash table {j}: a dense shape it cannot have"));
             continue;
         }
