@@ -297,16 +297,7 @@ fn a_killed_import_keeps_whole_batches_and_stays_consistent() {
     if let Err(err) = Index::open_read_only(&dir) {
         assert!(matches!(err, milan::Error::NeedsRecovery { .. }), "{err}");
     }
-    let mut index = Index::open(&dir).unwrap();
-    let len = index.len();
-    assert_eq!(len % 1000, 0, "{len} codes: a partial batch survived");
-    assert!(index.verify().unwrap().is_ok());
-    let reader = index.reader().unwrap();
-    for id in (0..len).step_by(997) {
-        assert_eq!(reader.code(id).unwrap(), codes[id as usize]);
-    }
-    drop(reader);
-    drop(index);
+    assert_whole_batches(&mut Index::open(&dir).unwrap(), &codes, 1000);
     // The same command again finishes the job: every row once, in row order.
     ok(&import);
     let index = Index::open_read_only(&dir).unwrap();

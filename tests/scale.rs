@@ -132,20 +132,7 @@ fn kills_during_a_bulk_import_and_its_table_build_lose_nothing_committed() {
         if kill_after(&import, Duration::from_millis(delay_ms)) {
             finished_rounds += 1;
         }
-        let mut index = Index::open(&dir).unwrap();
-        let len = index.len();
-        assert!(
-            len % 100 == 0,
-            "{delay_ms} ms: {len} codes, a partial batch survived"
-        );
-        let report = index.verify().unwrap();
-        assert!(report.is_ok(), "{delay_ms} ms: {report:?}");
-        let reader = index.reader().unwrap();
-        for id in (0..len).step_by(4999) {
-            assert_eq!(reader.code(id).unwrap(), codes[id as usize]);
-        }
-        drop(reader);
-        drop(index);
+        assert_whole_batches(&mut Index::open(&dir).unwrap(), &codes, 100);
         // The same command finishes the job.
         ok(&import);
         let index = Index::open_read_only(&dir).unwrap();

@@ -184,3 +184,17 @@ pub fn len_of(dir: &Path) -> u64 {
         serde_json::from_str(&ok(&["index", "info", s(dir), "--json"])).unwrap();
     info["len"].as_u64().unwrap()
 }
+
+/// After an import of `codes` in batches of `batch` was killed: the index holds whole batches
+/// only, in row order, and passes its check. Returns how many codes it holds.
+pub fn assert_whole_batches(index: &mut milan::Index, codes: &[Code], batch: u64) -> u64 {
+    let len = index.len();
+    assert_eq!(len % batch, 0, "{len} codes: a partial batch survived");
+    let report = index.verify().unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    let reader = index.reader().unwrap();
+    for id in (0..len).step_by(997) {
+        assert_eq!(reader.code(id).unwrap(), codes[id as usize]);
+    }
+    len
+}

@@ -248,18 +248,7 @@ impl View {
         {
             let delta = Arc::make_mut(&mut delta);
             let deleted = Arc::make_mut(&mut deleted);
-            for (&id, code) in adds.iter().zip(words.chunks_exact(w)) {
-                let slot = id as usize;
-                // An id handed out and deleted in the same transaction never reaches storage.
-                let gap = slot - (base.slots + delta.len() / w);
-                delta.extend(std::iter::repeat_n(0, gap * w));
-                deleted.extend(std::iter::repeat_n(true, gap));
-                delta.extend_from_slice(code);
-                deleted.push(false);
-            }
-            for &id in deletes {
-                deleted.set(id as usize, true);
-            }
+            record_commit(delta, deleted, base.slots, w, (adds, words), deletes);
         }
         View {
             layout,
@@ -279,16 +268,7 @@ impl View {
         all.extend_from_slice(&self.base.words);
         all.extend_from_slice(&self.delta);
         let mut deleted = (*self.deleted).clone();
-        for (&id, code) in adds.iter().zip(words.chunks_exact(w)) {
-            let gap = id as usize - all.len() / w;
-            all.extend(std::iter::repeat_n(0, gap * w));
-            deleted.extend(std::iter::repeat_n(true, gap));
-            all.extend_from_slice(code);
-            deleted.push(false);
-        }
-        for &id in deletes {
-            deleted.set(id as usize, true);
-        }
+        record_commit(&mut all, &mut deleted, 0, w, (adds, words), deletes);
         View::build(self.layout.clone(), all, deleted)
     }
 
@@ -322,6 +302,30 @@ impl View {
     /// One flag per slot, set where the id is deleted or was never stored.
     pub(crate) fn deleted_flags(&self) -> &BitVec<u64> {
         &self.deleted
+    }
+}
+
+/// Appends the codes of a commit's adds (ids increasing, with their words one after another) to
+/// `codes`, whose first slot is `first_slot`, with their flags, then flags its `deletes`. An id
+/// handed out and deleted in the same transaction never reaches storage: its slot is left
+/// zeroed and flagged.
+fn record_commit(
+    codes: &mut Vec<u64>,
+    deleted: &mut BitVec<u64>,
+    first_slot: usize,
+    w: usize,
+    (adds, words): (&[u64], &[u64]),
+    deletes: &[u64],
+) {
+    for (&id, code) in adds.iter().zip(words.chunks_exact(w)) {
+        let gap = id as usize - (first_slot + codes.len() / w);
+        codes.extend(std::iter::repeat_n(0, gap * w));
+        deleted.extend(std::iter::repeat_n(true, gap));
+        codes.extend_from_slice(code);
+        deleted.push(false);
+    }
+    for &id in deletes {
+        deleted.set(id as usize, true);
     }
 }
 

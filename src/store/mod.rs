@@ -103,37 +103,55 @@ pub(crate) fn guard<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<
 /// the last of them is gone.
 #[derive(Clone)]
 enum Db {
-    Writable(Arc<WritableDb>),
+    Writable(Arc<SafeClose<redb::Database>>),
     ReadOnly(Arc<ReadOnlyDatabase>),
 }
 
-/// A writable redb database whose closing cannot take the process down: redb writes its
-/// allocator state when a database closes, which can panic on a damaged file that nothing read
-/// deeply enough to refuse (opens no longer verify every page). That panic is caught, and while
-/// the thread is already unwinding the database is left unclosed instead (a second panic would
-/// abort); redb recovers either way at the next open.
-struct WritableDb(Option<redb::Database>);
+/// A redb database or write transaction whose closing cannot take the process down: redb writes
+/// its allocator state when a writable database closes, and rolls back a transaction dropped
+/// uncommitted, either of which can panic on a damaged file that nothing read deeply enough to
+/// refuse (opens no longer verify every page). That panic is caught; while the thread is already
+/// unwinding from an earlier one the value is left unclosed instead (a second panic would
+/// abort), and redb recovers at the next open.
+struct SafeClose<T>(Option<T>);
 
-impl WritableDb {
-    fn get(&self) -> &redb::Database {
-        self.0.as_ref().expect("taken only by drop")
+impl<T> SafeClose<T> {
+    fn new(value: T) -> SafeClose<T> {
+        SafeClose(Some(value))
     }
 
-    fn get_mut(&mut self) -> &mut redb::Database {
-        self.0.as_mut().expect("taken only by drop")
+    fn get(&self) -> &T {
+        self.0.as_ref().expect("taken only when closed")
+    }
+
+    fn get_mut(&mut self) -> &mut T {
+        self.0.as_mut().expect("taken only when closed")
+    }
+
+    /// The value, to be closed by the caller (a transaction's commit).
+    fn take(&mut self) -> T {
+        self.0.take().expect("taken only when closed")
     }
 }
 
-impl Drop for WritableDb {
+impl<T> std::ops::Deref for SafeClose<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.get()
+    }
+}
+
+impl<T> Drop for SafeClose<T> {
     fn drop(&mut self) {
-        let Some(db) = self.0.take() else {
+        let Some(value) = self.0.take() else {
             return;
         };
         if std::thread::panicking() {
-            std::mem::forget(db);
+            std::mem::forget(value);
             return;
         }
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(value)));
     }
 }
 
@@ -159,7 +177,7 @@ impl Store {
             .create(path)
             .map_err(|err| storage_error(path, err))?;
         let store = Store {
-            db: Db::Writable(Arc::new(WritableDb(Some(db)))),
+            db: Db::Writable(Arc::new(SafeClose::new(db))),
             dir: dir.to_path_buf(),
             path: path.to_path_buf(),
         };
@@ -207,7 +225,7 @@ impl Store {
                 Err(redb::DatabaseError::RepairAborted) => {}
                 Err(err) => return Err(st(err)),
             }
-            Db::Writable(Arc::new(WritableDb(Some(builder.open(path).map_err(st)?))))
+            Db::Writable(Arc::new(SafeClose::new(builder.open(path).map_err(st)?)))
         } else {
             Db::ReadOnly(Arc::new(builder.open_read_only(path).map_err(st)?))
         };
@@ -233,7 +251,7 @@ impl Store {
             .check_integrity()
             .map_err(|err| storage_error(path, err))?;
         let store = Store {
-            db: Db::Writable(Arc::new(WritableDb(Some(db)))),
+            db: Db::Writable(Arc::new(SafeClose::new(db))),
             dir: dir.to_path_buf(),
             path: path.to_path_buf(),
         };
@@ -286,7 +304,7 @@ impl Store {
             .begin_write()
             .map_err(|err| storage_error(&self.path, err))?;
         Ok(StoreWrite {
-            txn: UnwindSafeTxn(Some(txn)),
+            txn: SafeClose::new(txn),
             dir: self.dir.clone(),
             path: self.path.clone(),
         })
@@ -581,35 +599,9 @@ impl From<redb::TableError> for StoreError {
 
 /// The write transaction. Dropped without [`StoreWrite::commit`], it changes nothing.
 pub(crate) struct StoreWrite {
-    txn: UnwindSafeTxn,
+    txn: SafeClose<WriteTransaction>,
     dir: PathBuf,
     path: PathBuf,
-}
-
-/// A write transaction that, like [`WritableDb`], cannot abort the process when dropped: redb
-/// rolls back a dropped transaction, which can panic on a damaged file; the panic is caught, or
-/// while the thread is unwinding from an earlier one the transaction is left as it is.
-struct UnwindSafeTxn(Option<WriteTransaction>);
-
-impl std::ops::Deref for UnwindSafeTxn {
-    type Target = WriteTransaction;
-
-    fn deref(&self) -> &WriteTransaction {
-        self.0.as_ref().expect("taken only by commit and drop")
-    }
-}
-
-impl Drop for UnwindSafeTxn {
-    fn drop(&mut self) {
-        let Some(txn) = self.0.take() else {
-            return;
-        };
-        if std::thread::panicking() {
-            std::mem::forget(txn);
-            return;
-        }
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(txn)));
-    }
 }
 
 impl StoreWrite {
@@ -780,7 +772,7 @@ impl StoreWrite {
 
     /// Makes the transaction durable.
     pub(crate) fn commit(mut self) -> Result<()> {
-        let txn = self.txn.0.take().expect("taken only by commit and drop");
+        let txn = self.txn.take();
         let path = self.path.clone();
         guard(&self.dir, move || {
             txn.commit().map_err(|err| storage_error(&path, err))
