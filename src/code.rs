@@ -197,14 +197,9 @@ from_byte_arrays!(1, 2, 4, 8, 16, 32, 64, 128);
 
 /// Packed bytes to big-endian words, the last one zero-padded.
 pub(crate) fn bytes_to_words(bytes: &[u8]) -> Vec<u64> {
-    bytes
-        .chunks(8)
-        .map(|chunk| {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            u64::from_be_bytes(word)
-        })
-        .collect()
+    let mut words = Vec::with_capacity(bytes.len().div_ceil(8));
+    extend_words(&mut words, bytes);
+    words
 }
 
 /// Appends the words of `bytes` (a packed code) to `words`, as [`bytes_to_words`] makes them,
@@ -219,9 +214,18 @@ pub(crate) fn extend_words(words: &mut Vec<u64>, bytes: &[u8]) {
 
 /// The inverse of [`bytes_to_words`] for a code of `len` bytes.
 pub(crate) fn words_to_bytes(words: &[u64], len: usize) -> Vec<u8> {
-    let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
-    bytes.truncate(len);
+    let mut bytes = Vec::with_capacity(words.len() * 8);
+    extend_bytes(&mut bytes, words, len);
     bytes
+}
+
+/// Appends the `len` packed bytes of a code held as `words`, as [`words_to_bytes`] makes them.
+pub(crate) fn extend_bytes(bytes: &mut Vec<u8>, words: &[u64], len: usize) {
+    let start = bytes.len();
+    for word in words {
+        bytes.extend_from_slice(&word.to_be_bytes());
+    }
+    bytes.truncate(start + len);
 }
 
 #[cfg(test)]

@@ -285,14 +285,8 @@ fn a_killed_import_keeps_whole_batches_and_stays_consistent() {
         "1000",
         "--quiet",
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_milan"))
-        .args(import)
-        .spawn()
-        .unwrap();
     // Let some batches commit; wherever the kill lands, only whole batches may remain.
-    std::thread::sleep(std::time::Duration::from_millis(400));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after(&import, std::time::Duration::from_millis(400));
     // A read-only open cannot recover a killed writer's file, and says so; a writable one does.
     if let Err(err) = Index::open_read_only(&dir) {
         assert!(matches!(err, milan::Error::NeedsRecovery { .. }), "{err}");

@@ -1,7 +1,6 @@
 //! The storage of format version 3 under bulk loads, merges and kills: codes in blocks, hash
 //! tables written whole, a scanned delta between builds.
 
-use std::process::Command;
 use std::time::Duration;
 
 use milan::{Code, Index, Item};
@@ -92,19 +91,6 @@ fn a_deferred_bulk_load_is_filed_by_the_next_writable_open() {
     );
     let index = Index::open_read_only(dir.path()).unwrap();
     assert_answers(&index, &live, 5);
-}
-
-/// Runs `args` and kills it with SIGKILL after `delay`; returns whether it had finished.
-fn kill_after(args: &[&str], delay: Duration) -> bool {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_milan"))
-        .args(args)
-        .spawn()
-        .unwrap();
-    std::thread::sleep(delay);
-    let finished = child.try_wait().unwrap().is_some();
-    child.kill().ok();
-    child.wait().unwrap();
-    finished
 }
 
 #[test]

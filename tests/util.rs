@@ -198,3 +198,16 @@ pub fn assert_whole_batches(index: &mut milan::Index, codes: &[Code], batch: u64
     }
     len
 }
+
+/// Runs `milan args` and kills it with SIGKILL after `delay`; returns whether it had finished.
+pub fn kill_after(args: &[&str], delay: std::time::Duration) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_milan"))
+        .args(args)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let finished = child.try_wait().unwrap().is_some();
+    child.kill().ok();
+    child.wait().unwrap();
+    finished
+}

@@ -264,9 +264,7 @@ impl View {
     pub(crate) fn merged(&self, adds: &[u64], words: &[u64], deletes: &[u64]) -> View {
         let w = self.layout.words;
         let slots = adds.last().map_or(self.slots(), |&id| id as usize + 1);
-        let mut all = Vec::with_capacity(slots * w);
-        all.extend_from_slice(&self.base.words);
-        all.extend_from_slice(&self.delta);
+        let mut all = self.words_with_room(slots);
         let mut deleted = (*self.deleted).clone();
         record_commit(&mut all, &mut deleted, 0, w, (adds, words), deletes);
         View::build(self.layout.clone(), all, deleted)
@@ -293,7 +291,12 @@ impl View {
 
     /// Every slot's words, deleted ones included (as stale or zero words).
     pub(crate) fn all_words(&self) -> Vec<u64> {
-        let mut all = Vec::with_capacity(self.base.words.len() + self.delta.len());
+        self.words_with_room(self.slots())
+    }
+
+    /// Every slot's words, in a vector with room for `slots` slots.
+    fn words_with_room(&self, slots: usize) -> Vec<u64> {
+        let mut all = Vec::with_capacity(slots * self.layout.words);
         all.extend_from_slice(&self.base.words);
         all.extend_from_slice(&self.delta);
         all

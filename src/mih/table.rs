@@ -93,6 +93,50 @@ pub(crate) fn extend_entries(entries: &mut Vec<BucketEntry>, bytes: &[u8]) {
     );
 }
 
+/// Checks that `offsets` divide `entries` entries into the buckets of a `width`-bit table of
+/// the given form (`keys` occupied values when sparse): as many as the form takes, from 0 to the
+/// number of entries, never decreasing.
+pub(crate) fn check_offsets(
+    width: u32,
+    dense: bool,
+    keys: usize,
+    offsets: &[u32],
+    entries: usize,
+) -> Result<(), String> {
+    let expected = if dense {
+        (1usize << width) + 1
+    } else {
+        keys + 1
+    };
+    if offsets.len() != expected {
+        return Err(format!(
+            "{} offsets where {expected} are due",
+            offsets.len()
+        ));
+    }
+    if offsets[0] != 0 || offsets[offsets.len() - 1] as usize != entries {
+        return Err(format!(
+            "offsets run from {} to {}, not from 0 to the {entries} entries",
+            offsets[0],
+            offsets[offsets.len() - 1],
+        ));
+    }
+    if offsets.windows(2).any(|w| w[0] > w[1]) {
+        return Err("offsets decrease".into());
+    }
+    Ok(())
+}
+
+/// Checks that the keys of a sparse `width`-bit table are strictly increasing substring values.
+pub(crate) fn check_keys(width: u32, keys: &[u32]) -> Result<(), String> {
+    if keys.windows(2).any(|w| w[0] >= w[1])
+        || keys.last().is_some_and(|&k| width < 32 && k >> width > 0)
+    {
+        return Err("keys are not increasing values of the substring's width".into());
+    }
+    Ok(())
+}
+
 /// A hint to load the cache line holding `address`; never faults, does nothing elsewhere than on
 /// x86-64.
 #[inline(always)]
@@ -156,33 +200,8 @@ impl Table {
                 if dense { "dense" } else { "sparse" }
             ));
         }
-        let expected_offsets = if dense {
-            (1usize << width) + 1
-        } else {
-            keys.len() + 1
-        };
-        if offsets.len() != expected_offsets {
-            return Err(format!(
-                "{} offsets where {expected_offsets} are due",
-                offsets.len()
-            ));
-        }
-        if offsets[0] != 0 || offsets[offsets.len() - 1] as usize != entries.len() {
-            return Err(format!(
-                "offsets run from {} to {}, not from 0 to the {} entries",
-                offsets[0],
-                offsets[offsets.len() - 1],
-                entries.len()
-            ));
-        }
-        if offsets.windows(2).any(|w| w[0] > w[1]) {
-            return Err("offsets decrease".into());
-        }
-        if keys.windows(2).any(|w| w[0] >= w[1])
-            || keys.last().is_some_and(|&k| width < 32 && k >> width > 0)
-        {
-            return Err("keys are not increasing values of the substring's width".into());
-        }
+        check_offsets(width, dense, keys.len(), &offsets, entries.len())?;
+        check_keys(width, &keys)?;
         // One pass, vectorised: the largest id decides.
         let largest = entries.iter().map(BucketEntry::id).max().unwrap_or(0);
         if !entries.is_empty() && largest as usize >= slots {

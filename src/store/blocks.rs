@@ -10,22 +10,13 @@ use milan_index_format::{block_ids, CodeBlock, CodeBlockBuf, MetaRecord};
 use redb::{ReadOnlyTable, ReadableTable, ReadableTableMetadata, Table};
 
 use super::StoreError;
-use crate::code::extend_words;
+use crate::code::{extend_bytes, extend_words};
 use crate::mih::View;
 
 /// The codes an open read: every slot's words, and a flag per slot set where nothing is stored.
 pub(super) struct StoredCodes {
     pub(super) words: Vec<u64>,
     pub(super) deleted: BitVec<u64>,
-}
-
-/// Appends the packed bytes of a code of `code_bytes` bytes held as `words`.
-fn push_bytes(bytes: &mut Vec<u8>, words: &[u64], code_bytes: usize) {
-    let start = bytes.len();
-    for word in words {
-        bytes.extend_from_slice(&word.to_be_bytes());
-    }
-    bytes.truncate(start + code_bytes);
 }
 
 /// Reads every block, checking their sequence, their shape and the count of stored codes.
@@ -215,7 +206,7 @@ pub(super) fn write_view(table: &mut Table<u64, &[u8]>, view: &View) -> Result<(
             match view.code(slot as u64) {
                 Some(words) => {
                     bytes.clear();
-                    push_bytes(&mut bytes, words, code_bytes);
+                    extend_bytes(&mut bytes, words, code_bytes);
                     block.set(slot - first, &bytes);
                 }
                 None => block.pad_to(slot - first + 1),

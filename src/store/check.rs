@@ -21,7 +21,7 @@ use super::{
     IMPORTS, ITEMS,
 };
 use crate::error::Result;
-use crate::mih::table::{is_dense, BucketEntry};
+use crate::mih::table::{check_keys, check_offsets, is_dense, BucketEntry};
 
 /// Most problems listed one by one.
 pub const MAX_LISTED: usize = 100;
@@ -323,6 +323,7 @@ fn check_tables(
             + parts_of(shape.keys, 4);
         check_table(
             j,
+            shape.dense,
             &layout,
             codes,
             covered,
@@ -335,6 +336,7 @@ fn check_tables(
 
 fn check_table(
     j: usize,
+    dense: bool,
     layout: &CodeLayout,
     codes: &Codes,
     covered: usize,
@@ -343,30 +345,21 @@ fn check_table(
 ) {
     let width = layout.substring_width(j as u32);
     let (filter_start, filter_width) = layout.filter_range(j as u32);
-    let bucket_values = if keys.is_empty() && offsets.len() == (1usize << width) + 1 {
-        (0..1u32 << width).collect::<Vec<u32>>()
-    } else {
-        keys.to_vec()
-    };
-    if offsets.len() != bucket_values.len() + 1
-        || offsets.first() != Some(&0)
-        || offsets.last().map(|&o| o as usize) != Some(entries.len())
-        || offsets.windows(2).any(|w| w[0] > w[1])
-    {
-        report.problem(format!(
-            "hash table {j}: its offsets do not divide its entries into buckets"
-        ));
+    if let Err(detail) = check_offsets(width, dense, keys.len(), offsets, entries.len()) {
+        report.problem(format!("hash table {j}: {detail}"));
         return;
     }
-    if keys.windows(2).any(|w| w[0] >= w[1])
-        || keys.last().is_some_and(|&k| u64::from(k) >= 1u64 << width)
-    {
-        report.problem(format!(
-            "hash table {j}: its keys are not increasing substring values"
-        ));
+    if let Err(detail) = check_keys(width, keys) {
+        report.problem(format!("hash table {j}: {detail}"));
     }
     let mut seen: BitVec<u64> = BitVec::repeat(false, covered);
-    for (value, range) in bucket_values.iter().zip(offsets.windows(2)) {
+    for (bucket_index, range) in offsets.windows(2).enumerate() {
+        // A dense table's bucket is its value; a sparse one's value is its key.
+        let value = if dense {
+            bucket_index as u32
+        } else {
+            keys[bucket_index]
+        };
         let bucket = &entries[range[0] as usize..range[1] as usize];
         if bucket.windows(2).any(|w| w[0].id() >= w[1].id()) {
             report.problem(format!("bucket {j}:{value}: ids are not increasing"));
@@ -387,7 +380,7 @@ fn check_table(
                 continue;
             }
             let code = codes.code(id);
-            if layout.substring_value(code, j as u32) != *value {
+            if layout.substring_value(code, j as u32) != value {
                 report.problem(format!(
                     "id {id} is filed under the wrong bucket {j}:{value}"
                 ));

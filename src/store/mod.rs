@@ -269,12 +269,7 @@ impl Store {
 
     /// The database file's length in bytes.
     pub(crate) fn file_bytes(&self) -> Result<u64> {
-        std::fs::metadata(&self.path)
-            .map(|meta| meta.len())
-            .map_err(|source| Error::Io {
-                path: self.path.clone(),
-                source,
-            })
+        file_bytes(&self.path)
     }
 
     /// Starts a read transaction: a snapshot of the last commit.
@@ -351,6 +346,16 @@ impl Store {
     }
 }
 
+/// The length in bytes of the database file at `path`.
+fn file_bytes(path: &Path) -> Result<u64> {
+    std::fs::metadata(path)
+        .map(|meta| meta.len())
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// Reads and decodes the meta record.
 fn read_meta(dir: &Path, path: &Path, txn: &ReadTransaction) -> Result<MetaRecord> {
     let table = match txn.open_table(META) {
@@ -400,12 +405,7 @@ impl StoreRead {
 
     /// The database file's length in bytes: what bounds every allocation a read makes.
     fn file_bytes(&self) -> Result<u64> {
-        std::fs::metadata(&self.path)
-            .map(|meta| meta.len())
-            .map_err(|source| Error::Io {
-                path: self.path.clone(),
-                source,
-            })
+        file_bytes(&self.path)
     }
 
     /// The meta record.

@@ -14,7 +14,7 @@ use redb::{ReadOnlyTable, Table as RedbTable};
 use super::blocks::StoredCodes;
 use super::StoreError;
 use crate::mih::layout::WordLayout;
-use crate::mih::table::{entry_bytes, extend_entries, BucketEntry, Table};
+use crate::mih::table::{entry_bytes, extend_entries, is_dense, BucketEntry, Table};
 use crate::mih::View;
 
 /// Writes `view`'s tables into an empty parts table; returns the record describing them.
@@ -193,7 +193,7 @@ pub(super) fn load(
             return Err(bad("a dense table with a keys array".into()));
         }
         // A dense shape the build would not choose is refused before its offsets are read.
-        if shape.dense && !fits_dense(sub.width, base_slots) {
+        if shape.dense && !is_dense(sub.width, base_slots) {
             return Err(bad(format!(
                 "stored dense for {}-bit values over {base_slots} ids",
                 sub.width
@@ -248,9 +248,4 @@ pub(super) fn read_arrays(
         |bytes| extend_entries(&mut entries, bytes),
     )?;
     Ok((keys, offsets, entries))
-}
-
-/// Whether a dense table of `width`-bit values over `slots` ids is what a build makes.
-fn fits_dense(width: u32, slots: usize) -> bool {
-    crate::mih::table::is_dense(width, slots)
 }
