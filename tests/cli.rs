@@ -472,3 +472,50 @@ fn onnx_runtime_is_found_from_the_executable_and_the_file_checked_is_the_file_lo
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn bench_search_reports_tail_latencies_and_resident_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, codes_path, queries_path) = (
+        tmp.path().join("idx"),
+        tmp.path().join("c.npy"),
+        tmp.path().join("q.npy"),
+    );
+    let codes = clustered(&mut rng(41), 64, 3000, 10, 0.1);
+    write_codes(&codes_path, &codes);
+    write_codes(&queries_path, &codes[..50]);
+    ok(&["index", "create", s(&dir), "--bits", "64"]);
+    ok(&[
+        "index",
+        "import",
+        s(&dir),
+        "--codes",
+        s(&codes_path),
+        "--quiet",
+    ]);
+    let args = [
+        "bench",
+        "search",
+        s(&dir),
+        "--codes",
+        s(&queries_path),
+        "--top-k",
+        "5",
+        "--radius",
+        "2",
+        "--json",
+    ];
+    let report = json_output(&args, &milan(&args), 0);
+    for timing in [&report["top_k"], &report["radius"][0]] {
+        let (median, p99, max) = (
+            timing["median_us"].as_f64().unwrap(),
+            timing["p99_us"].as_f64().unwrap(),
+            timing["max_us"].as_f64().unwrap(),
+        );
+        assert!(median <= p99 && p99 <= max, "{timing}");
+        assert!(timing["scan_p99_us"].as_f64().unwrap() > 0.0, "{timing}");
+    }
+    let before = report["rss_before_open_bytes"].as_u64().unwrap();
+    let after = report["rss_bytes"].as_u64().unwrap();
+    assert!(before > 0 && after >= before, "{before} {after}");
+}

@@ -615,3 +615,64 @@ fn impossible_import_progress_is_refused_and_commits_nothing() {
         assert_eq!(index.import_progress(&[1; 32]).unwrap(), None);
     }
 }
+
+#[test]
+fn index_upgrade_converts_an_old_index_once_and_says_so() {
+    for version in [1, 2] {
+        let copy = fixture_copy(version);
+        let out = ok(&["index", "upgrade", s(copy.path())]);
+        assert!(
+            out.contains(&format!(
+                "from index format version {version} to {}",
+                milan::format::FORMAT_VERSION
+            )),
+            "{out}"
+        );
+        let index = Index::open_read_only(copy.path()).unwrap();
+        assert_eq!(index.info().format_version, milan::format::FORMAT_VERSION);
+        assert_fixture_contents(&index, version);
+        drop(index);
+        let out = ok(&["index", "upgrade", s(copy.path())]);
+        assert!(out.contains("already; nothing to do"), "{out}");
+    }
+    // A writing command upgrades first, and says so on standard error.
+    let copy = fixture_copy(1);
+    let output = milan(&["index", "delete", s(copy.path()), "--id", "1"]);
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("upgraded") && stderr.contains("from index format version 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_import_rebuilds_the_stored_tables_only_when_its_delta_passes_the_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("idx");
+    let codes = clustered(&mut rng(42), 64, 27_000, 30, 0.1);
+    ok(&["index", "create", s(&dir), "--bits", "64"]);
+    let covered = |dir: &Path| stored(dir).record.map(|record| record.slots);
+    let import = |range: std::ops::Range<usize>, name: &str| {
+        let path = tmp.path().join(name);
+        write_codes(&path, &codes[range]);
+        ok(&["index", "import", s(&dir), "--codes", s(&path), "--quiet"]);
+    };
+    // A first import files all its codes; 1,000 more wait in the delta (its limit is 4,096
+    // codes here), and 6,000 more pass it, so that import files everything again.
+    import(0..20_000, "a.npy");
+    assert_eq!(covered(&dir), Some(20_000));
+    import(20_000..21_000, "b.npy");
+    assert_eq!(covered(&dir), Some(20_000));
+    import(21_000..27_000, "c.npy");
+    assert_eq!(covered(&dir), Some(27_000));
+    let index = Index::open_read_only(&dir).unwrap();
+    let live: Vec<(u64, Code)> = (0..).zip(codes.iter().cloned()).collect();
+    let reader = index.reader().unwrap();
+    for (_, code) in live.iter().step_by(4001) {
+        assert_eq!(
+            reader.search(code).unwrap().top_k(10).unwrap(),
+            brute_top_k(&live, code, 10)
+        );
+    }
+}
