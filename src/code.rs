@@ -54,7 +54,7 @@ impl Code {
     /// `str::parse::<Code>` does the same.
     pub fn from_hex(hex: &str) -> Result<Code> {
         let digits = hex.strip_prefix("0x").unwrap_or(hex);
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             return Err(Error::InvalidCode {
                 detail: format!("hex code {hex:?} has an odd number of digits"),
             });
@@ -76,7 +76,7 @@ impl Code {
     /// A code of `bits` bits whose bit `i` is `bit(i)`; [`Error::InvalidBits`] unless `bits` is a
     /// multiple of 8 from 8 to 1024.
     pub fn from_fn(bits: u32, mut bit: impl FnMut(usize) -> bool) -> Result<Code> {
-        if bits % 8 != 0 || !(MIN_BITS..=MAX_BITS).contains(&bits) {
+        if !bits.is_multiple_of(8) || !(MIN_BITS..=MAX_BITS).contains(&bits) {
             return Err(Error::InvalidBits { bits });
         }
         let mut bytes = vec![0u8; bits as usize / 8];

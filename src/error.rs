@@ -39,15 +39,25 @@ pub enum Error {
         /// The directory asked for.
         path: PathBuf,
     },
-    /// The database file is locked: another process, or another open [`Index`](crate::Index)
-    /// handle in this process, has the index open for writing (or this open is for writing and
-    /// another handle has it open at all). A [`Reader`](crate::Reader) keeps its index's file
-    /// open after the [`Index`](crate::Index) is dropped, until the reader is dropped too. The
-    /// storage engine cannot tell these apart.
-    #[error("{}: locked by another process or another open handle in this process; wait for it to finish, or drop that handle (the lock is held on this file)", path.display())]
+    /// The database file is locked whole by a program that does not share it: a milan older than
+    /// format version 4 (which locked the file for as long as it had it open), or another program
+    /// using the file. milan processes of this version share an index: readers never wait, and
+    /// writers take turns ([`Error::LockTimeout`]).
+    #[error("{}: locked whole by another program (a milan older than index format 4, or another user of the file); wait for it to finish", path.display())]
     Locked {
         /// The locked file.
         path: PathBuf,
+    },
+    /// A write waited longer than the lock timeout for another process (or another handle of
+    /// this process) to end its own write.
+    #[error("{}: waited {} for another writer{} to finish; try again later, or wait longer (IndexBuilder::lock_timeout)", path.display(), seconds(*waited), holder.as_deref().map(|holder| format!(" ({holder})")).unwrap_or_default())]
+    LockTimeout {
+        /// The index directory.
+        path: PathBuf,
+        /// How long the write waited.
+        waited: std::time::Duration,
+        /// The process holding the writer's turn, as it describes itself, when known.
+        holder: Option<String>,
     },
     /// The index was written by a newer milan.
     #[error("{}: index format version {found} is newer than this milan supports ({supported}); upgrade milan", path.display())]
@@ -329,6 +339,11 @@ pub enum Error {
         /// The cause, the storage engine's own error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// A duration in seconds, as messages give it.
+fn seconds(duration: std::time::Duration) -> String {
+    format!("{} s", duration.as_secs_f64())
 }
 
 impl From<LayoutError> for Error {

@@ -142,6 +142,7 @@ fn lossy_path<S: serde::Serializer>(
 
 /// Checks that `extractor` is the one the index is bound to.
 pub fn check_extractor(index: &Index, extractor: &Extractor) -> Result<(ModelRecord, HashHead)> {
+    index.check_head_current()?;
     let (Some(model), Some(head)) = (index.model(), index.head()) else {
         return Err(Error::Mismatch {
             path: index.path().to_path_buf(),
@@ -363,6 +364,11 @@ impl<'r, 'x> Batches<'r, 'x> {
     /// `paths`, adding each file whose content hash is neither in `known` nor met earlier in the
     /// run, and commits every `commit_every` adds (and at the end, or when cancelled after the
     /// batch in hand).
+    ///
+    /// The coded files wait in memory and the writer is begun only to commit them, so that
+    /// other processes writing to the index take their turns between this run's commits, not
+    /// after the whole run. Content another process added meanwhile is skipped then, as already
+    /// indexed.
     pub(crate) fn add_files(
         &mut self,
         paths: &[PathBuf],
@@ -373,8 +379,9 @@ impl<'r, 'x> Batches<'r, 'x> {
         let (index, head, options) = (self.index, &self.head, self.options);
         let progress = &mut self.progress;
         let mut seen_this_run = HashSet::new();
-        // An Option, so that a full writer can be committed before the next one is begun.
-        let mut writer = Some(index.writer()?);
+        // Every file reached since the last commit, in order, with its add if it is one.
+        let mut reached: Vec<(usize, Option<CodedFile>)> = Vec::new();
+        let mut waiting_adds = 0;
         let mut done = 0;
         extract_files(
             self.extractor,
@@ -386,7 +393,6 @@ impl<'r, 'x> Batches<'r, 'x> {
             },
             self.cancel,
             |batch| {
-                let open = writer.as_mut().expect("a writer is open between commits");
                 let mut rows = Vec::new();
                 let mut pending = Vec::new();
                 for extracted in batch {
@@ -397,7 +403,7 @@ impl<'r, 'x> Batches<'r, 'x> {
                         } => {
                             if !seen_this_run.insert(content_hash) {
                                 report.duplicates += 1;
-                                hooks.done(open, extracted.position, None)?;
+                                reached.push((extracted.position, None));
                                 continue;
                             }
                             // The pipeline skips paths that are not UTF-8; a key must name the file.
@@ -406,7 +412,7 @@ impl<'r, 'x> Batches<'r, 'x> {
                                     extracted.path,
                                     &SkipReason::NameNotUtf8,
                                 ));
-                                hooks.done(open, extracted.position, None)?;
+                                reached.push((extracted.position, None));
                                 continue;
                             };
                             rows.extend_from_slice(&features);
@@ -414,13 +420,13 @@ impl<'r, 'x> Batches<'r, 'x> {
                         }
                         FileOutcome::Known { .. } => {
                             report.already_indexed += 1;
-                            hooks.done(open, extracted.position, None)?;
+                            reached.push((extracted.position, None));
                         }
                         FileOutcome::Failed(reason) => {
                             report
                                 .failures
                                 .push(FailedFile::new(extracted.path, &reason));
-                            hooks.done(open, extracted.position, None)?;
+                            reached.push((extracted.position, None));
                         }
                     }
                 }
@@ -442,30 +448,75 @@ impl<'r, 'x> Batches<'r, 'x> {
                             content_hash: Some(content_hash),
                             ..hooks.item(position)
                         };
-                        let id = if options.keep_features || hooks.keep_features(position) {
-                            open.add_with_features(&code, item, features)?
-                        } else {
-                            open.add(&code, item)?
-                        };
-                        hooks.done(open, position, Some(id))?;
-                        report.added += 1;
-                        report.ids = Some((report.ids.map_or(id, |(first, _)| first), id));
+                        let keep = options.keep_features || hooks.keep_features(position);
+                        let features = keep.then_some(features);
+                        reached.push((
+                            position,
+                            Some(CodedFile {
+                                code,
+                                item,
+                                features,
+                                content_hash,
+                            }),
+                        ));
+                        waiting_adds += 1;
                     }
                 }
                 done += options.batch_size.min(paths.len() - done);
-                if open.pending_adds() >= options.commit_every {
-                    writer.take().expect("checked").commit()?;
-                    writer = Some(index.writer()?);
+                if waiting_adds >= options.commit_every {
+                    commit_files(index, &mut reached, report, hooks)?;
+                    waiting_adds = 0;
                 }
                 progress(done, paths.len());
                 Ok(())
             },
         )?;
-        if let Some(writer) = writer {
-            writer.commit()?;
-        }
-        Ok(())
+        commit_files(index, &mut reached, report, hooks)
     }
+}
+
+/// A file coded and waiting for its commit.
+struct CodedFile {
+    code: Code,
+    item: Item,
+    /// Kept with the code when asked for.
+    features: Option<Vec<f32>>,
+    content_hash: [u8; 32],
+}
+
+/// Commits the files reached since the last commit in one transaction: adds the coded ones
+/// whose content the index does not hold yet, and shows every file to `hooks`.
+fn commit_files(
+    index: &Index,
+    reached: &mut Vec<(usize, Option<CodedFile>)>,
+    report: &mut IngestReport,
+    hooks: &mut dyn FileHooks,
+) -> Result<()> {
+    let mut writer = index.writer()?;
+    // Beginning the writer caught up with other processes' commits: a rehash among them makes
+    // these codes, coded with the old head, wrong for the index.
+    index.check_head_current()?;
+    for (position, file) in reached.drain(..) {
+        let added = match file {
+            Some(file) if !writer.ids_with_content_hash(&file.content_hash)?.is_empty() => {
+                // Added by another process since this run read the index's hashes.
+                report.already_indexed += 1;
+                None
+            }
+            Some(file) => {
+                let id = match file.features {
+                    Some(features) => writer.add_with_features(&file.code, file.item, features)?,
+                    None => writer.add(&file.code, file.item)?,
+                };
+                report.added += 1;
+                report.ids = Some((report.ids.map_or(id, |(first, _)| first), id));
+                Some(id)
+            }
+            None => None,
+        };
+        hooks.done(&mut writer, position, added)?;
+    }
+    writer.commit()
 }
 
 /// One image coded by [`code_image`].

@@ -62,6 +62,7 @@ pub use index::{
 };
 pub use mih::search::Strategy;
 pub use store::check::CheckReport;
+pub use store::{LockWait, DEFAULT_LOCK_TIMEOUT};
 
 /// The on-disk format crate, re-exported for tools that read index files directly.
 pub use milan_index_format as format;

@@ -323,7 +323,7 @@ mod tests {
     /// A v1 `.npy` file with `dict` as its header and `data` after it.
     fn npy(dict: &str, data: &[u8]) -> Vec<u8> {
         let mut dict = dict.to_string();
-        while (10 + dict.len() + 1) % 64 != 0 {
+        while !(10 + dict.len() + 1).is_multiple_of(64) {
             dict.push(' ');
         }
         dict.push('\n');

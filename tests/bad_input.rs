@@ -120,18 +120,36 @@ fn an_index_of_a_newer_format_is_refused_untouched() {
 }
 
 #[test]
-fn a_second_writer_handle_gets_a_lock_error_naming_the_file() {
-    let (dir, _) = sample_index();
-    let _writer = Index::open(dir.path()).unwrap();
-    for err in [
-        Index::open(dir.path()).unwrap_err(),
-        Index::open_read_only(dir.path()).unwrap_err(),
-    ] {
-        assert!(
-            matches!(&err, Error::Locked { path } if path.ends_with(DATABASE_FILE)),
-            "{err}"
-        );
-    }
+fn a_second_writer_waits_for_its_turn_and_times_out_naming_the_holder() {
+    let (dir, codes) = sample_index();
+    let first = Index::open(dir.path()).unwrap();
+    let mut writing = first.writer().unwrap();
+    writing.add(&codes[0], Item::default()).unwrap();
+    let short = || Index::builder(64).lock_timeout(std::time::Duration::from_millis(100));
+    let waits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = waits.clone();
+    let err = short()
+        .on_lock_wait(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .open(dir.path())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::LockTimeout { path, holder: Some(holder), .. }
+            if path == dir.path() && holder.contains(&std::process::id().to_string())),
+        "{err:?}"
+    );
+    assert_eq!(waits.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Reads do not wait: a read-only handle opens and answers from the last commit.
+    let reader = Index::open_read_only(dir.path()).unwrap();
+    assert_eq!(reader.len(), 300);
+    // Once the first writer commits, the second handle gets its turn and sees that commit.
+    writing.commit().unwrap();
+    let second = short().open(dir.path()).unwrap();
+    let mut writer = second.writer().unwrap();
+    writer.add(&codes[1], Item::default()).unwrap();
+    writer.commit().unwrap();
+    assert_eq!((second.len(), first.len(), reader.len()), (302, 302, 302));
 }
 
 #[test]

@@ -343,18 +343,34 @@ fn another_process_writing_the_index_is_named_and_nothing_breaks() {
     write_codes(&codes_path, &clustered(&mut rng(3), 32, 100, 3, 0.1));
     ok(&["index", "create", s(&dir), "--bits", "32"]);
     ok(&["index", "import", s(&dir), "--codes", s(&codes_path)]);
-    let writer = Index::open(&dir).unwrap();
+    // This process holds a write transaction with adds in it.
+    let index = Index::open(&dir).unwrap();
+    let mut writer = index.writer().unwrap();
+    writer
+        .add(&Code::from_hex("0000ffff").unwrap(), milan::Item::default())
+        .unwrap();
+    // Reads answer from the last commit without waiting.
+    let hits = ok(&["query", s(&dir), "--code", "00000000", "--top-k", "200"]);
+    assert!(hits.starts_with("query 0: 100 results"), "{hits}");
+    // Writes wait for their turn, say so and whom they wait for, and give up at the timeout.
+    let pid = std::process::id().to_string();
     for args in [
-        vec!["query", s(&dir), "--code", "00000000", "--top-k", "1"],
         vec!["index", "import", s(&dir), "--codes", s(&codes_path)],
         vec!["index", "check", s(&dir)],
+        vec!["index", "delete", s(&dir), "--id", "0"],
     ] {
+        let args = [vec!["--lock-timeout", "0.3"], args].concat();
         let err = fails(&args, 1);
         assert!(
-            err.contains("milan.redb") && err.contains("locked by another process"),
+            err.contains("waiting for another writer")
+                && err.contains(&pid)
+                && err.contains("waited 0.3 s")
+                && err.contains("--lock-timeout"),
             "{args:?}: {err}"
         );
     }
+    let err = fails(&["index", "check", s(&dir), "--lock-timeout=-1"], 2);
+    assert!(err.contains("--lock-timeout -1"), "{err}");
     drop(writer);
     assert_eq!(len_of(&dir), 100);
     assert!(ok(&["index", "check", s(&dir)]).contains("ok"));

@@ -199,6 +199,10 @@ struct Stored {
     blocks: Vec<usize>,
     parts: u64,
     items: u64,
+    /// The generation (format version 4; 0 before).
+    generation: u64,
+    /// The commit log's records (format version 4): generation and record.
+    commits: Vec<(u64, milan::format::CommitRecord)>,
 }
 
 impl Stored {
@@ -255,6 +259,20 @@ fn stored(dir: &Path) -> Stored {
         .unwrap()
         .len()
         .unwrap();
+    let generation = meta
+        .get(GENERATION_KEY)
+        .unwrap()
+        .map_or(0, |bytes| decode_generation(bytes.value()).unwrap());
+    let mut commits = Vec::new();
+    if tables.iter().any(|name| name == COMMITS_TABLE) {
+        let table = txn
+            .open_table(TableDefinition::<u64, &[u8]>::new(COMMITS_TABLE))
+            .unwrap();
+        for entry in table.iter().unwrap() {
+            let (key, value) = entry.unwrap();
+            commits.push((key.value(), CommitRecord::decode(value.value()).unwrap()));
+        }
+    }
     Stored {
         tables,
         next_id: meta_record.next_id,
@@ -262,6 +280,8 @@ fn stored(dir: &Path) -> Stored {
         blocks,
         parts,
         items,
+        generation,
+        commits,
     }
 }
 
@@ -338,7 +358,7 @@ fn golden_index_of_format_version_2_opens_and_answers() {
 
 #[test]
 fn golden_index_of_format_version_3_opens_and_answers() {
-    use milan::format::{BUCKETS_TABLE, CODES_TABLE, DATABASE_FILE, FORMAT_VERSION};
+    use milan::format::{BUCKETS_TABLE, CODES_TABLE, COMMITS_TABLE, DATABASE_FILE, FORMAT_VERSION};
     let copy = fixture_copy(3);
     let file = copy.path().join(DATABASE_FILE);
     let before = std::fs::read(&file).unwrap();
@@ -347,6 +367,7 @@ fn golden_index_of_format_version_3_opens_and_answers() {
     // earlier versions.
     let layout = stored(copy.path());
     assert!(!layout.has(CODES_TABLE) && !layout.has(BUCKETS_TABLE));
+    assert!(!layout.has(COMMITS_TABLE) && layout.generation == 0);
     let record = layout
         .record
         .as_ref()
@@ -358,6 +379,79 @@ fn golden_index_of_format_version_3_opens_and_answers() {
     assert!(layout.parts > 0);
     let imports = fixture_imports(3);
     assert_eq!(imports.len(), 2);
+    // Read-only, it stays a version-3 index, and the file is untouched.
+    {
+        let mut index = Index::open_read_only(copy.path()).unwrap();
+        assert_eq!(index.info().format_version, 3);
+        assert_eq!(index.upgraded_from(), None);
+        assert!(layout.items < index.len());
+        assert_fixture_contents(&index, 3);
+        assert_imports(&index, &imports);
+        assert!(index.verify().unwrap().is_ok());
+    }
+    assert!(
+        std::fs::read(&file).unwrap() == before,
+        "a read-only open changed the file"
+    );
+    // Writable, it is converted to the current version in one commit that changes nothing
+    // else: generation 1, logged as no change.
+    {
+        let mut index = Index::open(copy.path()).unwrap();
+        assert_eq!(index.upgraded_from(), Some(3));
+        assert_eq!(index.info().format_version, FORMAT_VERSION);
+        assert_fixture_contents(&index, 3);
+        assert_imports(&index, &imports);
+        assert!(index.verify().unwrap().is_ok());
+    }
+    let upgraded = stored(copy.path());
+    assert_eq!(upgraded.generation, 1);
+    assert_eq!(upgraded.commits.len(), 1);
+    let (generation, commit) = &upgraded.commits[0];
+    assert_eq!((*generation, commit.next_id), (1, layout.next_id));
+    assert!(!commit.reload && commit.deleted.is_empty());
+    assert_eq!(
+        (upgraded.record, upgraded.items),
+        (layout.record, layout.items)
+    );
+    for writable in [false, true] {
+        let index = if writable {
+            Index::open(copy.path()).unwrap()
+        } else {
+            Index::open_read_only(copy.path()).unwrap()
+        };
+        assert_eq!(index.upgraded_from(), None);
+        assert_fixture_contents(&index, 3);
+    }
+}
+
+#[test]
+fn golden_index_of_format_version_4_opens_and_answers() {
+    use milan::format::{DATABASE_FILE, FORMAT_VERSION};
+    let copy = fixture_copy(4);
+    let file = copy.path().join(DATABASE_FILE);
+    let before = std::fs::read(&file).unwrap();
+    // The version-3 fixture's layout (tables over 300 ids, a delta past them), plus the
+    // generation and the log of the five commits that made it: three batches with deletes,
+    // the tables' build, the late commit with its delete of id 200.
+    let layout = stored(copy.path());
+    let record = layout.record.as_ref().expect("stored hash tables");
+    assert_eq!((record.slots, record.tables.len()), (300, 2));
+    assert!(layout.next_id > record.slots);
+    assert_eq!(layout.generation, 5);
+    let generations: Vec<u64> = layout.commits.iter().map(|(g, _)| *g).collect();
+    assert_eq!(generations, [1, 2, 3, 4, 5]);
+    let commits: Vec<&milan::format::CommitRecord> =
+        layout.commits.iter().map(|(_, c)| c).collect();
+    // The first batch deleted ids it had added itself (never stored, so not logged).
+    assert!(commits[0].deleted.is_empty());
+    assert_eq!(commits[1].deleted, [50, 67, 84]);
+    assert!(commits[3].reload, "the tables' build is read in full");
+    assert_eq!(
+        (commits[4].next_id, commits[4].deleted.as_slice()),
+        (304, &[200][..])
+    );
+    let imports = fixture_imports(4);
+    assert_eq!(imports.len(), 2);
     for writable in [false, true] {
         {
             let mut index = if writable {
@@ -365,10 +459,9 @@ fn golden_index_of_format_version_3_opens_and_answers() {
             } else {
                 Index::open_read_only(copy.path()).unwrap()
             };
-            assert_eq!(index.info().format_version, 3);
+            assert_eq!(index.info().format_version, 4);
             assert_eq!(index.upgraded_from(), None);
-            assert!(layout.items < index.len());
-            assert_fixture_contents(&index, 3);
+            assert_fixture_contents(&index, 4);
             assert_imports(&index, &imports);
             assert!(index.verify().unwrap().is_ok());
         }
@@ -379,7 +472,7 @@ fn golden_index_of_format_version_3_opens_and_answers() {
             );
         }
     }
-    assert_eq!(FORMAT_VERSION, 3, "a newer version adds its own fixture");
+    assert_eq!(FORMAT_VERSION, 4, "a newer version adds its own fixture");
 }
 
 /// Regenerates the fixture of the current format version: `MILAN_WRITE_FIXTURE=1 cargo test
@@ -392,7 +485,7 @@ fn write_fixture() {
         return;
     }
     let version = milan::format::FORMAT_VERSION;
-    assert_eq!(version, 3, "write the fixture of the new version here");
+    assert_eq!(version, 4, "write the fixture of the new version here");
     let (dir, contents) = fixture(version);
     let _ = std::fs::remove_dir_all(&dir);
     let index = Index::builder(32).substrings(2).create(&dir).unwrap();
@@ -454,7 +547,7 @@ fn write_fixture() {
     }
     assert!(writer.delete(200).unwrap());
     writer.commit().unwrap();
-    assert_eq!(index.info().format_version, 3);
+    assert_eq!(index.info().format_version, 4);
     // The space the earlier commits' pages took goes back: a smaller file to check in.
     let mut index = index;
     index.compact().unwrap();
@@ -479,6 +572,13 @@ fn write_fixture() {
         ));
     }
     std::fs::write(dir.parent().unwrap().join("imports.txt"), imports).unwrap();
+    // The writers' lock files hold no index data: only the database is checked in.
+    for name in [
+        milan::format::WRITER_LOCK_FILE,
+        milan::format::WRITER_QUEUE_FILE,
+    ] {
+        std::fs::remove_file(dir.join(name)).unwrap();
+    }
 }
 
 #[test]

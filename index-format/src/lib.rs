@@ -63,6 +63,26 @@ pub const HASH_TABLES_TABLE: &str = "hash_tables";
 /// Key in [`META_TABLE`] of the [`TablesRecord`] (format version 3; absent while no code is filed
 /// in the hash tables).
 pub const TABLES_KEY: &str = "tables";
+/// Key in [`META_TABLE`] of the generation (format version 4): the number of commits since the
+/// index was created or upgraded to version 4, `u64` LE (eight bytes).
+pub const GENERATION_KEY: &str = "generation";
+/// Table `u64 -> &[u8]` (format version 4): generation to the [`CommitRecord`] of the commit that
+/// made it, for the last [`COMMIT_LOG_LEN`] commits, so that a handle open in another process
+/// catches up by applying what changed instead of reading the whole index again.
+pub const COMMITS_TABLE: &str = "commits";
+/// Commits kept in [`COMMITS_TABLE`]: each commit removes the record [`COMMIT_LOG_LEN`]
+/// generations older than its own.
+pub const COMMIT_LOG_LEN: u64 = 1024;
+/// Most deleted ids a [`CommitRecord`] lists; a commit that deletes more is recorded with
+/// `reload` set instead.
+pub const MAX_LOGGED_DELETES: usize = 1 << 16;
+/// The file beside [`DATABASE_FILE`] whose exclusive lock (`flock`) a process holds while it
+/// writes (format version 4). Its content names the holder (process id and command line) for
+/// the messages of processes waiting for it; the lock, not the content, is what counts.
+pub const WRITER_LOCK_FILE: &str = "writer.lock";
+/// The file beside [`DATABASE_FILE`] that processes waiting for [`WRITER_LOCK_FILE`] hold a
+/// shared lock on, so that a writer about to begin again lets them go first.
+pub const WRITER_QUEUE_FILE: &str = "writer.queue";
 /// The storage engine stores a large value in a run of pages whose length is a power of two;
 /// code blocks are sized to fill 64 KiB runs and hash table parts 8 MiB runs, each less room
 /// for the engine's own headers, so that little of either run is left empty.
@@ -115,8 +135,10 @@ pub const MAX_HEAD_BYTES: usize = 1 << 28;
 /// The eight bytes every meta record starts with.
 pub const MAGIC: [u8; 8] = *b"MILANIDX";
 /// The format version this crate writes. Version 2 added [`IMPORTS_TABLE`]; version 3 replaced
-/// the per-id codes and the bucket chunks by code blocks and whole hash tables.
-pub const FORMAT_VERSION: u32 = 3;
+/// the per-id codes and the bucket chunks by code blocks and whole hash tables; version 4 added
+/// the generation and the commit log ([`GENERATION_KEY`], [`COMMITS_TABLE`]), and the writer's
+/// lock file, for processes that share an index.
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format version this crate can read (directly or through an upgrade step).
 pub const OLDEST_SUPPORTED_VERSION: u32 = 1;
 
@@ -245,7 +267,7 @@ pub struct CodeLayout {
 impl CodeLayout {
     /// Checks `bits` and `substrings` and returns the layout.
     pub fn new(bits: u32, substrings: u32) -> Result<CodeLayout, LayoutError> {
-        if !(MIN_BITS..=MAX_BITS).contains(&bits) || bits % 8 != 0 {
+        if !(MIN_BITS..=MAX_BITS).contains(&bits) || !bits.is_multiple_of(8) {
             return Err(LayoutError::Bits { bits });
         }
         let (min, max) = Self::substring_range(bits);
@@ -497,7 +519,7 @@ pub fn encode_bucket_ids(ids: &[u64]) -> Vec<u8> {
 
 /// Decodes a bucket chunk, checking that it is non-empty and strictly increasing.
 pub fn decode_bucket_ids(bytes: &[u8]) -> Result<Vec<u64>, DecodeError> {
-    if bytes.is_empty() || bytes.len() % 8 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(8) {
         return Err(malformed(
             "bucket",
             format!("{} bytes is not a non-empty multiple of 8", bytes.len()),
@@ -565,6 +587,62 @@ impl ImportRecord {
         }
         Ok(record)
     }
+}
+
+/// What one commit changed (format version 4), under the generation it made in
+/// [`COMMITS_TABLE`]: enough for a handle at the previous generation to catch up.
+///
+/// Codes the commit added are the stored ids from the previous record's `next_id` up to this
+/// one's; deleted ids are listed. `reload` says that the change cannot be applied as adds and
+/// deletes (hash tables rebuilt, codes re-coded, the layout or head changed, or more than
+/// [`MAX_LOGGED_DELETES`] deletes): a handle reads the whole index again.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode)]
+pub struct CommitRecord {
+    /// The meta record's `next_id` after the commit.
+    pub next_id: u64,
+    /// Whether a handle must read the whole index again instead of applying the change.
+    pub reload: bool,
+    /// The ids the commit deleted, increasing (empty when `reload`).
+    pub deleted: Vec<u64>,
+}
+
+impl CommitRecord {
+    /// Encodes the record: `next_id` u64 LE, `reload` one byte (0 or 1), then the deleted ids as
+    /// a u64 LE count and that many u64 LE ids.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes a record from arbitrary bytes, checking that the deleted ids increase, lie below
+    /// `next_id`, and number at most [`MAX_LOGGED_DELETES`].
+    pub fn decode(bytes: &[u8]) -> Result<CommitRecord, DecodeError> {
+        let record: CommitRecord = decode_exact("commit", bytes)?;
+        let bad = |detail: String| Err(malformed("commit", detail));
+        if record.deleted.len() > MAX_LOGGED_DELETES {
+            return bad(format!(
+                "{} deleted ids listed, more than {MAX_LOGGED_DELETES}",
+                record.deleted.len()
+            ));
+        }
+        if record.deleted.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return bad("deleted ids are not increasing".into());
+        }
+        if let Some(&last) = record.deleted.last().filter(|&&id| id >= record.next_id) {
+            return bad(format!(
+                "deleted id {last} has not been handed out (next id {})",
+                record.next_id
+            ));
+        }
+        Ok(record)
+    }
+}
+
+/// Decodes the generation stored under [`GENERATION_KEY`].
+pub fn decode_generation(bytes: &[u8]) -> Result<u64, DecodeError> {
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| malformed("generation", format!("{} bytes instead of 8", bytes.len())))?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 /// One code block (format version 3), under its block number `b` in [`CODE_BLOCKS_TABLE`]: with
@@ -965,7 +1043,7 @@ impl HeadFile {
         if self.layers.is_empty() {
             return Err("no layers".into());
         }
-        if !(MIN_BITS..=MAX_BITS).contains(&self.bits) || self.bits % 8 != 0 {
+        if !(MIN_BITS..=MAX_BITS).contains(&self.bits) || !self.bits.is_multiple_of(8) {
             return Err(format!("{} bits is not a supported code length", self.bits));
         }
         let mut inputs = self.input_dim;

@@ -8,17 +8,28 @@
 //! its whole life. Other threads asking for it wait ([`Index::writer`]) or are told it is taken
 //! ([`Index::try_writer`]); the thread that holds it gets [`Error::WriterBusy`], since waiting
 //! for itself would never end.
+//!
+//! Many processes, one index: every handle shares the file. A writer takes the writer's turn
+//! among processes too, waiting up to the lock timeout ([`IndexBuilder::lock_timeout`]); readers
+//! never wait. Each commit raises the index's generation and logs what it changed, and a handle
+//! catches up with other processes' commits at its next transaction ([`Index::reader`],
+//! [`Index::writer`]): it applies the logged adds and deletes, or reads the whole index again
+//! when the log cannot tell them (rebuilt hash tables, a re-coded index, a log that no longer
+//! reaches back).
 
 mod reader;
 mod rehash;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 use std::thread::ThreadId;
+use std::time::Duration;
 
 use milan_index_format::{
-    CodeLayout, MetaRecord, ModelRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC,
+    CodeLayout, CommitRecord, MetaRecord, ModelRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC,
+    MAX_LOGGED_DELETES,
 };
 
 pub use reader::{BatchSearch, Hit, Pair, PairBatches, Reader, Search};
@@ -29,7 +40,9 @@ use crate::error::{Error, Result};
 use crate::head::HashHead;
 use crate::mih::layout::WordLayout;
 use crate::mih::View;
-use crate::store::{self, CheckReport, Store, StoreWrite};
+use crate::store::{
+    self, CheckReport, LockSettings, LockWait, Store, StoreRead, StoreWrite, BLOCKS_VERSION,
+};
 
 /// The milan version written into the meta record.
 const MILAN_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -82,6 +95,7 @@ pub struct IndexBuilder {
     expected_len: u64,
     cache_bytes: usize,
     images: Option<(ModelRecord, HashHead)>,
+    lock: LockSettings,
 }
 
 impl IndexBuilder {
@@ -114,6 +128,24 @@ impl IndexBuilder {
     /// Size of redb's page cache in bytes. Default: [`DEFAULT_CACHE_BYTES`].
     pub fn cache_size(mut self, bytes: usize) -> Self {
         self.cache_bytes = bytes;
+        self
+    }
+
+    /// How long a write waits for another process's write (or another handle's in this
+    /// process) to end before failing with [`Error::LockTimeout`]. Default:
+    /// [`DEFAULT_LOCK_TIMEOUT`](crate::DEFAULT_LOCK_TIMEOUT), 30 seconds. Applies to the
+    /// handle's opens (a writable open takes the writer's turn briefly) and to every write
+    /// after. Reads never wait.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock.timeout = timeout;
+        self
+    }
+
+    /// Calls `notice` each time a write of this handle begins to wait for another process's
+    /// turn, with the holder when known: for a message such as the command line's "waiting for
+    /// another writer". Nothing is called when the turn is free.
+    pub fn on_lock_wait(mut self, notice: impl Fn(&LockWait) + Send + Sync + 'static) -> Self {
+        self.lock.on_wait = Some(Arc::new(notice));
         self
     }
 
@@ -154,14 +186,26 @@ impl IndexBuilder {
             written_by: MILAN_VERSION.to_string(),
         };
         let binding = self.images.as_ref().map(|(model, head)| (model, head));
-        let store = Store::create(dir, &db_path, self.cache_bytes, &meta, binding)?;
+        let store = Store::create(
+            dir,
+            &db_path,
+            self.cache_bytes,
+            self.lock.clone(),
+            &meta,
+            binding,
+        )?;
         let layout = Arc::new(WordLayout::new(layout));
         let view = View::build(layout, Vec::new(), Default::default());
         let (model, head) = match self.images.clone() {
             Some((model, head)) => (Some(model), Some(head)),
             None => (None, None),
         };
-        Ok(Index::assemble(dir, store, meta, view, model, head))
+        let current = Current {
+            generation: 0,
+            meta,
+            view: Arc::new(view),
+        };
+        Ok(Index::assemble(dir, store, current, model, head))
     }
 
     /// Opens the index in `dir` for reading and writing.
@@ -186,48 +230,96 @@ impl IndexBuilder {
         }
         let db_path = database_path(dir)?;
         let store = store::guard(&db_path, || {
-            Store::open(dir, &db_path, self.cache_bytes, writable, |meta| {
-                self.check_settings(dir, meta)
-            })
+            Store::open(
+                dir,
+                &db_path,
+                self.cache_bytes,
+                self.lock.clone(),
+                writable,
+                |meta| self.check_settings(dir, meta),
+            )
         })?;
         // The store lives outside the guarded reads, so that a panic of the storage engine on
         // damaged data never drops it while unwinding: it closes normally on the error.
-        let (mut meta, model, head, mut view, tables_slots) = store::guard(&db_path, || {
-            let read = store.read()?;
-            let meta = read.meta()?;
-            self.check_settings(dir, &meta)?;
-            let (model, head) = read.binding()?;
-            let view = read.load_view(&meta)?;
-            let tables_slots = read.tables_slots()?;
-            Ok((meta, model, head, view, tables_slots))
-        })?;
+        let load = |store: &Store| {
+            store::guard(&db_path, || {
+                let read = store.read()?;
+                let meta = read.meta()?;
+                self.check_settings(dir, &meta)?;
+                let (model, head) = read.binding()?;
+                let view = read.load_view(&meta)?;
+                let tables_slots = read.tables_slots()?;
+                let generation = read.generation()?;
+                Ok((meta, model, head, view, tables_slots, generation))
+            })
+        };
+        let (mut meta, mut model, mut head, mut view, mut tables_slots, mut generation) =
+            load(&store)?;
         let mut upgraded_from = None;
         if store.is_writable() && meta.format_version < FORMAT_VERSION {
-            // Upgraded only once the whole file has loaded without damage, so that a damaged
-            // old index is refused as it stands rather than rewritten.
-            upgraded_from = Some(meta.format_version);
-            // The old tables are checked at open only for their counts: the new ones are built
-            // from the codes, so that no damage of theirs is carried over.
-            view = View::build(
-                view.layout().clone(),
-                view.all_words(),
-                view.deleted_flags().clone(),
-            );
-            meta = upgrade(&store, meta, &view)?;
-        } else if store.is_writable() && delta_over_limit(view.slots(), tables_slots) {
+            let txn = store.write()?;
+            // Read again under the writer's turn: another process may have upgraded the index
+            // or committed since.
+            (meta, model, head, view, tables_slots, generation) = load(&store)?;
+            if meta.format_version < FORMAT_VERSION {
+                // Upgraded only once the whole file has loaded without damage, so that a
+                // damaged old index is refused as it stands rather than rewritten.
+                upgraded_from = Some(meta.format_version);
+                generation += 1;
+                (meta, view) = upgrade(&store, txn, meta, view, generation)?;
+            } else {
+                drop(txn);
+            }
+        }
+        if store.is_writable() && delta_over_limit(view.slots(), tables_slots) {
             // The open filed codes the stored tables lack (a bulk load stopped before its
             // tables were built): stored now, so that the next open need not do it again.
             let mut txn = store.write()?;
-            store::guard(dir, || txn.put_tables(&view))?;
-            txn.commit()?;
+            (meta, model, head, view, tables_slots, generation) = load(&store)?;
+            if delta_over_limit(view.slots(), tables_slots) {
+                generation += 1;
+                let record = reload_record(&meta);
+                store::guard(dir, || {
+                    txn.put_tables(&view)?;
+                    txn.put_generation(generation, Some(&record))
+                })?;
+                txn.commit()?;
+            }
         }
-        let mut index = Index::assemble(dir, store, meta, view, model, head);
+        let current = Current {
+            generation,
+            meta,
+            view: Arc::new(view),
+        };
+        let mut index = Index::assemble(dir, store, current, model, head);
         index.upgraded_from = upgraded_from;
         Ok(index)
     }
 }
 
+impl Default for IndexBuilder {
+    /// The settings of [`Index::open`]: opens take the stored code length and substrings (a
+    /// create makes 64-bit codes), with the default cache size and lock timeout.
+    fn default() -> IndexBuilder {
+        Index::open_builder()
+    }
+}
+
 impl IndexBuilder {
+    /// Checks the index in `dir` like [`Index::verify_dir`], with this builder's cache size and
+    /// lock timeout (the storage check takes the writer's turn).
+    pub fn verify_dir(&self, dir: impl AsRef<Path>) -> Result<CheckReport> {
+        let dir = dir.as_ref();
+        let db_path = database_path(dir)?;
+        store::guard(&db_path, || {
+            let (store, storage_ok) =
+                Store::open_for_check(dir, &db_path, self.cache_bytes, self.lock.clone())?;
+            let mut report = store.read()?.check()?;
+            report.storage_ok = Some(storage_ok);
+            Ok(report)
+        })
+    }
+
     /// Refuses an open whose explicitly set code length or substrings differ from the index's.
     fn check_settings(&self, dir: &Path, meta: &MetaRecord) -> Result<()> {
         if let Some(requested) = self.bits.filter(|&bits| bits != meta.bits) {
@@ -248,20 +340,72 @@ impl IndexBuilder {
     }
 }
 
-/// Brings the index of an older format version to [`FORMAT_VERSION`] in one transaction:
-/// versions 1 and 2 kept one entry per code and the buckets in chunks; their codes (`view`, read
-/// from those tables) are written as code blocks, its hash tables as whole arrays, and the old
-/// tables dropped. Version 2's import progress and every item stay as they are.
-fn upgrade(store: &Store, mut meta: MetaRecord, view: &View) -> Result<MetaRecord> {
+/// Brings the index of an older format version to [`FORMAT_VERSION`] in `txn`, making
+/// `generation`:
+/// - versions 1 and 2 kept one entry per code and the buckets in chunks; their codes (`view`,
+///   read from those tables) are written as code blocks, its hash tables (built anew from the
+///   codes, so that no damage of the old ones is carried over) as whole arrays, and the old
+///   tables dropped. Version 2's import progress and every item stay as they are;
+/// - version 3 gains the generation and the commit log.
+fn upgrade(
+    store: &Store,
+    mut txn: StoreWrite,
+    mut meta: MetaRecord,
+    mut view: View,
+    generation: u64,
+) -> Result<(MetaRecord, View)> {
+    let rebuild = meta.format_version < BLOCKS_VERSION;
+    if rebuild {
+        view = View::build(
+            view.layout().clone(),
+            view.all_words(),
+            view.deleted_flags().clone(),
+        );
+    }
     meta.format_version = FORMAT_VERSION;
     meta.written_by = MILAN_VERSION.to_string();
-    let mut txn = store.write()?;
+    // Handles that read the old version catch up: in full after a rebuild, else by nothing.
+    let record = if rebuild {
+        reload_record(&meta)
+    } else {
+        CommitRecord {
+            next_id: meta.next_id,
+            ..CommitRecord::default()
+        }
+    };
     store::guard(store.dir(), || {
-        txn.upgrade_tables(view)?;
-        txn.put_meta(&meta)
+        if rebuild {
+            txn.upgrade_tables(&view)?;
+        }
+        txn.put_meta(&meta)?;
+        txn.put_generation(generation, Some(&record))
     })?;
     txn.commit()?;
-    Ok(meta)
+    Ok((meta, view))
+}
+
+/// The log record of a commit that handles of other processes must read in full.
+fn reload_record(meta: &MetaRecord) -> CommitRecord {
+    CommitRecord {
+        next_id: meta.next_id,
+        reload: true,
+        deleted: Vec::new(),
+    }
+}
+
+/// The log record of a commit that added the ids below `meta.next_id` it stored and deleted
+/// `deletes`, or replaced the snapshot (`rebuilt`).
+fn commit_record(meta: &MetaRecord, deletes: &[u64], rebuilt: bool) -> CommitRecord {
+    if rebuilt || deletes.len() > MAX_LOGGED_DELETES {
+        return reload_record(meta);
+    }
+    let mut deleted = deletes.to_vec();
+    deleted.sort_unstable();
+    CommitRecord {
+        next_id: meta.next_id,
+        reload: false,
+        deleted,
+    }
 }
 
 fn check_binding(dir: &Path, bits: u32, model: &ModelRecord, head: &HashHead) -> Result<()> {
@@ -376,15 +520,25 @@ pub struct OptimizeReport {
     pub new_substrings: u32,
 }
 
+/// What a handle knows of the index: the search snapshot and meta record of one commit.
+struct Current {
+    /// The commit's generation.
+    generation: u64,
+    meta: MetaRecord,
+    view: Arc<View>,
+}
+
 /// An open index: see the crate documentation for an example.
 pub struct Index {
     dir: PathBuf,
     store: Store,
     /// The format version an open upgraded the file from, if it did.
     upgraded_from: Option<u32>,
-    /// The committed meta record; the writer lock serialises its updates.
-    meta: Mutex<MetaRecord>,
-    view: RwLock<Arc<View>>,
+    /// The last commit this handle caught up with.
+    current: RwLock<Current>,
+    /// Set when another process replaced the stored hash head ([`Index::rehash`]): this handle's
+    /// head no longer makes the index's codes, so it adds and codes images no more.
+    head_replaced: AtomicBool,
     writer_lock: Mutex<()>,
     /// The thread holding `writer_lock`, so that it gets [`Error::WriterBusy`] instead of waiting
     /// for itself.
@@ -421,15 +575,18 @@ impl Index {
             expected_len: DEFAULT_EXPECTED_LEN,
             cache_bytes: DEFAULT_CACHE_BYTES,
             images: None,
+            lock: LockSettings::default(),
         }
     }
 
     /// Opens the index in `dir` for reading and writing, whatever its code length and
     /// substrings, with the default cache size.
     ///
-    /// Fails with [`Error::Locked`] while another process or another open handle in this process
-    /// has the file open, [`Error::MissingDirectory`], [`Error::NotADirectory`] or
-    /// [`Error::NotAnIndex`] for a wrong path.
+    /// Other processes and other handles may have the index open at the same time, for reading
+    /// or writing: writes take turns (waiting up to the lock timeout, 30 s by default, then
+    /// [`Error::LockTimeout`]), reads never wait. Fails with [`Error::MissingDirectory`],
+    /// [`Error::NotADirectory`] or [`Error::NotAnIndex`] for a wrong path, and with
+    /// [`Error::Locked`] while a program that does not share the file holds it.
     pub fn open(dir: impl AsRef<Path>) -> Result<Index> {
         Index::open_builder().open(dir)
     }
@@ -451,8 +608,7 @@ impl Index {
     fn assemble(
         dir: &Path,
         store: Store,
-        meta: MetaRecord,
-        view: View,
+        current: Current,
         model: Option<ModelRecord>,
         head: Option<HashHead>,
     ) -> Index {
@@ -462,8 +618,8 @@ impl Index {
             dir: dir.to_path_buf(),
             store,
             upgraded_from: None,
-            meta: Mutex::new(meta),
-            view: RwLock::new(Arc::new(view)),
+            current: RwLock::new(current),
+            head_replaced: AtomicBool::new(false),
             writer_lock: Mutex::new(()),
             writer_thread: Mutex::new(None),
         }
@@ -481,12 +637,131 @@ impl Index {
         self.upgraded_from
     }
 
-    fn meta(&self) -> MetaRecord {
-        self.meta.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The snapshot and meta record of the last commit, caught up with other processes' commits
+    /// when the file can be read (else this handle's last).
+    fn latest(&self) -> (Arc<View>, MetaRecord) {
+        if let Ok(read) = self.store.read() {
+            if let Ok(Some((view, meta, _))) = self.catch_up(&read) {
+                return (view, meta);
+            }
+        }
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        (current.view.clone(), current.meta.clone())
     }
 
     fn snapshot(&self) -> Arc<View> {
-        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.latest().0
+    }
+
+    /// Brings this handle to the commit `read` sees and returns its snapshot, meta record and
+    /// generation; `None` when this handle already knows a later commit than `read` (begin
+    /// another read). Applies the changes the commit log records since this handle's
+    /// generation, or reads the whole index again when the log cannot tell them.
+    fn catch_up(&self, read: &StoreRead) -> Result<Option<(Arc<View>, MetaRecord, u64)>> {
+        let generation = store::guard(&self.dir, || read.generation())?;
+        let answer = |current: &Current| {
+            Some((
+                current.view.clone(),
+                current.meta.clone(),
+                current.generation,
+            ))
+        };
+        {
+            let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+            if current.generation == generation {
+                return Ok(answer(&current));
+            }
+            if current.generation > generation {
+                return Ok(None);
+            }
+        }
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.generation >= generation {
+            return Ok((current.generation == generation)
+                .then(|| answer(&current))
+                .flatten());
+        }
+        let meta = store::guard(&self.dir, || read.meta())?;
+        let changes = store::guard(&self.dir, || {
+            self.logged_changes(&current, read, &meta, generation)
+        })?;
+        let view = match changes {
+            Some((ids, words, deletes)) => {
+                // Taken out of the lock, so that the snapshot grows in place when no reader
+                // holds it.
+                let placeholder = Arc::new(View::placeholder(current.view.layout().clone()));
+                let old = std::mem::replace(&mut current.view, placeholder);
+                old.appended(&ids, &words, &deletes)
+            }
+            None => store::guard(&self.dir, || self.reload(read, &meta))?,
+        };
+        *current = Current {
+            generation,
+            meta,
+            view: Arc::new(view),
+        };
+        Ok(answer(&current))
+    }
+
+    /// The adds (ids and words) and deletes of the commits since `current` up to `generation`,
+    /// from the commit log; `None` when they must be read in full instead.
+    #[allow(clippy::type_complexity)]
+    fn logged_changes(
+        &self,
+        current: &Current,
+        read: &StoreRead,
+        meta: &MetaRecord,
+        generation: u64,
+    ) -> Result<Option<(Vec<u64>, Vec<u64>, Vec<u64>)>> {
+        if meta.format_version != current.meta.format_version
+            || meta.layout() != current.meta.layout()
+        {
+            return Ok(None);
+        }
+        let Some(records) = read.commits(current.generation, generation)? else {
+            return Ok(None);
+        };
+        if records.iter().any(|record| record.reload) {
+            return Ok(None);
+        }
+        let from = current.meta.next_id;
+        let (ids, words) = read.codes_between(meta.layout().bytes(), from, meta.next_id)?;
+        // Ids added and deleted since are not stored any more; only ids this handle has live
+        // can be deleted from its snapshot.
+        let deletes: Vec<u64> = records
+            .iter()
+            .flat_map(|record| record.deleted.iter().copied())
+            .filter(|&id| current.view.is_live(id))
+            .collect();
+        Ok(Some((ids, words, deletes)))
+    }
+
+    /// The whole snapshot of the commit `read` sees. Notes a hash head replaced by another
+    /// process, whose codes this handle's head no longer makes.
+    fn reload(&self, read: &StoreRead, meta: &MetaRecord) -> Result<View> {
+        let view = read.load_view(meta)?;
+        let (_, head) = read.binding()?;
+        let replaced = match (&self.head, &head) {
+            (Some(mine), Some(stored)) => mine.as_bytes() != stored.as_bytes(),
+            _ => false,
+        };
+        if replaced {
+            self.head_replaced.store(true, Ordering::Relaxed);
+        }
+        Ok(view)
+    }
+
+    /// Refuses to code images with this handle's head after another process replaced it.
+    pub(crate) fn check_head_current(&self) -> Result<()> {
+        if self.head_replaced.load(Ordering::Relaxed) {
+            return Err(Error::Mismatch {
+                path: self.dir.clone(),
+                detail: "another process replaced the index's hash head (rehash) since this \
+                         handle opened it; open the index again to code images with the new head"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// The feature extractor the index is bound to (`None` for a code-only index).
@@ -519,10 +794,9 @@ impl Index {
         self.len() == 0
     }
 
-    /// Facts about the index.
+    /// Facts about the index, as of its last commit.
     pub fn info(&self) -> Info {
-        let meta = self.meta();
-        let view = self.snapshot();
+        let (view, meta) = self.latest();
         Info {
             path: self.dir.clone(),
             format_version: meta.format_version,
@@ -607,12 +881,31 @@ impl Index {
         })
     }
 
-    /// A consistent snapshot for searching and reading items.
+    /// A consistent snapshot for searching and reading items: the last commit of any process.
+    /// Catching up with other processes' commits costs what they changed (see the module
+    /// documentation); the reader never waits for a writer.
     pub fn reader(&self) -> Result<Reader> {
-        // Taken under the view lock so that the codes and the stored items belong to one commit.
-        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
-        let read = self.store.read()?;
-        Ok(Reader::new(self.dir.clone(), view.clone(), read))
+        loop {
+            // The snapshot is paired with the read transaction of its own commit, so that the
+            // codes and the stored items belong to one commit.
+            let read = self.store.read()?;
+            if let Some((view, _, _)) = self.catch_up(&read)? {
+                return Ok(Reader::new(self.dir.clone(), view, read));
+            }
+        }
+    }
+
+    /// Begins the write transaction and catches up with the last commit (which, holding the
+    /// writer's turn, no other process can pass): the transaction, the snapshot and meta record
+    /// it changes, and their generation.
+    pub(crate) fn begin_write(&self) -> Result<(StoreWrite, Arc<View>, MetaRecord, u64)> {
+        let txn = self.store.write()?;
+        loop {
+            let read = self.store.read()?;
+            if let Some((view, meta, generation)) = self.catch_up(&read)? {
+                return Ok((txn, view, meta, generation));
+            }
+        }
     }
 
     /// Checks every invariant of the stored index (each live code in exactly its buckets, no
@@ -622,6 +915,8 @@ impl Index {
         // anyway.
         let dir = self.dir.clone();
         let storage_ok = store::guard(&dir, || self.store.check_structure())?;
+        // The check reads the last commit; so does the handle after it.
+        let _ = self.snapshot();
         let mut report = store::guard(&self.dir, || self.store.read()?.check())?;
         report.storage_ok = storage_ok;
         Ok(report)
@@ -630,14 +925,7 @@ impl Index {
     /// Checks the index in `dir` like [`Index::verify`], without opening it for search first: an
     /// open stops at the first damage it meets, this lists all of it.
     pub fn verify_dir(dir: impl AsRef<Path>) -> Result<CheckReport> {
-        let dir = dir.as_ref();
-        let db_path = database_path(dir)?;
-        store::guard(&db_path, || {
-            let (store, storage_ok) = Store::open_for_check(dir, &db_path, DEFAULT_CACHE_BYTES)?;
-            let mut report = store.read()?.check()?;
-            report.storage_ok = Some(storage_ok);
-            Ok(report)
-        })
+        Index::open_builder().verify_dir(dir)
     }
 
     /// Rebuilds every bucket for `substrings` substrings (default: the recommended number for the
@@ -647,8 +935,7 @@ impl Index {
     /// fails with [`Error::WriterBusy`] while the calling thread holds one.
     pub fn optimize(&self, substrings: Option<u32>) -> Result<OptimizeReport> {
         let _lock = self.lock_writer(true)?;
-        let view = self.snapshot();
-        let mut meta = self.meta();
+        let (mut txn, view, mut meta, generation) = self.begin_write()?;
         let old_substrings = meta.substrings;
         let new_substrings =
             substrings.unwrap_or_else(|| Index::recommended_substrings(meta.bits, view.live()));
@@ -661,12 +948,13 @@ impl Index {
             view.deleted_flags().clone(),
         );
         drop(view);
-        let mut txn = self.store.write()?;
+        let record = reload_record(&meta);
         store::guard(&self.dir, || {
             txn.put_tables(&rebuilt)?;
-            txn.put_meta(&meta)
+            txn.put_meta(&meta)?;
+            txn.put_generation(generation + 1, Some(&record))
         })?;
-        self.commit_and_publish(txn, meta, Next::Replace(rebuilt))?;
+        self.commit_and_publish(txn, meta, generation + 1, Next::Replace(rebuilt))?;
         Ok(OptimizeReport {
             old_substrings,
             new_substrings,
@@ -681,14 +969,23 @@ impl Index {
         store::guard(&dir, || self.store.compact())
     }
 
-    /// Commits `txn` and makes the next snapshot current in one step as readers see it: the view
-    /// lock is held across the commit, so no reader pairs the old codes with the new items or the
-    /// reverse. A snapshot that keeps its tables is derived here, from the current one taken out
-    /// of the lock, so that it grows in place when no reader holds it.
-    fn commit_and_publish(&self, txn: StoreWrite, meta: MetaRecord, next: Next) -> Result<()> {
-        let mut current = self.view.write().unwrap_or_else(|e| e.into_inner());
+    /// Commits `txn`, which makes `generation`, and makes its snapshot this handle's current
+    /// one. Readers do not wait for the commit: one that begins after it catches up from the
+    /// log itself, and then this publish has nothing left to do. A snapshot that keeps its
+    /// tables is derived here, from the current one taken out of the lock, so that it grows in
+    /// place when no reader holds it.
+    fn commit_and_publish(
+        &self,
+        txn: StoreWrite,
+        meta: MetaRecord,
+        generation: u64,
+        next: Next,
+    ) -> Result<()> {
         txn.commit()?;
-        *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = meta;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.generation + 1 != generation {
+            return Ok(());
+        }
         let next = match next {
             Next::Replace(view) => view,
             Next::Append {
@@ -696,12 +993,16 @@ impl Index {
                 words,
                 deletes,
             } => {
-                let placeholder = Arc::new(View::placeholder(current.layout().clone()));
-                let old = std::mem::replace(&mut *current, placeholder);
+                let placeholder = Arc::new(View::placeholder(current.view.layout().clone()));
+                let old = std::mem::replace(&mut current.view, placeholder);
                 old.appended(&ids, &words, &deletes)
             }
         };
-        *current = Arc::new(next);
+        *current = Current {
+            generation,
+            meta,
+            view: Arc::new(next),
+        };
         Ok(())
     }
 }

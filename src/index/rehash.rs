@@ -5,7 +5,7 @@ use std::sync::Arc;
 use milan_index_format::CodeLayout;
 use ndarray::Array2;
 
-use super::{check_binding, Index, Next, MILAN_VERSION};
+use super::{check_binding, reload_record, Index, Next, MILAN_VERSION};
 use crate::error::{Error, Result};
 use crate::head::HashHead;
 use crate::mih::layout::WordLayout;
@@ -55,8 +55,7 @@ impl Index {
         check_binding(&self.dir, head.bits(), model, &head)?;
         let dim = model.dim;
         let _guard = self.writer_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let view = self.snapshot();
-        let mut meta = self.meta();
+        let (mut txn, view, mut meta, generation) = self.begin_write()?;
         let old_bits = meta.bits;
         if head.bits() != old_bits {
             meta.substrings = Index::recommended_substrings(head.bits(), view.live());
@@ -65,7 +64,6 @@ impl Index {
         meta.written_by = MILAN_VERSION.to_string();
         let layout = WordLayout::new(CodeLayout::new(meta.bits, meta.substrings)?);
 
-        let mut txn = self.store.write()?;
         let live: Vec<u64> = view.live_ids().collect();
         let mut words = vec![0u64; view.slots() * layout.words];
         let mut changed = 0u64;
@@ -97,11 +95,13 @@ impl Index {
         }
         let rebuilt = View::build(Arc::new(layout), words, view.deleted_flags().clone());
         drop(view);
+        let record = reload_record(&meta);
         crate::store::guard(&self.dir, || {
             txn.rewrite_codes(&rebuilt)?;
             txn.put_tables(&rebuilt)?;
             txn.put_head(&head)?;
-            txn.put_meta(&meta)
+            txn.put_meta(&meta)?;
+            txn.put_generation(generation + 1, Some(&record))
         })?;
         let report = RehashReport {
             items: live.len() as u64,
@@ -110,8 +110,10 @@ impl Index {
             new_bits: meta.bits,
             substrings: meta.substrings,
         };
-        self.commit_and_publish(txn, meta, Next::Replace(rebuilt))?;
+        self.commit_and_publish(txn, meta, generation + 1, Next::Replace(rebuilt))?;
         self.head = Some(head);
+        self.head_replaced
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         Ok(report)
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use milan_index_format::{ImportRecord, ItemRecord, MetaRecord, MAX_RECORD_BYTES};
 
-use super::{Index, Next, WriterLock, MILAN_VERSION};
+use super::{commit_record, Index, Next, WriterLock, MILAN_VERSION};
 use crate::code::{extend_words, Code};
 use crate::error::{Error, Result};
 use crate::mih::{View, MAX_IDS};
@@ -63,9 +63,12 @@ pub struct Writer<'a> {
     index: &'a Index,
     _exclusive: WriterLock<'a>,
     txn: StoreWrite,
-    /// The committed snapshot; current for the writer's whole life, since writes are exclusive.
+    /// The last commit's snapshot; current for the writer's whole life, since writes are
+    /// exclusive (among processes too).
     view: Arc<View>,
     meta: MetaRecord,
+    /// The last commit's generation; the commit makes the next.
+    generation: u64,
     adds: Vec<PendingAdd>,
     /// The packed codes of the adds, one after another (one buffer, not one per add).
     codes: Vec<u8>,
@@ -81,11 +84,13 @@ pub struct Writer<'a> {
 
 impl<'a> Writer<'a> {
     /// Starts the transaction; `exclusive` is the index's writer lock, taken by the caller.
+    /// Waits for the writer's turn among processes, then catches up with their commits.
     pub(super) fn begin(index: &'a Index, exclusive: WriterLock<'a>) -> Result<Writer<'a>> {
-        let txn = index.store.write()?;
+        let (txn, view, meta, generation) = index.begin_write()?;
         Ok(Writer {
-            view: index.snapshot(),
-            meta: index.meta(),
+            view,
+            meta,
+            generation,
             index,
             _exclusive: exclusive,
             txn,
@@ -204,6 +209,13 @@ impl<'a> Writer<'a> {
         Ok(false)
     }
 
+    /// The ids of the committed items stored with this content hash, as this transaction sees
+    /// the index (the last commit of any process; this writer's own adds are not stored until
+    /// its commit): for skipping content another process added meanwhile.
+    pub fn ids_with_content_hash(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
+        store::guard(&self.index.dir, || self.txn.ids_with_content_hash(hash))
+    }
+
     /// Number of adds waiting for the commit.
     pub fn pending_adds(&self) -> usize {
         self.adds.len()
@@ -246,6 +258,7 @@ impl<'a> Writer<'a> {
             mut txn,
             view,
             mut meta,
+            generation,
             adds,
             codes,
             deletes,
@@ -323,11 +336,16 @@ impl<'a> Writer<'a> {
                     deletes,
                 }
             };
+            let record = match &next {
+                Next::Replace(_) => commit_record(&meta, &[], true),
+                Next::Append { deletes, .. } => commit_record(&meta, deletes, false),
+            };
+            txn.put_generation(generation + 1, Some(&record))?;
             Ok(next)
         })?;
         // Released before the publish, so that the snapshot can grow in place.
         drop(view);
-        index.commit_and_publish(txn, meta, next)
+        index.commit_and_publish(txn, meta, generation + 1, next)
     }
 
     /// Discards every add and delete (the same as dropping the writer).

@@ -63,7 +63,7 @@ pub(super) fn load(
             )));
         }
         live += block.live_count() as u64;
-        if code_bytes % 8 == 0 {
+        if code_bytes.is_multiple_of(8) {
             words.extend(
                 block
                     .codes()
@@ -97,6 +97,36 @@ pub(super) fn load(
     let mut deleted = BitVec::from_vec(raw);
     deleted.truncate(slots);
     Ok(StoredCodes { words, deleted })
+}
+
+/// The stored codes of ids `from .. to` (the adds of other processes' commits, for a handle
+/// catching up): their ids, increasing, and their words one after another. Reads only the
+/// blocks that hold those ids.
+pub(super) fn load_range(
+    table: &ReadOnlyTable<u64, &[u8]>,
+    code_bytes: usize,
+    from: u64,
+    to: u64,
+) -> Result<(Vec<u64>, Vec<u64>), StoreError> {
+    let (mut ids, mut words) = (Vec::new(), Vec::new());
+    if from >= to {
+        return Ok((ids, words));
+    }
+    let per_block = block_ids(code_bytes) as u64;
+    for entry in table.range(from / per_block..=(to - 1) / per_block)? {
+        let (key, value) = entry?;
+        let first = key.value() * per_block;
+        let block = CodeBlock::decode(value.value(), code_bytes)
+            .map_err(|err| StoreError::Corrupted(format!("code block {}: {err}", key.value())))?;
+        for i in 0..block.slots() {
+            let id = first + i as u64;
+            if id >= from && id < to && block.is_live(i) {
+                ids.push(id);
+                extend_words(&mut words, block.code(i));
+            }
+        }
+    }
+    Ok((ids, words))
 }
 
 /// Reads block `b` to change it: a new block when it is not stored yet.

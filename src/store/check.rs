@@ -10,15 +10,15 @@ use std::collections::HashSet;
 
 use bitvec::vec::BitVec;
 use milan_index_format::{
-    block_ids, decode_features, parts_of, CodeBlock, CodeLayout, ImportRecord, ItemRecord,
-    MetaRecord, ENTRY_BYTES,
+    block_ids, decode_features, parts_of, CodeBlock, CodeLayout, CommitRecord, ImportRecord,
+    ItemRecord, MetaRecord, COMMIT_LOG_LEN, ENTRY_BYTES,
 };
 use redb::{ReadableMultimapTable, ReadableTable};
 
 use super::tables::read_arrays;
 use super::{
-    open_optional, StoreError, StoreRead, CODE_BLOCKS, CONTENT_HASHES, FEATURES, HASH_TABLES,
-    IMPORTS, ITEMS,
+    open_optional, StoreError, StoreRead, CODE_BLOCKS, COMMITS, CONTENT_HASHES, FEATURES,
+    HASH_TABLES, IMPORTS, ITEMS,
 };
 use crate::error::Result;
 use crate::mih::table::{check_keys, check_offsets, is_dense, BucketEntry};
@@ -91,7 +91,59 @@ pub(crate) fn check(read: &StoreRead, meta: &MetaRecord) -> Result<CheckReport> 
     let codes = read_codes(read, meta, &mut report)?;
     check_records(read, meta, &|id| codes.is_live(id), &mut report)?;
     check_tables(read, meta, &codes, &mut report)?;
+    check_commit_log(read, meta, &mut report)?;
     Ok(report)
+}
+
+/// The generation and the commit log (format version 4): the generation decodes, every record
+/// decodes and lies within the log's reach of it, `next_id` never decreases from one record to
+/// the next, and the last commit's record names the meta record's `next_id`.
+fn check_commit_log(read: &StoreRead, meta: &MetaRecord, report: &mut CheckReport) -> Result<()> {
+    if meta.format_version < 4 {
+        return Ok(());
+    }
+    let generation = match read.generation() {
+        Ok(generation) => generation,
+        Err(err) => {
+            report.problem(format!("generation: {err}"));
+            return Ok(());
+        }
+    };
+    let st = |err: redb::Error| read.st(err);
+    let Some(commits) = open_optional(&read.txn, COMMITS).map_err(|e| st(e.into()))? else {
+        report.problem("the commit log is missing".into());
+        return Ok(());
+    };
+    let oldest = generation.saturating_sub(COMMIT_LOG_LEN - 1).max(1);
+    let mut previous: Option<(u64, u64)> = None;
+    for entry in commits.iter().map_err(|e| st(e.into()))? {
+        let (key, bytes) = entry.map_err(|e| st(e.into()))?;
+        let key = key.value();
+        if key < oldest || key > generation {
+            report.problem(format!(
+                "commit record {key} lies outside the log of generations {oldest} to {generation}"
+            ));
+        }
+        match CommitRecord::decode(bytes.value()) {
+            Ok(record) => {
+                if let Some((before, next_id)) = previous.filter(|&(_, id)| record.next_id < id) {
+                    report.problem(format!(
+                        "commit record {key} names next id {} below record {before}'s {next_id}",
+                        record.next_id
+                    ));
+                }
+                if key == generation && record.next_id != meta.next_id {
+                    report.problem(format!(
+                        "the last commit record names next id {}, the meta record {}",
+                        record.next_id, meta.next_id
+                    ));
+                }
+                previous = Some((key, record.next_id));
+            }
+            Err(err) => report.problem(format!("commit record {key}: {err}")),
+        }
+    }
+    Ok(())
 }
 
 /// Reads every code block, listing each one out of sequence or malformed (its slots then count

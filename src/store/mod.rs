@@ -10,7 +10,12 @@
 //! - [`blocks`]: codes in blocks of [`block_ids`](milan_index_format::block_ids) ids;
 //! - [`tables`]: the hash tables as whole arrays, in parts;
 //! - [`legacy`]: versions 1 and 2 (one entry per code, buckets in chunks), read and upgraded;
-//! - [`check`](mod@check): the full invariant check behind `milan index check`.
+//! - [`check`](mod@check): the full invariant check behind `milan index check`;
+//! - [`turn`]: the writer's turn, which processes sharing an index take one at a time.
+//!
+//! Every handle opens the database in the storage engine's multi-writer mode: any number of
+//! processes may have it open, readers never wait for writers, and each write (including a
+//! writable open, which may recover the file) first takes the writer's [`Turn`].
 //!
 //! redb's errors become [`Error`]s here ([`storage_error`]) and nowhere else.
 
@@ -18,18 +23,20 @@ mod blocks;
 pub(crate) mod check;
 mod legacy;
 mod tables;
+mod turn;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use milan_index_format::{
-    ImportRecord, ItemRecord, MetaRecord, ModelRecord, TablesRecord, CODE_BLOCKS_TABLE,
-    CONTENT_HASHES_TABLE, FEATURES_TABLE, FORMAT_VERSION, HASH_TABLES_TABLE, HEAD_KEY,
-    IMPORTS_TABLE, ITEMS_TABLE, META_KEY, META_TABLE, MODEL_KEY, PART_KEY_BYTES, TABLES_KEY,
+    CommitRecord, ImportRecord, ItemRecord, MetaRecord, ModelRecord, TablesRecord,
+    CODE_BLOCKS_TABLE, COMMITS_TABLE, COMMIT_LOG_LEN, CONTENT_HASHES_TABLE, FEATURES_TABLE,
+    GENERATION_KEY, HASH_TABLES_TABLE, HEAD_KEY, IMPORTS_TABLE, ITEMS_TABLE, META_KEY, META_TABLE,
+    MODEL_KEY, PART_KEY_BYTES, TABLES_KEY,
 };
 use redb::{
-    MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ConcurrencyMode, MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
     ReadableMultimapTable, ReadableTable, TableDefinition, WriteTransaction,
 };
 
@@ -38,6 +45,8 @@ use crate::head::HashHead;
 use crate::mih::View;
 
 pub(crate) use check::CheckReport;
+pub(crate) use turn::{LockSettings, Turn};
+pub use turn::{LockWait, DEFAULT_LOCK_TIMEOUT};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new(META_TABLE);
 const ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new(ITEMS_TABLE);
@@ -48,6 +57,21 @@ const CONTENT_HASHES: MultimapTableDefinition<&[u8; 32], u64> =
     MultimapTableDefinition::new(CONTENT_HASHES_TABLE);
 const FEATURES: TableDefinition<u64, &[u8]> = TableDefinition::new(FEATURES_TABLE);
 const IMPORTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new(IMPORTS_TABLE);
+const COMMITS: TableDefinition<u64, &[u8]> = TableDefinition::new(COMMITS_TABLE);
+
+/// The first format version with code blocks and whole hash tables; older ones are read by
+/// [`legacy`].
+pub(crate) const BLOCKS_VERSION: u32 = 3;
+
+/// The storage engine's settings for every handle: processes share the file, any of them may
+/// write (one transaction at a time), and readers follow the commits of all.
+fn builder(cache_bytes: usize) -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder
+        .set_cache_size(cache_bytes)
+        .set_concurrency_mode(ConcurrencyMode::MultiWriter);
+    builder
+}
 
 /// Maps a storage error on the database at `path`, naming damage and locks as such.
 pub(crate) fn storage_error(path: &Path, err: impl Into<redb::Error>) -> Error {
@@ -160,29 +184,41 @@ pub(crate) struct Store {
     db: Db,
     dir: PathBuf,
     path: PathBuf,
+    /// How this handle's writes wait for their turn.
+    lock: LockSettings,
 }
 
 impl Store {
     /// Creates the database at `path` (in index directory `dir`) with its meta record, the image
-    /// binding if any, and every table.
+    /// binding if any, and every table. An index that another process created meanwhile is
+    /// [`Error::AlreadyExists`].
     pub(crate) fn create(
         dir: &Path,
         path: &Path,
         cache_bytes: usize,
+        lock: LockSettings,
         meta: &MetaRecord,
         binding: Option<(&ModelRecord, &HashHead)>,
     ) -> Result<Store> {
-        let db = redb::Builder::new()
-            .set_cache_size(cache_bytes)
+        let turn = Turn::take(dir, &lock)?;
+        if path.exists() {
+            return Err(Error::AlreadyExists {
+                path: dir.to_path_buf(),
+            });
+        }
+        let db = builder(cache_bytes)
             .create(path)
             .map_err(|err| storage_error(path, err))?;
+        drop(turn);
         let store = Store {
             db: Db::Writable(Arc::new(SafeClose::new(db))),
             dir: dir.to_path_buf(),
             path: path.to_path_buf(),
+            lock,
         };
         let mut txn = store.write()?;
         txn.put_meta(meta)?;
+        txn.put_generation(0, None)?;
         let create = || -> std::result::Result<(), redb::Error> {
             let mut table = txn.txn.open_table(META)?;
             if let Some((model, head)) = binding {
@@ -205,18 +241,24 @@ impl Store {
     /// record to `accept` through a read-only handle first, so that an index of another format
     /// version or layout is refused before anything could write to it. Nothing is read beyond
     /// that: the open costs the same whatever the index holds.
+    ///
+    /// A writable open takes the writer's turn, since the storage engine may recover the file
+    /// (after a killed writer) and waits for other processes' transactions. A read-only open
+    /// waits for nothing; when a killed writer left the file to recover, it recovers it through
+    /// a writable open first, under the turn, and fails with [`Error::NeedsRecovery`] only when
+    /// it may not write.
     pub(crate) fn open(
         dir: &Path,
         path: &Path,
         cache_bytes: usize,
+        lock: LockSettings,
         writable: bool,
         accept: impl Fn(&MetaRecord) -> Result<()>,
     ) -> Result<Store> {
-        let mut builder = redb::Builder::new();
-        builder.set_cache_size(cache_bytes);
         let st = |err: redb::DatabaseError| storage_error(path, err);
         let db = if writable {
-            match builder.open_read_only(path) {
+            let turn = Turn::take(dir, &lock)?;
+            match builder(cache_bytes).open_read_only(path) {
                 Ok(db) => {
                     let txn = db.begin_read().map_err(|err| storage_error(path, err))?;
                     accept(&read_meta(dir, path, &txn)?)?;
@@ -225,35 +267,51 @@ impl Store {
                 Err(redb::DatabaseError::RepairAborted) => {}
                 Err(err) => return Err(st(err)),
             }
-            Db::Writable(Arc::new(SafeClose::new(builder.open(path).map_err(st)?)))
+            let db = builder(cache_bytes).open(path).map_err(st)?;
+            drop(turn);
+            Db::Writable(Arc::new(SafeClose::new(db)))
         } else {
-            Db::ReadOnly(Arc::new(builder.open_read_only(path).map_err(st)?))
+            match builder(cache_bytes).open_read_only(path) {
+                Ok(db) => Db::ReadOnly(Arc::new(db)),
+                Err(redb::DatabaseError::RepairAborted) => {
+                    recover(dir, path, cache_bytes, &lock)?;
+                    Db::ReadOnly(Arc::new(
+                        builder(cache_bytes).open_read_only(path).map_err(st)?,
+                    ))
+                }
+                Err(err) => return Err(st(err)),
+            }
         };
         Ok(Store {
             db,
             dir: dir.to_path_buf(),
             path: path.to_path_buf(),
+            lock,
         })
     }
 
     /// Opens the database at `path` writable for the full check, with redb's structural check
-    /// first; returns the store and whether that check passed.
+    /// first (under the writer's turn: no other process writes while it runs); returns the
+    /// store and whether that check passed.
     pub(crate) fn open_for_check(
         dir: &Path,
         path: &Path,
         cache_bytes: usize,
+        lock: LockSettings,
     ) -> Result<(Store, bool)> {
-        let mut db = redb::Builder::new()
-            .set_cache_size(cache_bytes)
+        let turn = Turn::take(dir, &lock)?;
+        let mut db = builder(cache_bytes)
             .open(path)
             .map_err(|err| storage_error(path, err))?;
         let ok = db
             .check_integrity()
             .map_err(|err| storage_error(path, err))?;
+        drop(turn);
         let store = Store {
             db: Db::Writable(Arc::new(SafeClose::new(db))),
             dir: dir.to_path_buf(),
             path: path.to_path_buf(),
+            lock,
         };
         Ok((store, ok))
     }
@@ -287,19 +345,22 @@ impl Store {
         })
     }
 
-    /// Starts the write transaction (redb allows one at a time).
+    /// Starts the write transaction (one at a time, among all processes): takes the writer's
+    /// turn, waiting up to the lock timeout for another process's write to end.
     pub(crate) fn write(&self) -> Result<StoreWrite> {
         let Db::Writable(db) = &self.db else {
             return Err(Error::ReadOnly {
                 path: self.dir.clone(),
             });
         };
+        let turn = Turn::take(&self.dir, &self.lock)?;
         let txn = db
             .get()
             .begin_write()
             .map_err(|err| storage_error(&self.path, err))?;
         Ok(StoreWrite {
             txn: SafeClose::new(txn),
+            _turn: turn,
             dir: self.dir.clone(),
             path: self.path.clone(),
         })
@@ -313,6 +374,7 @@ impl Store {
                 let db = Arc::get_mut(db).ok_or_else(|| {
                     storage_error(&self.path, redb::DatabaseError::TransactionInProgress)
                 })?;
+                let _turn = Turn::take(&self.dir, &self.lock)?;
                 Ok(Some(
                     db.get_mut()
                         .check_integrity()
@@ -334,6 +396,7 @@ impl Store {
         let db = Arc::get_mut(db).ok_or_else(|| {
             storage_error(&self.path, redb::CompactionError::TransactionInProgress)
         })?;
+        let _turn = Turn::take(&self.dir, &self.lock)?;
         let mut compacted = false;
         while db
             .get_mut()
@@ -344,6 +407,40 @@ impl Store {
         }
         Ok(compacted)
     }
+}
+
+/// Recovers the database at `path`, left by a killed writer, through a writable open under the
+/// writer's turn; [`Error::NeedsRecovery`] when this process may not write to the index.
+fn recover(dir: &Path, path: &Path, cache_bytes: usize, lock: &LockSettings) -> Result<()> {
+    let needs_recovery = || Error::NeedsRecovery {
+        path: path.to_path_buf(),
+    };
+    let turn = match Turn::take(dir, lock) {
+        Err(Error::Io { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            return Err(needs_recovery())
+        }
+        other => other?,
+    };
+    let db = match builder(cache_bytes).open(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::Storage(redb::StorageError::Io(io)))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            return Err(needs_recovery())
+        }
+        Err(err) => return Err(storage_error(path, err)),
+    };
+    drop(SafeClose::new(db));
+    drop(turn);
+    Ok(())
 }
 
 /// The length in bytes of the database file at `path`.
@@ -444,6 +541,53 @@ impl StoreRead {
         Ok((model, head))
     }
 
+    /// The generation: the commits made since the index was created or upgraded to format
+    /// version 4 (0 for older versions, which do not count them).
+    pub(crate) fn generation(&self) -> Result<u64> {
+        let table = self.txn.open_table(META).map_err(|err| self.st(err))?;
+        let Some(bytes) = table.get(GENERATION_KEY).map_err(|err| self.st(err))? else {
+            return Ok(0);
+        };
+        milan_index_format::decode_generation(bytes.value())
+            .map_err(|err| Error::from_decode(&self.dir, err))
+    }
+
+    /// The records of the commits that made generations `after + 1 ..= upto`, in order, or
+    /// `None` when the log no longer holds all of them.
+    pub(crate) fn commits(&self, after: u64, upto: u64) -> Result<Option<Vec<CommitRecord>>> {
+        let Some(table) = open_optional(&self.txn, COMMITS).map_err(|err| self.st(err))? else {
+            return Ok(None);
+        };
+        if upto.saturating_sub(after) > COMMIT_LOG_LEN {
+            return Ok(None);
+        }
+        let mut records = Vec::with_capacity((upto - after) as usize);
+        for generation in after + 1..=upto {
+            let Some(bytes) = table.get(generation).map_err(|err| self.st(err))? else {
+                return Ok(None);
+            };
+            records.push(
+                CommitRecord::decode(bytes.value())
+                    .map_err(|err| Error::from_decode(&self.dir, err))?,
+            );
+        }
+        Ok(Some(records))
+    }
+
+    /// The stored codes of ids `from .. to`: their ids and their words one after another.
+    pub(crate) fn codes_between(
+        &self,
+        code_bytes: usize,
+        from: u64,
+        to: u64,
+    ) -> Result<(Vec<u64>, Vec<u64>)> {
+        let load = || -> std::result::Result<_, StoreError> {
+            let table = self.txn.open_table(CODE_BLOCKS)?;
+            blocks::load_range(&table, code_bytes, from, to)
+        };
+        load().map_err(|err| err.into_error(&self.dir, &self.path))
+    }
+
     /// Ids the stored hash tables cover (format version 3; `None` without tables).
     pub(crate) fn tables_slots(&self) -> Result<Option<u64>> {
         Ok(self.tables_record()?.map(|record| record.slots))
@@ -465,7 +609,7 @@ impl StoreRead {
     /// keeps the search in bounds and every allocation within what the file holds; the
     /// invariants that only decide answers are the full check's.
     pub(crate) fn load_view(&self, meta: &MetaRecord) -> Result<View> {
-        if meta.format_version < FORMAT_VERSION {
+        if meta.format_version < BLOCKS_VERSION {
             return legacy::load_view(&self.dir, &self.txn, meta, self.file_bytes()?);
         }
         let file_bytes = self.file_bytes()?;
@@ -562,7 +706,7 @@ impl StoreRead {
     /// Every invariant of the stored index, each violation listed (see [`check`](mod@check)).
     pub(crate) fn check(&self) -> Result<CheckReport> {
         let meta = self.meta()?;
-        if meta.format_version < FORMAT_VERSION {
+        if meta.format_version < BLOCKS_VERSION {
             return legacy::check(&self.dir, &self.txn, &meta, self);
         }
         check::check(self, &meta)
@@ -600,6 +744,8 @@ impl From<redb::TableError> for StoreError {
 /// The write transaction. Dropped without [`StoreWrite::commit`], it changes nothing.
 pub(crate) struct StoreWrite {
     txn: SafeClose<WriteTransaction>,
+    /// The writer's turn, released after the transaction ends (fields drop in order).
+    _turn: Turn,
     dir: PathBuf,
     path: PathBuf,
 }
@@ -616,6 +762,39 @@ impl StoreWrite {
             .insert(META_KEY, meta.encode().as_slice())
             .map_err(|err| self.st(err))?;
         Ok(())
+    }
+
+    /// Stores the generation this transaction makes and, unless it is the first, the record of
+    /// what it changed; drops the record that falls out of the log.
+    pub(crate) fn put_generation(
+        &mut self,
+        generation: u64,
+        record: Option<&CommitRecord>,
+    ) -> Result<()> {
+        let mut meta = self.txn.open_table(META).map_err(|err| self.st(err))?;
+        meta.insert(GENERATION_KEY, generation.to_le_bytes().as_slice())
+            .map_err(|err| self.st(err))?;
+        let mut commits = self.txn.open_table(COMMITS).map_err(|err| self.st(err))?;
+        if let Some(record) = record {
+            commits
+                .insert(generation, record.encode().as_slice())
+                .map_err(|err| self.st(err))?;
+        }
+        if let Some(expired) = generation.checked_sub(COMMIT_LOG_LEN) {
+            commits.remove(expired).map_err(|err| self.st(err))?;
+        }
+        Ok(())
+    }
+
+    /// The ids stored under a content hash, as this transaction sees them.
+    pub(crate) fn ids_with_content_hash(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
+        let table = self
+            .txn
+            .open_multimap_table(CONTENT_HASHES)
+            .map_err(|err| self.st(err))?;
+        let ids = table.get(hash).map_err(|err| self.st(err))?;
+        ids.map(|id| Ok(id.map_err(|err| self.st(err))?.value()))
+            .collect()
     }
 
     /// Replaces the stored hash head (the model record stays).

@@ -196,7 +196,7 @@ impl TrainConfig {
 
     /// Checks the settings on their own.
     pub fn check(&self) -> Result<()> {
-        if !(MIN_BITS..=MAX_BITS).contains(&self.bits) || self.bits % 8 != 0 {
+        if !(MIN_BITS..=MAX_BITS).contains(&self.bits) || !self.bits.is_multiple_of(8) {
             return Err(Error::InvalidBits { bits: self.bits });
         }
         let invalid = |detail: String| Err(Error::InvalidArgument { detail });
@@ -204,7 +204,7 @@ impl TrainConfig {
             return invalid("iters must be at least 1".into());
         }
         match self.sampling {
-            Sampling::TwoClasses if self.batch < 3 || self.batch % 3 != 0 => {
+            Sampling::TwoClasses if self.batch < 3 || !self.batch.is_multiple_of(3) => {
                 return invalid(format!(
                     "batch {} is not a positive multiple of 3 (anchors, positives, negatives)",
                     self.batch
@@ -650,7 +650,7 @@ impl<'a> Trainer<'a> {
             return Ok(None);
         };
         let every = self.config.validate_every;
-        if every == 0 || (self.step % every != 0 && self.step != self.config.iters) {
+        if every == 0 || (!self.step.is_multiple_of(every) && self.step != self.config.iters) {
             return Ok(None);
         }
         let layers = self.current_layers();

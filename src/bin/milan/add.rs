@@ -85,7 +85,7 @@ pub fn run(args: AddArgs) -> Result<Outcome> {
         recursive,
         ingest: args,
     } = args;
-    let index = crate::index::open_writable(&dir)?;
+    let index = crate::open::writable(&dir)?;
     let Some(model) = index.model().cloned() else {
         bail!(
             "{} stores codes only; create an image index with `milan index create DIR --model M.onnx --head H`",

@@ -244,7 +244,7 @@ fn timed(
 /// a radius is larger than the code length.
 fn open_for_radii(dir: &Path, radii: &[u32]) -> Result<(Index, Info, f64)> {
     let started = Instant::now();
-    let index = Index::open_read_only(dir)?;
+    let index = crate::open::read_only(dir)?;
     let open_ms = started.elapsed().as_secs_f64() * 1e3;
     let info = index.info();
     if let Some(r) = radii.iter().find(|&&r| r > info.bits) {
@@ -517,7 +517,7 @@ fn duplicates(args: DuplicatesBenchArgs) -> Result<Outcome> {
 }
 
 fn generate(args: GenerateArgs) -> Result<Outcome> {
-    let layout_ok = args.bits % 8 == 0 && (8..=1024).contains(&args.bits);
+    let layout_ok = args.bits.is_multiple_of(8) && (8..=1024).contains(&args.bits);
     if !layout_ok {
         bail!("--bits {}: use a multiple of 8 from 8 to 1024", args.bits);
     }

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use milan::report::{duplicates_page, write_atomically, GroupRow, Tile};
 use milan::text::for_terminal;
-use milan::{Index, Reader};
+use milan::Reader;
 use serde::Serialize;
 
 use crate::Outcome;
@@ -89,7 +89,7 @@ pub fn run(args: DuplicatesArgs) -> Result<Outcome> {
             args.min_group
         );
     }
-    let index = Index::open_read_only(&args.dir)?;
+    let index = crate::open::read_only(&args.dir)?;
     let reader = index.reader()?;
     let started = Instant::now();
     let content = reader.content_hash_groups()?;

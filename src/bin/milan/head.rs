@@ -43,7 +43,7 @@ pub fn run(command: HeadCommand) -> Result<Outcome> {
 }
 
 fn init(args: InitArgs) -> Result<Outcome> {
-    if args.bits % 8 != 0 || !(8..=1024).contains(&args.bits) {
+    if !args.bits.is_multiple_of(8) || !(8..=1024).contains(&args.bits) {
         bail!("--bits {}: use a multiple of 8 from 8 to 1024", args.bits);
     }
     let (dim, binding) = match (args.dim, &args.extractor.model) {

@@ -70,7 +70,7 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
         }
     }
     let source = source_hash(&args.codes, args.keys.as_deref())?;
-    let index = crate::index::open_writable(&args.dir)?;
+    let index = crate::open::writable(&args.dir)?;
     codes.expect_bits(index.bits())?;
 
     let earlier = index.import_progress(&source)?.filter(|_| !args.again);

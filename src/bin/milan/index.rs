@@ -1,7 +1,7 @@
 //! `milan index ...`: create, import, export, info, check, delete, optimize.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -165,7 +165,7 @@ fn create(args: CreateArgs) -> Result<Outcome> {
     if let Some(m) = args.substrings {
         builder = builder.substrings(m);
     }
-    let index = builder.create(&args.dir)?;
+    let index = crate::open::settings(builder).create(&args.dir)?;
     outln!(
         "created {} for {}-bit codes with {} substrings",
         args.dir.display(),
@@ -194,7 +194,7 @@ fn export(args: ExportArgs) -> Result<Outcome> {
         // The codes file counts as an input here, so that one path for both is refused.
         check_output(keys, Some(&args.dir), &[&args.codes])?;
     }
-    let index = Index::open_read_only(&args.dir)?;
+    let index = crate::open::read_only(&args.dir)?;
     let reader = index.reader()?;
     let bytes_per_code = reader.bits() as usize / 8;
     let mut codes = Vec::with_capacity(reader.len() as usize * bytes_per_code);
@@ -222,7 +222,7 @@ fn export(args: ExportArgs) -> Result<Outcome> {
 }
 
 fn info(args: InfoArgs) -> Result<Outcome> {
-    let index = Index::open_read_only(&args.dir)?;
+    let index = crate::open::read_only(&args.dir)?;
     let info = index.info();
     if args.json {
         outln!("{}", serde_json::to_string(&info)?)?;
@@ -250,7 +250,7 @@ fn info(args: InfoArgs) -> Result<Outcome> {
 }
 
 fn check(args: DirArgs) -> Result<Outcome> {
-    let report = Index::verify_dir(&args.dir)?;
+    let report = crate::open::settings(milan::IndexBuilder::default()).verify_dir(&args.dir)?;
     if report.storage_ok == Some(false) {
         outln!("storage: redb found structural damage and repaired it")?;
     }
@@ -277,7 +277,7 @@ fn check(args: DirArgs) -> Result<Outcome> {
 fn delete(mut args: DeleteArgs) -> Result<Outcome> {
     args.ids.sort_unstable();
     args.ids.dedup();
-    let index = open_writable(&args.dir)?;
+    let index = crate::open::writable(&args.dir)?;
     let mut writer = index.writer()?;
     for &id in &args.ids {
         if !writer.delete(id)? {
@@ -292,21 +292,8 @@ fn delete(mut args: DeleteArgs) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// Opens an index for writing, saying so on standard error when the open upgraded its format.
-pub fn open_writable(dir: &Path) -> Result<Index> {
-    let index = Index::open(dir)?;
-    if let Some(old) = index.upgraded_from() {
-        eprintln!(
-            "upgraded {} from index format version {old} to {}",
-            dir.display(),
-            index.info().format_version
-        );
-    }
-    Ok(index)
-}
-
 fn upgrade(args: DirArgs) -> Result<Outcome> {
-    let index = Index::open(&args.dir)?;
+    let index = crate::open::settings(milan::IndexBuilder::default()).open(&args.dir)?;
     let version = index.info().format_version;
     match index.upgraded_from() {
         Some(old) => outln!(
@@ -322,7 +309,7 @@ fn upgrade(args: DirArgs) -> Result<Outcome> {
 }
 
 fn optimize(args: OptimizeArgs) -> Result<Outcome> {
-    let mut index = open_writable(&args.dir)?;
+    let mut index = crate::open::writable(&args.dir)?;
     let started = Instant::now();
     let before = index.info().file_bytes;
     let report = index.optimize(args.substrings)?;
@@ -341,7 +328,7 @@ fn optimize(args: OptimizeArgs) -> Result<Outcome> {
 
 fn rehash(args: RehashArgs) -> Result<Outcome> {
     let head = HashHead::read(&args.head)?;
-    let mut index = open_writable(&args.dir)?;
+    let mut index = crate::open::writable(&args.dir)?;
     let started = Instant::now();
     let report = index.rehash(head)?;
     index.compact()?;

@@ -22,6 +22,7 @@ mod extractor_args;
 mod head;
 mod import;
 mod index;
+mod open;
 mod outputs;
 mod progress;
 mod query;
@@ -40,6 +41,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How long a write waits for another process writing to the same index (they take turns)
+    /// before giving up. Reads never wait.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30.0)]
+    lock_timeout: f64,
 }
 
 #[derive(Subcommand)]
@@ -75,6 +80,10 @@ pub enum Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(err) = open::set_lock_timeout(cli.lock_timeout) {
+        eprintln!("error: {err:#}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Index(command) => index::run(command),
         Command::Query(args) => query::run(args),
@@ -118,8 +127,12 @@ fn hint(err: &anyhow::Error) -> Option<String> {
                 .to_string(),
         ),
         milan::Error::Locked { .. } => {
-            Some("another milan command or program has this index open; run this again when it has finished".to_string())
+            Some("an older milan or another program has this index open; run this again when it has finished".to_string())
         }
+        milan::Error::LockTimeout { .. } => Some(
+            "run this again when the other command has finished, or wait longer with --lock-timeout SECONDS"
+                .to_string(),
+        ),
         // The library names its settings; the command line's flags for them follow.
         milan::Error::Runtime { detail } if detail.contains("ExtractorOptions::device") => Some(
             "`make setup-gpu` installs the CUDA build; --device cpu runs on the CPU".to_string(),

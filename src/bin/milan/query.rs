@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{ArgGroup, Args};
-use milan::{Code, Hit, Index, Reader};
+use milan::{Code, Hit, Reader};
 use serde::Serialize;
 
 use milan::report::{results_page, write_atomically, QueryRow, Tile};
@@ -80,7 +80,7 @@ pub fn run(args: QueryArgs) -> Result<Outcome> {
         inputs.extend(args.extractor.model.as_deref());
         crate::outputs::check_output(html, Some(&args.dir), &inputs)?;
     }
-    let index = Index::open_read_only(&args.dir)?;
+    let index = crate::open::read_only(&args.dir)?;
     let reader = index.reader()?;
     let mut infos = Vec::new();
     let results: Vec<Vec<Hit>> = if let Some(id) = args.id {

@@ -10,7 +10,6 @@ use clap::Args;
 use milan::ingest::key_path;
 use milan::sync::{RemovalReason, SyncPlan, SyncReport};
 use milan::text::for_terminal;
-use milan::Index;
 
 use crate::add::IngestArgs;
 use crate::walk::{name_skipped, shown, walk, FILES_HELP};
@@ -57,9 +56,9 @@ pub fn run(args: SyncArgs) -> Result<Outcome> {
         ingest: args,
     } = args;
     let index = if dry_run {
-        Index::open_read_only(&dir)?
+        crate::open::read_only(&dir)?
     } else {
-        crate::index::open_writable(&dir)?
+        crate::open::writable(&dir)?
     };
     let Some(model) = index.model().cloned() else {
         bail!(

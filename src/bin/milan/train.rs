@@ -244,7 +244,7 @@ pub fn run(args: TrainArgs) -> Result<Outcome> {
     bar.set_position(trainer.step());
     let log_lines = !args.quiet && !args.json && bar.is_hidden();
     let mut report = |p: &TrainProgress| {
-        if p.step % 10 == 0 || p.step == p.iters {
+        if p.step.is_multiple_of(10) || p.step == p.iters {
             bar.set_position(p.step);
             bar.set_message(format!("{:.4}", p.loss.total));
         }
