@@ -338,3 +338,110 @@ fn a_reader_outlives_its_index_whole() {
     drop(reader);
     assert_eq!(Index::open(dir.path()).unwrap().len(), 0);
 }
+
+/// The live codes of `index` by id, read through a fresh reader.
+fn live_codes(index: &Index) -> Vec<(u64, Code)> {
+    let reader = index.reader().unwrap();
+    reader
+        .ids()
+        .map(|id| (id, reader.code(id).unwrap()))
+        .collect()
+}
+
+/// Every query's top-k through `index` equals brute force over `live`.
+fn assert_answers(index: &Index, live: &[(u64, Code)], bits: u32) {
+    let reader = index.reader().unwrap();
+    assert_eq!(reader.len(), live.len() as u64);
+    let mut rng = crate::util::rng(17);
+    for _ in 0..10 {
+        let query = crate::util::random_code(&mut rng, bits);
+        assert_eq!(
+            reader.search(&query).unwrap().top_k(20).unwrap(),
+            crate::util::brute_top_k(live, &query, 20)
+        );
+    }
+}
+
+#[test]
+fn handles_catch_up_with_each_others_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = crate::util::rng(5);
+    let codes = crate::util::clustered(&mut rng, 32, 6000, 5, 0.1);
+    let a = Index::builder(32).substrings(2).create(dir.path()).unwrap();
+    let b = Index::open(dir.path()).unwrap();
+    let c = Index::open_read_only(dir.path()).unwrap();
+    let mut live: Vec<(u64, Code)> = Vec::new();
+    // Adds that stay in the scanned delta, then deletes: applied from the commit log.
+    let mut writer = a.writer().unwrap();
+    for code in &codes[..300] {
+        live.push((writer.add(code, Item::default()).unwrap(), code.clone()));
+    }
+    writer.commit().unwrap();
+    let before = c.reader().unwrap();
+    let mut writer = a.writer().unwrap();
+    for id in [3, 50, 299] {
+        assert!(writer.delete(id).unwrap());
+    }
+    writer.commit().unwrap();
+    live.retain(|(id, _)| ![3, 50, 299].contains(id));
+    for handle in [&a, &b, &c] {
+        assert_answers(handle, &live, 32);
+    }
+    // A reader keeps its commit.
+    assert!(before.contains(50) && before.len() == 300);
+    // Writes through the other handle continue the ids; a commit past the delta's limit
+    // rebuilds the tables, which the other handles read whole.
+    let mut writer = b.writer().unwrap();
+    for code in &codes[300..] {
+        live.push((writer.add(code, Item::default()).unwrap(), code.clone()));
+    }
+    writer.commit().unwrap();
+    assert_eq!(live.last().unwrap().0, 5999);
+    for handle in [&a, &b, &c] {
+        assert_answers(handle, &live, 32);
+    }
+    // A new layout from another handle: the others follow it.
+    a.optimize(Some(3)).unwrap();
+    assert_eq!((b.substrings(), c.substrings()), (3, 3));
+    assert_eq!(live_codes(&c), live);
+    assert_answers(&b, &live, 32);
+}
+
+#[test]
+fn a_handle_the_commit_log_no_longer_reaches_reads_the_index_whole() {
+    use milan::format::{COMMIT_LOG_LEN, MAX_LOGGED_DELETES};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = crate::util::rng(8);
+    let a = Index::builder(16).create(dir.path()).unwrap();
+    let b = Index::open_read_only(dir.path()).unwrap();
+    // More single commits than the log keeps.
+    let mut live = Vec::new();
+    for _ in 0..COMMIT_LOG_LEN + 3 {
+        let code = crate::util::random_code(&mut rng, 16);
+        let mut writer = a.writer().unwrap();
+        live.push((writer.add(&code, Item::default()).unwrap(), code));
+        writer.commit().unwrap();
+    }
+    assert_eq!(live_codes(&b), live);
+    // More deletes in one commit than a log record lists.
+    let mut writer = a.writer().unwrap();
+    for _ in 0..MAX_LOGGED_DELETES + 10 {
+        let code = crate::util::random_code(&mut rng, 16);
+        live.push((writer.add(&code, Item::default()).unwrap(), code));
+    }
+    writer.commit().unwrap();
+    assert_eq!(b.len(), live.len() as u64);
+    let mut writer = a.writer().unwrap();
+    let doomed: std::collections::HashSet<u64> = live
+        .iter()
+        .map(|(id, _)| *id)
+        .take(MAX_LOGGED_DELETES + 1)
+        .collect();
+    for &id in &doomed {
+        assert!(writer.delete(id).unwrap());
+    }
+    writer.commit().unwrap();
+    live.retain(|(id, _)| !doomed.contains(id));
+    assert_eq!(live_codes(&b), live);
+    assert_answers(&b, &live, 16);
+}

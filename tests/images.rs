@@ -700,3 +700,47 @@ fn a_file_that_is_not_onnx_runtime_is_named() {
     );
     assert!(err.contains("missing.head"), "{err}");
 }
+
+#[test]
+fn a_handle_stops_coding_images_once_another_replaced_the_head() {
+    let (tmp, images, _) = temp_image_set(2);
+    let (_, index_dir) = lsh_image_index(tmp.path(), &images, &["--keep-features"]);
+    let mut extractor = Extractor::open(&ExtractorOptions::new(tiny_model())).unwrap();
+    let image = images.join("red/red000.png");
+    // Two handles on one index, as two processes would hold it.
+    let held = milan::Index::open(&index_dir).unwrap();
+    assert!(milan::ingest::code_image(&held, &mut extractor, &image).is_ok());
+    let mut other = milan::Index::open(&index_dir).unwrap();
+    let new_head = tmp.path().join("new.head");
+    lsh_head(
+        &new_head,
+        "16",
+        &["--model", s(&tiny_model()), "--seed", "7"],
+    );
+    other
+        .rehash(milan::HashHead::read(&new_head).unwrap())
+        .unwrap();
+    // The held handle's next transaction reads the re-coded index; its own head no longer
+    // makes the index's codes, so it refuses to code images (and to add them) with it.
+    let reader = held.reader().unwrap();
+    assert_eq!(
+        reader.code(0).unwrap(),
+        other.reader().unwrap().code(0).unwrap()
+    );
+    let err = milan::ingest::code_image(&held, &mut extractor, &image).unwrap_err();
+    assert!(
+        matches!(&err, milan::Error::Mismatch { detail, .. } if detail.contains("replaced the index's hash head")),
+        "{err}"
+    );
+    // A fresh open codes with the new head: the image's stored code again.
+    let reopened = milan::Index::open_read_only(&index_dir).unwrap();
+    let coded = milan::ingest::code_image(&reopened, &mut extractor, &image).unwrap();
+    let id = reader
+        .ids()
+        .find(|&id| {
+            let key = reader.item(id).unwrap().unwrap().key.unwrap();
+            key.ends_with("red000.png")
+        })
+        .unwrap();
+    assert_eq!(Some(coded.code), reader.code(id));
+}

@@ -213,7 +213,8 @@ impl IndexBuilder {
         self.open_mode(dir.as_ref(), true)
     }
 
-    /// Opens the index in `dir` for reading only; other read-only openers may share it.
+    /// Opens the index in `dir` for reading only. Other handles, of this process or others,
+    /// read-only or writable, may have it open too; reads never wait for them.
     pub fn open_read_only(&self, dir: impl AsRef<Path>) -> Result<Index> {
         self.open_mode(dir.as_ref(), false)
     }
@@ -592,7 +593,8 @@ impl Index {
     }
 
     /// Opens the index in `dir` read-only, whatever its code length and substrings, with the
-    /// default cache size; other read-only handles may share it.
+    /// default cache size. Other handles may have it open too, writable or not (see
+    /// [`Index::open`]); reads never wait for them.
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Index> {
         Index::open_builder().open_read_only(dir)
     }
@@ -640,10 +642,8 @@ impl Index {
     /// The snapshot and meta record of the last commit, caught up with other processes' commits
     /// when the file can be read (else this handle's last).
     fn latest(&self) -> (Arc<View>, MetaRecord) {
-        if let Ok(read) = self.store.read() {
-            if let Ok(Some((view, meta, _))) = self.catch_up(&read) {
-                return (view, meta);
-            }
+        if let Ok((view, meta, _, _)) = self.latest_commit() {
+            return (view, meta);
         }
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
         (current.view.clone(), current.meta.clone())
@@ -653,33 +653,55 @@ impl Index {
         self.latest().0
     }
 
+    /// Begins a read transaction of the last commit and catches up with it: the commit's
+    /// snapshot, meta record and generation, with the transaction.
+    fn latest_commit(&self) -> Result<(Arc<View>, MetaRecord, u64, StoreRead)> {
+        // A read begun after this handle caught up with a commit sees that commit or a later
+        // one, so the second try finds no later commit here than in the file, unless the
+        // file's generation went back (damage): that try takes the file as it is.
+        let mut behind_is_damage = false;
+        loop {
+            let read = self.store.read()?;
+            if let Some((view, meta, generation)) = self.catch_up(&read, behind_is_damage)? {
+                return Ok((view, meta, generation, read));
+            }
+            behind_is_damage = true;
+        }
+    }
+
     /// Brings this handle to the commit `read` sees and returns its snapshot, meta record and
     /// generation; `None` when this handle already knows a later commit than `read` (begin
-    /// another read). Applies the changes the commit log records since this handle's
-    /// generation, or reads the whole index again when the log cannot tell them.
-    fn catch_up(&self, read: &StoreRead) -> Result<Option<(Arc<View>, MetaRecord, u64)>> {
+    /// another read), unless `behind_is_damage`, which reads the file's commit in full. Applies
+    /// the changes the commit log records since this handle's generation, or reads the whole
+    /// index again when the log cannot tell them.
+    fn catch_up(
+        &self,
+        read: &StoreRead,
+        behind_is_damage: bool,
+    ) -> Result<Option<(Arc<View>, MetaRecord, u64)>> {
         let generation = store::guard(&self.dir, || read.generation())?;
         let answer = |current: &Current| {
-            Some((
+            (
                 current.view.clone(),
                 current.meta.clone(),
                 current.generation,
-            ))
+            )
         };
         {
             let current = self.current.read().unwrap_or_else(|e| e.into_inner());
             if current.generation == generation {
-                return Ok(answer(&current));
+                return Ok(Some(answer(&current)));
             }
-            if current.generation > generation {
+            if current.generation > generation && !behind_is_damage {
                 return Ok(None);
             }
         }
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if current.generation >= generation {
-            return Ok((current.generation == generation)
-                .then(|| answer(&current))
-                .flatten());
+        if current.generation == generation {
+            return Ok(Some(answer(&current)));
+        }
+        if current.generation > generation && !behind_is_damage {
+            return Ok(None);
         }
         let meta = store::guard(&self.dir, || read.meta())?;
         let changes = store::guard(&self.dir, || {
@@ -700,7 +722,7 @@ impl Index {
             meta,
             view: Arc::new(view),
         };
-        Ok(answer(&current))
+        Ok(Some(answer(&current)))
     }
 
     /// The adds (ids and words) and deletes of the commits since `current` up to `generation`,
@@ -713,7 +735,8 @@ impl Index {
         meta: &MetaRecord,
         generation: u64,
     ) -> Result<Option<(Vec<u64>, Vec<u64>, Vec<u64>)>> {
-        if meta.format_version != current.meta.format_version
+        if generation < current.generation
+            || meta.format_version != current.meta.format_version
             || meta.layout() != current.meta.layout()
         {
             return Ok(None);
@@ -885,14 +908,10 @@ impl Index {
     /// Catching up with other processes' commits costs what they changed (see the module
     /// documentation); the reader never waits for a writer.
     pub fn reader(&self) -> Result<Reader> {
-        loop {
-            // The snapshot is paired with the read transaction of its own commit, so that the
-            // codes and the stored items belong to one commit.
-            let read = self.store.read()?;
-            if let Some((view, _, _)) = self.catch_up(&read)? {
-                return Ok(Reader::new(self.dir.clone(), view, read));
-            }
-        }
+        // The snapshot is paired with the read transaction of its own commit, so that the codes
+        // and the stored items belong to one commit.
+        let (view, _, _, read) = self.latest_commit()?;
+        Ok(Reader::new(self.dir.clone(), view, read))
     }
 
     /// Begins the write transaction and catches up with the last commit (which, holding the
@@ -900,12 +919,8 @@ impl Index {
     /// it changes, and their generation.
     pub(crate) fn begin_write(&self) -> Result<(StoreWrite, Arc<View>, MetaRecord, u64)> {
         let txn = self.store.write()?;
-        loop {
-            let read = self.store.read()?;
-            if let Some((view, meta, generation)) = self.catch_up(&read)? {
-                return Ok((txn, view, meta, generation));
-            }
-        }
+        let (view, meta, generation, _) = self.latest_commit()?;
+        Ok((txn, view, meta, generation))
     }
 
     /// Checks every invariant of the stored index (each live code in exactly its buckets, no
@@ -915,8 +930,6 @@ impl Index {
         // anyway.
         let dir = self.dir.clone();
         let storage_ok = store::guard(&dir, || self.store.check_structure())?;
-        // The check reads the last commit; so does the handle after it.
-        let _ = self.snapshot();
         let mut report = store::guard(&self.dir, || self.store.read()?.check())?;
         report.storage_ok = storage_ok;
         Ok(report)

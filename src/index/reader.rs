@@ -46,8 +46,9 @@ pub struct Pair {
 /// A snapshot of an index: the codes and items of one commit, whatever is committed later.
 ///
 /// A reader keeps the index's database open: it works whole (searches and stored items alike)
-/// after its [`Index`](crate::Index) is dropped, and the file stays open, and locked, until the
-/// last reader is dropped too.
+/// after its [`Index`](crate::Index) is dropped, and while other handles and processes commit.
+/// It locks nobody out, but the storage engine keeps the pages of its commit while it lives, so
+/// a reader held for a long time beside a busy writer lets the file grow.
 pub struct Reader {
     dir: PathBuf,
     view: Arc<View>,

@@ -216,6 +216,19 @@ impl<'a> Writer<'a> {
         store::guard(&self.index.dir, || self.txn.ids_with_content_hash(hash))
     }
 
+    /// The progress of the import of `source` as last committed, by any process (this writer's
+    /// own [`Writer::set_import_progress`] is stored at its commit): an importer compares it
+    /// with its own count to find another process importing the same source.
+    pub fn import_progress(&self, source: &[u8; 32]) -> Result<Option<ImportProgress>> {
+        let record = store::guard(&self.index.dir, || self.txn.import(source))?;
+        Ok(record.map(|record| ImportProgress {
+            source: *source,
+            rows: record.rows,
+            committed: record.committed,
+            first_id: record.first_id,
+        }))
+    }
+
     /// Number of adds waiting for the commit.
     pub fn pending_adds(&self) -> usize {
         self.adds.len()

@@ -786,6 +786,18 @@ impl StoreWrite {
         Ok(())
     }
 
+    /// The progress record of the import of `source`, as this transaction sees it.
+    pub(crate) fn import(&self, source: &[u8; 32]) -> Result<Option<ImportRecord>> {
+        // Opening it creates it in this transaction, as the import's own record will.
+        let table = self.txn.open_table(IMPORTS).map_err(|err| self.st(err))?;
+        let Some(bytes) = table.get(source).map_err(|err| self.st(err))? else {
+            return Ok(None);
+        };
+        ImportRecord::decode(bytes.value())
+            .map(Some)
+            .map_err(|err| Error::from_decode(&self.dir, err))
+    }
+
     /// The ids stored under a content hash, as this transaction sees them.
     pub(crate) fn ids_with_content_hash(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
         let table = self

@@ -112,9 +112,15 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
     let bar = progress::bar(rows, "importing", args.quiet);
     bar.set_position(resume_at);
     let mut committed = resume_at;
-    // This run's ids are contiguous (it holds the writer throughout); an earlier run's need not
-    // continue them, since anything may have been written in between.
-    let mut run_first_id = None;
+    // The progress this run expects to find stored at each commit: another process importing
+    // the same source moves it, and this run then stops rather than add the rows twice.
+    let mut expected = index
+        .import_progress(&source)?
+        .map(|stored| stored.committed);
+    // This run's first and last ids, and whether they are contiguous: other processes may
+    // commit between its batches.
+    let mut run_ids: Option<(u64, u64)> = None;
+    let mut contiguous = true;
     loop {
         let batch = codes.read(args.batch_size as usize)?;
         if batch.is_empty() {
@@ -122,6 +128,19 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
         }
         let done = committed + batch.len() as u64;
         let mut writer = index.writer()?;
+        let stored = writer
+            .import_progress(&source)?
+            .map(|stored| stored.committed);
+        if stored != expected {
+            bail!(
+                "another process is importing {} into {} at the same time (its progress is at \
+                 row {} of {rows}); this run stopped after row {committed}; run it again once \
+                 the other has finished, to resume",
+                args.codes.display(),
+                args.dir.display(),
+                stored.unwrap_or(0)
+            );
+        }
         // Batches wait in the scanned delta, so that each costs what it adds; the last commits
         // as any other, filing them all in new hash tables in one pass when the delta has
         // passed its limit (a small import into a large index stays in the delta).
@@ -141,7 +160,13 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
                 },
             )?;
             first_id.get_or_insert(id);
-            run_first_id.get_or_insert(id);
+            run_ids = Some(match run_ids {
+                None => (id, id),
+                Some((first, last)) => {
+                    contiguous &= id == last + 1;
+                    (first, id)
+                }
+            });
         }
         writer.set_import_progress(ImportProgress {
             source,
@@ -156,6 +181,7 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
             )
         })?;
         committed = done;
+        expected = Some(done);
         bar.set_position(committed);
     }
     bar.finish_and_clear();
@@ -166,8 +192,11 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
         outln!("{} holds no codes; nothing imported", args.codes.display())?;
     } else {
         let added = committed - resume_at;
-        let ids = match run_first_id {
-            Some(first) => format!("ids {first}..={}", first + added - 1),
+        let ids = match run_ids {
+            Some((first, last)) if contiguous => format!("ids {first}..={last}"),
+            Some((first, last)) => {
+                format!("ids {first} to {last}, between other writers' commits")
+            }
             None => "no ids".into(),
         };
         let earlier = match (resume_at, first_id) {
