@@ -486,6 +486,32 @@ fn open_optional<K: redb::Key + 'static, V: redb::Value + 'static>(
     }
 }
 
+/// The ids a content-hash table holds under `hash`.
+fn ids_under(
+    table: &impl ReadableMultimapTable<&'static [u8; 32], u64>,
+    hash: &[u8; 32],
+    path: &Path,
+) -> Result<Vec<u64>> {
+    let ids = table.get(hash).map_err(|err| storage_error(path, err))?;
+    ids.map(|id| Ok(id.map_err(|err| storage_error(path, err))?.value()))
+        .collect()
+}
+
+/// The progress record of the import of `source` in an imports table.
+fn import_record(
+    table: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+    source: &[u8; 32],
+    dir: &Path,
+    path: &Path,
+) -> Result<Option<ImportRecord>> {
+    let Some(bytes) = table.get(source).map_err(|err| storage_error(path, err))? else {
+        return Ok(None);
+    };
+    ImportRecord::decode(bytes.value())
+        .map(Some)
+        .map_err(|err| Error::from_decode(dir, err))
+}
+
 /// One read transaction. It keeps the database open while it lives.
 pub(crate) struct StoreRead {
     /// Declared before `_db`, so that the transaction ends before the database can close.
@@ -654,9 +680,7 @@ impl StoreRead {
             .txn
             .open_multimap_table(CONTENT_HASHES)
             .map_err(|err| self.st(err))?;
-        let ids = table.get(hash).map_err(|err| self.st(err))?;
-        ids.map(|id| Ok(id.map_err(|err| self.st(err))?.value()))
-            .collect()
+        ids_under(&table, hash, &self.path)
     }
 
     /// The ids of every content hash stored with two ids or more.
@@ -695,12 +719,7 @@ impl StoreRead {
         let Some(table) = open_optional(&self.txn, IMPORTS).map_err(|err| self.st(err))? else {
             return Ok(None);
         };
-        let Some(bytes) = table.get(source).map_err(|err| self.st(err))? else {
-            return Ok(None);
-        };
-        ImportRecord::decode(bytes.value())
-            .map(Some)
-            .map_err(|err| Error::from_decode(&self.dir, err))
+        import_record(&table, source, &self.dir, &self.path)
     }
 
     /// Every invariant of the stored index, each violation listed (see [`check`](mod@check)).
@@ -790,12 +809,7 @@ impl StoreWrite {
     pub(crate) fn import(&self, source: &[u8; 32]) -> Result<Option<ImportRecord>> {
         // Opening it creates it in this transaction, as the import's own record will.
         let table = self.txn.open_table(IMPORTS).map_err(|err| self.st(err))?;
-        let Some(bytes) = table.get(source).map_err(|err| self.st(err))? else {
-            return Ok(None);
-        };
-        ImportRecord::decode(bytes.value())
-            .map(Some)
-            .map_err(|err| Error::from_decode(&self.dir, err))
+        import_record(&table, source, &self.dir, &self.path)
     }
 
     /// The ids stored under a content hash, as this transaction sees them.
@@ -804,9 +818,7 @@ impl StoreWrite {
             .txn
             .open_multimap_table(CONTENT_HASHES)
             .map_err(|err| self.st(err))?;
-        let ids = table.get(hash).map_err(|err| self.st(err))?;
-        ids.map(|id| Ok(id.map_err(|err| self.st(err))?.value()))
-            .collect()
+        ids_under(&table, hash, &self.path)
     }
 
     /// Replaces the stored hash head (the model record stays).
