@@ -9,6 +9,7 @@ mod files;
 mod images;
 mod import;
 mod persistence;
+mod processes;
 mod scale;
 mod sync;
 mod training;
