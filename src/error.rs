@@ -48,6 +48,13 @@ pub enum Error {
         /// The locked file.
         path: PathBuf,
     },
+    /// Readers are open on the index (in this process or another), and the operation needs
+    /// none: compaction, and the storage engine's structural check on an open handle.
+    #[error("{}: readers are open on this index (in this process or another); compaction needs none open: try again when they are done", path.display())]
+    ReadersOpen {
+        /// The database file.
+        path: PathBuf,
+    },
     /// A write waited longer than the lock timeout for another process (or another handle of
     /// this process) to end its own write.
     #[error("{}: waited {} for another writer{} to finish; try again later, or wait longer (IndexBuilder::lock_timeout)", path.display(), seconds(*waited), holder.as_deref().map(|holder| format!(" ({holder})")).unwrap_or_default())]

@@ -974,9 +974,10 @@ impl Index {
         })
     }
 
-    /// Gives the file space freed by earlier commits back to the file system (redb compaction).
-    /// Returns false when nothing could be reclaimed. Fails with a storage error while a
-    /// [`Reader`] of this handle is alive.
+    /// Gives the file space freed by earlier commits back to the file system (redb compaction),
+    /// under the writer's turn. Returns false when nothing could be reclaimed. Fails with
+    /// [`Error::ReadersOpen`] while a [`Reader`] of this handle, or a read of another handle or
+    /// process, is alive (the space is reused by later commits all the same).
     pub fn compact(&mut self) -> Result<bool> {
         let dir = self.dir.clone();
         store::guard(&dir, || self.store.compact())

@@ -82,6 +82,7 @@ pub(crate) fn storage_error(path: &Path, err: impl Into<redb::Error>) -> Error {
             Error::Locked { path }
         }
         redb::Error::Corrupted(detail) => Error::Corrupted { path, detail },
+        redb::Error::TransactionInProgress => Error::ReadersOpen { path },
         redb::Error::RepairAborted => Error::NeedsRecovery { path },
         redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Error::Corrupted {
             path,

@@ -178,10 +178,12 @@ fn describe_holder(file: &mut File) {
         .collect::<Vec<_>>()
         .join(" ");
     let text = format!("process {} ({program})", std::process::id());
+    // Written over the last holder's text, then cut to length, so that a waiting process never
+    // reads an empty file.
     let _ = file
-        .set_len(0)
-        .and_then(|()| file.seek(SeekFrom::Start(0)))
-        .and_then(|_| file.write_all(text.as_bytes()));
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| file.write_all(text.as_bytes()))
+        .and_then(|()| file.set_len(text.len() as u64));
 }
 
 /// The holder's description, if there is one to read.

@@ -39,6 +39,9 @@ pub enum IndexCommand {
     Delete(DeleteArgs),
     /// Rebuild the hash tables for a better number of substrings, in one transaction.
     Optimize(OptimizeArgs),
+    /// Give the space that earlier commits freed back to the file system (needs no reader open,
+    /// in any process).
+    Compact(DirArgs),
     /// Re-code every image from its kept features with a new hash head, in one transaction.
     Rehash(RehashArgs),
     /// Find near-duplicate images or codes: every pair within a Hamming radius, in groups.
@@ -135,6 +138,7 @@ pub fn run(command: IndexCommand) -> Result<Outcome> {
         IndexCommand::Upgrade(args) => upgrade(args),
         IndexCommand::Delete(args) => delete(args),
         IndexCommand::Optimize(args) => optimize(args),
+        IndexCommand::Compact(args) => compact(args),
         IndexCommand::Rehash(args) => rehash(args),
         IndexCommand::Duplicates(args) => crate::duplicates::run(args),
         IndexCommand::Sync(args) => crate::sync::run(args),
@@ -308,12 +312,42 @@ fn upgrade(args: DirArgs) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+fn compact(args: DirArgs) -> Result<Outcome> {
+    let mut index = crate::open::writable(&args.dir)?;
+    let before = index.info().file_bytes;
+    index.compact()?;
+    outln!(
+        "compacted {}: file {} -> {} bytes",
+        args.dir.display(),
+        before,
+        index.info().file_bytes
+    )?;
+    Ok(Outcome::Success)
+}
+
+/// Gives the space a rebuild freed back to the file system, unless readers (of another process)
+/// are open, which a rebuild does not wait for: their pages are reused by later commits anyway.
+fn compact_if_unread(index: &mut Index) -> Result<()> {
+    match index.compact() {
+        Ok(_) => Ok(()),
+        Err(milan::Error::ReadersOpen { .. }) => {
+            eprintln!(
+                "note: readers are open on {}, so the file keeps the space the rebuild freed (later commits reuse it); `milan index compact {}` returns it when none is open",
+                index.path().display(),
+                index.path().display()
+            );
+            Ok(())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
 fn optimize(args: OptimizeArgs) -> Result<Outcome> {
     let mut index = crate::open::writable(&args.dir)?;
     let started = Instant::now();
     let before = index.info().file_bytes;
     let report = index.optimize(args.substrings)?;
-    index.compact()?;
+    compact_if_unread(&mut index)?;
     outln!(
         "rebuilt the hash tables of {}: {} -> {} substrings, file {} -> {} bytes, in {:.2} s",
         args.dir.display(),
@@ -331,7 +365,7 @@ fn rehash(args: RehashArgs) -> Result<Outcome> {
     let mut index = crate::open::writable(&args.dir)?;
     let started = Instant::now();
     let report = index.rehash(head)?;
-    index.compact()?;
+    compact_if_unread(&mut index)?;
     outln!(
         "re-coded {} items of {} with {} ({} -> {} bits, {} substrings): {} codes changed, in {:.2} s",
         report.items,
