@@ -9,6 +9,7 @@ mod errors;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -37,6 +38,9 @@ use errors::{closed, Fail, Kind};
 struct PyIndex {
     /// `None` once closed.
     inner: RwLock<Option<RustIndex>>,
+    /// Set when `close` begins: later calls fail at once, without waiting for the lock that
+    /// `close` waits for (with the GIL held, that wait would stop every Python thread).
+    closing: AtomicBool,
     path: PathBuf,
     bits: u32,
     read_only: bool,
@@ -85,6 +89,7 @@ impl PyIndex {
             bits: index.bits(),
             read_only,
             inner: RwLock::new(Some(index)),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -97,7 +102,10 @@ impl PyIndex {
     {
         py.detach(|| {
             let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
-            let index = guard.as_ref().ok_or_else(closed)?;
+            let index = guard
+                .as_ref()
+                .filter(|_| !self.closing.load(Ordering::SeqCst))
+                .ok_or_else(closed)?;
             work(index)
         })
         .map_err(PyErr::from)
@@ -105,11 +113,10 @@ impl PyIndex {
 
     /// Fails at once on a closed index, before the arguments are read.
     fn check_open(&self) -> PyResult<()> {
-        let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        match guard.as_ref() {
-            Some(_) => Ok(()),
-            None => Err(closed().into()),
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(closed().into());
         }
+        Ok(())
     }
 
     fn check_writable(&self) -> Result<(), Fail> {
@@ -223,15 +230,14 @@ impl PyIndex {
     /// Whether ``close()`` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
+        self.closing.load(Ordering::SeqCst)
     }
 
-    /// Closes the handle, after the calls under way on other threads end. Closing twice does
-    /// nothing; any other use of a closed index raises ``ClosedIndexError``.
+    /// Closes the handle: calls that begin later raise ``ClosedIndexError``, and the index is
+    /// released once the calls under way on other threads end (``close`` waits for them).
+    /// Closing twice does nothing.
     fn close(&self, py: Python<'_>) {
+        self.closing.store(true, Ordering::SeqCst);
         py.detach(|| {
             let index = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
             drop(index);
@@ -532,7 +538,10 @@ impl PyIndex {
         let report = py
             .detach(|| {
                 let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
-                let index = guard.as_mut().ok_or_else(closed)?;
+                let index = guard
+                    .as_mut()
+                    .filter(|_| !self.closing.load(Ordering::SeqCst))
+                    .ok_or_else(closed)?;
                 index.verify().map_err(Fail::from)
             })
             .map_err(PyErr::from)?;
