@@ -362,10 +362,10 @@ impl PyIndex {
     ///
     /// Returns ``(ids, distances)``: ``int64`` and ``int32`` arrays of shape ``(nq, k)``, row
     /// ``i`` for query ``i``, ordered by distance, then id; where the index holds fewer than
-    /// ``k`` codes, the rows end in ``-1`` ids at distance ``-1``. ``codes``: as for ``add``;
-    /// one code of shape ``(bits // 8,)`` (or a 0-d ``uint64``) is one query, answered as one
-    /// row. The queries run in parallel on every core, with the GIL released. Exact: the same
-    /// answer as comparing every stored code.
+    /// ``k`` codes, the rows end in ``-1`` ids at distance ``-1``. Ids come first, unlike
+    /// FAISS's ``D, I``. ``codes``: as for ``add``; one code of shape ``(bits // 8,)`` (or a
+    /// 0-d ``uint64``) is one query, answered as one row. The queries run in parallel on every
+    /// core, with the GIL released. Exact: the same answer as comparing every stored code.
     #[pyo3(signature = (codes, k=20))]
     fn search<'py>(
         &self,
@@ -411,7 +411,8 @@ impl PyIndex {
     ///
     /// Returns ``(lims, ids, distances)``: ``lims`` is ``int64`` of shape ``(nq + 1,)``, and
     /// the answers of query ``i`` are ``ids[lims[i]:lims[i + 1]]`` (``int64``) at
-    /// ``distances[lims[i]:lims[i + 1]]`` (``int32``), ordered by distance, then id.
+    /// ``distances[lims[i]:lims[i + 1]]`` (``int32``), ordered by distance, then id (ids come
+    /// before distances, unlike FAISS's ``lims, D, I``).
     /// ``radius``: 0 to ``bits``, inclusive. ``codes``: as for ``search``. Parallel and exact
     /// like ``search``.
     fn range_search<'py>(
