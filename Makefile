@@ -7,7 +7,8 @@ FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := decode_records open_damaged model_ops npy_codes
 BENCH := target/bench
 
-.PHONY: demo demo-codes setup setup-gpu model test lint unit test-deps fuzz fuzz-tools bench bench-compare
+.PHONY: demo demo-codes setup setup-gpu model test lint unit test-deps fuzz fuzz-tools bench bench-compare \
+	python python-test
 
 ## demo: sets up ONNX Runtime and the real InceptionV3, indexes real images (Fashion-MNIST, or
 ## your own with IMAGES=DIR), queries by image and writes an HTML page of the results.
@@ -76,9 +77,12 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps --workspace
+	$(CARGO) fmt --manifest-path python/Cargo.toml -- --check
+	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) clippy --locked --manifest-path python/Cargo.toml -- -D warnings
 
 unit: setup test-deps
 	$(CARGO) test --locked --workspace
+	$(MAKE) --no-print-directory python-test
 
 # The HTML page test renders in a real headless Chromium (Debian's package).
 test-deps:
@@ -107,6 +111,33 @@ fuzz: fuzz-tools
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target $$dir -- -runs=0 $(FUZZ_MEMORY) || exit 1; \
 	done
 	cd fuzz && $(foreach target,$(FUZZ_TARGETS),RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $(target) -- -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS_$(target)) &&) true
+
+## python: the Python package (python/) built and installed into a virtual environment under
+## target/, with maturin, numpy and pytest from PyPI; python-test runs its tests. The build's
+## target folder is kept, so that rebuilds are incremental.
+PYTHON ?= python3
+PY_VENV := target/python-venv
+PY := $(PY_VENV)/bin/python
+PY_TARGET := $(CURDIR)/target/python-build
+
+python: $(PY_VENV)/.tools
+	PATH="$(CURDIR)/$(PY_VENV)/bin:$$PATH" CARGO_TARGET_DIR=$(PY_TARGET) $(PY) -m pip install --quiet \
+		--disable-pip-version-check --no-build-isolation --no-deps --force-reinstall ./python
+
+# The stamp is written last, so that a half-made environment is made again. Debian's python3
+# lacks venv until python3-venv is installed (as test-deps installs Chromium).
+$(PY_VENV)/.tools:
+	rm -rf $(PY_VENV)
+	@$(PYTHON) -m venv $(PY_VENV) || { \
+		echo "python3 -m venv failed: installing python3-venv"; rm -rf $(PY_VENV); \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv >/dev/null; fi && \
+		$(PYTHON) -m venv $(PY_VENV); }
+	$(PY) -m pip install --quiet --disable-pip-version-check "maturin==1.16.0" "numpy>=1.21" pytest
+	touch $@
+
+python-test: python
+	$(PY) -m pytest -q python/tests
 
 ## bench: the 1,000,000-code workload of docs/benchmarks.md (about two minutes).
 bench: $(MILAN)

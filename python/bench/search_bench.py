@@ -1,0 +1,204 @@
+"""Search speed from Python against the Rust figure.
+
+Builds an index of N 64-bit codes (uniform random by default, or clustered with --centres),
+then measures from Python:
+
+- batch search: one ``Index.search`` (top-k) and one ``Index.range_search`` per radius, each
+  over all the queries (10,000 by default) at once, run in parallel on every core with the GIL
+  released; reported as the whole call and per query;
+- single-query calls: ``Index.search`` with one query at a time, the per-call time that an
+  application answering one request at a time sees.
+
+With ``--milan PATH`` (the command-line binary: ``cargo build --release``) it also runs
+``milan bench search`` on the same index and queries, which times each query on one thread from
+Rust; the difference between its mean and the single-query call's is the cost of the Python
+binding per call.
+
+    python python/bench/search_bench.py                      # 1,000,000 codes, 10,000 queries
+    python python/bench/search_bench.py --n 100000 --milan target/release/milan --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import milan
+
+
+def draw(rng, n, centres, flip):
+    """n 64-bit codes as uint8 [n, 8]: uniform, or around `centres` random centres with each
+    bit flipped with probability `flip` (the distribution of `milan bench generate`)."""
+    if len(centres) == 0:
+        return rng.integers(0, 256, size=(n, 8), dtype=np.uint8)
+    which = rng.integers(0, len(centres), size=n)
+    noise = np.packbits(rng.random((n, 64)) < flip, axis=1)
+    return centres[which] ^ noise
+
+
+def best_of(runs, call):
+    """The shortest of `runs` timed calls, in seconds, and the last answer."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        answer = call()
+        times.append(time.perf_counter() - started)
+    return min(times), answer
+
+
+def rust_bench(binary, directory, queries, k, radii):
+    """`milan bench search --json` on the index and queries (each query timed on one thread)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "queries.npy")
+        np.save(path, queries)
+        command = [
+            binary, "bench", "search", directory, "--codes", path, "--top-k", str(k),
+            "--radius", ",".join(map(str, radii)), "--json",
+        ]
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="codes in the index")
+    parser.add_argument("--queries", type=int, default=10_000, help="queries per batch")
+    parser.add_argument("--single", type=int, default=1_000, help="single-query calls timed")
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--radius", default="2,4,8", help="radii, comma separated")
+    parser.add_argument("--centres", type=int, default=0, help="0: uniform random codes")
+    parser.add_argument("--flip", type=float, default=0.12)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per batch; best kept")
+    parser.add_argument("--dir", help="index directory (default: a temporary one)")
+    parser.add_argument("--milan", help="the milan binary, to run `milan bench search` too")
+    parser.add_argument(
+        "--rust-queries", type=int, default=1_000,
+        help="queries for `milan bench search` (it also scans for each, to check recall)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    radii = [int(r) for r in args.radius.split(",") if r]
+
+    rng = np.random.default_rng(args.seed)
+    centres = rng.integers(0, 256, size=(args.centres, 8), dtype=np.uint8)
+    codes = draw(rng, args.n, centres, args.flip)
+    queries = draw(rng, args.queries, centres, args.flip)
+
+    scratch = None
+    directory = args.dir
+    if directory is None:
+        scratch = tempfile.TemporaryDirectory()
+        directory = os.path.join(scratch.name, "index")
+    report = {
+        "codes": args.n,
+        "queries": args.queries,
+        "k": args.k,
+        "distribution": "uniform" if args.centres == 0 else f"{args.centres} centres, flip {args.flip}",
+        "cores": os.cpu_count(),
+        "rayon_threads": os.environ.get("RAYON_NUM_THREADS"),
+    }
+    started = time.perf_counter()
+    with milan.Index.create(directory, bits=64, expected_size=args.n) as index:
+        index.add(codes)
+    report["add_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    index = milan.Index.open(directory, read_only=True)
+    report["open_s"] = time.perf_counter() - started
+
+    seconds, (ids, _) = best_of(args.runs, lambda: index.search(queries, k=args.k))
+    assert ids.shape == (args.queries, args.k)
+    report["batch_top_k"] = {
+        "call_ms": seconds * 1e3,
+        "per_query_us": seconds * 1e6 / args.queries,
+        "queries_per_s": args.queries / seconds,
+    }
+    report["batch_radius"] = []
+    for radius in radii:
+        seconds, (lims, _, _) = best_of(args.runs, lambda: index.range_search(queries, radius))
+        report["batch_radius"].append(
+            {
+                "r": radius,
+                "call_ms": seconds * 1e3,
+                "per_query_us": seconds * 1e6 / args.queries,
+                "mean_hits": float(lims[-1]) / args.queries,
+            }
+        )
+
+    singles = queries[: args.single]
+    index.search(singles[0], k=args.k)  # warm
+    micros = []
+    for query in singles:
+        started = time.perf_counter()
+        index.search(query, k=args.k)
+        micros.append((time.perf_counter() - started) * 1e6)
+    empty = np.zeros((0, 8), np.uint8)
+    overhead = []
+    for _ in range(args.single):
+        started = time.perf_counter()
+        index.search(empty, k=args.k)
+        overhead.append((time.perf_counter() - started) * 1e6)
+    report["single_top_k"] = {
+        "calls": len(singles),
+        "mean_us": statistics.fmean(micros),
+        "median_us": statistics.median(micros),
+        "empty_call_median_us": statistics.median(overhead),
+    }
+    index.close()
+
+    if args.milan:
+        rust = rust_bench(args.milan, directory, queries[: args.rust_queries], args.k, radii)
+        report["rust"] = {
+            "queries": rust["queries"],
+            "top_k_mean_us": rust["top_k"]["mean_us"],
+            "top_k_median_us": rust["top_k"]["median_us"],
+            "radius_mean_us": {str(r["r"]): r["mean_us"] for r in rust["radius"]},
+        }
+        report["single_overhead_us"] = (
+            report["single_top_k"]["mean_us"] - rust["top_k"]["mean_us"]
+        )
+    if scratch is not None:
+        scratch.cleanup()
+
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(
+        f"{args.n} codes ({report['distribution']}), {args.queries} queries, k={args.k}, "
+        f"{report['cores']} cores; add {report['add_s']:.1f} s, open {report['open_s']:.2f} s"
+    )
+    t = report["batch_top_k"]
+    print(
+        f"batch top-{args.k}: {t['call_ms']:.1f} ms per call, {t['per_query_us']:.2f} µs per "
+        f"query, {t['queries_per_s']:.0f} queries/s"
+    )
+    for r in report["batch_radius"]:
+        print(
+            f"batch radius {r['r']}: {r['call_ms']:.1f} ms per call, {r['per_query_us']:.2f} µs "
+            f"per query, {r['mean_hits']:.1f} hits per query"
+        )
+    s = report["single_top_k"]
+    print(
+        f"single-query top-{args.k}: mean {s['mean_us']:.2f} µs, median {s['median_us']:.2f} µs "
+        f"per call; an empty call {s['empty_call_median_us']:.2f} µs"
+    )
+    if "rust" in report:
+        rust = report["rust"]
+        print(
+            f"milan bench search (Rust, one thread, {rust['queries']} queries): top-{args.k} "
+            f"mean {rust['top_k_mean_us']:.2f} µs; radius "
+            + ", ".join(f"{r}: {us:.2f} µs" for r, us in rust["radius_mean_us"].items())
+        )
+        print(f"Python's cost per single-query call: {report['single_overhead_us']:.2f} µs")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

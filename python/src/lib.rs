@@ -1,0 +1,599 @@
+//! The extension module `milan._milan`: the `Index` class over the Rust crate's
+//! [`milan::Index`]. The Python package `milan` re-exports it with its exceptions.
+//!
+//! Every call that touches the index runs with the GIL released: batch searches run on every
+//! core (the crate's thread pool), and other Python threads run meanwhile.
+
+mod convert;
+mod errors;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use milan::{Error, Hit, Index as RustIndex, IndexBuilder, Item};
+use numpy::{PyArray1, PyArray2, PyArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use convert::{read_codes, read_ids, read_strings};
+use errors::{closed, Fail, Kind};
+
+/// An open milan index: binary hash codes stored in a directory, searched exactly by Hamming
+/// distance.
+///
+/// Make one with ``Index.create(path, bits=64)`` or ``Index.open(path)``; use it as a context
+/// manager (``with milan.Index.open(path) as index:``) or call ``close()``. One handle may be
+/// used from many threads at once; other handles and other processes may use the same index,
+/// and each call sees every transaction committed before it began.
+///
+/// Codes are given as a numpy ``uint8`` array of shape ``(n, bits // 8)`` in
+/// ``numpy.packbits`` order (bit 0 of a code is the most significant bit of its first byte),
+/// or one code as shape ``(bits // 8,)``. For 64-bit indexes a ``uint64`` array of shape
+/// ``(n,)`` works too (or ``()`` for one code): the integer's most significant bit is the
+/// code's first, so ``v`` is the code ``numpy.array([v], ">u8").view(numpy.uint8)``.
+#[pyclass(module = "milan", name = "Index", frozen)]
+struct PyIndex {
+    /// `None` once closed.
+    inner: RwLock<Option<RustIndex>>,
+    /// Set when `close` begins: later calls fail at once, without waiting for the lock that
+    /// `close` waits for (with the GIL held, that wait would stop every Python thread).
+    closing: AtomicBool,
+    path: PathBuf,
+    bits: u32,
+    read_only: bool,
+}
+
+/// What `search` returns: ids and distances, `[nq, k]` each.
+type TopK<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<i32>>);
+
+/// What `range_search` returns: lims, ids and distances.
+type Ranges<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i32>>,
+);
+
+/// A lock timeout in seconds as a duration.
+fn lock_timeout(seconds: f64) -> Result<Duration, Fail> {
+    Duration::try_from_secs_f64(seconds).map_err(|_| {
+        Fail::value(format!(
+            "lock_timeout must be a finite number of seconds, 0 or more; got {seconds}"
+        ))
+    })
+}
+
+/// An argument that must fit a `u32`, as `u32`.
+fn small(value: i64, what: &str, expected: &str) -> Result<u32, Fail> {
+    u32::try_from(value).map_err(|_| Fail::value(format!("{what} must be {expected}; got {value}")))
+}
+
+/// Room for `len` values, or a `MemoryError`.
+fn room<T>(len: usize) -> Result<Vec<T>, Fail> {
+    let mut values = Vec::new();
+    values.try_reserve_exact(len).map_err(|_| {
+        Fail::new(
+            Kind::Memory,
+            format!("cannot allocate the answer ({len} values)"),
+        )
+    })?;
+    Ok(values)
+}
+
+impl PyIndex {
+    fn new(index: RustIndex, read_only: bool) -> PyIndex {
+        PyIndex {
+            path: index.path().to_path_buf(),
+            bits: index.bits(),
+            read_only,
+            inner: RwLock::new(Some(index)),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `work` on the open index with the GIL released. Calls run side by side; `close`
+    /// waits for those under way.
+    fn with<T, F>(&self, py: Python<'_>, work: F) -> PyResult<T>
+    where
+        T: Send,
+        F: Send + FnOnce(&RustIndex) -> Result<T, Fail>,
+    {
+        py.detach(|| {
+            let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            let index = guard
+                .as_ref()
+                .filter(|_| !self.closing.load(Ordering::SeqCst))
+                .ok_or_else(closed)?;
+            work(index)
+        })
+        .map_err(PyErr::from)
+    }
+
+    /// Fails at once on a closed index, before the arguments are read.
+    fn check_open(&self) -> PyResult<()> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(closed().into());
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<(), Fail> {
+        if self.read_only {
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl PyIndex {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs), text_signature = None)]
+    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        Err(Fail::type_(
+            "milan.Index cannot be made directly: use milan.Index.create(path, bits=64) for a new \
+             index or milan.Index.open(path) for an existing one",
+        )
+        .into())
+    }
+
+    /// Creates a new, empty index in the directory ``path`` (made if missing) and opens it for
+    /// reading and writing.
+    ///
+    /// ``bits``: the code length, a multiple of 8 from 8 to 1024. ``substrings``: the number
+    /// of multi-index-hashing substrings (default: the best for ``expected_size`` codes).
+    /// ``expected_size``: the number of codes the index is expected to hold (default about a
+    /// million); it only chooses the default substrings. ``lock_timeout``: seconds a write
+    /// waits for another handle's or process's write before ``LockTimeoutError``.
+    ///
+    /// Raises ``IndexExistsError`` (a ``FileExistsError``) when an index is there already,
+    /// ``InvalidArgumentError`` (a ``ValueError``) for bits or substrings out of range.
+    #[staticmethod]
+    #[pyo3(signature = (path, bits=64, substrings=None, expected_size=None, lock_timeout=30.0))]
+    fn create(
+        py: Python<'_>,
+        path: PathBuf,
+        bits: i64,
+        substrings: Option<i64>,
+        expected_size: Option<i64>,
+        lock_timeout: f64,
+    ) -> PyResult<PyIndex> {
+        let bits = small(bits, "bits", "a multiple of 8 from 8 to 1024")?;
+        let mut builder = RustIndex::builder(bits).lock_timeout(self::lock_timeout(lock_timeout)?);
+        if let Some(substrings) = substrings {
+            builder = builder.substrings(small(substrings, "substrings", "a positive number")?);
+        }
+        if let Some(expected) = expected_size {
+            let expected = u64::try_from(expected).map_err(|_| {
+                Fail::value(format!("expected_size must be 0 or more; got {expected}"))
+            })?;
+            builder = builder.expected_len(expected);
+        }
+        let index = py
+            .detach(|| builder.create(&path))
+            .map_err(|err| PyErr::from(Fail::from(err)))?;
+        Ok(PyIndex::new(index, false))
+    }
+
+    /// Opens the index in the directory ``path``, for reading and writing, or for reading only
+    /// with ``read_only=True`` (writes then raise ``ReadOnlyError``).
+    ///
+    /// Other handles and processes may have the index open at the same time: reads never wait,
+    /// and a write waits up to ``lock_timeout`` seconds for another's before raising
+    /// ``LockTimeoutError`` (a ``TimeoutError``).
+    ///
+    /// Raises ``NotAnIndexError`` (a ``FileNotFoundError``) when ``path`` holds no index.
+    #[staticmethod]
+    #[pyo3(signature = (path, read_only=false, lock_timeout=30.0))]
+    fn open(
+        py: Python<'_>,
+        path: PathBuf,
+        read_only: bool,
+        lock_timeout: f64,
+    ) -> PyResult<PyIndex> {
+        let builder = IndexBuilder::default().lock_timeout(self::lock_timeout(lock_timeout)?);
+        let index = py
+            .detach(|| {
+                if read_only {
+                    builder.open_read_only(&path)
+                } else {
+                    builder.open(&path)
+                }
+            })
+            .map_err(|err| PyErr::from(Fail::from(err)))?;
+        Ok(PyIndex::new(index, read_only))
+    }
+
+    /// The index directory.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    /// The code length in bits.
+    #[getter]
+    fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    /// Whether this handle was opened read-only.
+    #[getter]
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether ``close()`` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Closes the handle: calls that begin later raise ``ClosedIndexError``, and the index is
+    /// released once the calls under way on other threads end (``close`` waits for them).
+    /// Closing twice does nothing.
+    fn close(&self, py: Python<'_>) {
+        self.closing.store(true, Ordering::SeqCst);
+        py.detach(|| {
+            let index = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
+            drop(index);
+        });
+    }
+
+    /// Returns the index itself.
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Closes the index.
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+
+    /// The number of live codes, as of the last commit of any handle or process.
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        let len = self.with(py, |index| Ok(index.len()))?;
+        usize::try_from(len).map_err(|_| Fail::new(Kind::Milan, "too many codes").into())
+    }
+
+    /// ``<milan.Index '/path' bits=64>``, with ``read_only`` or ``closed`` when so.
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let state = if self.closed() {
+            " closed"
+        } else if self.read_only {
+            " read_only"
+        } else {
+            ""
+        };
+        let path = self.path.clone().into_pyobject(py)?.str()?.repr()?;
+        Ok(format!("<milan.Index {path} bits={}{state}>", self.bits))
+    }
+
+    /// Adds codes in one transaction; returns their new ids (``int64``, in order, never reused).
+    ///
+    /// ``codes``: ``uint8`` of shape ``(n, bits // 8)`` (numpy.packbits order) or
+    /// ``(bits // 8,)`` for one code; for 64-bit indexes also ``uint64`` of shape ``(n,)``, the
+    /// integer's most significant bit first. ``keys``, ``labels``: optional sequences of ``n``
+    /// entries, each a ``str`` or ``None``.
+    ///
+    /// Either every code is added or, on any error, none: ``InvalidTypeError`` (a
+    /// ``TypeError``) for a wrong dtype, ``InvalidArgumentError`` (a ``ValueError``) for a
+    /// wrong shape, code length or number of keys, ``ReadOnlyError`` on a read-only handle,
+    /// ``LockTimeoutError`` when another writer holds the index too long.
+    #[pyo3(signature = (codes, keys=None, labels=None))]
+    fn add<'py>(
+        &self,
+        py: Python<'py>,
+        codes: &Bound<'py, PyAny>,
+        keys: Option<&Bound<'py, PyAny>>,
+        labels: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        self.check_open()?;
+        let codes = read_codes(codes, self.bits, "codes")?;
+        let n = codes.len();
+        let keys = read_strings(keys, n, "keys")?;
+        let labels = read_strings(labels, n, "labels")?;
+        let codes = codes.to_codes()?;
+        let ids = self.with(py, |index| {
+            self.check_writable()?;
+            if n == 0 {
+                return Ok(Vec::new());
+            }
+            let mut writer = index.writer()?;
+            let mut ids = room(n)?;
+            for (i, code) in codes.iter().enumerate() {
+                let item = Item {
+                    key: keys.as_ref().and_then(|keys| keys[i].clone()),
+                    label: labels.as_ref().and_then(|labels| labels[i].clone()),
+                    ..Item::default()
+                };
+                ids.push(writer.add(code, item)? as i64);
+            }
+            writer.commit()?;
+            Ok(ids)
+        })?;
+        Ok(PyArray1::from_vec(py, ids))
+    }
+
+    /// Deletes ids in one transaction; returns how many were deleted (an id given twice
+    /// counts once).
+    ///
+    /// Every id must be live: an unknown or already deleted id raises ``UnknownIdError`` (a
+    /// ``KeyError``) naming it, and nothing is deleted. ``ids``: a sequence of ints or a 1-D
+    /// integer array.
+    fn delete(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<usize> {
+        self.check_open()?;
+        let ids = read_ids(ids)?;
+        self.with(py, |index| {
+            self.check_writable()?;
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            let mut writer = index.writer()?;
+            let mut seen = HashSet::new();
+            for &id in &ids {
+                if !seen.insert(id) {
+                    continue;
+                }
+                let deleted = match u64::try_from(id) {
+                    Ok(id) => writer.delete(id)?,
+                    Err(_) => false,
+                };
+                if !deleted {
+                    // The writer is dropped uncommitted: nothing is deleted.
+                    return Err(Fail::new(
+                        Kind::UnknownId,
+                        format!("no item with id {id} in the index; nothing was deleted"),
+                    ));
+                }
+            }
+            writer.commit()?;
+            Ok(seen.len())
+        })
+    }
+
+    /// The ``k`` nearest codes to each query, by Hamming distance, then id.
+    ///
+    /// Returns ``(ids, distances)``: ``int64`` and ``int32`` arrays of shape ``(nq, k)``, row
+    /// ``i`` for query ``i``, ordered by distance, then id; where the index holds fewer than
+    /// ``k`` codes, the rows end in ``-1`` ids at distance ``-1``. Ids come first, unlike
+    /// FAISS's ``D, I``. ``codes``: as for ``add``; one code of shape ``(bits // 8,)`` (or a
+    /// 0-d ``uint64``) is one query, answered as one row. The queries run in parallel on every
+    /// core, with the GIL released. Exact: the same answer as comparing every stored code.
+    #[pyo3(signature = (codes, k=20))]
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        codes: &Bound<'py, PyAny>,
+        k: i64,
+    ) -> PyResult<TopK<'py>> {
+        self.check_open()?;
+        let queries = read_codes(codes, self.bits, "queries")?;
+        if k < 1 {
+            return Err(Fail::value(format!("k must be at least 1; got {k}")).into());
+        }
+        let k = usize::try_from(k).map_err(|_| Fail::value(format!("k is too large: {k}")))?;
+        let nq = queries.len();
+        let total = nq
+            .checked_mul(k)
+            .ok_or_else(|| Fail::value(format!("k is too large: {k} for {nq} queries")))?;
+        let queries = queries.to_codes()?;
+        let (ids, distances) = self.with(py, |index| {
+            let mut ids = room::<i64>(total)?;
+            let mut distances = room::<i32>(total)?;
+            let reader = index.reader()?;
+            let answers = reader.search_batch(&queries)?.top_k(k)?;
+            for hits in &answers {
+                for hit in hits.iter().take(k) {
+                    ids.push(hit.id as i64);
+                    distances.push(hit.distance as i32);
+                }
+                for _ in hits.len().min(k)..k {
+                    ids.push(-1);
+                    distances.push(-1);
+                }
+            }
+            Ok((ids, distances))
+        })?;
+        Ok((
+            PyArray1::from_vec(py, ids).reshape([nq, k])?,
+            PyArray1::from_vec(py, distances).reshape([nq, k])?,
+        ))
+    }
+
+    /// Every code within ``radius`` bits of each query, in FAISS's range-search layout.
+    ///
+    /// Returns ``(lims, ids, distances)``: ``lims`` is ``int64`` of shape ``(nq + 1,)``, and
+    /// the answers of query ``i`` are ``ids[lims[i]:lims[i + 1]]`` (``int64``) at
+    /// ``distances[lims[i]:lims[i + 1]]`` (``int32``), ordered by distance, then id (ids come
+    /// before distances, unlike FAISS's ``lims, D, I``).
+    /// ``radius``: 0 to ``bits``, inclusive. ``codes``: as for ``search``. Parallel and exact
+    /// like ``search``.
+    fn range_search<'py>(
+        &self,
+        py: Python<'py>,
+        codes: &Bound<'py, PyAny>,
+        radius: i64,
+    ) -> PyResult<Ranges<'py>> {
+        self.check_open()?;
+        let queries = read_codes(codes, self.bits, "queries")?;
+        if radius < 0 {
+            return Err(Fail::value(format!(
+                "radius must be 0 to {} (the code length); got {radius}",
+                self.bits
+            ))
+            .into());
+        }
+        let radius = u32::try_from(radius).unwrap_or(u32::MAX);
+        let queries = queries.to_codes()?;
+        let (lims, ids, distances) = self.with(py, |index| {
+            let reader = index.reader()?;
+            let answers = reader.search_batch(&queries)?.within(radius)?;
+            let total: usize = answers.iter().map(Vec::len).sum();
+            let mut lims = room::<i64>(answers.len() + 1)?;
+            let mut ids = room::<i64>(total)?;
+            let mut distances = room::<i32>(total)?;
+            lims.push(0);
+            for hits in &answers {
+                for &Hit { id, distance } in hits {
+                    ids.push(id as i64);
+                    distances.push(distance as i32);
+                }
+                lims.push(ids.len() as i64);
+            }
+            Ok((lims, ids, distances))
+        })?;
+        Ok((
+            PyArray1::from_vec(py, lims),
+            PyArray1::from_vec(py, ids),
+            PyArray1::from_vec(py, distances),
+        ))
+    }
+
+    /// The live ids, increasing (``int64``).
+    fn ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let ids = self.with(py, |index| {
+            let reader = index.reader()?;
+            Ok(reader.ids().map(|id| id as i64).collect::<Vec<_>>())
+        })?;
+        Ok(PyArray1::from_vec(py, ids))
+    }
+
+    /// The keys stored with ``ids``, a list of ``str`` or ``None`` (an id added without a key).
+    ///
+    /// Raises ``UnknownIdError`` (a ``KeyError``) for an id that is not live.
+    fn keys(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<Vec<Option<String>>> {
+        self.items(py, ids, |item| item.key)
+    }
+
+    /// The labels stored with ``ids``, a list of ``str`` or ``None`` (an id added without one).
+    ///
+    /// Raises ``UnknownIdError`` (a ``KeyError``) for an id that is not live.
+    fn labels(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<Vec<Option<String>>> {
+        self.items(py, ids, |item| item.label)
+    }
+
+    /// The codes stored under ``ids``: ``uint8`` of shape ``(len(ids), bits // 8)``, in
+    /// numpy.packbits order.
+    ///
+    /// Raises ``UnknownIdError`` (a ``KeyError``) for an id that is not live.
+    fn codes<'py>(
+        &self,
+        py: Python<'py>,
+        ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray2<u8>>> {
+        self.check_open()?;
+        let ids = read_ids(ids)?;
+        let width = self.bits as usize / 8;
+        let bytes = self.with(py, |index| {
+            let reader = index.reader()?;
+            let mut bytes = room::<u8>(ids.len() * width)?;
+            for &id in &ids {
+                let code = u64::try_from(id)
+                    .ok()
+                    .and_then(|id| reader.code(id))
+                    .ok_or_else(|| unknown(id))?;
+                bytes.extend_from_slice(code.as_bytes());
+            }
+            Ok(bytes)
+        })?;
+        PyArray1::from_vec(py, bytes).reshape([ids.len(), width])
+    }
+
+    /// Facts about the index, as of the last commit: a dict with ``path``, ``format_version``,
+    /// ``bits``, ``substrings``, ``recommended_substrings``, ``len``, ``next_id``,
+    /// ``file_bytes``, ``memory_bytes``, ``created_by``, ``written_by`` and ``read_only``.
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let info = self.with(py, |index| Ok(index.info()))?;
+        let dict = PyDict::new(py);
+        dict.set_item("path", info.path)?;
+        dict.set_item("format_version", info.format_version)?;
+        dict.set_item("bits", info.bits)?;
+        dict.set_item("substrings", info.substrings)?;
+        dict.set_item("recommended_substrings", info.recommended_substrings)?;
+        dict.set_item("len", info.len)?;
+        dict.set_item("next_id", info.next_id)?;
+        dict.set_item("file_bytes", info.file_bytes)?;
+        dict.set_item("memory_bytes", info.memory_bytes)?;
+        dict.set_item("created_by", info.created_by)?;
+        dict.set_item("written_by", info.written_by)?;
+        dict.set_item("read_only", self.read_only)?;
+        Ok(dict)
+    }
+
+    /// Checks every invariant of the stored index (each live code in its hash-table buckets,
+    /// no dangling ids, consistent counts, and on a writable handle the storage engine's own
+    /// structure). Waits for the calls under way on this handle, and holds the others back
+    /// while it runs.
+    ///
+    /// Returns a dict: ``ok`` (bool), ``problems`` (a list of ``str``, empty when sound),
+    /// ``unlisted`` (problems beyond the listed ones), ``codes`` (live codes) and
+    /// ``storage_ok`` (``None`` when not checked: read-only handles).
+    fn check<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let report = py
+            .detach(|| {
+                let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+                let index = guard
+                    .as_mut()
+                    .filter(|_| !self.closing.load(Ordering::SeqCst))
+                    .ok_or_else(closed)?;
+                index.verify().map_err(Fail::from)
+            })
+            .map_err(PyErr::from)?;
+        let dict = PyDict::new(py);
+        dict.set_item("ok", report.is_ok())?;
+        dict.set_item("problems", report.problems.clone())?;
+        dict.set_item("unlisted", report.unlisted)?;
+        dict.set_item("codes", report.codes)?;
+        dict.set_item("storage_ok", report.storage_ok)?;
+        Ok(dict)
+    }
+}
+
+impl PyIndex {
+    /// One field of the items of `ids`, read from one snapshot.
+    fn items(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        field: fn(Item) -> Option<String>,
+    ) -> PyResult<Vec<Option<String>>> {
+        self.check_open()?;
+        let ids = read_ids(ids)?;
+        self.with(py, |index| {
+            let reader = index.reader()?;
+            let mut values = room(ids.len())?;
+            for &id in &ids {
+                let item = match u64::try_from(id) {
+                    Ok(id) => reader.item(id)?,
+                    Err(_) => None,
+                };
+                values.push(field(item.ok_or_else(|| unknown(id))?));
+            }
+            Ok(values)
+        })
+    }
+}
+
+/// The failure for an id that is not live.
+fn unknown(id: i64) -> Fail {
+    Fail::new(
+        Kind::UnknownId,
+        format!("no item with id {id} in the index"),
+    )
+}
+
+/// milan's extension module: the ``Index`` class. Import the package ``milan`` instead, which
+/// re-exports it with the exceptions.
+#[pymodule]
+fn _milan(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyIndex>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
