@@ -418,6 +418,16 @@ fn head_init_with(exe: &Path, cwd: &Path, ort_lib: Option<&str>) -> std::process
     if let Some(lib) = ort_lib {
         command.env("MILAN_ORT_LIB", lib);
     }
+    // The copied binary is busy ("text file busy") while a child that another test thread
+    // forks still holds the copy's write descriptor, until that child execs: try again.
+    for _ in 0..50 {
+        match command.output() {
+            Err(err) if err.raw_os_error() == Some(26) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            result => return result.unwrap(),
+        }
+    }
     command.output().unwrap()
 }
 
