@@ -1,8 +1,12 @@
-//! `model_ops`: the engine answers exactly like a brute-force model, whatever it is asked to do.
+//! `model_ops`: the engine answers exactly like a brute-force model, whatever it is asked to do,
+//! through either of two handles on one index.
 //!
 //! A random sequence of adds, deletes, commits, aborts, reopens, read-only opens, optimizes and
 //! queries runs against a real index in a temporary directory and against a model (the committed
-//! codes by id, plus the open writer's pending changes). Asserts that:
+//! codes by id, plus the open writer's pending changes). Two handles share the index directory, as
+//! two processes would: the first, created by the target, and a second opened beside it (writable
+//! or read-only, with a lock timeout of 0 to 3 ms); most ops act through the first, the `Second*`
+//! ops through the second, and either handle may hold the one writer. Asserts that:
 //! - every top-k, radius and search-by-id answer (ids and distances, by distance then id) equals
 //!   the model's brute-force answer, with each of the three strategies;
 //! - every self-join (`pairs_within`) equals the model's brute-force one: each pair of live codes
@@ -12,16 +16,32 @@
 //!   before a commit keeps its snapshot;
 //! - invalid arguments (k = 0, radius > bits in searches and self-joins, substrings out of range,
 //!   codes of another length, writes through a read-only handle, a second writer or an
-//!   optimize on the thread holding the writer) return their typed error, and a second writable
-//!   handle opens beside the first and agrees with the model;
+//!   optimize on the thread holding the writer) return their typed error, and a third writable
+//!   handle opens beside the two and agrees with the model;
 //! - a k beyond the live count (up to `usize::MAX`) returns every code; a forced multi-index
 //!   radius search far beyond its probe budget is refused with `MultiIndexTooCostly` (or, with
 //!   every code still in the scanned delta, answered).
+//!
+//! Across the two handles:
+//! - whatever one handle commits (adds, deletes, an optimize's new tables, a reopen's), the
+//!   other's next `len()`, `info()` and readers show that latest commit and nothing of a writer
+//!   still open: every answer of the second handle's readers equals the model's;
+//! - adds and deletes through the second handle's writer hand out the same dense ids the model
+//!   does, whichever handle wrote last;
+//! - while one handle holds the writer, the other's `writer()`, `try_writer()` and `optimize`,
+//!   and a writable open of a third handle, fail with `LockTimeout` after exactly their handle's
+//!   timeout, naming this process as the holder; a read-only open beside the writer does not
+//!   wait and sees the last commit;
+//! - a reader taken from either handle and kept (up to four at once, across later commits,
+//!   optimizes and reopens of both handles) answers exactly as the model's commit at the time it
+//!   was taken: its ids, codes, items, content-hash lookups, searches and self-join, with every
+//!   id handed out later dead.
 
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -45,11 +65,19 @@ const MAX_PROBES: f64 = 50_000.0;
 /// more is refused before it probes anything.
 const FORCED_BUDGET_FLOOR: f64 = (1u64 << 20) as f64;
 const STRATEGIES: [Strategy; 3] = [Strategy::Auto, Strategy::MultiIndex, Strategy::Scan];
+/// Each expected `LockTimeout` costs its timeout; past this many per input they are not tried.
+const MAX_WAITS: usize = 16;
+/// The first handle's lock timeout (the second's comes from the input).
+const FIRST_TIMEOUT: Duration = Duration::from_millis(1);
+/// Readers kept across later ops at once.
+const MAX_KEPT: usize = 4;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
     bits: u8,
     substrings: Option<u8>,
+    /// The second handle's lock timeout in milliseconds, modulo 4.
+    timeout: u8,
     ops: Vec<Op>,
 }
 
@@ -106,6 +134,46 @@ enum Op {
     Optimize {
         substrings: Option<u8>,
     },
+    /// An add through the second handle's writer.
+    SecondAdd {
+        code: CodeSpec,
+        key: Option<u8>,
+    },
+    SecondDelete {
+        which: u16,
+    },
+    SecondCommit,
+    SecondAbort,
+    /// The whole committed state as the second handle sees it.
+    SecondCheck,
+    SecondOptimize {
+        substrings: Option<u8>,
+    },
+    /// Closes the second handle and opens it again, writable or read-only, with a new timeout.
+    SecondReopen {
+        read_only: bool,
+        timeout: u8,
+    },
+    /// Keeps a new reader of either handle for later checks.
+    KeepReader {
+        second: bool,
+    },
+    CheckKept {
+        which: u8,
+        query: CodeSpec,
+        k: u8,
+    },
+    DropKept {
+        which: u8,
+    },
+    /// Searches through a new reader of the second handle. Last: a run of 0xff bytes (which
+    /// mutations often make) decodes as this op, a cheap one that checks something.
+    SecondQuery {
+        query: CodeSpec,
+        k: u8,
+        r: u8,
+        which: u16,
+    },
 }
 
 fuzz_target!(|input: Input| run(input));
@@ -143,9 +211,43 @@ struct Model {
     history: Vec<Vec<u8>>,
     /// Harness bookkeeping, not model state: table rebuilds so far (see `MAX_REBUILDS`).
     rebuilds: usize,
+    /// Harness bookkeeping: lock timeouts waited for so far (see `MAX_WAITS`).
+    waits: usize,
 }
 
 impl Model {
+    fn new(bits: u32) -> Model {
+        Model {
+            bits,
+            committed: BTreeMap::new(),
+            next_id: 0,
+            pending: None,
+            history: Vec::new(),
+            rebuilds: 0,
+            waits: 0,
+        }
+    }
+
+    /// The last commit alone: what a reader taken now answers, whatever is committed later.
+    fn snapshot(&self) -> Model {
+        Model {
+            committed: self.committed.clone(),
+            next_id: self.next_id,
+            ..Model::new(self.bits)
+        }
+    }
+
+    /// Whether one more lock timeout may be waited for (counted).
+    fn wait(&mut self) -> bool {
+        self.waits += 1;
+        self.waits <= MAX_WAITS
+    }
+
+    /// The next id a writer will hand out.
+    fn next_unused(&self) -> u64 {
+        self.pending.as_ref().map_or(self.next_id, |p| p.next_id)
+    }
+
     fn pending(&mut self) -> &mut Pending {
         let next_id = self.next_id;
         self.pending.get_or_insert_with(|| Pending {
@@ -183,8 +285,7 @@ impl Model {
 
     /// The id `which` picks among those handed out so far and the next one.
     fn pick_id(&self, which: u16) -> u64 {
-        let next = self.pending.as_ref().map_or(self.next_id, |p| p.next_id);
-        u64::from(which) % (next + 1)
+        u64::from(which) % (self.next_unused() + 1)
     }
 
     fn code(&self, spec: &CodeSpec) -> Vec<u8> {
@@ -240,38 +341,85 @@ fn hamming(a: &[u8], b: &[u8]) -> u32 {
     a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
 }
 
+/// An open handle and how its writes wait.
+struct Handle {
+    index: Index,
+    timeout: Duration,
+    read_only: bool,
+}
+
+impl Handle {
+    /// The first handle, opened again: writable, with the first handle's timeout.
+    fn first(dir: &Path, bits: u32) -> Handle {
+        let index = Index::builder(bits)
+            .lock_timeout(FIRST_TIMEOUT)
+            .open(dir)
+            .expect("reopen");
+        Handle {
+            index,
+            timeout: FIRST_TIMEOUT,
+            read_only: false,
+        }
+    }
+
+    /// The second handle, opened beside the first with a timeout of 0 to 3 ms.
+    fn second(dir: &Path, bits: u32, timeout: u8, read_only: bool) -> Handle {
+        let timeout = Duration::from_millis(u64::from(timeout % 4));
+        let builder = Index::builder(bits).lock_timeout(timeout);
+        let index = if read_only {
+            builder
+                .open_read_only(dir)
+                .expect("second handle, read-only")
+        } else {
+            builder.open(dir).expect("second handle")
+        };
+        Handle {
+            index,
+            timeout,
+            read_only,
+        }
+    }
+}
+
+/// A reader kept across later ops, with the commit it was taken on and that commit's substrings.
+struct Kept {
+    reader: Reader,
+    commit: Model,
+    substrings: u32,
+}
+
 fn run(input: Input) {
     let bits = BITS[usize::from(input.bits) % BITS.len()];
     let tmp = scratch_dir();
     let dir = tmp.path().join("index");
-    let mut index = create(bits, input.substrings, &dir);
-    let mut model = Model {
-        bits,
-        committed: BTreeMap::new(),
-        next_id: 0,
-        pending: None,
-        history: Vec::new(),
-        rebuilds: 0,
+    let mut first = Handle {
+        index: create(bits, input.substrings, &dir),
+        timeout: FIRST_TIMEOUT,
+        read_only: false,
     };
+    let mut second = Handle::second(&dir, bits, input.timeout, false);
+    let mut model = Model::new(bits);
+    let mut kept: Vec<Kept> = Vec::new();
     let mut ops = input.ops.iter().take(MAX_OPS);
-    // A session runs ops on one open handle until one needs the handle closed.
-    while let Some(op) = session(&index, &mut model, &mut ops) {
+    // A session runs ops on the two open handles until one needs a handle closed.
+    while let Some(op) = session(&first, &second, &mut model, &mut kept, &mut ops) {
         // The session's writer is gone, and its changes with it.
         model.abort();
         match op {
             Op::Reopen => {
-                // Handles share the index: a second writable one opens and agrees.
-                let second = Index::open(&dir).expect("a second writable handle");
-                check_state(&second, &model);
-                drop(second);
-                drop(index);
-                index = Index::open(&dir).expect("reopen");
-                check_state(&index, &model);
-                let report = index.verify().expect("verify");
+                // Handles share the index: a third writable one opens beside the two and agrees.
+                let third = Index::open(&dir).expect("a third writable handle");
+                check_state(&third, &model);
+                drop(third);
+                drop(first);
+                first = Handle::first(&dir, bits);
+                check_state(&first.index, &model);
+                let report = first.index.verify().expect("verify");
                 assert!(report.is_ok(), "verify after reopen: {report:?}");
+                check_len(&second.index, &model);
             }
             Op::OpenReadOnlyAndQuery { query, k } => {
-                drop(index);
+                drop(first);
                 let mut read_only = Index::open_read_only(&dir).expect("open read-only");
                 check_state(&read_only, &model);
                 let reader = read_only.reader().expect("reader");
@@ -291,11 +439,21 @@ fn run(input: Input) {
                 let report = read_only.verify().expect("verify read-only");
                 assert!(report.is_ok() && report.storage_ok.is_none(), "{report:?}");
                 drop(read_only);
-                index = Index::open(&dir).expect("reopen after read-only");
-                check_state(&index, &model);
+                first = Handle::first(&dir, bits);
+                check_state(&first.index, &model);
+            }
+            Op::SecondReopen { read_only, timeout } => {
+                drop(second);
+                second = Handle::second(&dir, bits, *timeout, *read_only);
+                check_state(&second.index, &model);
             }
             other => unreachable!("session returned {other:?}"),
         }
+        check_kept(&kept, &model);
+    }
+    // Every reader still kept answers as its commit, after whatever came later.
+    for kept in &kept {
+        check_reader(&kept.reader, &kept.commit, kept.substrings, &model);
     }
 }
 
@@ -313,7 +471,10 @@ fn scratch_dir() -> tempfile::TempDir {
 /// Creates the index; substrings out of range must be refused with a layout error first.
 fn create(bits: u32, substrings: Option<u8>, dir: &Path) -> Index {
     if let Some(substrings) = substrings.map(u32::from) {
-        let result = Index::builder(bits).substrings(substrings).create(dir);
+        let result = Index::builder(bits)
+            .substrings(substrings)
+            .lock_timeout(FIRST_TIMEOUT)
+            .create(dir);
         let (min, max) = CodeLayout::substring_range(bits);
         if (min..=max).contains(&substrings) {
             let index = result.expect("create");
@@ -325,18 +486,27 @@ fn create(bits: u32, substrings: Option<u8>, dir: &Path) -> Index {
             "{substrings} substrings for {bits} bits: {result:?}"
         );
     }
-    let index = Index::builder(bits).create(dir).expect("create");
+    let index = Index::builder(bits)
+        .lock_timeout(FIRST_TIMEOUT)
+        .create(dir)
+        .expect("create");
     assert_eq!((index.bits(), index.len()), (bits, 0));
     index
 }
 
-/// Runs ops on `index` until they run out (None) or one needs the handle dropped (returned).
-fn session<'i, 'o>(
-    index: &'i Index,
+/// Runs ops on the two handles until they run out (None) or one needs a handle dropped
+/// (returned). At most one of the two writers is open at a time.
+fn session<'a, 'b, 'o>(
+    first: &'a Handle,
+    second: &'b Handle,
     model: &mut Model,
+    kept: &mut Vec<Kept>,
     ops: &mut impl Iterator<Item = &'o Op>,
 ) -> Option<&'o Op> {
-    let mut writer: Option<Writer<'i>> = None;
+    let index = &first.index;
+    let other = &second.index;
+    let mut writer: Option<Writer<'a>> = None;
+    let mut second_writer: Option<Writer<'b>> = None;
     for op in ops {
         match op {
             Op::Add { code, key } => {
@@ -345,11 +515,17 @@ fn session<'i, 'o>(
                         code: model.code(code),
                         key: *key,
                     };
-                    add(writer.get_or_insert_with(|| begin(index)), model, entry);
+                    let busy = second_writer.is_some();
+                    if let Some(writer) = take_writer(&mut writer, first, busy, model) {
+                        add(writer, model, entry);
+                    }
                 }
             }
             Op::AddBatch { seed, count, near } => {
-                let writer = writer.get_or_insert_with(|| begin(index));
+                let busy = second_writer.is_some();
+                let Some(writer) = take_writer(&mut writer, first, busy, model) else {
+                    continue;
+                };
                 let mut state = seed | 1;
                 let count = usize::from(*count).min(MAX_BATCH);
                 for _ in 0..count.min(MAX_CODES.saturating_sub(model.history.len())) {
@@ -378,31 +554,30 @@ fn session<'i, 'o>(
             }
             Op::Delete { which } => {
                 let id = model.pick_id(*which);
-                let writer = writer.get_or_insert_with(|| begin(index));
-                let deleted = writer.delete(id).expect("delete");
-                assert_eq!(deleted, model.delete(id), "delete({id})");
+                let busy = second_writer.is_some();
+                if let Some(writer) = take_writer(&mut writer, first, busy, model) {
+                    delete(writer, model, id);
+                }
             }
             Op::Commit => {
-                let writer = writer.take().unwrap_or_else(|| begin(index));
-                let before = index.reader().expect("reader");
-                let ids_before: Vec<u64> = model.committed.keys().copied().collect();
-                writer.commit().expect("commit");
-                model.commit();
-                // A reader keeps the snapshot it was opened on.
-                assert_eq!(before.ids().collect::<Vec<_>>(), ids_before);
-                assert_eq!(before.len(), ids_before.len() as u64);
-                check_state(index, model);
+                if take_writer(&mut writer, first, second_writer.is_some(), model).is_some() {
+                    let writer = writer.take().expect("the writer just taken");
+                    commit(writer, index, other, model, kept);
+                }
             }
             Op::Abort => {
                 if let Some(writer) = writer.take() {
                     writer.abort();
+                    model.abort();
                 }
-                model.abort();
                 check_state(index, model);
             }
-            Op::Reopen | Op::OpenReadOnlyAndQuery { .. } => {
+            Op::Reopen | Op::OpenReadOnlyAndQuery { .. } | Op::SecondReopen { .. } => {
                 if model.rebuilds < MAX_REBUILDS {
                     model.rebuilds += 1;
+                    if writer.is_some() || second_writer.is_some() {
+                        opens_beside_writer(op, first, model);
+                    }
                     return Some(op);
                 }
             }
@@ -450,28 +625,304 @@ fn session<'i, 'o>(
                 if let Some(writer) = writer.as_mut() {
                     assert!(wrong_length(writer.add(&code, Item::default()).map(drop)));
                 }
+                if let Some(writer) = second_writer.as_mut() {
+                    assert!(wrong_length(writer.add(&code, Item::default()).map(drop)));
+                }
             }
             Op::Optimize { substrings } => {
                 if model.rebuilds >= MAX_REBUILDS {
                     continue;
                 }
                 model.rebuilds += 1;
+                let substrings = substrings.map(u32::from);
                 // Optimize takes the writer lock: on the thread holding it, a typed error (not
                 // a deadlock), the same as a second writer; then close it, as a user must.
                 if writer.is_some() {
                     let busy =
                         |result: Result<(), Error>| matches!(result, Err(Error::WriterBusy { .. }));
-                    assert!(busy(index.optimize(substrings.map(u32::from)).map(drop)));
+                    assert!(busy(index.optimize(substrings).map(drop)));
                     assert!(busy(index.writer().map(drop)));
                     assert!(busy(index.try_writer().map(drop)));
                 }
+                // While the other handle writes, it waits for the turn and gives up.
+                if second_writer.is_some() && model.wait() {
+                    assert_timed_out(index.optimize(substrings).map(drop), first);
+                }
                 drop(writer.take());
+                drop(second_writer.take());
                 model.abort();
-                optimize(index, model, substrings.map(u32::from));
+                optimize(index, model, substrings);
+                // The other handle reloads the new tables at its next transaction.
+                check_len(other, model);
+                assert_eq!(other.substrings(), index.substrings());
+                check_kept(kept, model);
+            }
+            Op::SecondAdd { code, key } => {
+                if model.history.len() < MAX_CODES {
+                    let entry = Entry {
+                        code: model.code(code),
+                        key: *key,
+                    };
+                    let busy = writer.is_some();
+                    if let Some(writer) = take_writer(&mut second_writer, second, busy, model) {
+                        add(writer, model, entry);
+                    }
+                }
+            }
+            Op::SecondDelete { which } => {
+                let id = model.pick_id(*which);
+                let busy = writer.is_some();
+                if let Some(writer) = take_writer(&mut second_writer, second, busy, model) {
+                    delete(writer, model, id);
+                }
+            }
+            Op::SecondCommit => {
+                if take_writer(&mut second_writer, second, writer.is_some(), model).is_some() {
+                    let writer = second_writer.take().expect("the writer just taken");
+                    commit(writer, other, index, model, kept);
+                }
+            }
+            Op::SecondAbort => {
+                if let Some(writer) = second_writer.take() {
+                    writer.abort();
+                    model.abort();
+                }
+                check_len(other, model);
+            }
+            Op::SecondQuery { query, k, r, which } => {
+                // A new reader catches up with the last commit, whichever handle made it.
+                check_len(other, model);
+                let reader = other.reader().expect("reader");
+                assert_eq!(reader.len(), model.committed.len() as u64);
+                let substrings = other.substrings();
+                let query = model.code(query);
+                top_k(&reader, model, substrings, &query, *k);
+                radius(&reader, model, substrings, &query, u32::from(*r));
+                search_id(&reader, model, substrings, model.pick_id(*which), *k);
+            }
+            Op::SecondCheck => check_state(other, model),
+            Op::SecondOptimize { substrings } => {
+                if model.rebuilds >= MAX_REBUILDS {
+                    continue;
+                }
+                model.rebuilds += 1;
+                let substrings = substrings.map(u32::from);
+                if second.read_only {
+                    assert!(matches!(
+                        other.optimize(substrings),
+                        Err(Error::ReadOnly { .. })
+                    ));
+                    continue;
+                }
+                if second_writer.is_some() {
+                    assert!(matches!(
+                        other.optimize(substrings),
+                        Err(Error::WriterBusy { .. })
+                    ));
+                }
+                if writer.is_some() && model.wait() {
+                    assert_timed_out(other.optimize(substrings).map(drop), second);
+                }
+                drop(writer.take());
+                drop(second_writer.take());
+                model.abort();
+                optimize(other, model, substrings);
+                // The first handle reloads the new tables at its next transaction.
+                check_state(index, model);
+                assert_eq!(index.substrings(), other.substrings());
+                check_kept(kept, model);
+            }
+            Op::KeepReader {
+                second: from_second,
+            } => {
+                if kept.len() < MAX_KEPT {
+                    let handle = if *from_second { other } else { index };
+                    let reader = handle.reader().expect("reader");
+                    assert_eq!(reader.len(), model.committed.len() as u64);
+                    kept.push(Kept {
+                        reader,
+                        commit: model.snapshot(),
+                        substrings: handle.substrings(),
+                    });
+                }
+            }
+            Op::CheckKept { which, query, k } => {
+                if let Some(kept) = kept.get(usize::from(*which) % kept.len().max(1)) {
+                    let (reader, commit) = (&kept.reader, &kept.commit);
+                    check_reader(reader, commit, kept.substrings, model);
+                    top_k(reader, commit, kept.substrings, &model.code(query), *k);
+                }
+            }
+            Op::DropKept { which } => {
+                if !kept.is_empty() {
+                    kept.remove(usize::from(*which) % kept.len());
+                }
             }
         }
     }
     None
+}
+
+/// Before a reopen while either handle holds the writer: a writable open takes the writer's turn
+/// and gives up after its timeout; a read-only open does not wait and sees the last commit.
+fn opens_beside_writer(op: &Op, first: &Handle, model: &mut Model) {
+    let dir = first.index.path();
+    let builder = Index::builder(model.bits).lock_timeout(first.timeout);
+    if let Op::OpenReadOnlyAndQuery { .. } = op {
+        let read_only = builder
+            .open_read_only(dir)
+            .expect("a read-only open beside a writer");
+        check_state(&read_only, model);
+    } else if model.wait() {
+        assert_timed_out(builder.open(dir).map(drop), first);
+    }
+}
+
+/// The handle's writer, begun if need be; `None` when it cannot begin: the handle is read-only,
+/// or the other handle holds the writer (`other_writing`), when the attempt must time out.
+fn take_writer<'w, 'i>(
+    slot: &'w mut Option<Writer<'i>>,
+    handle: &'i Handle,
+    other_writing: bool,
+    model: &mut Model,
+) -> Option<&'w mut Writer<'i>> {
+    if slot.is_none() {
+        if handle.read_only {
+            assert!(matches!(handle.index.writer(), Err(Error::ReadOnly { .. })));
+            return None;
+        }
+        if other_writing {
+            if model.wait() {
+                // `try_writer` only declines to wait for this handle's own writer (on another
+                // thread): it waits for the other handle's turn like `writer`.
+                let result = if model.waits.is_multiple_of(2) {
+                    handle.index.writer().map(drop)
+                } else {
+                    handle.index.try_writer().map(drop)
+                };
+                assert_timed_out(result, handle);
+            }
+            return None;
+        }
+        *slot = Some(begin(&handle.index));
+    }
+    slot.as_mut()
+}
+
+/// A write of `handle` gave up waiting for the other handle's writer: after exactly its timeout,
+/// naming this process as the holder.
+fn assert_timed_out(result: Result<(), Error>, handle: &Handle) {
+    let me = format!("process {} ", std::process::id());
+    match result {
+        Err(Error::LockTimeout {
+            path,
+            waited,
+            holder,
+        }) => {
+            assert_eq!(path, handle.index.path());
+            assert_eq!(waited, handle.timeout);
+            assert!(
+                holder.as_ref().is_some_and(|h| h.starts_with(&me)),
+                "holder {holder:?}"
+            );
+        }
+        other => panic!("a write beside another handle's writer: {other:?}"),
+    }
+}
+
+/// Commits `writer` of `index`. Readers of both handles taken before keep their snapshot (one is
+/// kept for later checks while there is room); both handles show the commit after (`other`
+/// catching up with it).
+fn commit(
+    writer: Writer<'_>,
+    index: &Index,
+    other: &Index,
+    model: &mut Model,
+    kept: &mut Vec<Kept>,
+) {
+    let before = [
+        (index.reader().expect("reader"), index.substrings()),
+        (other.reader().expect("reader"), other.substrings()),
+    ];
+    let snapshot = model.snapshot();
+    writer.commit().expect("commit");
+    model.commit();
+    // A reader keeps the snapshot it was opened on.
+    for (reader, _) in &before {
+        assert!(reader.ids().eq(snapshot.committed.keys().copied()));
+        assert_eq!(reader.len(), snapshot.committed.len() as u64);
+    }
+    check_len(other, model);
+    check_state(index, model);
+    if kept.len() < MAX_KEPT && !snapshot.committed.is_empty() {
+        // Alternately the committing handle's reader and the other's.
+        let [first, second] = before;
+        let (reader, substrings) = if kept.len().is_multiple_of(2) {
+            first
+        } else {
+            second
+        };
+        kept.push(Kept {
+            reader,
+            commit: snapshot,
+            substrings,
+        });
+    }
+    check_kept(kept, model);
+}
+
+/// Every kept reader still answers as the commit it was taken on, after whatever came since
+/// (`now`): a quick look at what changed since (the full check is `check_reader`). Ids deleted
+/// since are there with their code and item, ids handed out since are not; a top-k around its
+/// first code equals its commit's.
+fn check_kept(kept: &[Kept], now: &Model) {
+    for Kept {
+        reader,
+        commit,
+        substrings,
+    } in kept
+    {
+        assert_eq!(reader.len(), commit.committed.len() as u64, "a kept reader");
+        assert!(
+            reader.ids().eq(commit.committed.keys().copied()),
+            "a kept reader's ids"
+        );
+        for (&id, entry) in &commit.committed {
+            if !now.committed.contains_key(&id) {
+                assert_eq!(reader.code(id).expect("live code").as_bytes(), entry.code);
+                assert_eq!(
+                    reader.item(id).expect("item"),
+                    Some(entry.item()),
+                    "item {id}"
+                );
+            }
+        }
+        for id in commit.next_id..now.next_unused() {
+            assert!(
+                !reader.contains(id) && reader.code(id).is_none(),
+                "id {id} is dead"
+            );
+            assert_eq!(
+                reader.item(id).expect("item"),
+                None,
+                "item of later id {id}"
+            );
+        }
+        if let Some(entry) = commit.committed.values().next() {
+            top_k(reader, commit, *substrings, &entry.code, 4);
+        }
+    }
+}
+
+/// The handle's `len()` and `info()` are the last commit's, whichever handle made it.
+fn check_len(index: &Index, model: &Model) {
+    assert_eq!(index.len(), model.committed.len() as u64, "len()");
+    let info = index.info();
+    assert_eq!(
+        (info.len, info.next_id),
+        (model.committed.len() as u64, model.next_id),
+        "info()"
+    );
 }
 
 fn begin(index: &Index) -> Writer<'_> {
@@ -482,6 +933,11 @@ fn add(writer: &mut Writer<'_>, model: &mut Model, entry: Entry) {
     let code = Code::from_bytes(&entry.code).expect("code of the index's length");
     let id = writer.add(&code, entry.item()).expect("add");
     assert_eq!(id, model.add(entry), "ids are dense and never reused");
+}
+
+fn delete(writer: &mut Writer<'_>, model: &mut Model, id: u64) {
+    let deleted = writer.delete(id).expect("delete");
+    assert_eq!(deleted, model.delete(id), "delete({id})");
 }
 
 fn xorshift(state: &mut u64) -> u64 {
@@ -513,15 +969,24 @@ fn optimize(index: &Index, model: &Model, substrings: Option<u32>) {
     check_state(index, model);
 }
 
-/// The committed state as readers see it equals the model's.
+/// The committed state as the handle's readers see it equals the model's.
 fn check_state(index: &Index, model: &Model) {
     assert_eq!(index.len(), model.committed.len() as u64);
     assert_eq!(index.bits(), model.bits);
     assert_eq!(index.info().next_id, model.next_id);
     let reader = index.reader().expect("reader");
+    check_reader(&reader, model, index.substrings(), model);
+}
+
+/// The reader answers as the model's committed state (`substrings`: its index's then). For a
+/// reader kept from an earlier commit (`model`), what the current model (`now`) has handed out or
+/// stored since is not there: later ids are dead, later content hashes unknown.
+fn check_reader(reader: &Reader, model: &Model, substrings: u32, now: &Model) {
+    assert_eq!(reader.len(), model.committed.len() as u64);
+    assert_eq!(reader.bits(), model.bits);
     let ids: Vec<u64> = reader.ids().collect();
     assert_eq!(ids, model.committed.keys().copied().collect::<Vec<_>>());
-    for id in 0..=model.next_id {
+    for id in 0..=now.next_unused().max(model.next_id) {
         match model.committed.get(&id) {
             Some(entry) => {
                 assert!(reader.contains(id));
@@ -544,6 +1009,7 @@ fn check_state(index: &Index, model: &Model) {
     let hashes: BTreeSet<[u8; 32]> = model
         .committed
         .values()
+        .chain(now.committed.values())
         .filter_map(|e| e.item().content_hash)
         .collect();
     for hash in hashes {
@@ -558,7 +1024,7 @@ fn check_state(index: &Index, model: &Model) {
             expected
         );
     }
-    spot_check(&reader, model, index.substrings());
+    spot_check(reader, model, substrings);
 }
 
 /// Queries around a few committed codes (first, middle, last) and far from them, and a self-join,
