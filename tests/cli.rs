@@ -545,3 +545,25 @@ fn bench_search_reports_tail_latencies_and_resident_memory() {
     let after = report["rss_bytes"].as_u64().unwrap();
     assert!(before > 0 && after >= before, "{before} {after}");
 }
+
+#[test]
+fn a_write_from_a_command_line_that_is_not_unicode_works() {
+    use std::os::unix::ffi::OsStrExt;
+    // The writer describes itself from its command line for waiting processes: an argument
+    // that is not Unicode must not make the write fail.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(std::ffi::OsStr::from_bytes(b"idx-\xfe"));
+    let output = Command::new(env!("CARGO_BIN_EXE_milan"))
+        .args(["index", "create"])
+        .arg(&dir)
+        .args(["--bits", "64"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let holder = std::fs::read_to_string(dir.join(milan::format::WRITER_LOCK_FILE)).unwrap();
+    assert!(holder.contains("idx-\u{fffd}"), "{holder}");
+}

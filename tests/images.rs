@@ -720,17 +720,17 @@ fn a_handle_stops_coding_images_once_another_replaced_the_head() {
     other
         .rehash(milan::HashHead::read(&new_head).unwrap())
         .unwrap();
-    // The held handle's next transaction reads the re-coded index; its own head no longer
-    // makes the index's codes, so it refuses to code images (and to add them) with it.
-    let reader = held.reader().unwrap();
-    assert_eq!(
-        reader.code(0).unwrap(),
-        other.reader().unwrap().code(0).unwrap()
-    );
+    // The held handle's head no longer makes the index's codes: it refuses to code images (and
+    // to add them) with it, at once, and reads the re-coded index.
     let err = milan::ingest::code_image(&held, &mut extractor, &image).unwrap_err();
     assert!(
         matches!(&err, milan::Error::Mismatch { detail, .. } if detail.contains("replaced the index's hash head")),
         "{err}"
+    );
+    let reader = held.reader().unwrap();
+    assert_eq!(
+        reader.code(0).unwrap(),
+        other.reader().unwrap().code(0).unwrap()
     );
     // A fresh open codes with the new head: the image's stored code again.
     let reopened = milan::Index::open_read_only(&index_dir).unwrap();

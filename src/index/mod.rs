@@ -656,16 +656,20 @@ impl Index {
     /// Begins a read transaction of the last commit and catches up with it: the commit's
     /// snapshot, meta record and generation, with the transaction.
     fn latest_commit(&self) -> Result<(Arc<View>, MetaRecord, u64, StoreRead)> {
-        // A read begun after this handle caught up with a commit sees that commit or a later
-        // one, so the second try finds no later commit here than in the file, unless the
-        // file's generation went back (damage): that try takes the file as it is.
-        let mut behind_is_damage = false;
         loop {
+            let known = self
+                .current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .generation;
             let read = self.store.read()?;
+            // A read begun after this handle knew a commit sees that commit or a later one; a
+            // file behind it went back (damage) and is taken as it is. A read merely older
+            // than what another thread caught up with since is begun again.
+            let behind_is_damage = store::guard(&self.dir, || read.generation())? < known;
             if let Some((view, meta, generation)) = self.catch_up(&read, behind_is_damage)? {
                 return Ok((view, meta, generation, read));
             }
-            behind_is_damage = true;
         }
     }
 
@@ -750,12 +754,14 @@ impl Index {
         let from = current.meta.next_id;
         let (ids, words) = read.codes_between(meta.layout().bytes(), from, meta.next_id)?;
         // Ids added and deleted since are not stored any more; only ids this handle has live
-        // can be deleted from its snapshot.
-        let deletes: Vec<u64> = records
+        // can be deleted from its snapshot, and each once (a damaged log may repeat one).
+        let mut deletes: Vec<u64> = records
             .iter()
             .flat_map(|record| record.deleted.iter().copied())
             .filter(|&id| current.view.is_live(id))
             .collect();
+        deletes.sort_unstable();
+        deletes.dedup();
         Ok(Some((ids, words, deletes)))
     }
 
@@ -774,8 +780,12 @@ impl Index {
         Ok(view)
     }
 
-    /// Refuses to code images with this handle's head after another process replaced it.
+    /// Refuses to code images with this handle's head once another process replaced it (which
+    /// catching up with the last commit finds out).
     pub(crate) fn check_head_current(&self) -> Result<()> {
+        if self.head.is_some() {
+            self.latest_commit()?;
+        }
         if self.head_replaced.load(Ordering::Relaxed) {
             return Err(Error::Mismatch {
                 path: self.dir.clone(),

@@ -166,15 +166,18 @@ fn give_way(queue: &File) {
 /// Writes this process's description into the lock file it holds (best effort: it only serves
 /// the messages of waiting processes).
 fn describe_holder(file: &mut File) {
-    let mut args = std::env::args();
+    // `args_os`: an argument that is not Unicode must not make a write fail.
+    let mut args = std::env::args_os();
     let program = args.next().map(|arg| {
         Path::new(&arg)
             .file_name()
-            .map_or(arg.clone(), |name| name.to_string_lossy().into_owned())
+            .unwrap_or(&arg)
+            .to_string_lossy()
+            .into_owned()
     });
     let program = program
         .into_iter()
-        .chain(args.take(3))
+        .chain(args.take(3).map(|arg| arg.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
         .join(" ");
     let text = format!("process {} ({program})", std::process::id());

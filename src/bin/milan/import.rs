@@ -73,7 +73,11 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
     let index = crate::open::writable(&args.dir)?;
     codes.expect_bits(index.bits())?;
 
-    let earlier = index.import_progress(&source)?.filter(|_| !args.again);
+    // One read gives both where this run resumes and what it expects to find stored at its
+    // first commit, so that another import committing in between is always noticed.
+    let stored = index.import_progress(&source)?;
+    let mut expected = stored.as_ref().map(|stored| stored.committed);
+    let earlier = stored.filter(|_| !args.again);
     let (resume_at, mut first_id) = match &earlier {
         Some(done) if done.committed >= done.rows => {
             let first = done
@@ -112,11 +116,8 @@ pub fn run(args: ImportArgs) -> Result<Outcome> {
     let bar = progress::bar(rows, "importing", args.quiet);
     bar.set_position(resume_at);
     let mut committed = resume_at;
-    // The progress this run expects to find stored at each commit: another process importing
-    // the same source moves it, and this run then stops rather than add the rows twice.
-    let mut expected = index
-        .import_progress(&source)?
-        .map(|stored| stored.committed);
+    // `expected` is the progress this run expects to find stored at each commit: another process
+    // importing the same source moves it, and this run then stops rather than add rows twice.
     // This run's first and last ids, and whether they are contiguous: other processes may
     // commit between its batches.
     let mut run_ids: Option<(u64, u64)> = None;
