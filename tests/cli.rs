@@ -567,3 +567,81 @@ fn a_write_from_a_command_line_that_is_not_unicode_works() {
     let holder = std::fs::read_to_string(dir.join(milan::format::WRITER_LOCK_FILE)).unwrap();
     assert!(holder.contains("idx-\u{fffd}"), "{holder}");
 }
+
+#[test]
+fn bench_search_follow_sees_another_process_import() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = |name: &str| tmp.path().join(name);
+    let (dir, ready, stop) = (path("idx"), path("ready"), path("stop"));
+    let codes = clustered(&mut rng(43), 64, 8000, 10, 0.1);
+    write_codes(&path("base.npy"), &codes[..3000]);
+    write_codes(&path("more.npy"), &codes[3000..]);
+    write_codes(&path("q.npy"), &codes[..20]);
+    ok(&["index", "create", s(&dir), "--bits", "64"]);
+    let import = |codes: &str, batch: &str| {
+        ok(&[
+            "index",
+            "import",
+            s(&dir),
+            "--codes",
+            s(&path(codes)),
+            "--batch-size",
+            batch,
+            "--quiet",
+        ])
+    };
+    import("base.npy", "100000");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_milan"))
+        .args([
+            "bench",
+            "search",
+            s(&dir),
+            "--codes",
+            s(&path("q.npy")),
+            "--top-k",
+            "5",
+            "--radius",
+            "4",
+            "--follow",
+            "--ready-file",
+            s(&ready),
+            "--stop-file",
+            s(&stop),
+            "--duration",
+            "120",
+            "--latencies",
+            s(&path("latencies.tsv")),
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !ready.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "bench search ended early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Five commits; the last files all 8,000 codes in new tables (a full reload for readers).
+    import("more.npy", "1000");
+    std::fs::write(&stop, b"").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let run = &report["run"];
+    assert_eq!(run["follow"], true, "{report}");
+    // The first query begun after the stop file appeared searched the imported codes too (one
+    // reader for the whole run would have kept the 3,000 of the open).
+    assert_eq!(run["last_codes"], 8000, "{report}");
+    assert!(run["reader"]["max_us"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(report["top_k"]["recall"], 1.0, "{report}");
+    assert_eq!(report["radius"][0]["recall"], 1.0, "{report}");
+    // One line per search and per fresh reader.
+    let latencies = std::fs::read_to_string(path("latencies.tsv")).unwrap();
+    let count = |label: &str| latencies.lines().filter(|l| l.starts_with(label)).count();
+    let queries = report["queries"].as_u64().unwrap() as usize;
+    assert_eq!(count("top-5\t"), queries, "{latencies}");
+    assert_eq!(count("radius-4\t"), queries, "{latencies}");
+    assert_eq!(count("reader\t"), 2 * queries, "{latencies}");
+}

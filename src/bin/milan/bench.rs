@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use milan::{Code, Hit, Index, Info, Strategy};
+use milan::{Code, Hit, Index, Info, Reader, Strategy};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -86,6 +86,46 @@ pub struct SearchArgs {
     /// give the same answers at a scan's cost at most).
     #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
     strategy: StrategyArg,
+    /// Take a fresh reader before each search, as a long-lived server would, so that each one
+    /// sees the last commit of any process (catching up with it first: that time counts in the
+    /// search's time and is also reported alone). Each answer is then checked against a scan of
+    /// the same snapshot right after it (see --check-every), and the searches of a query follow
+    /// one another (top-k, then each radius). Without it, one reader serves the whole run.
+    #[arg(long)]
+    follow: bool,
+    /// Go round the queries until this many seconds have passed (the first query begun after
+    /// that is the last) instead of once. Searches run as with --follow (each checked at once),
+    /// with one reader unless --follow is given.
+    #[arg(long, value_parser = positive_seconds)]
+    duration: Option<f64>,
+    /// Go round the queries until this file exists (or --duration ends, if given, first): the
+    /// first query begun after it appeared is the last, so the run's last searches see every
+    /// commit made before it appeared. Searches run as with --duration.
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
+    /// Create this (empty) file once the index is open and the queries read, just before the
+    /// first timed search: another process can wait for it to start what the searches should
+    /// overlap.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// With --follow, --duration or --stop-file: write every timed search to this file, one
+    /// line each: the search (top-K, radius-R, or reader for a fresh reader's part of the
+    /// search after it), the seconds from the first search to its start, and its microseconds,
+    /// tab separated. For percentiles over several runs, or over part of one.
+    #[arg(long)]
+    latencies: Option<PathBuf>,
+    /// With --follow, --duration or --stop-file: check the searches of one query in this many
+    /// against the scan (the first query's always), so that the scans, which evict the caches,
+    /// do not dominate the run. Recall and the scan's times are then over the checked queries.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    check_every: u64,
+}
+
+fn positive_seconds(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(seconds),
+        _ => Err(format!("{text}: give a positive number of seconds")),
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -210,6 +250,31 @@ struct Report {
     rss_bytes: Option<u64>,
     /// The same before the open: the difference is what the open index holds resident.
     rss_before_open_bytes: Option<u64>,
+    /// How a run with --follow, --duration or --stop-file went; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<RunReport>,
+}
+
+/// A run of rounds over the queries (--follow, --duration, --stop-file).
+#[derive(Serialize)]
+struct RunReport {
+    /// Whether each search took a fresh reader.
+    follow: bool,
+    /// Wall time from the first timed search to the end of the last check.
+    seconds: f64,
+    /// Passes over the query file begun (the last may be partial).
+    rounds: usize,
+    /// Queries whose searches were checked against the scan (one in --check-every).
+    checked: usize,
+    /// The time each fresh reader took (`Index::reader`, with its catch-up); absent without
+    /// --follow.
+    reader: Option<Timing>,
+    /// Live codes in the snapshot of the first and of the last search.
+    first_codes: u64,
+    last_codes: u64,
+    /// How often a search's snapshot held a different number of live codes than the search's
+    /// before it: a lower bound on the commits the run saw.
+    codes_changes: usize,
 }
 
 /// The process's resident memory in bytes (VmRSS in /proc/self/status), where readable.
@@ -256,6 +321,194 @@ fn open_for_radii(dir: &Path, radii: &[u32]) -> Result<(Index, Info, f64)> {
     Ok((index, info, open_ms))
 }
 
+/// Creates the --ready-file, if one was given.
+fn ready(path: Option<&Path>) -> Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, b"")
+            .map_err(|err| anyhow::anyhow!("{}: cannot create: {err}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// What [`rounds`] measured, as the report's parts.
+struct Rounds {
+    queries: usize,
+    top_k: TopKReport,
+    radius: Vec<RadiusReport>,
+    scan_median_us: f64,
+    report: RunReport,
+}
+
+/// One search's times, answers against the scan's, and hits.
+#[derive(Default)]
+struct Tally {
+    micros: Vec<f64>,
+    scan_micros: Vec<f64>,
+    expected: usize,
+    found: usize,
+    hits: usize,
+}
+
+impl Tally {
+    fn recall(&self) -> f64 {
+        if self.expected == 0 {
+            1.0
+        } else {
+            self.found as f64 / self.expected as f64
+        }
+    }
+}
+
+/// The searches of `--follow`, `--duration` and `--stop-file`: rounds over the queries, each
+/// query's top-k and then each radius, the searches of one query in `--check-every` checked at
+/// once against a scan of the same snapshot; with --follow a fresh reader for each search (its
+/// time counted in the search's), otherwise `reader` throughout.
+fn rounds(args: &SearchArgs, index: &Index, reader: Reader, queries: &[Code]) -> Result<Rounds> {
+    let strategy = Strategy::from(args.strategy);
+    let k = args.top_k;
+    // None: the top-k search; Some(r): the radius-r search.
+    let searches: Vec<Option<u32>> = std::iter::once(None)
+        .chain(args.radius.iter().map(|&r| Some(r)))
+        .collect();
+    let run = |reader: &Reader, query: &Code, search: Option<u32>, strategy: Strategy| {
+        let search_of = reader.search(query)?.strategy(strategy);
+        match search {
+            None => search_of.top_k(k),
+            Some(r) => search_of.within(r),
+        }
+    };
+    let shared = (!args.follow).then_some(reader);
+    let mut tallies: Vec<Tally> = searches.iter().map(|_| Tally::default()).collect();
+    let mut reader_micros = Vec::new();
+    let (mut first_codes, mut last_codes, mut codes_changes) = (None, 0u64, 0usize);
+    let (mut done, mut rounds, mut checked) = (0usize, 0usize, 0usize);
+    let stop = |started: &Instant| {
+        args.duration
+            .is_some_and(|limit| started.elapsed().as_secs_f64() >= limit)
+            || args.stop_file.as_deref().is_some_and(Path::exists)
+    };
+    let once = args.duration.is_none() && args.stop_file.is_none();
+    let labels: Vec<String> = searches
+        .iter()
+        .map(|search| match search {
+            None => format!("top-{k}"),
+            Some(r) => format!("radius-{r}"),
+        })
+        .collect();
+    // (search, or searches.len() for a reader; start; microseconds), written at the end.
+    let mut log: Vec<(usize, f64, f64)> = Vec::new();
+    let logging = args.latencies.is_some();
+    ready(args.ready_file.as_deref())?;
+    let started = Instant::now();
+    'rounds: loop {
+        rounds += 1;
+        for query in queries {
+            let last = stop(&started);
+            let check = (done as u64).is_multiple_of(args.check_every);
+            checked += usize::from(check);
+            for (at, (&search, tally)) in searches.iter().zip(&mut tallies).enumerate() {
+                let begun = Instant::now();
+                let fresh;
+                let reader = match &shared {
+                    Some(reader) => reader,
+                    None => {
+                        fresh = index.reader()?;
+                        reader_micros.push(begun.elapsed().as_secs_f64() * 1e6);
+                        &fresh
+                    }
+                };
+                let hits = run(reader, query, search, strategy)?;
+                tally.micros.push(begun.elapsed().as_secs_f64() * 1e6);
+                if logging {
+                    let start = (begun - started).as_secs_f64();
+                    if let Some(&micros) = reader_micros.last().filter(|_| shared.is_none()) {
+                        log.push((searches.len(), start, micros));
+                    }
+                    log.push((at, start, *tally.micros.last().expect("just pushed")));
+                }
+                tally.hits += hits.len();
+                if check {
+                    let scan_begun = Instant::now();
+                    let truth = run(reader, query, search, Strategy::Scan)?;
+                    tally
+                        .scan_micros
+                        .push(scan_begun.elapsed().as_secs_f64() * 1e6);
+                    tally.expected += truth.len();
+                    tally.found += truth.iter().filter(|hit| hits.contains(hit)).count();
+                }
+                let codes = reader.len();
+                match first_codes {
+                    None => first_codes = Some(codes),
+                    Some(_) if codes != last_codes => codes_changes += 1,
+                    Some(_) => {}
+                }
+                last_codes = codes;
+            }
+            done += 1;
+            if last {
+                break 'rounds;
+            }
+        }
+        if once {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(path) = &args.latencies {
+        let mut text = String::with_capacity(log.len() * 32);
+        for (at, start, micros) in log {
+            let label = labels.get(at).map_or("reader", String::as_str);
+            text.push_str(&format!("{label}\t{start:.6}\t{micros:.3}\n"));
+        }
+        std::fs::write(path, text)
+            .map_err(|err| anyhow::anyhow!("{}: cannot write: {err}", path.display()))?;
+    }
+    let mut tallies = tallies.into_iter();
+    let top = tallies.next().expect("the top-k search");
+    let recall = top.recall();
+    let top_scan = timing(top.scan_micros);
+    let top_k = TopKReport {
+        k,
+        recall,
+        timing: timing(top.micros),
+        scan_mean_us: top_scan.mean_us,
+        scan_p99_us: top_scan.p99_us,
+    };
+    let radius = args
+        .radius
+        .iter()
+        .zip(tallies)
+        .map(|(&r, tally)| {
+            let recall = tally.recall();
+            let scan = timing(tally.scan_micros);
+            RadiusReport {
+                r,
+                mean_hits: tally.hits as f64 / done.max(1) as f64,
+                recall,
+                timing: timing(tally.micros),
+                scan_mean_us: scan.mean_us,
+                scan_p99_us: scan.p99_us,
+            }
+        })
+        .collect();
+    Ok(Rounds {
+        queries: done,
+        top_k,
+        radius,
+        scan_median_us: top_scan.median_us,
+        report: RunReport {
+            follow: args.follow,
+            seconds,
+            rounds,
+            checked,
+            reader: args.follow.then(|| timing(reader_micros)),
+            first_codes: first_codes.unwrap_or(0),
+            last_codes,
+            codes_changes,
+        },
+    })
+}
+
 /// Fraction of the scan's answers also returned, over all queries.
 fn recall(answers: &[Vec<Hit>], truth: &[Vec<Hit>]) -> f64 {
     let expected: usize = truth.iter().map(Vec::len).sum();
@@ -280,6 +533,34 @@ fn search(args: SearchArgs) -> Result<Outcome> {
     let queries = read_codes(&args.codes, info.bits)?;
     let k = args.top_k;
     let strategy = Strategy::from(args.strategy);
+    if args.follow || args.duration.is_some() || args.stop_file.is_some() {
+        if queries.is_empty() {
+            bail!("{}: no queries", args.codes.display());
+        }
+        let run = rounds(&args, &index, reader, &queries)?;
+        let report = Report {
+            queries: run.queries,
+            codes: info.len,
+            bits: info.bits,
+            substrings: info.substrings,
+            open_ms,
+            memory_bytes_per_code: info.memory_bytes as f64 / info.len.max(1) as f64,
+            linear_scan: ScanReport {
+                mean_us: run.top_k.scan_mean_us,
+                median_us: run.scan_median_us,
+            },
+            top_k: run.top_k,
+            radius: run.radius,
+            rss_bytes: resident_bytes(),
+            rss_before_open_bytes,
+            run: Some(run.report),
+        };
+        return print_search(&report, args.json);
+    }
+    if args.latencies.is_some() || args.check_every != 1 {
+        bail!("--latencies and --check-every need --follow, --duration or --stop-file");
+    }
+    ready(args.ready_file.as_deref())?;
     let (answers, micros) = timed(&queries, |q| reader.search(q)?.strategy(strategy).top_k(k))?;
     let (truth, scan_micros) = timed(&queries, |q| {
         reader.search(q)?.strategy(Strategy::Scan).top_k(k)
@@ -325,8 +606,14 @@ fn search(args: SearchArgs) -> Result<Outcome> {
         },
         rss_bytes: resident_bytes(),
         rss_before_open_bytes,
+        run: None,
     };
-    if args.json {
+    print_search(&report, args.json)
+}
+
+/// Prints a `bench search` report; fails when an answer differed from the scan's.
+fn print_search(report: &Report, json: bool) -> Result<Outcome> {
+    if json {
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {
         outln!(
@@ -339,6 +626,23 @@ fn search(args: SearchArgs) -> Result<Outcome> {
                 after as f64 / (1024.0 * 1024.0),
                 after.saturating_sub(before) as f64 / report.codes.max(1) as f64
             )?;
+        }
+        if let Some(run) = &report.run {
+            outln!(
+                "{} rounds in {:.2} s, {}; live codes {} at the first search, {} at the last ({} changes seen)",
+                run.rounds,
+                run.seconds,
+                if run.follow { "a fresh reader per search" } else { "one reader" },
+                run.first_codes,
+                run.last_codes,
+                run.codes_changes
+            )?;
+            if let Some(reader) = &run.reader {
+                outln!(
+                    "fresh reader (counted in each search's time): mean {:.2} µs, median {:.2}, p99 {:.2}, max {:.2}",
+                    reader.mean_us, reader.median_us, reader.p99_us, reader.max_us
+                )?;
+            }
         }
         outln!(
             "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10}",
