@@ -445,3 +445,40 @@ fn a_handle_the_commit_log_no_longer_reaches_reads_the_index_whole() {
     assert_eq!(live_codes(&b), live);
     assert_answers(&b, &live, 16);
 }
+
+#[test]
+fn a_writer_moves_between_threads_and_a_waiting_thread_times_out() {
+    fn is_send<T: Send>(_: &T) {}
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::builder(16)
+        .lock_timeout(std::time::Duration::from_millis(200))
+        .create(dir.path())
+        .unwrap();
+    std::thread::scope(|scope| {
+        let mut writer = index.writer().unwrap();
+        writer.add(&Code::from([1u8, 2]), Item::default()).unwrap();
+        is_send(&writer);
+        // Another thread waits for this handle's writer, up to the lock timeout.
+        let waited = scope
+            .spawn(|| index.writer().map(|_| ()).unwrap_err())
+            .join()
+            .unwrap();
+        assert!(
+            matches!(&waited, Error::LockTimeout { holder: Some(holder), .. }
+                if holder.contains("another thread of this process")),
+            "{waited:?}"
+        );
+        assert!(scope
+            .spawn(|| index.try_writer().unwrap().is_none())
+            .join()
+            .unwrap());
+        // The writer begun here commits on another thread, which releases the lock.
+        scope
+            .spawn(move || writer.commit().unwrap())
+            .join()
+            .unwrap();
+    });
+    assert_eq!(index.len(), 1);
+    let writer = std::thread::scope(|scope| scope.spawn(|| index.writer().is_ok()).join().unwrap());
+    assert!(writer);
+}

@@ -23,7 +23,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -468,18 +468,20 @@ pub(crate) enum Next {
     },
 }
 
-/// The index's writer lock, held by one thread: records that thread while held, so that it gets
-/// [`Error::WriterBusy`] if it asks again.
+/// The index's writer lock, taken by one thread and released when dropped, on whichever thread
+/// the [`Writer`] holding it has moved to (unlike a mutex guard, it may be sent).
 pub(crate) struct WriterLock<'a> {
-    thread: &'a Mutex<Option<ThreadId>>,
-    _guard: MutexGuard<'a, ()>,
+    index: &'a Index,
 }
 
 impl Drop for WriterLock<'_> {
     fn drop(&mut self) {
-        // Runs before the guard field is dropped, so the id is gone before another thread can
-        // take the lock and store its own.
-        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .index
+            .writer_holder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.index.writer_released.notify_one();
     }
 }
 
@@ -540,10 +542,11 @@ pub struct Index {
     /// Set when another process replaced the stored hash head ([`Index::rehash`]): this handle's
     /// head no longer makes the index's codes, so it adds and codes images no more.
     head_replaced: AtomicBool,
-    writer_lock: Mutex<()>,
-    /// The thread holding `writer_lock`, so that it gets [`Error::WriterBusy`] instead of waiting
-    /// for itself.
-    writer_thread: Mutex<Option<ThreadId>>,
+    /// The writer lock: the thread that took it, while a [`Writer`] (or an optimize or rehash) is
+    /// active, so that it gets [`Error::WriterBusy`] instead of waiting for itself.
+    writer_holder: Mutex<Option<ThreadId>>,
+    /// Signalled when the writer lock is released.
+    writer_released: Condvar,
     model: Option<ModelRecord>,
     head: Option<HashHead>,
 }
@@ -622,8 +625,8 @@ impl Index {
             upgraded_from: None,
             current: RwLock::new(current),
             head_replaced: AtomicBool::new(false),
-            writer_lock: Mutex::new(()),
-            writer_thread: Mutex::new(None),
+            writer_holder: Mutex::new(None),
+            writer_released: Condvar::new(),
         }
     }
 
@@ -847,10 +850,13 @@ impl Index {
 
     /// Starts a write transaction.
     ///
-    /// Blocks while a [`Writer`] (or an [`Index::optimize`]) of this handle is active on another
-    /// thread, until it commits or is dropped. Fails with [`Error::WriterBusy`] when the calling
-    /// thread itself holds one (it would wait forever), and with [`Error::ReadOnly`] on a
-    /// read-only handle. [`Index::try_writer`] never blocks.
+    /// Blocks while a [`Writer`] (or an [`Index::optimize`]) of this handle is active, until it
+    /// commits or is dropped, and while another handle or process writes, up to the lock timeout
+    /// ([`IndexBuilder::lock_timeout`]) in all, then fails with [`Error::LockTimeout`]. Fails
+    /// with [`Error::WriterBusy`] when the calling thread began the active writer (even if it
+    /// sent it to another thread since: waiting for itself might never end), and with
+    /// [`Error::ReadOnly`] on a read-only handle. [`Index::try_writer`] does not wait for this handle's writer. A [`Writer`] is
+    /// `Send`: it may be begun on one thread and committed on another.
     pub fn writer(&self) -> Result<Writer<'_>> {
         let lock = self
             .lock_writer(true)?
@@ -867,8 +873,9 @@ impl Index {
         }
     }
 
-    /// Takes the writer lock, waiting for another thread's writer when `wait` (otherwise `None`
-    /// while it is taken); [`Error::WriterBusy`] when this thread holds it already.
+    /// Takes the writer lock, waiting up to the lock timeout for another thread's writer when
+    /// `wait` (otherwise `None` while it is taken); [`Error::WriterBusy`] when this thread took
+    /// it and has not released it.
     fn lock_writer(&self, wait: bool) -> Result<Option<WriterLock<'_>>> {
         if !self.store.is_writable() {
             return Err(Error::ReadOnly {
@@ -876,27 +883,39 @@ impl Index {
             });
         }
         let me = std::thread::current().id();
-        // Only this thread ever stores its own id here, and it clears it before releasing the
-        // lock, so seeing it means this thread holds the lock now.
-        if *self.writer_thread.lock().unwrap_or_else(|e| e.into_inner()) == Some(me) {
-            return Err(Error::WriterBusy {
-                path: self.dir.clone(),
-            });
-        }
-        let guard = if wait {
-            self.writer_lock.lock().unwrap_or_else(|e| e.into_inner())
-        } else {
-            match self.writer_lock.try_lock() {
-                Ok(guard) => guard,
-                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-                Err(TryLockError::WouldBlock) => return Ok(None),
+        let timeout = self.store.lock_timeout();
+        let started = std::time::Instant::now();
+        let mut holder = self.writer_holder.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match *holder {
+                None => break,
+                Some(thread) if thread == me => {
+                    return Err(Error::WriterBusy {
+                        path: self.dir.clone(),
+                    })
+                }
+                Some(_) if !wait => return Ok(None),
+                Some(_) => {
+                    let Some(left) = timeout.checked_sub(started.elapsed()) else {
+                        return Err(Error::LockTimeout {
+                            path: self.dir.clone(),
+                            waited: timeout,
+                            holder: Some(format!(
+                                "another thread of this process ({})",
+                                std::process::id()
+                            )),
+                        });
+                    };
+                    holder = self
+                        .writer_released
+                        .wait_timeout(holder, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
             }
-        };
-        *self.writer_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
-        Ok(Some(WriterLock {
-            thread: &self.writer_thread,
-            _guard: guard,
-        }))
+        }
+        *holder = Some(me);
+        Ok(Some(WriterLock { index: self }))
     }
 
     /// The progress of the import of `source` (the fingerprint its importer computed), as last

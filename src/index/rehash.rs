@@ -54,7 +54,8 @@ impl Index {
         };
         check_binding(&self.dir, head.bits(), model, &head)?;
         let dim = model.dim;
-        let _guard = self.writer_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // `&mut self`: no writer of this handle is active; other handles and processes wait
+        // for the writer's turn, which `begin_write` takes.
         let (mut txn, view, mut meta, generation) = self.begin_write()?;
         let old_bits = meta.bits;
         if head.bits() != old_bits {

@@ -317,6 +317,11 @@ impl Store {
         Ok((store, ok))
     }
 
+    /// How long this handle's writes wait for their turn.
+    pub(crate) fn lock_timeout(&self) -> std::time::Duration {
+        self.lock.timeout
+    }
+
     /// The index directory.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
