@@ -482,3 +482,37 @@ fn a_writer_moves_between_threads_and_a_waiting_thread_times_out() {
     let writer = std::thread::scope(|scope| scope.spawn(|| index.writer().is_ok()).join().unwrap());
     assert!(writer);
 }
+
+#[test]
+fn verify_and_compact_run_through_a_shared_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = std::sync::Arc::new(Index::builder(16).create(dir.path()).unwrap());
+    let mut rng = crate::util::rng(4);
+    for _ in 0..3 {
+        let mut writer = index.writer().unwrap();
+        for _ in 0..500 {
+            let code = crate::util::random_code(&mut rng, 16);
+            writer.add(&code, Item::default()).unwrap();
+        }
+        writer.commit().unwrap();
+    }
+    // A reader of the handle is alive: the structural check and compaction refuse, by name.
+    let reader = index.reader().unwrap();
+    assert!(matches!(index.compact(), Err(Error::ReadersOpen { .. })));
+    assert!(matches!(index.verify(), Err(Error::ReadersOpen { .. })));
+    drop(reader);
+    // From other threads sharing the handle, with no reader alive, both run.
+    let shared = index.clone();
+    let report = std::thread::spawn(move || shared.verify().unwrap())
+        .join()
+        .unwrap();
+    assert!(
+        report.is_ok() && report.storage_ok == Some(true),
+        "{report:?}"
+    );
+    let shared = index.clone();
+    std::thread::spawn(move || shared.compact().unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(index.reader().unwrap().len(), 1500);
+}

@@ -258,7 +258,7 @@ fn search_by_id_and_items_round_trip() {
 fn optimize_changes_substrings_and_keeps_answers() {
     let mut rng = rng(11);
     let dir = tempfile::tempdir().unwrap();
-    let mut index = Index::builder(64).substrings(8).create(dir.path()).unwrap();
+    let index = Index::builder(64).substrings(8).create(dir.path()).unwrap();
     let codes = clustered(&mut rng, 64, 3000, 20, 0.1);
     // Many small commits leave many small bucket chunks for optimize to merge.
     let live = build(&index, &codes, 30, 13);

@@ -489,7 +489,7 @@ fn a_killed_add_keeps_its_commits_and_a_rerun_finishes() {
     std::thread::sleep(std::time::Duration::from_millis(700));
     child.kill().unwrap();
     child.wait().unwrap();
-    let mut opened = milan::Index::open(&index).unwrap();
+    let opened = milan::Index::open(&index).unwrap();
     let len = opened.len();
     assert!(len.is_multiple_of(50) || len == good.len() as u64, "{len}");
     assert!(opened.verify().unwrap().is_ok());
@@ -634,7 +634,7 @@ fn extract_writes_features_labels_and_the_contract() {
 fn kept_features_follow_their_codes() {
     let (tmp, images, good) = temp_image_set(3);
     let (_, index_dir) = lsh_image_index(tmp.path(), &images, &["--keep-features"]);
-    let mut index = milan::Index::open(&index_dir).unwrap();
+    let index = milan::Index::open(&index_dir).unwrap();
     let reader = index.reader().unwrap();
     let kept = reader.features(0, 16).unwrap().expect("features kept");
     // The kept features re-code to the stored code.

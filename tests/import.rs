@@ -152,7 +152,7 @@ fn an_interrupted_import_resumes_and_a_finished_one_is_not_repeated() {
             )),
         "{stdout}"
     );
-    let mut index = Index::open(&dir).unwrap();
+    let index = Index::open(&dir).unwrap();
     assert_eq!(index.len(), total, "{stderr}");
     assert!(index.verify().unwrap().is_ok());
     let reader = index.reader().unwrap();

@@ -139,7 +139,7 @@ fn golden_index_of_format_version_1_opens_and_answers() {
         "a read-only open changed the file"
     );
     // Writable, it is upgraded in place to the current version, contents unchanged.
-    let mut index = Index::open(copy.path()).unwrap();
+    let index = Index::open(copy.path()).unwrap();
     assert_eq!(index.upgraded_from(), Some(1));
     assert_eq!(index.info().format_version, milan::format::FORMAT_VERSION);
     assert_fixture_contents(&index, 1);
@@ -308,7 +308,7 @@ fn golden_index_of_format_version_2_opens_and_answers() {
     assert_eq!(imports.len(), 2);
     // Read-only, it stays a version-2 index (codes and bucket chunks), and the file is untouched.
     {
-        let mut index = Index::open_read_only(copy.path()).unwrap();
+        let index = Index::open_read_only(copy.path()).unwrap();
         assert_eq!(index.info().format_version, 2);
         assert_eq!(index.upgraded_from(), None);
         assert_fixture_contents(&index, 2);
@@ -325,7 +325,7 @@ fn golden_index_of_format_version_2_opens_and_answers() {
     // Writable, it is upgraded in place to the current version: contents, searches and import
     // progress unchanged.
     {
-        let mut index = Index::open(copy.path()).unwrap();
+        let index = Index::open(copy.path()).unwrap();
         assert_eq!(index.upgraded_from(), Some(2));
         assert_eq!(index.info().format_version, FORMAT_VERSION);
         assert_fixture_contents(&index, 2);
@@ -343,7 +343,7 @@ fn golden_index_of_format_version_2_opens_and_answers() {
     assert_eq!(new.items, old.items);
     // Reopened, it is an index of the current version like any other.
     for writable in [false, true] {
-        let mut index = if writable {
+        let index = if writable {
             Index::open(copy.path()).unwrap()
         } else {
             Index::open_read_only(copy.path()).unwrap()
@@ -381,7 +381,7 @@ fn golden_index_of_format_version_3_opens_and_answers() {
     assert_eq!(imports.len(), 2);
     // Read-only, it stays a version-3 index, and the file is untouched.
     {
-        let mut index = Index::open_read_only(copy.path()).unwrap();
+        let index = Index::open_read_only(copy.path()).unwrap();
         assert_eq!(index.info().format_version, 3);
         assert_eq!(index.upgraded_from(), None);
         assert!(layout.items < index.len());
@@ -396,7 +396,7 @@ fn golden_index_of_format_version_3_opens_and_answers() {
     // Writable, it is converted to the current version in one commit that changes nothing
     // else: generation 1, logged as no change.
     {
-        let mut index = Index::open(copy.path()).unwrap();
+        let index = Index::open(copy.path()).unwrap();
         assert_eq!(index.upgraded_from(), Some(3));
         assert_eq!(index.info().format_version, FORMAT_VERSION);
         assert_fixture_contents(&index, 3);
@@ -454,7 +454,7 @@ fn golden_index_of_format_version_4_opens_and_answers() {
     assert_eq!(imports.len(), 2);
     for writable in [false, true] {
         {
-            let mut index = if writable {
+            let index = if writable {
                 Index::open(copy.path()).unwrap()
             } else {
                 Index::open_read_only(copy.path()).unwrap()
@@ -549,7 +549,7 @@ fn write_fixture() {
     writer.commit().unwrap();
     assert_eq!(index.info().format_version, 4);
     // The space the earlier commits' pages took goes back: a smaller file to check in.
-    let mut index = index;
+    let index = index;
     index.compact().unwrap();
     drop(index);
     let layout = stored(&dir);

@@ -432,7 +432,7 @@ fn two_adds_over_the_same_images_index_each_content_once() {
     });
     assert_eq!(reports[0] + reports[1], distinct.len(), "{reports:?}");
 
-    let mut opened = Index::open_read_only(&index).unwrap();
+    let opened = Index::open_read_only(&index).unwrap();
     assert_eq!(opened.len(), distinct.len() as u64);
     let reader = opened.reader().unwrap();
     assert_eq!(reader.content_hashes().unwrap(), distinct);
@@ -932,7 +932,7 @@ fn a_writer_here_takes_its_turn_between_an_imports_commits() {
         first.is_multiple_of(1_000) && first >= 3_000 && first < rows.len() as u64,
         "our adds took id {first}: not between two of the import's commits"
     );
-    let mut index = Index::open(&dir).unwrap();
+    let index = Index::open(&dir).unwrap();
     assert_eq!(index.len(), rows.len() as u64 + 3);
     let reader = index.reader().unwrap();
     for (row, code) in rows.iter().enumerate().step_by(101) {

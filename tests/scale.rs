@@ -48,7 +48,7 @@ fn commits_past_the_delta_limit_store_tables_that_reopen_identically() {
         assert_answers(&index, &live, 1);
     }
     for writable in [false, true] {
-        let mut index = if writable {
+        let index = if writable {
             Index::open(dir.path()).unwrap()
         } else {
             Index::open_read_only(dir.path()).unwrap()
@@ -156,7 +156,7 @@ fn kills_during_a_table_rebuild_leave_the_old_tables_or_the_new() {
         if !kill_after(&optimize, Duration::from_millis(delay_ms)) {
             killed_rounds += 1;
         }
-        let mut index = Index::open(&dir).unwrap();
+        let index = Index::open(&dir).unwrap();
         assert_eq!(index.len(), codes.len() as u64);
         let report = index.verify().unwrap();
         assert!(report.is_ok(), "{delay_ms} ms: {report:?}");
@@ -201,7 +201,7 @@ fn ids_deleted_in_their_own_transaction_across_blocks_reopen() {
             live.push((id, codes[0].clone()));
         }
         for writable in [false, true] {
-            let mut index = if writable {
+            let index = if writable {
                 Index::open(dir.path()).unwrap()
             } else {
                 Index::open_read_only(dir.path()).unwrap()

@@ -471,7 +471,7 @@ fn a_killed_sync_keeps_whole_commits_and_a_rerun_finishes() {
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        let mut opened = Index::open(&index).unwrap();
+        let opened = Index::open(&index).unwrap();
         let report = opened.verify().unwrap();
         assert!(report.is_ok(), "after kill {attempt}: {report:?}");
         drop(opened);

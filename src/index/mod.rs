@@ -954,9 +954,10 @@ impl Index {
 
     /// Checks every invariant of the stored index (each live code in exactly its buckets, no
     /// dangling ids, counts and meta consistent) and, when opened writable, redb's own structure.
-    pub fn verify(&mut self) -> Result<CheckReport> {
-        // Shared only with live readers, whose read transactions redb refuses the check during
-        // anyway.
+    /// Through a shared handle: the structural check takes the writer's turn, fails with
+    /// [`Error::ReadersOpen`] while a [`Reader`] of this handle is alive, and holds this handle's
+    /// new readers back while it runs.
+    pub fn verify(&self) -> Result<CheckReport> {
         let dir = self.dir.clone();
         let storage_ok = store::guard(&dir, || self.store.check_structure())?;
         let mut report = store::guard(&self.dir, || self.store.read()?.check())?;
@@ -1007,7 +1008,7 @@ impl Index {
     /// under the writer's turn. Returns false when nothing could be reclaimed. Fails with
     /// [`Error::ReadersOpen`] while a [`Reader`] of this handle, or a read of another handle or
     /// process, is alive (the space is reused by later commits all the same).
-    pub fn compact(&mut self) -> Result<bool> {
+    pub fn compact(&self) -> Result<bool> {
         let dir = self.dir.clone();
         store::guard(&dir, || self.store.compact())
     }

@@ -27,7 +27,7 @@ mod turn;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use milan_index_format::{
     CommitRecord, ImportRecord, ItemRecord, MetaRecord, ModelRecord, TablesRecord,
@@ -128,7 +128,9 @@ pub(crate) fn guard<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<
 /// the last of them is gone.
 #[derive(Clone)]
 enum Db {
-    Writable(Arc<SafeClose<redb::Database>>),
+    /// Locked for writing only by the operations that need the database alone (compaction, the
+    /// structural check); transactions begin under the read lock.
+    Writable(Arc<RwLock<SafeClose<redb::Database>>>),
     ReadOnly(Arc<ReadOnlyDatabase>),
 }
 
@@ -212,7 +214,7 @@ impl Store {
             .map_err(|err| storage_error(path, err))?;
         drop(turn);
         let store = Store {
-            db: Db::Writable(Arc::new(SafeClose::new(db))),
+            db: Db::Writable(Arc::new(RwLock::new(SafeClose::new(db)))),
             dir: dir.to_path_buf(),
             path: path.to_path_buf(),
             lock,
@@ -270,7 +272,7 @@ impl Store {
             }
             let db = builder(cache_bytes).open(path).map_err(st)?;
             drop(turn);
-            Db::Writable(Arc::new(SafeClose::new(db)))
+            Db::Writable(Arc::new(RwLock::new(SafeClose::new(db))))
         } else {
             match builder(cache_bytes).open_read_only(path) {
                 Ok(db) => Db::ReadOnly(Arc::new(db)),
@@ -309,7 +311,7 @@ impl Store {
             .map_err(|err| storage_error(path, err))?;
         drop(turn);
         let store = Store {
-            db: Db::Writable(Arc::new(SafeClose::new(db))),
+            db: Db::Writable(Arc::new(RwLock::new(SafeClose::new(db)))),
             dir: dir.to_path_buf(),
             path: path.to_path_buf(),
             lock,
@@ -339,7 +341,11 @@ impl Store {
     /// Starts a read transaction: a snapshot of the last commit.
     pub(crate) fn read(&self) -> Result<StoreRead> {
         let txn = match &self.db {
-            Db::Writable(db) => db.get().begin_read(),
+            Db::Writable(db) => db
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get()
+                .begin_read(),
             Db::ReadOnly(db) => db.begin_read(),
         }
         .map_err(|err| storage_error(&self.path, err))?;
@@ -361,6 +367,8 @@ impl Store {
         };
         let turn = Turn::take(&self.dir, &self.lock)?;
         let txn = db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .get()
             .begin_write()
             .map_err(|err| storage_error(&self.path, err))?;
@@ -372,15 +380,14 @@ impl Store {
         })
     }
 
-    /// redb's structural check (writable handles only; `None` on a read-only one). Fails while
-    /// a read transaction of this store is alive.
-    pub(crate) fn check_structure(&mut self) -> Result<Option<bool>> {
-        match &mut self.db {
+    /// redb's structural check (writable handles only; `None` on a read-only one), under the
+    /// writer's turn. Fails with [`Error::ReadersOpen`] while a transaction of this store is
+    /// alive (redb refuses it), and holds this store's new transactions back while it runs.
+    pub(crate) fn check_structure(&self) -> Result<Option<bool>> {
+        match &self.db {
             Db::Writable(db) => {
-                let db = Arc::get_mut(db).ok_or_else(|| {
-                    storage_error(&self.path, redb::DatabaseError::TransactionInProgress)
-                })?;
                 let _turn = Turn::take(&self.dir, &self.lock)?;
+                let mut db = db.write().unwrap_or_else(|e| e.into_inner());
                 Ok(Some(
                     db.get_mut()
                         .check_integrity()
@@ -391,18 +398,17 @@ impl Store {
         }
     }
 
-    /// Gives the file space freed by earlier commits back to the file system. Fails while a read
-    /// transaction of this store is alive.
-    pub(crate) fn compact(&mut self) -> Result<bool> {
-        let Db::Writable(db) = &mut self.db else {
+    /// Gives the file space freed by earlier commits back to the file system, under the
+    /// writer's turn. Fails with [`Error::ReadersOpen`] while a read of this store or of another
+    /// process is alive (redb refuses it), and holds new reads back while it runs.
+    pub(crate) fn compact(&self) -> Result<bool> {
+        let Db::Writable(db) = &self.db else {
             return Err(Error::ReadOnly {
                 path: self.dir.clone(),
             });
         };
-        let db = Arc::get_mut(db).ok_or_else(|| {
-            storage_error(&self.path, redb::CompactionError::TransactionInProgress)
-        })?;
         let _turn = Turn::take(&self.dir, &self.lock)?;
+        let mut db = db.write().unwrap_or_else(|e| e.into_inner());
         let mut compacted = false;
         while db
             .get_mut()

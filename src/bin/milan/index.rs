@@ -313,7 +313,7 @@ fn upgrade(args: DirArgs) -> Result<Outcome> {
 }
 
 fn compact(args: DirArgs) -> Result<Outcome> {
-    let mut index = crate::open::writable(&args.dir)?;
+    let index = crate::open::writable(&args.dir)?;
     let before = index.info().file_bytes;
     index.compact()?;
     outln!(
@@ -327,7 +327,7 @@ fn compact(args: DirArgs) -> Result<Outcome> {
 
 /// Gives the space a rebuild freed back to the file system, unless readers (of another process)
 /// are open, which a rebuild does not wait for: their pages are reused by later commits anyway.
-fn compact_if_unread(index: &mut Index) -> Result<()> {
+fn compact_if_unread(index: &Index) -> Result<()> {
     match index.compact() {
         Ok(_) => Ok(()),
         Err(milan::Error::ReadersOpen { .. }) => {
@@ -343,11 +343,11 @@ fn compact_if_unread(index: &mut Index) -> Result<()> {
 }
 
 fn optimize(args: OptimizeArgs) -> Result<Outcome> {
-    let mut index = crate::open::writable(&args.dir)?;
+    let index = crate::open::writable(&args.dir)?;
     let started = Instant::now();
     let before = index.info().file_bytes;
     let report = index.optimize(args.substrings)?;
-    compact_if_unread(&mut index)?;
+    compact_if_unread(&index)?;
     outln!(
         "rebuilt the hash tables of {}: {} -> {} substrings, file {} -> {} bytes, in {:.2} s",
         args.dir.display(),
@@ -365,7 +365,7 @@ fn rehash(args: RehashArgs) -> Result<Outcome> {
     let mut index = crate::open::writable(&args.dir)?;
     let started = Instant::now();
     let report = index.rehash(head)?;
-    compact_if_unread(&mut index)?;
+    compact_if_unread(&index)?;
     outln!(
         "re-coded {} items of {} with {} ({} -> {} bits, {} substrings): {} codes changed, in {:.2} s",
         report.items,
