@@ -531,6 +531,16 @@ struct Current {
     view: Arc<View>,
 }
 
+impl Current {
+    /// The snapshot with `ids` (their words one after another in `words`) added and `deletes`
+    /// flagged ([`View::appended`]). It is taken out of `self`, leaving an empty placeholder
+    /// until the caller stores the result, so that it grows in place when no reader holds it.
+    fn take_appended(&mut self, ids: &[u64], words: &[u64], deletes: &[u64]) -> View {
+        let placeholder = Arc::new(View::placeholder(self.view.layout().clone()));
+        std::mem::replace(&mut self.view, placeholder).appended(ids, words, deletes)
+    }
+}
+
 /// An open index: see the crate documentation for an example.
 pub struct Index {
     dir: PathBuf,
@@ -715,13 +725,7 @@ impl Index {
             self.logged_changes(&current, read, &meta, generation)
         })?;
         let view = match changes {
-            Some((ids, words, deletes)) => {
-                // Taken out of the lock, so that the snapshot grows in place when no reader
-                // holds it.
-                let placeholder = Arc::new(View::placeholder(current.view.layout().clone()));
-                let old = std::mem::replace(&mut current.view, placeholder);
-                old.appended(&ids, &words, &deletes)
-            }
+            Some((ids, words, deletes)) => current.take_appended(&ids, &words, &deletes),
             None => store::guard(&self.dir, || self.reload(read, &meta))?,
         };
         *current = Current {
@@ -1036,11 +1040,7 @@ impl Index {
                 ids,
                 words,
                 deletes,
-            } => {
-                let placeholder = Arc::new(View::placeholder(current.view.layout().clone()));
-                let old = std::mem::replace(&mut current.view, placeholder);
-                old.appended(&ids, &words, &deletes)
-            }
+            } => current.take_appended(&ids, &words, &deletes),
         };
         *current = Current {
             generation,
