@@ -54,14 +54,19 @@ impl Background {
         child.wait().unwrap();
     }
 
+    /// Waits for the process to end, whatever its exit status.
+    fn output(mut self) -> Output {
+        self.child.take().unwrap().wait_with_output().unwrap()
+    }
+
     /// Waits for the process to end; checks that it exited with 0.
-    fn finish(mut self) -> Output {
-        let output = self.child.take().unwrap().wait_with_output().unwrap();
+    fn finish(self) -> Output {
+        let args = self.args.clone();
+        let output = self.output();
         assert_eq!(
             output.status.code(),
             Some(0),
-            "milan {:?}: {}",
-            self.args,
+            "milan {args:?}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         output
@@ -103,6 +108,30 @@ fn planted_codes(seed: u64, n: usize, query: u64) -> Vec<Code> {
             }
         })
         .collect()
+}
+
+/// Under `tmp`, an index `idx` holding `initial` codes planted around a query, and a codes file
+/// of `big` more planted codes for an import in batches of `batch`: returns the index, the file,
+/// the query and what the index holds after each of that import's commits. Seeds `seed` (the
+/// query), `seed + 1` and `seed + 2` (the codes).
+fn planted_index(
+    tmp: &Path,
+    seed: u64,
+    initial: usize,
+    big: usize,
+    batch: u64,
+) -> (PathBuf, PathBuf, u64, Commits) {
+    let dir = tmp.join("idx");
+    let query = rng(seed).random::<u64>();
+    let first = planted_codes(seed + 1, initial, query);
+    let rows = planted_codes(seed + 2, big, query);
+    let (first_path, rows_path) = (tmp.join("first.npy"), tmp.join("rows.npy"));
+    write_codes(&first_path, &first);
+    write_codes(&rows_path, &rows);
+    ok(&["index", "create", s(&dir), "--bits", "64"]);
+    ok(&["index", "import", s(&dir), "--codes", s(&first_path)]);
+    let commits = Commits::new([first, rows].concat(), query, initial, batch);
+    (dir, rows_path, query, commits)
 }
 
 /// What an index fed by one import holds after each of its commits: `initial` codes, then the
@@ -242,19 +271,10 @@ fn reads_during_a_large_import_see_whole_commits_in_order() {
     // 200,000 codes in commits of 1,000: each succeeds and sees one whole commit, never a part
     // of one, and never an older commit than the read before it saw.
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("idx");
     let (initial, big, batch) = (3_000, 200_000, 1_000);
-    let query = rng(11).random::<u64>();
-    let first = planted_codes(12, initial, query);
-    let rows = planted_codes(13, big, query);
-    let (first_path, rows_path) = (tmp.path().join("first.npy"), tmp.path().join("rows.npy"));
-    write_codes(&first_path, &first);
-    write_codes(&rows_path, &rows);
+    let (dir, rows_path, query, commits) = planted_index(tmp.path(), 11, initial, big, batch);
     let queries_path = tmp.path().join("queries.npy");
     write_codes(&queries_path, &planted_codes(14, 10, query));
-    ok(&["index", "create", s(&dir), "--bits", "64"]);
-    ok(&["index", "import", s(&dir), "--codes", s(&first_path)]);
-    let commits = Commits::new([first, rows].concat(), query, initial, batch);
     let export_path = tmp.path().join("export.npy");
     let bench = [
         "bench",
@@ -476,17 +496,9 @@ fn reads_go_on_through_a_writer_killed_mid_import() {
     // Killed again with nothing reading, the file needs recovery, which a read-only query does
     // itself, with no writable command first. The index checks and the import resumes.
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("idx");
     let (initial, big, batch) = (2_000, 300_000, 1_000);
-    let query = rng(31).random::<u64>();
-    let first = planted_codes(32, initial, query);
-    let rows = planted_codes(33, big, query);
-    let (first_path, rows_path) = (tmp.path().join("first.npy"), tmp.path().join("rows.npy"));
-    write_codes(&first_path, &first);
-    write_codes(&rows_path, &rows);
-    ok(&["index", "create", s(&dir), "--bits", "64"]);
-    ok(&["index", "import", s(&dir), "--codes", s(&first_path)]);
-    let commits = Arc::new(Commits::new([first, rows].concat(), query, initial, batch));
+    let (dir, rows_path, _, commits) = planted_index(tmp.path(), 31, initial, big, batch);
+    let commits = Arc::new(commits);
     let import_args = [
         "index",
         "import",
@@ -969,4 +981,63 @@ fn an_import_interleaved_with_another_writer_reports_the_ids_it_took() {
         !stdout.contains(&claimed),
         "our add took id {first}, yet the import says: {stdout}"
     );
+}
+
+#[test]
+fn an_import_stops_when_another_moves_its_progress() {
+    // Another process importing the same codes file moves the import's progress record between
+    // two of its commits: the import stops with a message saying so, keeping its whole
+    // batches, rather than add rows that the other import may add too.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("idx");
+    ok(&["index", "create", s(&dir), "--bits", "64"]);
+    let mut rng = rng(91);
+    let rows: Vec<Code> = (0..200_000)
+        .map(|_| Code::from(rng.random::<u64>()))
+        .collect();
+    let rows_path = tmp.path().join("rows.npy");
+    write_codes(&rows_path, &rows);
+    // The source's fingerprint, as `index import` computes it.
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"milan index import\0");
+    let bytes = std::fs::read(&rows_path).unwrap();
+    hasher.update(&(bytes.len() as u64).to_le_bytes());
+    hasher.update(&bytes);
+    let source = *hasher.finalize().as_bytes();
+    let import = Background::start(&[
+        "index",
+        "import",
+        s(&dir),
+        "--codes",
+        s(&rows_path),
+        "--batch-size",
+        "1000",
+        "--quiet",
+    ]);
+    let index = Index::open(&dir).unwrap();
+    wait_for("the import's commits", 60, || index.len() >= 3_000);
+    let mut writer = index.writer().unwrap();
+    let stored = writer
+        .import_progress(&source)
+        .unwrap()
+        .expect("the import records its progress");
+    assert!(stored.committed < stored.rows, "the import ended first");
+    writer.set_import_progress(milan::ImportProgress {
+        committed: stored.committed + 1,
+        ..stored
+    });
+    writer.commit().unwrap();
+    let output = import.output();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another process is importing") && err.contains(s(&rows_path)),
+        "{err}"
+    );
+    let len = index.len();
+    assert!(
+        len.is_multiple_of(1_000) && len < rows.len() as u64,
+        "{len}"
+    );
+    assert!(ok(&["index", "check", s(&dir)]).contains("ok"));
 }
