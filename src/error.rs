@@ -208,12 +208,14 @@ pub enum Error {
         codes: u64,
     },
     /// ONNX Runtime could not be found or loaded.
+    #[cfg(feature = "images")]
     #[error("{detail}")]
     Runtime {
         /// What was tried and what failed.
         detail: String,
     },
     /// The ONNX model cannot serve as a feature extractor.
+    #[cfg(feature = "images")]
     #[error("{}: {detail}", path.display())]
     Model {
         /// The model file.
@@ -222,6 +224,7 @@ pub enum Error {
         detail: String,
     },
     /// An image that cannot be read or decoded.
+    #[cfg(feature = "images")]
     #[error("{}: {reason}", path.display())]
     Image {
         /// The image file.
@@ -260,6 +263,7 @@ pub enum Error {
         detail: String,
     },
     /// Features and labels (or keys) that must hold one entry per item differ in length.
+    #[cfg(feature = "train")]
     #[error("features have {features} rows but there are {labels} labels; give exactly one label per feature row")]
     LengthMismatch {
         /// Feature rows (or items).
@@ -268,12 +272,14 @@ pub enum Error {
         labels: usize,
     },
     /// A data set or split with no items where some are needed.
+    #[cfg(feature = "train")]
     #[error("{what} is empty")]
     EmptyData {
         /// Which data, and what to do about it.
         what: String,
     },
     /// A NaN or infinite feature value.
+    #[cfg(feature = "train")]
     #[error(
         "feature row {row}, column {column} is NaN or infinite; features must be finite numbers"
     )]
@@ -284,6 +290,7 @@ pub enum Error {
         column: usize,
     },
     /// A class with fewer training items than the recipe's triplets need.
+    #[cfg(feature = "train")]
     #[error("class {label} has {items} training items but at least {needed} are needed: {why}")]
     ClassTooSmall {
         /// The class label.
@@ -296,6 +303,7 @@ pub enum Error {
         why: String,
     },
     /// Training data with fewer than two classes.
+    #[cfg(feature = "train")]
     #[error("training needs at least 2 classes (triplets need a negative class), found {found}")]
     TooFewClasses {
         /// Distinct labels found.
@@ -309,6 +317,7 @@ pub enum Error {
         bits: u32,
     },
     /// A training or evaluation data set that cannot be used.
+    #[cfg(feature = "train")]
     #[error("{}: not usable as training data: {detail}", path.display())]
     BadData {
         /// The data folder or the file in it.
@@ -317,12 +326,14 @@ pub enum Error {
         detail: String,
     },
     /// A training checkpoint that cannot be resumed.
+    #[cfg(feature = "train")]
     #[error("not a usable training checkpoint: {detail}")]
     BadCheckpoint {
         /// What is wrong.
         detail: String,
     },
     /// A long operation was cancelled through its callback.
+    #[cfg(feature = "train")]
     #[error("cancelled")]
     Cancelled,
     /// An I/O error on a named file.

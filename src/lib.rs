@@ -36,29 +36,42 @@
 
 #![warn(missing_docs)]
 
+// The engine: always compiled.
 mod code;
-pub mod dataset;
 mod error;
-pub mod eval;
-pub mod extract;
 mod head;
 mod index;
-pub mod ingest;
 mod mih;
 pub mod npy;
-pub mod report;
 mod store;
-pub mod sync;
 pub mod text;
+
+// `images`: extraction, ingest, sync, HTML pages.
+#[cfg(feature = "images")]
+pub mod extract;
+#[cfg(feature = "images")]
+pub mod ingest;
+#[cfg(feature = "images")]
+pub mod report;
+#[cfg(feature = "images")]
+pub mod sync;
+
+// `train`: training, evaluation, data sets.
+#[cfg(feature = "train")]
+pub mod dataset;
+#[cfg(feature = "train")]
+pub mod eval;
+#[cfg(feature = "train")]
 pub mod train;
 
 pub use code::Code;
 pub use error::{Error, Result};
 pub use head::{ExtractorBinding, HashHead};
+#[cfg(feature = "images")]
+pub use index::RehashReport;
 pub use index::{
     BatchSearch, Hit, ImportProgress, Index, IndexBuilder, Info, Item, OptimizeReport, Pair,
-    PairBatches, Reader, RehashReport, Search, Writer, DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN,
-    MAX_ITEM_BYTES,
+    PairBatches, Reader, Search, Writer, DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN, MAX_ITEM_BYTES,
 };
 pub use mih::search::Strategy;
 pub use store::check::CheckReport;

@@ -18,6 +18,7 @@
 //! reaches back).
 
 mod reader;
+#[cfg(feature = "images")]
 mod rehash;
 mod writer;
 
@@ -33,6 +34,7 @@ use milan_index_format::{
 };
 
 pub use reader::{BatchSearch, Hit, Pair, PairBatches, Reader, Search};
+#[cfg(feature = "images")]
 pub use rehash::RehashReport;
 pub use writer::{ImportProgress, Item, Writer, MAX_ITEM_BYTES};
 
@@ -120,6 +122,7 @@ impl IndexBuilder {
     /// head was made for a particular extractor, that extractor. Default: a code-only index.
     /// For [`create`](IndexBuilder::create) only: an open with it set fails with
     /// [`Error::InvalidArgument`].
+    #[cfg(feature = "images")]
     pub fn images(mut self, model: ModelRecord, head: HashHead) -> Self {
         self.images = Some((model, head));
         self
@@ -486,7 +489,8 @@ impl Drop for WriterLock<'_> {
 }
 
 /// Facts about an index, for `milan index info`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Info {
     /// The index directory.
@@ -789,6 +793,7 @@ impl Index {
 
     /// Refuses to code images with this handle's head once another process replaced it (which
     /// catching up with the last commit finds out).
+    #[cfg(feature = "images")]
     pub(crate) fn check_head_current(&self) -> Result<()> {
         if self.head.is_some() {
             self.latest_commit()?;

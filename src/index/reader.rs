@@ -15,7 +15,8 @@ use crate::mih::View;
 use crate::store::{self, StoreRead};
 
 /// One search result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Hit {
     /// Hamming distance to the query (first, so that hits order by distance, then id).
     pub distance: u32,
@@ -33,7 +34,8 @@ fn unpack(hits: Vec<Packed>) -> Vec<Hit> {
 }
 
 /// Two live codes within a radius of each other, found by [`Reader::pairs_within`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Pair {
     /// The smaller id (first, so that pairs order by `a`, then `b`).
     pub a: u64,

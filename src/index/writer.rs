@@ -112,6 +112,7 @@ impl<'a> Writer<'a> {
     /// Adds a code with its item and the feature vector it was made from, kept so that a new
     /// hash head can re-code the index later. Only for an index bound to an extractor, whose
     /// dimension the features must have.
+    #[cfg(feature = "images")]
     pub fn add_with_features(
         &mut self,
         code: &Code,

@@ -834,6 +834,7 @@ impl StoreWrite {
     }
 
     /// Replaces the stored hash head (the model record stays).
+    #[cfg(feature = "images")]
     pub(crate) fn put_head(&mut self, head: &HashHead) -> Result<()> {
         let mut table = self.txn.open_table(META).map_err(|err| self.st(err))?;
         table
@@ -956,6 +957,7 @@ impl StoreWrite {
     }
 
     /// The features kept for `id`, as this transaction sees them.
+    #[cfg(feature = "images")]
     pub(crate) fn features(&self, id: u64, dim: u32) -> Result<Option<Vec<f32>>> {
         let table = self.txn.open_table(FEATURES).map_err(|err| self.st(err))?;
         let Some(bytes) = table.get(id).map_err(|err| self.st(err))? else {
