@@ -717,6 +717,7 @@ fn impossible_import_progress_is_refused_and_commits_nothing() {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn index_upgrade_converts_an_old_index_once_and_says_so() {
     for version in [1, 2] {
         let copy = fixture_copy(version);
@@ -747,6 +748,7 @@ fn index_upgrade_converts_an_old_index_once_and_says_so() {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn an_import_rebuilds_the_stored_tables_only_when_its_delta_passes_the_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("idx");
