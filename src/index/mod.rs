@@ -64,8 +64,8 @@ pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
 /// against it ([`Error::BitsMismatch`], [`Error::SubstringsMismatch`]; [`Index::optimize`]
 /// changes the substrings); [`cache_size`](IndexBuilder::cache_size) applies;
 /// [`expected_len`](IndexBuilder::expected_len) is ignored (it only chooses the substrings of a
-/// new index); [`images`](IndexBuilder::images) is refused ([`Error::InvalidArgument`]), since an
-/// image index keeps the extractor and head it was created with ([`Index::rehash`] changes the
+/// new index); `images` (feature `images`) is refused ([`Error::InvalidArgument`]), since an
+/// image index keeps the extractor and head it was created with (`Index::rehash` changes the
 /// head). [`Index::open`] checks nothing and takes the index as it is.
 ///
 /// ```
