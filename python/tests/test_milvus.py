@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -28,8 +29,11 @@ MILVUS_LITE_VERSION = "2.5.1"
 def _milvus_lite_problem():
     """Why Milvus Lite cannot run these tests, or None."""
     try:
-        import milvus_lite  # noqa: F401
-        import pymilvus  # noqa: F401
+        with warnings.catch_warnings():
+            # Milvus Lite 2.5.1 imports pkg_resources, which warns that it is deprecated.
+            warnings.simplefilter("ignore", UserWarning)
+            import milvus_lite  # noqa: F401
+            import pymilvus  # noqa: F401
     except ImportError as err:
         return f"Milvus Lite or pymilvus is not installed ({err})"
     found = metadata.version("milvus-lite")
@@ -83,7 +87,7 @@ def stores(tmp_path_factory):
     keys, labels = _keys_and_labels(len(codes))
     index = milan.Index.create(folder / "index.milan", bits=BITS)
     index.add(codes, keys=keys, labels=labels)
-    deleted = np.arange(7, 3500, 7)
+    deleted = np.arange(7, 3507, 7)
     index.delete(deleted)
     live = index.ids()
     assert len(live) == N
@@ -202,23 +206,38 @@ def test_bad_queries_are_refused_like_milan(stores):
         collection.search(codes[:1], k=5, ties="first")
 
 
-def test_ties_past_milvus_cap_take_the_lowest_ids(tmp_path):
-    """20,000 equal codes: the top 5 are the 5 lowest ids even though one Milvus search sees
-    at most 16,384 of them."""
+def _reversed_batches(index, codes, parts=8):
+    """The index's rows as batches in decreasing id order, as shards exported in parallel might
+    arrive: Milvus then picks ties from the last batches, not the lowest ids."""
+    ids = index.ids()[::-1]
+    for part in np.array_split(ids, parts):
+        yield mv.Batch(part, codes[part], index.keys(part), index.labels(part))
+
+
+def test_ties_take_the_lowest_ids_past_milvus_cap_and_insertion_order(tmp_path):
+    """20,000 equal codes inserted highest id first: the top k are milan's (the lowest ids),
+    though one Milvus search sees at most 16,384 of them and prefers the last inserted."""
     rng = np.random.default_rng(4)
-    codes = rng.integers(0, 256, size=(21_000, 8), dtype=np.uint8)
-    codes[500:20_500] = codes[500]
+    codes = rng.integers(0, 256, size=(40_000, 8), dtype=np.uint8)
+    codes[::2] = codes[0]
     with milan.Index.create(tmp_path / "ties.milan", bits=64) as index:
         index.add(codes)
         uri = str(tmp_path / "ties.db")
-        mv.export(index, uri, "ties")
+        mv.export_batches(
+            _reversed_batches(index, codes), bits=64, count=len(codes), id_end=len(codes), uri=uri, collection="ties"
+        )
         with mv.Collection.open(uri, "ties") as collection:
-            ids, distances = collection.search(codes[500], k=5)
-            np.testing.assert_array_equal(ids[0], [500, 501, 502, 503, 504])
+            ids, distances = collection.search(codes[0], k=5)
+            np.testing.assert_array_equal(ids[0], [0, 2, 4, 6, 8])
             np.testing.assert_array_equal(distances[0], 0)
-            want = index.search(codes[[500, 3, 20_999]], k=30)
-            for got, expected in zip(collection.search(codes[[500, 3, 20_999]], k=30), want):
+            queries = np.concatenate([codes[:1], codes[1:400:2]])
+            want = index.search(queries, k=30)
+            for got, expected in zip(collection.search(queries, k=30), want):
                 np.testing.assert_array_equal(got, expected)
+            # What the settling corrects: Milvus's own pick among the ties.
+            any_ids, any_distances = collection.search(queries, k=30, ties="any")
+            np.testing.assert_array_equal(any_distances, want[1])
+            assert np.any(any_ids != want[0])
         assert collection.closed
 
 
@@ -273,7 +292,9 @@ def test_export_replaces_only_when_asked_and_refuses_foreign_collections(tmp_pat
 
 
 def _milan_binary():
-    """The milan command line built by `cargo test` or `cargo build`, if any."""
+    """The milan command line: $MILAN_BIN, or the one `cargo test` or `cargo build` built."""
+    if os.environ.get("MILAN_BIN"):
+        return Path(os.environ["MILAN_BIN"])
     root = Path(__file__).resolve().parents[2]
     for profile in ("debug", "release"):
         path = root / "target" / profile / "milan"
