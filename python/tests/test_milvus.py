@@ -52,7 +52,8 @@ if _problem is not None:
         allow_module_level=True,
     )
 
-import milan.milvus as mv  # noqa: E402  (after the skip: importing it needs no Milvus, using it does)
+# After the skip, so that a skipped run imports nothing of Milvus.
+import milan.milvus as mv  # noqa: E402
 
 N = 100_000
 BITS = 64
@@ -62,7 +63,7 @@ ODD_KEYS = {
     0: None,
     1: "",
     2: "two\nlines",
-    3: "ünï\x1b[2J \\ \"quoted\"",
+    3: 'ünï\x1b[2J \\ "quoted"',
     4: "k" * mv.MAX_VARCHAR_BYTES,
     5: "日本語/写真.jpg",
 }
@@ -224,7 +225,12 @@ def test_ties_take_the_lowest_ids_past_milvus_cap_and_insertion_order(tmp_path):
         index.add(codes)
         uri = str(tmp_path / "ties.db")
         mv.export_batches(
-            _reversed_batches(index, codes), bits=64, count=len(codes), id_end=len(codes), uri=uri, collection="ties"
+            _reversed_batches(index, codes),
+            bits=64,
+            count=len(codes),
+            id_end=len(codes),
+            uri=uri,
+            collection="ties",
         )
         with mv.Collection.open(uri, "ties") as collection:
             ids, distances = collection.search(codes[0], k=5)
@@ -269,11 +275,20 @@ def test_export_replaces_only_when_asked_and_refuses_foreign_collections(tmp_pat
             mv.export(index, uri, "small")
         index.add(codes[200:])
         seen = []
-        report = mv.export(index, uri, "small", replace=True, batch_size=64, progress=lambda d, t: seen.append((d, t)))
+        report = mv.export(
+            index,
+            uri,
+            "small",
+            replace=True,
+            batch_size=64,
+            progress=lambda d, t: seen.append((d, t)),
+        )
         assert report.count == 300 and seen[-1] == (300, 300) and len(seen) == 5
         with mv.Collection.open(uri, "small") as collection:
             assert collection.bits == 32 and len(collection) == 300
-            for got, expected in zip(collection.search(codes[:10], k=7), index.search(codes[:10], k=7)):
+            for got, expected in zip(
+                collection.search(codes[:10], k=7), index.search(codes[:10], k=7)
+            ):
                 np.testing.assert_array_equal(got, expected)
             assert collection.keys([199, 200]) == ["a199", None]
     # A collection another program made is not taken for an export.
@@ -305,7 +320,11 @@ def _milan_binary():
 
 def _run(args, **kwargs):
     return subprocess.run(
-        [sys.executable, "-m", "milan.milvus", *args], capture_output=True, text=True, timeout=300, **kwargs
+        [sys.executable, "-m", "milan.milvus", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
     )
 
 
@@ -322,15 +341,27 @@ def test_command_line_prints_what_milan_query_prints(tmp_path):
         for flag, value in (("--top-k", "12"), ("--radius", "6")):
             if flag == "--top-k":
                 ids, distances = index.search(queries, k=12)
-                rows = [[(i, d) for i, d in zip(r_ids, r_ds) if i >= 0] for r_ids, r_ds in zip(ids, distances)]
+                rows = [
+                    [(i, d) for i, d in zip(r_ids, r_ds) if i >= 0]
+                    for r_ids, r_ds in zip(ids, distances)
+                ]
             else:
                 lims, ids, distances = index.range_search(queries, 6)
-                rows = [list(zip(ids[lims[q] : lims[q + 1]], distances[lims[q] : lims[q + 1]])) for q in range(len(queries))]
+                rows = [
+                    list(zip(ids[lims[q] : lims[q + 1]], distances[lims[q] : lims[q + 1]]))
+                    for q in range(len(queries))
+                ]
             lines = []
             for q, row in enumerate(rows):
                 found = index.keys([int(i) for i, _ in row]) if row else []
-                results = [{"id": int(i), "distance": int(d), "key": k} for (i, d), k in zip(row, found)]
-                lines.append(json.dumps({"query": q, "results": results}, ensure_ascii=False, separators=(",", ":")))
+                results = [
+                    {"id": int(i), "distance": int(d), "key": k} for (i, d), k in zip(row, found)
+                ]
+                lines.append(
+                    json.dumps(
+                        {"query": q, "results": results}, ensure_ascii=False, separators=(",", ":")
+                    )
+                )
             expected[flag] = "\n".join(lines) + "\n"
     uri = str(tmp_path / "cli.db")
     done = _run(["export", str(index_dir), "--uri", uri, "--collection", "cli"])
@@ -338,22 +369,58 @@ def test_command_line_prints_what_milan_query_prints(tmp_path):
     assert "exported 3000 64-bit codes" in done.stderr
     binary = _milan_binary()
     for flag, value in (("--top-k", "12"), ("--radius", "6")):
-        done = _run(["search", "--uri", uri, "--collection", "cli", "--codes", str(tmp_path / "q.npy"), flag, value, "--json"])
+        done = _run(
+            [
+                "search",
+                "--uri",
+                uri,
+                "--collection",
+                "cli",
+                "--codes",
+                str(tmp_path / "q.npy"),
+                flag,
+                value,
+                "--json",
+            ]
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout == expected[flag]
         if binary is not None:
             milan_query = subprocess.run(
-                [str(binary), "query", str(index_dir), "--codes", str(tmp_path / "q.npy"), flag, value, "--json"],
+                [
+                    str(binary),
+                    "query",
+                    str(index_dir),
+                    "--codes",
+                    str(tmp_path / "q.npy"),
+                    flag,
+                    value,
+                    "--json",
+                ],
                 capture_output=True,
                 text=True,
                 check=True,
             )
             assert done.stdout == milan_query.stdout
     # Errors name the input and exit with 1; usage errors with 2.
-    done = _run(["export", str(index_dir), "--uri", uri, "--collection", "cli", "--index", "bin_ivf_flat"])
+    done = _run(
+        ["export", str(index_dir), "--uri", uri, "--collection", "cli", "--index", "bin_ivf_flat"]
+    )
     assert done.returncode == 1 and "bin_ivf_flat needs a Milvus server" in done.stderr
     np.save(tmp_path / "bad.npy", np.zeros((2, 4), np.uint8))
-    done = _run(["search", "--uri", uri, "--collection", "cli", "--codes", str(tmp_path / "bad.npy"), "--top-k", "3"])
+    done = _run(
+        [
+            "search",
+            "--uri",
+            uri,
+            "--collection",
+            "cli",
+            "--codes",
+            str(tmp_path / "bad.npy"),
+            "--top-k",
+            "3",
+        ]
+    )
     assert done.returncode == 1 and "shape (2, 4)" in done.stderr
     done = _run(["search", "--uri", uri, "--collection", "cli", "--codes", str(tmp_path / "q.npy")])
     assert done.returncode == 2 and "--top-k" in done.stderr

@@ -35,7 +35,8 @@ pymilvus 2.5.18.
 The command line (``python -m milan.milvus --help``)::
 
     python -m milan.milvus export DIR --uri URI --collection NAME [--index bin_flat|bin_ivf_flat]
-    python -m milan.milvus search --uri URI --collection NAME --codes Q.npy (--top-k K | --radius R) --json
+    python -m milan.milvus search --uri URI --collection NAME --codes Q.npy \
+        (--top-k K | --radius R) --json
 
 ``search --json`` prints the same JSON lines as ``milan query --json``.
 
@@ -76,6 +77,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._errors import InvalidArgumentError, InvalidTypeError, MilanError, UnknownIdError
+from ._milan import Index
 
 __all__ = [
     "Batch",
@@ -219,7 +221,7 @@ class ExportReport:
     seconds: float
 
 
-def index_batches(index: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Batch]:
+def index_batches(index: Index, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Batch]:
     """The live codes of a :class:`milan.Index`, with keys and labels, in batches of ids."""
     ids = index.ids()
     for start in range(0, len(ids), batch_size):
@@ -228,7 +230,7 @@ def index_batches(index: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[
 
 
 def export(
-    source: Union[str, "os.PathLike[str]", Any],
+    source: Union[str, "os.PathLike[str]", Index],
     uri: str,
     collection: str,
     *,
@@ -248,16 +250,21 @@ def export(
     collection of that name is refused unless ``replace`` (which drops it first).
     ``progress(done, total)`` is called after each batch.
     """
-    from ._milan import Index
-
     if isinstance(source, Index):
-        return _export_index(source, uri, collection, index_type, nlist, batch_size, replace, token, progress)
-    with Index.open(source, read_only=True) as index:
-        return _export_index(index, uri, collection, index_type, nlist, batch_size, replace, token, progress)
+        return _export_index(
+            source, uri, collection, index_type, nlist, batch_size, replace, token, progress
+        )
+    index = Index.open(source, read_only=True)
+    try:
+        return _export_index(
+            index, uri, collection, index_type, nlist, batch_size, replace, token, progress
+        )
+    finally:
+        index.close()
 
 
 def _export_index(
-    index: Any,
+    index: Index,
     uri: str,
     collection: str,
     index_type: str,
@@ -323,7 +330,9 @@ def export_batches(
             f"index_type bin_ivf_flat needs a Milvus server: Milvus Lite ({uri!r}) builds only "
             "bin_flat indexes"
         )
-    if nlist is not None and (isinstance(nlist, bool) or not isinstance(nlist, int) or not 1 <= nlist <= 65536):
+    if nlist is not None and (
+        isinstance(nlist, bool) or not isinstance(nlist, int) or not 1 <= nlist <= 65536
+    ):
         raise InvalidArgumentError(f"nlist must be 1 to 65536; got {nlist!r}")
     pymilvus = _pymilvus()
     client = _connect(uri, token)
@@ -343,7 +352,9 @@ def export_batches(
         params: Dict[str, Any] = {}
         if kind == "bin_ivf_flat":
             params["nlist"] = nlist or max(1, min(65536, int(4 * math.sqrt(max(count, 1)))))
-        index_params.add_index("code", index_type=kind.upper(), metric_type="HAMMING", params=params)
+        index_params.add_index(
+            "code", index_type=kind.upper(), metric_type="HAMMING", params=params
+        )
         try:
             client.create_collection(
                 collection, schema=schema, index_params=index_params, consistency_level="Strong"
@@ -353,7 +364,8 @@ def export_batches(
             if client.has_collection(collection):
                 client.drop_collection(collection)
             raise MilvusError(
-                f"cannot create collection {collection!r} with a {kind} index at {uri!r}: {_reason(err)}"
+                f"cannot create collection {collection!r} with a {kind} index at {uri!r}: "
+                f"{_reason(err)}"
             ) from err
         done = 0
         try:
@@ -370,7 +382,9 @@ def export_batches(
     except MilanError:
         raise
     except Exception as err:
-        raise MilvusError(f"export to collection {collection!r} at {uri!r} failed: {_reason(err)}") from err
+        raise MilvusError(
+            f"export to collection {collection!r} at {uri!r} failed: {_reason(err)}"
+        ) from err
     finally:
         client.close()
         _release(uri)
@@ -439,7 +453,16 @@ class Collection:
     layouts. Make one with :meth:`Collection.open`; close it (or use ``with``) to disconnect and,
     for a Milvus Lite file, stop its server process."""
 
-    def __init__(self, client: Any, uri: str, name: str, bits: int, id_end: int, index_type: str, nprobe: Optional[int]):
+    def __init__(
+        self,
+        client: Any,
+        uri: str,
+        name: str,
+        bits: int,
+        id_end: int,
+        index_type: str,
+        nprobe: Optional[int],
+    ):
         self._client: Any = client
         self.uri = uri
         self.name = name
@@ -450,7 +473,9 @@ class Collection:
         self._nprobe = nprobe
 
     @staticmethod
-    def open(uri: str, collection: str, *, token: str = "", nprobe: Optional[int] = None) -> "Collection":
+    def open(
+        uri: str, collection: str, *, token: str = "", nprobe: Optional[int] = None
+    ) -> "Collection":
         """Connects to ``collection`` at ``uri`` and checks that :func:`export` made it.
         ``nprobe``: clusters searched per query on a BIN_IVF_FLAT index (Milvus's default
         otherwise)."""
@@ -474,7 +499,9 @@ class Collection:
         except Exception as err:
             client.close()
             _release(uri)
-            raise MilvusError(f"cannot open collection {collection!r} at {uri!r}: {_reason(err)}") from err
+            raise MilvusError(
+                f"cannot open collection {collection!r} at {uri!r}: {_reason(err)}"
+            ) from err
         return Collection(client, uri, collection, bits, id_end, index_type, nprobe)
 
     @property
@@ -497,9 +524,8 @@ class Collection:
         exc_type: Optional[Type[BaseException]],
         exc: Optional[BaseException],
         traceback: Optional[TracebackType],
-    ) -> bool:
+    ) -> None:
         self.close()
-        return False
 
     def __len__(self) -> int:
         stats = self._call("count", lambda c: c.get_collection_stats(self.name))
@@ -555,7 +581,8 @@ class Collection:
             )
         if self.index_type != "bin_flat":
             raise InvalidArgumentError(
-                f"range_search needs a bin_flat collection; {self.name!r} has a {self.index_type} index"
+                f"range_search needs a bin_flat collection; {self.name!r} has a "
+                f"{self.index_type} index"
             )
         # Milvus keeps range_filter <= d < radius.
         within = (0, min(int(radius), self.bits) + 1)
@@ -638,7 +665,9 @@ class Collection:
                 rows.append([(int(hit["distance"]), int(hit["id"])) for hit in hits])
         return rows
 
-    def _settle_ties(self, queries: npt.NDArray[np.uint8], rows: List[List[Tuple[int, int]]], k: int) -> None:
+    def _settle_ties(
+        self, queries: npt.NDArray[np.uint8], rows: List[List[Tuple[int, int]]], k: int
+    ) -> None:
         """Replaces, in full rows, the codes at the k-th distance by the lowest ids at it."""
         by_distance: Dict[int, List[int]] = {}
         for i, row in enumerate(rows):
@@ -672,7 +701,10 @@ class Collection:
             if low >= high:
                 continue
             rows = self._search_rows(
-                query[None, :], RESULT_CAP, self._range_params(*within), f"id >= {low} and id < {high}"
+                query[None, :],
+                RESULT_CAP,
+                self._range_params(*within),
+                f"id >= {low} and id < {high}",
             )
             part = rows[0]
             if len(part) >= RESULT_CAP and high - low > 1:
@@ -704,7 +736,9 @@ class Collection:
                 )
         for id in wanted:
             if id not in stored:
-                raise UnknownIdError(f"no item with id {id} in collection {self.name!r} at {self.uri!r}")
+                raise UnknownIdError(
+                    f"no item with id {id} in collection {self.name!r} at {self.uri!r}"
+                )
         return [stored[id] for id in wanted]
 
 
@@ -745,7 +779,8 @@ def read_queries(codes: Any, bits: int, what: str = "queries") -> npt.NDArray[np
     shape ``(n,)`` or ``()`` (the most significant bit first)."""
     width = bits // 8
     expected = (
-        f"a numpy uint8 array of shape (n, {width}) in numpy.packbits order (or ({width},) for one code)"
+        f"a numpy uint8 array of shape (n, {width}) in numpy.packbits order "
+        f"(or ({width},) for one code)"
     )
     if bits == 64:
         expected += ", or a numpy uint64 array of shape (n,) (or () for one code)"
@@ -776,8 +811,14 @@ def read_queries(codes: Any, bits: int, what: str = "queries") -> npt.NDArray[np
                 f"{what} must be {expected}; got a uint64 array of shape {_shape_text(codes.shape)}"
             )
         return np.ascontiguousarray(codes.reshape(-1).astype(">u8").view(np.uint8).reshape(-1, 8))
-    hint = " (pack bits into bytes with numpy.packbits(bits, axis=-1))" if codes.dtype == np.bool_ else ""
-    raise InvalidTypeError(f"{what} must be {expected}; got an array of dtype {codes.dtype.str}{hint}")
+    hint = (
+        " (pack bits into bytes with numpy.packbits(bits, axis=-1))"
+        if codes.dtype == np.bool_
+        else ""
+    )
+    raise InvalidTypeError(
+        f"{what} must be {expected}; got an array of dtype {codes.dtype.str}{hint}"
+    )
 
 
 def _shape_text(shape: Tuple[int, ...]) -> str:
@@ -787,7 +828,9 @@ def _shape_text(shape: Tuple[int, ...]) -> str:
 def _read_ids(ids: Any) -> List[int]:
     array = np.asarray(ids)
     if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
-        raise InvalidTypeError(f"ids must be a sequence of integers or a 1-D integer array; got {ids!r:.80}")
+        raise InvalidTypeError(
+            f"ids must be a sequence of integers or a 1-D integer array; got {ids!r:.80}"
+        )
     return [int(id) for id in array]
 
 
@@ -819,14 +862,19 @@ def print_results(
         if as_json:
             line = {
                 "query": query,
-                "results": [{"id": id, "distance": distance, "key": keys[id]} for id, distance in hits],
+                "results": [
+                    {"id": id, "distance": distance, "key": keys[id]} for id, distance in hits
+                ],
             }
             # Compact and UTF-8, as serde_json writes it.
             out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
         else:
             out.write(f"query {query}: {len(hits)} results\n")
             for rank, (id, distance) in enumerate(hits):
-                out.write(f"{rank + 1:>5}  id {id:>10}  distance {distance:>4}  {_for_terminal(keys[id] or '')}\n")
+                out.write(
+                    f"{rank + 1:>5}  id {id:>10}  distance {distance:>4}  "
+                    f"{_for_terminal(keys[id] or '')}\n"
+                )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -843,7 +891,9 @@ def _parser() -> argparse.ArgumentParser:
         "read from MILVUS_TOKEN.",
     )
     export_cmd.add_argument("dir", type=Path, help="the milan index directory")
-    export_cmd.add_argument("--uri", required=True, help="a server (http://host:19530) or a Milvus Lite file (name.db)")
+    export_cmd.add_argument(
+        "--uri", required=True, help="a server (http://host:19530) or a Milvus Lite file (name.db)"
+    )
     export_cmd.add_argument("--collection", required=True, help="the new collection's name")
     export_cmd.add_argument(
         "--index",
@@ -851,23 +901,35 @@ def _parser() -> argparse.ArgumentParser:
         default="bin_flat",
         help="bin_flat (exact; the default) or bin_ivf_flat (approximate; servers only)",
     )
-    export_cmd.add_argument("--nlist", type=int, help="bin_ivf_flat's clusters (default about 4 * sqrt(n))")
-    export_cmd.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per insert")
-    export_cmd.add_argument("--replace", action="store_true", help="drop an existing collection of that name first")
+    export_cmd.add_argument(
+        "--nlist", type=int, help="bin_ivf_flat's clusters (default about 4 * sqrt(n))"
+    )
+    export_cmd.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per insert"
+    )
+    export_cmd.add_argument(
+        "--replace", action="store_true", help="drop an existing collection of that name first"
+    )
     search_cmd = commands.add_parser(
         "search",
         help="search a collection as milan query does",
         description="Searches an exported collection and prints what `milan query` prints: with "
-        "--json one line per query, {\"query\": i, \"results\": [{\"id\", \"distance\", \"key\"}]}. "
+        '--json one line per query, {"query": i, "results": [{"id", "distance", "key"}]}. '
         "--radius R means distance <= R, as in milan.",
     )
-    search_cmd.add_argument("--uri", required=True, help="a server (http://host:19530) or a Milvus Lite file (name.db)")
+    search_cmd.add_argument(
+        "--uri", required=True, help="a server (http://host:19530) or a Milvus Lite file (name.db)"
+    )
     search_cmd.add_argument("--collection", required=True, help="the collection's name")
-    search_cmd.add_argument("--codes", required=True, type=Path, help="query codes: a numpy uint8 array [n, bits / 8]")
+    search_cmd.add_argument(
+        "--codes", required=True, type=Path, help="query codes: a numpy uint8 array [n, bits / 8]"
+    )
     mode = search_cmd.add_mutually_exclusive_group(required=True)
     mode.add_argument("--top-k", type=int, help="the k nearest codes (1 to 16384)")
     mode.add_argument("--radius", type=int, help="every code within this Hamming distance")
-    search_cmd.add_argument("--json", action="store_true", help="one JSON object per line per query")
+    search_cmd.add_argument(
+        "--json", action="store_true", help="one JSON object per line per query"
+    )
     search_cmd.add_argument(
         "--ties",
         choices=("milan", "any"),
@@ -886,7 +948,8 @@ def _load_codes(path: Path) -> npt.NDArray[np.uint8]:
     if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.ndim != 2:
         raise InvalidArgumentError(
             f"codes file {str(path)!r} must hold a numpy uint8 array [n, bits / 8]; got "
-            f"{getattr(codes, 'dtype', type(codes).__name__)} of shape {getattr(codes, 'shape', '?')}"
+            f"{getattr(codes, 'dtype', type(codes).__name__)} of shape "
+            f"{getattr(codes, 'shape', '?')}"
         )
     return codes
 
@@ -915,13 +978,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 file=sys.stderr,
             )
             return 0
-        with Collection.open(args.uri, args.collection, token=token, nprobe=args.nprobe) as collection:
+        with Collection.open(
+            args.uri, args.collection, token=token, nprobe=args.nprobe
+        ) as collection:
             queries = _load_codes(args.codes)
             answers: List[List[Tuple[int, int]]] = []
             if args.top_k is not None:
                 ids, distances = collection.search(queries, args.top_k, ties=args.ties)
                 for row_ids, row_distances in zip(ids, distances):
-                    answers.append([(int(i), int(d)) for i, d in zip(row_ids, row_distances) if i >= 0])
+                    answers.append(
+                        [(int(i), int(d)) for i, d in zip(row_ids, row_distances) if i >= 0]
+                    )
             else:
                 lims, ids, distances = collection.range_search(queries, args.radius)
                 for i in range(len(queries)):
