@@ -55,6 +55,7 @@ import re
 import sys
 import time
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -95,6 +96,8 @@ __all__ = [
 # Milvus's largest `limit` (topk) for one search; a range search returns at most this many
 # results per query too.
 RESULT_CAP = 16384
+# The limit of a range search's first try; answers that fill it are asked again at the cap.
+FIRST_LIMIT = 1024
 # Milvus's largest VARCHAR, in bytes.
 MAX_VARCHAR_BYTES = 65535
 # Rows per insert: about 2 MB of messages for 64-bit codes and short keys, far below the
@@ -156,7 +159,10 @@ def _connect(uri: str, token: str) -> Any:
         if not parent.is_dir():
             raise InvalidArgumentError(f"uri {uri!r}: the folder {str(parent)!r} does not exist")
         try:
-            import milvus_lite  # noqa: F401  (pymilvus starts it; checked here for the message)
+            with warnings.catch_warnings():
+                # Milvus Lite 2.5.1 imports pkg_resources, which warns that it is deprecated.
+                warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+                import milvus_lite  # noqa: F401  (pymilvus starts it; imported here first)
         except ImportError as err:
             raise MilvusMissingError(
                 f"uri {uri!r} is a local file, which needs Milvus Lite: install milvus-lite==2.5.1 "
@@ -586,10 +592,7 @@ class Collection:
             )
         # Milvus keeps range_filter <= d < radius.
         within = (0, min(int(radius), self.bits) + 1)
-        rows = self._search_rows(queries, RESULT_CAP, self._range_params(*within))
-        for i, row in enumerate(rows):
-            if len(row) >= RESULT_CAP:
-                rows[i] = self._split_range(queries[i], within, 0, self._id_end, None)
+        rows = self._within(queries, within)
         lims = np.zeros(len(queries) + 1, dtype=np.int64)
         lims[1:] = np.cumsum([len(row) for row in rows])
         ids = np.empty(int(lims[-1]), dtype=np.int64)
@@ -675,14 +678,34 @@ class Collection:
                 by_distance.setdefault(max(d for d, _ in row), []).append(i)
         for last, members in sorted(by_distance.items()):
             within = (last, last + 1)
-            tied_rows = self._search_rows(queries[members], RESULT_CAP, self._range_params(*within))
-            for i, tied in zip(members, tied_rows):
-                closer = [hit for hit in rows[i] if hit[0] < last]
-                need = k - len(closer)
-                if len(tied) >= RESULT_CAP:
-                    tied = self._split_range(queries[i], within, 0, self._id_end, need)
+            closer = [[hit for hit in rows[i] if hit[0] < last] for i in members]
+            needs = [k - len(hits) for hits in closer]
+            tied_rows = self._within(queries[members], within, needs)
+            for i, hits, need, tied in zip(members, closer, needs, tied_rows):
                 tied.sort()
-                rows[i] = closer + tied[:need]
+                rows[i] = hits + tied[:need]
+
+    def _within(
+        self,
+        queries: npt.NDArray[np.uint8],
+        within: Tuple[int, int],
+        needs: Optional[List[int]] = None,
+    ) -> List[List[Tuple[int, int]]]:
+        """Every (distance, id) with ``within[0] <= distance < within[1]``, per query, complete.
+        Milvus's cost follows the limit asked (nq x limit results are set aside), so a first
+        search asks for few; rows that fill it are asked again at Milvus's cap, and rows that
+        fill the cap are searched over halves of the id range. ``needs[i]``: for query i, how
+        many of the lowest ids suffice (when all share one distance)."""
+        params = self._range_params(*within)
+        rows = self._search_rows(queries, FIRST_LIMIT, params)
+        full = [i for i, row in enumerate(rows) if len(row) >= FIRST_LIMIT]
+        if full:
+            for i, row in zip(full, self._search_rows(queries[full], RESULT_CAP, params)):
+                if len(row) >= RESULT_CAP:
+                    need = None if needs is None else needs[i]
+                    row = self._split_range(queries[i], within, 0, self._id_end, need)
+                rows[i] = row
+        return rows
 
     def _split_range(
         self,
