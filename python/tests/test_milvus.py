@@ -209,7 +209,7 @@ def test_bad_queries_are_refused_like_milan(stores):
 
 def _reversed_batches(index, codes, parts=8):
     """The index's rows as batches in decreasing id order, as shards exported in parallel might
-    arrive: Milvus then picks ties from the last batches, not the lowest ids."""
+    arrive: Milvus then no longer returns the lowest ids among ties (it returns the highest)."""
     ids = index.ids()[::-1]
     for part in np.array_split(ids, parts):
         yield mv.Batch(part, codes[part], index.keys(part), index.labels(part))
@@ -217,7 +217,7 @@ def _reversed_batches(index, codes, parts=8):
 
 def test_ties_take_the_lowest_ids_past_milvus_cap_and_insertion_order(tmp_path):
     """20,000 equal codes inserted highest id first: the top k are milan's (the lowest ids),
-    though one Milvus search sees at most 16,384 of them and prefers the last inserted."""
+    though one Milvus search returns at most 16,384 of them, and not the lowest."""
     rng = np.random.default_rng(4)
     codes = rng.integers(0, 256, size=(40_000, 8), dtype=np.uint8)
     codes[::2] = codes[0]
