@@ -137,7 +137,7 @@ $(PY_VENV)/.tools:
 	touch $@
 
 python-test: python python-milvus-env
-	MILAN_REQUIRE_MILVUS=$$(test -f $(PY_VENV)/.milvus && echo 1) $(PY) -m pytest -q python/tests
+	MILAN_REQUIRE_MILVUS=$$(test -f $(PY_VENV)/.milvus && echo 1) $(PY) -m pytest -q -rs python/tests
 
 ## python-milvus-env: Milvus Lite and pymilvus, pinned, for the Milvus tests only (the package
 ## itself never needs them), installed once into the package's environment (a stamp; pip's
