@@ -424,3 +424,18 @@ def test_command_line_prints_what_milan_query_prints(tmp_path):
     assert done.returncode == 1 and "shape (2, 4)" in done.stderr
     done = _run(["search", "--uri", uri, "--collection", "cli", "--codes", str(tmp_path / "q.npy")])
     assert done.returncode == 2 and "--top-k" in done.stderr
+
+
+def test_an_empty_index_exports_and_answers_nothing(tmp_path):
+    uri = str(tmp_path / "empty.db")
+    with milan.Index.create(tmp_path / "empty.milan", bits=128) as index:
+        assert mv.export(index, uri, "empty").count == 0
+    queries = np.zeros((2, 16), np.uint8)
+    with mv.Collection.open(uri, "empty") as collection:
+        assert collection.bits == 128 and len(collection) == 0
+        ids, distances = collection.search(queries, k=3)
+        assert np.all(ids == -1) and np.all(distances == -1) and ids.shape == (2, 3)
+        lims, ids, distances = collection.range_search(queries, 128)
+        assert lims.tolist() == [0, 0, 0] and len(ids) == len(distances) == 0
+    with pytest.raises(mv.MilvusError, match="is closed"):
+        collection.search(queries, k=3)
