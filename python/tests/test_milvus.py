@@ -439,3 +439,26 @@ def test_an_empty_index_exports_and_answers_nothing(tmp_path):
         assert lims.tolist() == [0, 0, 0] and len(ids) == len(distances) == 0
     with pytest.raises(mv.MilvusError, match="is closed"):
         collection.search(queries, k=3)
+
+
+def test_a_failed_export_leaves_no_collection(tmp_path):
+    uri = str(tmp_path / "failed.db")
+    codes = np.zeros((4, 8), np.uint8)
+
+    def batches(last_id):
+        yield mv.Batch(np.arange(4, dtype=np.int64), codes, ["a", "b", None, ""], [None] * 4)
+        yield mv.Batch(np.array([4, last_id]), codes[:2], ["x", "k" * 70_000], [None, None])
+
+    common = dict(bits=64, count=6, id_end=6, uri=uri, collection="failed")
+    with pytest.raises(milan.InvalidArgumentError, match=r"ids from 4 to 9; .* below id_end \(6\)"):
+        mv.export_batches(batches(9), **common)
+    with pytest.raises(milan.InvalidArgumentError, match="key of id 5 is 70000 bytes"):
+        mv.export_batches(batches(5), **common)
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri)
+    try:
+        assert not client.has_collection("failed")
+    finally:
+        client.close()
+        mv._release(uri)  # stops the Milvus Lite server this check started

@@ -48,6 +48,7 @@ collection later, as long as their ids do not collide.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -106,7 +107,7 @@ DEFAULT_BATCH_SIZE = 10_000
 # Results asked for by one search call (queries times limit), so that one answer stays a few
 # megabytes.
 RESULTS_PER_CALL = 1 << 18
-# Milvus Lite refuses more queries than this in one call.
+# A Milvus server's largest nq (queries in one search); Milvus Lite takes more.
 MAX_QUERIES_PER_CALL = 16384
 # Ids per `query` call when reading keys back (the filter expression lists them).
 IDS_PER_QUERY = 4096
@@ -367,8 +368,9 @@ def export_batches(
             )
         except Exception as err:
             # Milvus creates the collection before it fails to index it: leave nothing behind.
-            if client.has_collection(collection):
-                client.drop_collection(collection)
+            with contextlib.suppress(Exception):
+                if client.has_collection(collection):
+                    client.drop_collection(collection)
             raise MilvusError(
                 f"cannot create collection {collection!r} with a {kind} index at {uri!r}: "
                 f"{_reason(err)}"
@@ -376,14 +378,15 @@ def export_batches(
         done = 0
         try:
             for batch in batches:
-                client.insert(collection, _rows(batch, bits))
+                client.insert(collection, _rows(batch, bits, id_end))
                 done += len(batch.ids)
                 if progress is not None:
                     progress(done, count)
             client.flush(collection)
         except BaseException:
-            # A half-written collection would answer wrongly: drop it.
-            client.drop_collection(collection)
+            # A half-written collection would answer wrongly: drop it, keeping the first error.
+            with contextlib.suppress(Exception):
+                client.drop_collection(collection)
             raise
     except MilanError:
         raise
@@ -411,9 +414,15 @@ def _schema(pymilvus: Any, bits: int, description: str) -> Any:
     return schema
 
 
-def _rows(batch: Batch, bits: int) -> List[Dict[str, Any]]:
-    """A batch as Milvus rows, checked: code width, one key and label per id, VARCHAR lengths."""
+def _rows(batch: Batch, bits: int, id_end: int) -> List[Dict[str, Any]]:
+    """A batch as Milvus rows, checked: ids in [0, id_end) (range searches split that span),
+    code width, one key and label per id, VARCHAR lengths."""
     n = len(batch.ids)
+    if n and (int(np.min(batch.ids)) < 0 or int(np.max(batch.ids)) >= id_end):
+        raise InvalidArgumentError(
+            f"a batch holds ids from {int(np.min(batch.ids))} to {int(np.max(batch.ids))}; every "
+            f"id must be 0 or more and below id_end ({id_end})"
+        )
     codes = np.ascontiguousarray(batch.codes, dtype=np.uint8)
     if codes.shape != (n, bits // 8):
         raise InvalidArgumentError(
