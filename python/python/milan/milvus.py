@@ -1032,6 +1032,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MilanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader of the output went away (`| head`): stop quietly, as a pipe stage should;
+        # stdout is pointed at nothing so that Python's exit does not fail flushing it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
