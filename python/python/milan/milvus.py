@@ -343,6 +343,9 @@ def export_batches(
         raise InvalidArgumentError(f"nlist must be 1 to 65536; got {nlist!r}")
     pymilvus = _pymilvus()
     client = _connect(uri, token)
+    # Rows go in by columns, through pymilvus's collection API on a connection of its own: six
+    # times faster than MilvusClient's rows, which it checks one by one.
+    alias = f"milan-export-{os.getpid()}-{id(client)}"
     try:
         if client.has_collection(collection):
             if not replace:
@@ -377,8 +380,10 @@ def export_batches(
             ) from err
         done = 0
         try:
+            pymilvus.connections.connect(alias=alias, uri=uri, token=token)
+            columns = pymilvus.Collection(collection, using=alias)
             for batch in batches:
-                client.insert(collection, _rows(batch, bits, id_end))
+                columns.insert(_columns(batch, bits, id_end))
                 done += len(batch.ids)
                 if progress is not None:
                     progress(done, count)
@@ -395,6 +400,8 @@ def export_batches(
             f"export to collection {collection!r} at {uri!r} failed: {_reason(err)}"
         ) from err
     finally:
+        with contextlib.suppress(Exception):
+            pymilvus.connections.disconnect(alias)
         client.close()
         _release(uri)
     return ExportReport(uri, collection, bits, done, kind, time.perf_counter() - started)
@@ -414,14 +421,15 @@ def _schema(pymilvus: Any, bits: int, description: str) -> Any:
     return schema
 
 
-def _rows(batch: Batch, bits: int, id_end: int) -> List[Dict[str, Any]]:
-    """A batch as Milvus rows, checked: ids in [0, id_end) (range searches split that span),
-    code width, one key and label per id, VARCHAR lengths."""
+def _columns(batch: Batch, bits: int, id_end: int) -> List[List[Any]]:
+    """A batch as Milvus columns in the schema's order, checked: ids in [0, id_end) (range
+    searches split that span), code width, one key and label per id, VARCHAR lengths."""
     n = len(batch.ids)
-    if n and (int(np.min(batch.ids)) < 0 or int(np.max(batch.ids)) >= id_end):
+    ids = np.asarray(batch.ids, dtype=np.int64)
+    if n and (int(ids.min()) < 0 or int(ids.max()) >= id_end):
         raise InvalidArgumentError(
-            f"a batch holds ids from {int(np.min(batch.ids))} to {int(np.max(batch.ids))}; every "
-            f"id must be 0 or more and below id_end ({id_end})"
+            f"a batch holds ids from {int(ids.min())} to {int(ids.max())}; every id must be 0 "
+            f"or more and below id_end ({id_end})"
         )
     codes = np.ascontiguousarray(batch.codes, dtype=np.uint8)
     if codes.shape != (n, bits // 8):
@@ -432,20 +440,15 @@ def _rows(batch: Batch, bits: int, id_end: int) -> List[Dict[str, Any]]:
         raise InvalidArgumentError(
             f"a batch of {n} ids has {len(batch.keys)} keys and {len(batch.labels)} labels"
         )
-    rows = []
-    for i in range(n):
-        key, label = batch.keys[i], batch.labels[i]
-        rows.append(
-            {
-                "id": int(batch.ids[i]),
-                "code": codes[i].tobytes(),
-                "key": _varchar(key, "key", batch.ids[i]),
-                "has_key": key is not None,
-                "label": _varchar(label, "label", batch.ids[i]),
-                "has_label": label is not None,
-            }
-        )
-    return rows
+    id_list = ids.tolist()
+    return [
+        id_list,
+        [code.tobytes() for code in codes],
+        [_varchar(key, "key", id) for key, id in zip(batch.keys, id_list)],
+        [key is not None for key in batch.keys],
+        [_varchar(label, "label", id) for label, id in zip(batch.labels, id_list)],
+        [label is not None for label in batch.labels],
+    ]
 
 
 def _varchar(text: Optional[str], what: str, id: Any) -> str:
