@@ -559,7 +559,8 @@ class Collection:
         distances)``, ``int64`` and ``int32`` of shape ``(nq, k)``, ordered by distance, then id,
         padded with ``-1``. ``k``: 1 to 16,384 (Milvus's cap). ``ties="milan"`` (the default)
         gives milan's ids among codes tied at the k-th distance (the lowest), at the cost of one
-        more search per distinct k-th distance; ``ties="any"`` keeps Milvus's pick."""
+        more search per distinct k-th distance; ``ties="any"`` keeps Milvus's pick. On a
+        bin_ivf_flat collection the answers are Milvus's approximate ones, ties included."""
         queries = self._queries(codes)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise InvalidTypeError(f"k must be an integer; got {type(k).__name__}")
