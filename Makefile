@@ -141,7 +141,7 @@ python-test: python python-milvus-env
 
 ## python-milvus-env: Milvus Lite and pymilvus, pinned, for the Milvus tests only (the package
 ## itself never needs them), installed once into the package's environment (a stamp; pip's
-## cache keeps the wheels). Milvus Lite 2.5.1 still imports pkg_resources, gone from setuptools
+## cache keeps the wheels): about 285 MB, 26 s from PyPI on an idle machine. Milvus Lite 2.5.1 still imports pkg_resources, gone from setuptools
 ## 81. A failed install is reported and leaves those tests to skip, saying why; after a good
 ## one they must run.
 MILVUS_PINS := "milvus-lite==2.5.1" "pymilvus==2.5.18" "setuptools<81"
