@@ -11,6 +11,7 @@ import pytest
 
 import milan
 import milan.milvus as mv
+import milan.milvus_cli as cli
 
 
 def test_without_pymilvus_calls_say_what_to_install(monkeypatch, tmp_path):
@@ -64,6 +65,6 @@ def test_uint64_queries_are_most_significant_bit_first():
 
 
 def test_keys_escape_for_terminals_as_milan_does():
-    assert mv._for_terminal("a.png") == "a.png"
-    assert mv._for_terminal("two\nlines\t\r") == "two\\nlines\\t\\r"
-    assert mv._for_terminal("ünï\x1b[2J\x7f") == "ünï\\u{1b}[2J\\u{7f}"
+    assert cli._for_terminal("a.png") == "a.png"
+    assert cli._for_terminal("two\nlines\t\r") == "two\\nlines\\t\\r"
+    assert cli._for_terminal("ünï\x1b[2J\x7f") == "ünï\\u{1b}[2J\\u{7f}"
