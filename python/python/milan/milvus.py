@@ -1,9 +1,10 @@
 """milan.milvus: a milan index exported into Milvus, and searched there with milan's layouts.
 
-milan answers on one node, from memory, far faster than a vector database can. When the codes
-outgrow one node, Milvus (a distributed vector database) can hold them across many; this module
-moves an index there and answers queries with the same inputs and the same outputs as
-:class:`milan.Index`, so that an application can switch stores without changing its code::
+milan answers on one node, from memory, far faster than a vector database on the same node
+(docs/benchmarks.md, "Milvus"). When the codes outgrow one node, Milvus (a distributed vector
+database) can hold them across many; this module moves an index there and answers queries with
+the same inputs and the same outputs as :class:`milan.Index`, so that an application can switch
+stores without changing its code::
 
     import milan, milan.milvus
 
@@ -35,7 +36,7 @@ pymilvus 2.5.18.
 The command line (``python -m milan.milvus --help``)::
 
     python -m milan.milvus export DIR --uri URI --collection NAME [--index bin_flat|bin_ivf_flat]
-    python -m milan.milvus search --uri URI --collection NAME --codes Q.npy \
+    python -m milan.milvus search --uri URI --collection NAME --codes Q.npy \\
         (--top-k K | --radius R) --json
 
 ``search --json`` prints the same JSON lines as ``milan query --json``.
