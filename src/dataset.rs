@@ -18,13 +18,13 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use milan_index_format::{ModelRecord, DATABASE_FILE};
+use milan_index_format::DATABASE_FILE;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
+use crate::contract::{ExtractorContract, UnknownName};
 use crate::error::{Error, Result};
 use crate::eval::{split_from_lists, split_per_class, Split};
-use crate::extract::{layout_name, parse_layout, parse_pixel_range, pixel_range_name};
 use crate::head::ExtractorBinding;
 use crate::index::Index;
 use crate::report::{write_atomically, write_atomically_with};
@@ -53,7 +53,7 @@ pub struct Dataset {
     /// One key (image path) per row.
     pub keys: Vec<String>,
     /// The extractor contract, when known.
-    pub extractor: Option<ModelRecord>,
+    pub extractor: Option<ExtractorContract>,
 }
 
 /// How a data set is split into training and test items.
@@ -307,9 +307,9 @@ impl Dataset {
                 model: model.path.clone(),
                 fingerprint: crate::index::hex(&model.fingerprint),
                 input: model.input.clone(),
-                layout: layout_name(model.layout).into(),
+                layout: model.layout.to_string(),
                 size: model.size,
-                pixel_range: pixel_range_name(model.pixel_range).into(),
+                pixel_range: model.pixel_range.to_string(),
                 output: model.output.clone(),
                 dim: model.dim,
             };
@@ -375,17 +375,23 @@ impl Dataset {
     }
 }
 
-fn parse_extractor(text: &str) -> std::result::Result<ModelRecord, String> {
+fn parse_extractor(text: &str) -> std::result::Result<ExtractorContract, String> {
     let file: ExtractorFile = serde_json::from_str(text).map_err(|err| err.to_string())?;
     let fingerprint = parse_hex32(&file.fingerprint)
         .ok_or_else(|| format!("fingerprint {:?} is not 64 hex digits", file.fingerprint))?;
-    Ok(ModelRecord {
+    Ok(ExtractorContract {
         fingerprint,
         path: file.model,
         input: file.input,
-        layout: parse_layout(&file.layout)?,
+        layout: file
+            .layout
+            .parse()
+            .map_err(|err: UnknownName| err.to_string())?,
         size: file.size,
-        pixel_range: parse_pixel_range(&file.pixel_range)?,
+        pixel_range: file
+            .pixel_range
+            .parse()
+            .map_err(|err: UnknownName| err.to_string())?,
         output: file.output,
         dim: file.dim,
     })

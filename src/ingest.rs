@@ -14,10 +14,10 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use milan_index_format::ModelRecord;
 use ndarray::ArrayView2;
 
 use crate::code::Code;
+use crate::contract::ExtractorContract;
 use crate::error::{Error, Result};
 use crate::extract::pipeline::{extract_files, FileOutcome};
 use crate::extract::ReadOptions;
@@ -141,7 +141,10 @@ fn lossy_path<S: serde::Serializer>(
 }
 
 /// Checks that `extractor` is the one the index is bound to.
-pub fn check_extractor(index: &Index, extractor: &Extractor) -> Result<(ModelRecord, HashHead)> {
+pub fn check_extractor(
+    index: &Index,
+    extractor: &Extractor,
+) -> Result<(ExtractorContract, HashHead)> {
     index.check_head_current()?;
     let (Some(model), Some(head)) = (index.model(), index.head()) else {
         return Err(Error::Mismatch {

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use milan::format::{ModelRecord, PixelRange, TensorLayout, DATABASE_FILE};
+use milan::format::DATABASE_FILE;
 use milan::train::{Recipe, TrainConfig};
 use milan::{Code, Error, HashHead, Index, Item};
+use milan::{ExtractorContract, InputLayout, PixelRange};
 
 fn index_of(dir: &Path, bits: u32, substrings: u32, codes: &[Code]) {
     let index = Index::builder(bits)
@@ -20,12 +21,12 @@ fn index_of(dir: &Path, bits: u32, substrings: u32, codes: &[Code]) {
     writer.commit().unwrap();
 }
 
-fn model_record(dim: u32) -> ModelRecord {
-    ModelRecord {
+fn model_record(dim: u32) -> ExtractorContract {
+    ExtractorContract {
         fingerprint: [7; 32],
         path: "model.onnx".into(),
         input: "input".into(),
-        layout: TensorLayout::Nchw,
+        layout: InputLayout::Nchw,
         size: 32,
         pixel_range: PixelRange::ZeroOne,
         output: "features".into(),
@@ -515,4 +516,61 @@ fn verify_and_compact_run_through_a_shared_handle() {
         .join()
         .unwrap();
     assert_eq!(index.reader().unwrap().len(), 1500);
+}
+
+#[test]
+fn the_extractor_contract_and_items_round_trip_through_the_index_as_milan_types() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("images");
+    let mut contract = model_record(3);
+    contract.layout = "nhwc".parse().unwrap();
+    contract.pixel_range = "-1..1".parse().unwrap();
+    let head = HashHead::lsh(16, 3, 1, None, None).unwrap();
+    let index = Index::builder(16)
+        .images(contract.clone(), head)
+        .create(&dir)
+        .unwrap();
+    let item = Item {
+        key: Some("a.png".into()),
+        content_hash: Some([9; 32]),
+        label: Some("beach".into()),
+        metadata: Some(vec![1, 2, 3]),
+    };
+    let mut writer = index.writer().unwrap();
+    let id = writer.add(&Code::from([1u8, 2]), item.clone()).unwrap();
+    writer.commit().unwrap();
+    drop(index);
+
+    let index = Index::open_read_only(&dir).unwrap();
+    assert_eq!(index.model(), Some(&contract));
+    assert_eq!(index.reader().unwrap().item(id).unwrap(), Some(item));
+    let summary = contract.to_string();
+    assert!(
+        summary.contains("nhwc") && summary.contains("-1..1"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_head_that_cannot_code_a_contract_says_why_in_fields() {
+    let head = HashHead::lsh(16, 8, 1, None, None).unwrap();
+    match head.check_contract(&model_record(3)) {
+        Err(milan::HeadMismatch::Dimension {
+            head,
+            model,
+            output,
+        }) => {
+            assert_eq!((head, model, output.as_str()), (8, 3, "features"));
+        }
+        other => panic!("expected a dimension mismatch, got {other:?}"),
+    }
+    assert_eq!(head.check_contract(&model_record(8)), Ok(()));
+    // An index refuses the pair by the same reason.
+    let tmp = tempfile::tempdir().unwrap();
+    let err = Index::builder(16)
+        .images(model_record(3), head)
+        .create(tmp.path().join("idx"))
+        .unwrap_err();
+    assert!(matches!(err, Error::Mismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains("8-dimensional"), "{err}");
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
 use milan::extract::{Extractor, ExtractorOptions};
-use milan::format::TensorLayout;
+use milan::InputLayout;
 use rand::RngExt;
 
 use crate::util::*;
@@ -127,7 +127,7 @@ fn the_extractor_follows_the_model_contract() {
     let contract = extractor.contract().clone();
     assert_eq!(
         (contract.size, contract.layout, contract.dim),
-        (32, TensorLayout::Nchw, 16)
+        (32, InputLayout::Nchw, 16)
     );
     assert_eq!(
         contract.fingerprint,
@@ -155,7 +155,7 @@ fn the_extractor_follows_the_model_contract() {
         "different images give different features"
     );
     let nhwc = Extractor::open(&ExtractorOptions::new(tiny_nhwc_model())).unwrap();
-    assert_eq!(nhwc.contract().layout, TensorLayout::Nhwc);
+    assert_eq!(nhwc.contract().layout, InputLayout::Nhwc);
     let wrong = Extractor::open(&ExtractorOptions {
         output: Some("logits".into()),
         ..ExtractorOptions::new(tiny_model())

@@ -184,7 +184,7 @@ fn training_lowers_the_loss_and_separates_classes() {
             map > lsh_map + 0.25 && map > 0.6,
             "{recipe}: mAP@20 {map} vs LSH {lsh_map}"
         );
-        let provenance: serde_json::Value = serde_json::from_str(&head.file().provenance).unwrap();
+        let provenance: serde_json::Value = serde_json::from_str(head.provenance()).unwrap();
         assert_eq!(provenance["config"]["batch"], 30);
         assert_eq!(provenance["data"]["test"], true);
         assert_eq!(provenance["train_items"], d.train_y.len());

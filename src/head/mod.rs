@@ -7,13 +7,14 @@
 
 use std::path::Path;
 
-use milan_index_format::{DenseLayer, HeadFile, ModelRecord, HEAD_MAGIC, HEAD_VERSION};
+use milan_index_format::{DenseLayer, HeadFile, HEAD_MAGIC, HEAD_VERSION};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::code::Code;
+use crate::contract::ExtractorContract;
 use crate::error::{Error, Result};
 
 /// Room a head file needs besides its weights: its header, provenance and length prefixes.
@@ -33,6 +34,40 @@ fn check_head_size(bits: u32, input_dim: u32, weight_bytes: u64) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Why a hash head cannot code an extractor's features
+/// ([`HashHead::check_contract`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeadMismatch {
+    /// The head takes features of another dimension than the extractor gives.
+    #[error("the hash head takes {head}-dimensional features but output {output:?} of the model gives {model}")]
+    Dimension {
+        /// The head's input dimension.
+        head: u32,
+        /// The extractor's output tensor.
+        output: String,
+        /// The extractor's feature dimension.
+        model: u32,
+    },
+    /// The head was made for another extractor.
+    #[error(
+        "the hash head was made for another extractor (model {}, output {:?}) than {model} (model {}, output {output:?})",
+        crate::index::hex(&made_for.fingerprint[..8]),
+        made_for.output,
+        crate::index::hex(&fingerprint[..8])
+    )]
+    Extractor {
+        /// The extractor the head was made for (boxed: it keeps the error small).
+        made_for: Box<ExtractorBinding>,
+        /// The extractor's model file.
+        model: String,
+        /// The extractor's model fingerprint.
+        fingerprint: [u8; 32],
+        /// The extractor's output tensor.
+        output: String,
+    },
 }
 
 /// A hash head, with the fingerprint of its encoded bytes.
@@ -199,34 +234,37 @@ impl HashHead {
         })
     }
 
-    /// Checks that this head codes the features of `model`: their dimension, and the extractor
-    /// itself when the head is bound to one. The error says what differs.
-    pub fn check_model(&self, model: &ModelRecord) -> std::result::Result<(), String> {
-        if self.input_dim() != model.dim {
-            return Err(format!(
-                "the hash head takes {}-dimensional features but output {:?} of the model gives {}",
-                self.input_dim(),
-                model.output,
-                model.dim
-            ));
+    /// Checks that this head codes the features of the extractor with `contract`: their
+    /// dimension, and the extractor itself when the head is bound to one.
+    pub fn check_contract(&self, contract: &ExtractorContract) -> Result<(), HeadMismatch> {
+        if self.input_dim() != contract.dim {
+            return Err(HeadMismatch::Dimension {
+                head: self.input_dim(),
+                output: contract.output.clone(),
+                model: contract.dim,
+            });
         }
         if let Some(made_for) = self.extractor() {
-            if made_for.fingerprint != model.fingerprint || made_for.output != model.output {
-                return Err(format!(
-                    "the hash head was made for another extractor (model {}, output {:?}) than {} (model {}, output {:?})",
-                    crate::index::hex(&made_for.fingerprint[..8]),
-                    made_for.output,
-                    model.path,
-                    crate::index::hex(&model.fingerprint[..8]),
-                    model.output
-                ));
+            if made_for.fingerprint != contract.fingerprint || made_for.output != contract.output {
+                return Err(HeadMismatch::Extractor {
+                    made_for: Box::new(made_for),
+                    model: contract.path.clone(),
+                    fingerprint: contract.fingerprint,
+                    output: contract.output.clone(),
+                });
             }
         }
         Ok(())
     }
 
-    /// The file structure.
-    pub fn file(&self) -> &HeadFile {
+    /// How the head was made, as JSON: the settings and data (for a trained head) or the seed
+    /// (for LSH).
+    pub fn provenance(&self) -> &str {
+        &self.file.provenance
+    }
+
+    /// The file structure, for the training code that continues from a head.
+    pub(crate) fn file(&self) -> &HeadFile {
         &self.file
     }
 

@@ -28,14 +28,14 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use milan_index_format::{
-    CodeLayout, CommitRecord, MetaRecord, ModelRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC,
-    MAX_LOGGED_DELETES,
+    CodeLayout, CommitRecord, MetaRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC, MAX_LOGGED_DELETES,
 };
 
 pub use reader::{BatchSearch, Hit, Pair, PairBatches, Reader, Search};
 pub use rehash::RehashReport;
 pub use writer::{ImportProgress, Item, Writer, MAX_ITEM_BYTES};
 
+use crate::contract::ExtractorContract;
 use crate::error::{Error, Result};
 use crate::head::HashHead;
 use crate::mih::layout::WordLayout;
@@ -94,7 +94,7 @@ pub struct IndexBuilder {
     substrings: Option<u32>,
     expected_len: u64,
     cache_bytes: usize,
-    images: Option<(ModelRecord, HashHead)>,
+    images: Option<(ExtractorContract, HashHead)>,
     lock: LockSettings,
 }
 
@@ -120,7 +120,7 @@ impl IndexBuilder {
     /// head was made for a particular extractor, that extractor. Default: a code-only index.
     /// For [`create`](IndexBuilder::create) only: an open with it set fails with
     /// [`Error::InvalidArgument`].
-    pub fn images(mut self, model: ModelRecord, head: HashHead) -> Self {
+    pub fn images(mut self, model: ExtractorContract, head: HashHead) -> Self {
         self.images = Some((model, head));
         self
     }
@@ -409,7 +409,7 @@ fn commit_record(meta: &MetaRecord, deletes: &[u64], rebuilt: bool) -> CommitRec
     }
 }
 
-fn check_binding(dir: &Path, bits: u32, model: &ModelRecord, head: &HashHead) -> Result<()> {
+fn check_binding(dir: &Path, bits: u32, model: &ExtractorContract, head: &HashHead) -> Result<()> {
     let mismatch = |detail: String| Error::Mismatch {
         path: dir.to_path_buf(),
         detail,
@@ -420,7 +420,8 @@ fn check_binding(dir: &Path, bits: u32, model: &ModelRecord, head: &HashHead) ->
             head.bits()
         )));
     }
-    head.check_model(model).map_err(mismatch)
+    head.check_contract(model)
+        .map_err(|err| mismatch(err.to_string()))
 }
 
 /// Lower-case hex of some bytes, for naming fingerprints in messages.
@@ -557,7 +558,7 @@ pub struct Index {
     writer_holder: Mutex<Option<ThreadId>>,
     /// Signalled when the writer lock is released.
     writer_released: Condvar,
-    model: Option<ModelRecord>,
+    model: Option<ExtractorContract>,
     head: Option<HashHead>,
 }
 
@@ -624,7 +625,7 @@ impl Index {
         dir: &Path,
         store: Store,
         current: Current,
-        model: Option<ModelRecord>,
+        model: Option<ExtractorContract>,
         head: Option<HashHead>,
     ) -> Index {
         Index {
@@ -805,7 +806,7 @@ impl Index {
     }
 
     /// The feature extractor the index is bound to (`None` for a code-only index).
-    pub fn model(&self) -> Option<&ModelRecord> {
+    pub fn model(&self) -> Option<&ExtractorContract> {
         self.model.as_ref()
     }
 

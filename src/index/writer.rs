@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use milan_index_format::{ImportRecord, ItemRecord, MetaRecord, MAX_RECORD_BYTES};
+use milan_index_format::{ImportRecord, MetaRecord, MAX_RECORD_BYTES};
 
 use super::{commit_record, Index, Next, WriterLock, MILAN_VERSION};
 use crate::code::{extend_words, Code};
@@ -14,7 +14,23 @@ use crate::mih::{View, MAX_IDS};
 use crate::store::{self, StoreWrite};
 
 /// What is stored with a code: key, content hash, label, metadata (all optional).
-pub type Item = ItemRecord;
+///
+/// ```
+/// let item = milan::Item { key: Some("a.png".into()), label: Some("beach".into()), ..Default::default() };
+/// assert_eq!(item.content_hash, None);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Item {
+    /// The external key, such as a file path. Keys need not be unique.
+    pub key: Option<String>,
+    /// A hash of the content the code was made from (BLAKE3 of the file for images), by which
+    /// `milan index add` and `milan index sync` skip content already indexed.
+    pub content_hash: Option<[u8; 32]>,
+    /// A class label.
+    pub label: Option<String>,
+    /// Free-form application metadata.
+    pub metadata: Option<Vec<u8>>,
+}
 
 /// Most bytes of key, label and metadata together in one [`Item`]: the record limit of the
 /// format, less room for the record's own framing. [`Writer::add`] refuses larger items with
@@ -43,7 +59,7 @@ struct PendingAdd {
     id: u64,
     /// Where its code starts in the writer's `codes`.
     at: usize,
-    item: ItemRecord,
+    item: Item,
     features: Option<Vec<f32>>,
 }
 
@@ -75,7 +91,7 @@ pub struct Writer<'a> {
     deletes: Vec<u64>,
     deleted: HashSet<u64>,
     /// New items for committed ids, written at commit over the stored ones.
-    updates: BTreeMap<u64, ItemRecord>,
+    updates: BTreeMap<u64, Item>,
     /// Import progress to store at commit, by source.
     imports: BTreeMap<[u8; 32], ImportRecord>,
     /// Leave the adds in the scanned delta whatever its size (see [`Writer::defer_merge`]).

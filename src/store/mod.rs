@@ -22,6 +22,7 @@
 mod blocks;
 pub(crate) mod check;
 mod legacy;
+mod records;
 mod tables;
 mod turn;
 
@@ -40,8 +41,10 @@ use redb::{
     ReadableMultimapTable, ReadableTable, TableDefinition, WriteTransaction,
 };
 
+use crate::contract::ExtractorContract;
 use crate::error::{Error, Result};
 use crate::head::HashHead;
+use crate::index::Item;
 use crate::mih::View;
 
 pub(crate) use check::CheckReport;
@@ -201,7 +204,7 @@ impl Store {
         cache_bytes: usize,
         lock: LockSettings,
         meta: &MetaRecord,
-        binding: Option<(&ModelRecord, &HashHead)>,
+        binding: Option<(&ExtractorContract, &HashHead)>,
     ) -> Result<Store> {
         let turn = Turn::take(dir, &lock)?;
         if path.exists() {
@@ -225,7 +228,7 @@ impl Store {
         let create = || -> std::result::Result<(), redb::Error> {
             let mut table = txn.txn.open_table(META)?;
             if let Some((model, head)) = binding {
-                table.insert(MODEL_KEY, model.encode().as_slice())?;
+                table.insert(MODEL_KEY, records::model_record(model).encode().as_slice())?;
                 table.insert(HEAD_KEY, head.as_bytes())?;
             }
             txn.txn.open_table(FEATURES)?;
@@ -549,7 +552,7 @@ impl StoreRead {
     }
 
     /// The extractor and head an image index is bound to (both absent for a code-only index).
-    pub(crate) fn binding(&self) -> Result<(Option<ModelRecord>, Option<HashHead>)> {
+    pub(crate) fn binding(&self) -> Result<(Option<ExtractorContract>, Option<HashHead>)> {
         let table = self.txn.open_table(META).map_err(|err| self.st(err))?;
         let get = |key: &str| -> Result<Option<Vec<u8>>> {
             Ok(table
@@ -558,9 +561,9 @@ impl StoreRead {
                 .map(|bytes| bytes.value().to_vec()))
         };
         let model = match get(MODEL_KEY)? {
-            Some(bytes) => Some(
+            Some(bytes) => Some(records::contract_from_record(
                 ModelRecord::decode(&bytes).map_err(|err| Error::from_decode(&self.dir, err))?,
-            ),
+            )),
             None => None,
         };
         let head = match get(HEAD_KEY)? {
@@ -663,13 +666,13 @@ impl StoreRead {
 
     /// The item stored with `id`: `None` when there is no record (a live id without one has
     /// the empty item).
-    pub(crate) fn item(&self, id: u64) -> Result<Option<ItemRecord>> {
+    pub(crate) fn item(&self, id: u64) -> Result<Option<Item>> {
         let table = self.txn.open_table(ITEMS).map_err(|err| self.st(err))?;
         let Some(bytes) = table.get(id).map_err(|err| self.st(err))? else {
             return Ok(None);
         };
         ItemRecord::decode(bytes.value())
-            .map(Some)
+            .map(|record| Some(records::item_from_record(record)))
             .map_err(|err| Error::from_decode(&self.dir, err))
     }
 
@@ -893,13 +896,13 @@ impl StoreWrite {
     }
 
     /// Stores the item of a new id; the empty item needs no record.
-    pub(crate) fn add_item(&mut self, id: u64, item: &ItemRecord) -> Result<()> {
-        if *item == ItemRecord::default() {
+    pub(crate) fn add_item(&mut self, id: u64, item: &Item) -> Result<()> {
+        if *item == Item::default() {
             return Ok(());
         }
         let mut table = self.txn.open_table(ITEMS).map_err(|err| self.st(err))?;
         table
-            .insert(id, item.encode().as_slice())
+            .insert(id, records::item_record(item).encode().as_slice())
             .map_err(|err| self.st(err))?;
         if let Some(hash) = &item.content_hash {
             let mut hashes = self
@@ -912,17 +915,17 @@ impl StoreWrite {
     }
 
     /// Replaces the item of `id`, keeping the content-hash lookup in step.
-    pub(crate) fn replace_item(&mut self, id: u64, item: &ItemRecord) -> Result<()> {
+    pub(crate) fn replace_item(&mut self, id: u64, item: &Item) -> Result<()> {
         self.remove_item(id)?;
         self.add_item(id, item)
     }
 
     /// Removes the item of `id` and its content-hash entry; returns the removed item.
-    pub(crate) fn remove_item(&mut self, id: u64) -> Result<Option<ItemRecord>> {
+    pub(crate) fn remove_item(&mut self, id: u64) -> Result<Option<Item>> {
         let removed = {
             let mut table = self.txn.open_table(ITEMS).map_err(|err| self.st(err))?;
             let removed = table.remove(id).map_err(|err| self.st(err))?;
-            removed.map(|bytes| ItemRecord::decode(bytes.value()))
+            removed.map(|bytes| ItemRecord::decode(bytes.value()).map(records::item_from_record))
         };
         // A record that no longer decodes is dropped all the same; its hash entry, if any, is
         // the full check's to report.

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use milan::extract::{layout_name, pixel_range_name};
 use milan::report::write_atomically;
 use milan::text::escape_line;
 use milan::{HashHead, Index};
@@ -184,8 +183,8 @@ fn create(args: CreateArgs) -> Result<Outcome> {
             model.dim,
             model.size,
             model.size,
-            layout_name(model.layout),
-            pixel_range_name(model.pixel_range),
+            model.layout,
+            model.pixel_range,
             head.kind()
         )?;
     }
