@@ -18,6 +18,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::error::{OpenError, TrainError};
 use milan_index_format::DATABASE_FILE;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
@@ -104,9 +105,9 @@ impl Dataset {
     pub fn load(dir: impl AsRef<Path>) -> Result<Dataset> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
-            return Err(Error::MissingDirectory {
+            return Err(Error::Open(OpenError::MissingDirectory {
                 path: dir.to_path_buf(),
-            });
+            }));
         }
         let dataset = if dir.join(DATABASE_FILE).exists() {
             Dataset::from_index(&Index::open_read_only(dir)?, dir)?
@@ -114,17 +115,19 @@ impl Dataset {
             Dataset::from_folder(dir)?
         };
         if dataset.labels.is_empty() {
-            return Err(Error::EmptyData {
+            return Err(Error::Train(TrainError::EmptyData {
                 what: format!("{} (no items)", dir.display()),
-            });
+            }));
         }
         Ok(dataset)
     }
 
     fn from_folder(dir: &Path) -> Result<Dataset> {
-        let bad = |file: &str, detail: String| Error::BadData {
-            path: dir.join(file),
-            detail,
+        let bad = |file: &str, detail: String| {
+            Error::Train(TrainError::BadData {
+                path: dir.join(file),
+                detail,
+            })
         };
         let features_path = dir.join(FEATURES_FILE);
         if !features_path.exists() {
@@ -221,9 +224,11 @@ impl Dataset {
     }
 
     fn from_index(index: &Index, dir: &Path) -> Result<Dataset> {
-        let bad = |detail: String| Error::BadData {
-            path: dir.to_path_buf(),
-            detail,
+        let bad = |detail: String| {
+            Error::Train(TrainError::BadData {
+                path: dir.to_path_buf(),
+                detail,
+            })
         };
         let Some(model) = index.model() else {
             return Err(bad(
@@ -346,13 +351,13 @@ impl Dataset {
                         .collect())
                 };
                 split_from_lists(&self.keys, &read(train)?, &read(test)?).map_err(|err| {
-                    Error::BadData {
+                    Error::Train(TrainError::BadData {
                         path: train.clone(),
                         detail: format!(
                             "with test list {}: {err}; list keys exactly as DATA/paths.txt writes them (one per line, `\\`, line feeds and carriage returns escaped as `\\\\`, `\\n`, `\\r`)",
                             test.display()
                         ),
-                    }
+                    })
                 })
             }
         }

@@ -9,6 +9,7 @@
 //! unless [`IngestOptions::lenient`]; a path that is not valid UTF-8 is skipped, since its key
 //! could not name the file again. Keys are the paths exactly as given, as UTF-8.
 
+use crate::error::ExtractError;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -147,12 +148,12 @@ pub fn check_extractor(
 ) -> Result<(ExtractorContract, HashHead)> {
     index.check_head_current()?;
     let (Some(model), Some(head)) = (index.model(), index.head()) else {
-        return Err(Error::Mismatch {
+        return Err(Error::Extract(ExtractError::Mismatch {
             path: index.path().to_path_buf(),
             detail:
                 "this index stores codes only; create it with IndexBuilder::images to add images"
                     .into(),
-        });
+        }));
     };
     let given = extractor.contract();
     let same = given.fingerprint == model.fingerprint
@@ -162,7 +163,7 @@ pub fn check_extractor(
         && given.pixel_range == model.pixel_range
         && given.input == model.input;
     if !same {
-        return Err(Error::Mismatch {
+        return Err(Error::Extract(ExtractError::Mismatch {
             path: index.path().to_path_buf(),
             detail: format!(
                 "the index was built with model {} (fingerprint {}, output {:?}, size {}), not {} (fingerprint {}, output {:?}, size {}); use the same model and settings",
@@ -175,7 +176,7 @@ pub fn check_extractor(
                 given.output,
                 given.size
             ),
-        });
+        }));
     }
     Ok((model.clone(), head.clone()))
 }
@@ -437,10 +438,10 @@ impl<'r, 'x> Batches<'r, 'x> {
                     let dim = head.input_dim() as usize;
                     let matrix =
                         ArrayView2::from_shape((pending.len(), dim), &rows).map_err(|_| {
-                            Error::FeatureDim {
+                            Error::Extract(ExtractError::FeatureDim {
                                 expected: head.input_dim(),
                                 got: (rows.len() / pending.len()) as u32,
-                            }
+                            })
                         })?;
                     let codes = head.codes(matrix)?;
                     for ((position, key, content_hash, features), code) in
@@ -538,9 +539,11 @@ pub struct CodedImage {
 /// [`add_images`] reads it (a regular file within the size limit; a truncated JPEG is refused).
 pub fn code_image(index: &Index, extractor: &mut Extractor, path: &Path) -> Result<CodedImage> {
     let (model, head) = check_extractor(index, extractor)?;
-    let decoded = read_image(path).map_err(|reason| Error::Image {
-        path: path.to_path_buf(),
-        reason,
+    let decoded = read_image(path).map_err(|reason| {
+        Error::Extract(ExtractError::Image {
+            path: path.to_path_buf(),
+            reason,
+        })
     })?;
     let mut input = vec![0.0; extractor.input_len()];
     crate::extract::image::write_input(

@@ -55,7 +55,9 @@ pub mod train;
 
 pub use code::Code;
 pub use contract::{ExtractorContract, InputLayout, PixelRange, UnknownName};
-pub use error::{Error, Result};
+pub use error::{
+    CodeError, Error, ExtractError, OpenError, Result, SearchError, TrainError, WriteError,
+};
 pub use head::{ExtractorBinding, HashHead, HeadMismatch};
 pub use index::{
     BatchSearch, Hit, ImportProgress, Index, IndexBuilder, Info, Item, OptimizeReport, Pair,

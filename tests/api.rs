@@ -7,6 +7,7 @@ use std::process::Command;
 use milan::format::DATABASE_FILE;
 use milan::train::{Recipe, TrainConfig};
 use milan::{Code, Error, HashHead, Index, Item};
+use milan::{CodeError, ExtractError, OpenError, TrainError, WriteError};
 use milan::{ExtractorContract, InputLayout, PixelRange};
 
 fn index_of(dir: &Path, bits: u32, substrings: u32, codes: &[Code]) {
@@ -52,7 +53,7 @@ fn an_open_refuses_a_code_length_or_substrings_other_than_stored() {
         };
         let err = open(Index::builder(128)).unwrap_err();
         assert!(
-            matches!(&err, Error::BitsMismatch { path, stored: 64, requested: 128 } if *path == dir),
+            matches!(&err, Error::Open(OpenError::BitsMismatch { path, stored: 64, requested: 128 }) if *path == dir),
             "{err:?}"
         );
         let said = err.to_string();
@@ -63,7 +64,7 @@ fn an_open_refuses_a_code_length_or_substrings_other_than_stored() {
 
         let err = open(Index::builder(64).substrings(8)).unwrap_err();
         assert!(
-            matches!(&err, Error::SubstringsMismatch { path, stored: 4, requested: 8 } if *path == dir),
+            matches!(&err, Error::Open(OpenError::SubstringsMismatch { path, stored: 4, requested: 8 }) if *path == dir),
             "{err:?}"
         );
         let said = err.to_string();
@@ -121,7 +122,7 @@ fn a_plain_file_given_as_the_index_is_not_a_directory() {
     ];
     for err in errors {
         assert!(
-            matches!(&err, Error::NotADirectory { path } if *path == file),
+            matches!(&err, Error::Open(OpenError::NotADirectory { path }) if *path == file),
             "{err:?}"
         );
         let said = err.to_string();
@@ -132,7 +133,7 @@ fn a_plain_file_given_as_the_index_is_not_a_directory() {
     let missing = tmp.path().join("missing");
     assert!(matches!(
         Index::open(&missing),
-        Err(Error::MissingDirectory { .. })
+        Err(Error::Open(OpenError::MissingDirectory { .. }))
     ));
 }
 
@@ -142,7 +143,10 @@ fn library_errors_name_library_calls_not_commands() {
     let mut said = Vec::new();
 
     let err = Index::open(tmp.path()).unwrap_err();
-    assert!(matches!(err, Error::NotAnIndex { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Open(OpenError::NotAnIndex { .. })),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("Index::builder"), "{err}");
     said.push(err.to_string());
 
@@ -152,9 +156,9 @@ fn library_errors_name_library_calls_not_commands() {
     assert!(err.to_string().contains("Index::verify_dir"), "{err}");
     said.push(err.to_string());
 
-    let recovery = Error::NeedsRecovery {
+    let recovery = Error::Open(OpenError::NeedsRecovery {
         path: PathBuf::from("idx"),
-    };
+    });
     assert!(recovery.to_string().contains("Index::open"), "{recovery}");
     said.push(recovery.to_string());
 
@@ -169,7 +173,7 @@ fn library_errors_name_library_calls_not_commands() {
         .open(&dir)
         .unwrap_err();
     assert!(
-        matches!(&err, Error::LockTimeout { path, holder: Some(holder), .. }
+        matches!(&err, Error::Write(WriteError::LockTimeout { path, holder: Some(holder), .. })
             if *path == dir && holder.contains(&std::process::id().to_string())),
         "{err:?}"
     );
@@ -184,7 +188,10 @@ fn library_errors_name_library_calls_not_commands() {
         .distance(&Code::from([1u8, 2]))
         .unwrap_err();
     assert!(
-        matches!(err, Error::CodeLengthsDiffer { left: 8, right: 16 }),
+        matches!(
+            err,
+            Error::Code(CodeError::CodeLengthsDiffer { left: 8, right: 16 })
+        ),
         "{err:?}"
     );
     assert!(!err.to_string().contains("index"), "{err}");
@@ -194,7 +201,10 @@ fn library_errors_name_library_calls_not_commands() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let err = milan::dataset::Dataset::load(&empty).unwrap_err();
-    assert!(matches!(err, Error::BadData { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Train(TrainError::BadData { .. })),
+        "{err:?}"
+    );
     assert!(
         err.to_string().contains("IngestOptions::keep_features"),
         "{err}"
@@ -227,7 +237,7 @@ fn a_bad_code_length_is_one_error_everywhere() {
         ];
         for err in errors {
             assert!(
-                matches!(err, Error::InvalidBits { bits: b } if b == bits),
+                matches!(err, Error::Code(CodeError::InvalidBits { bits: b }) if b == bits),
                 "{bits}: {err:?}"
             );
             assert!(err.to_string().contains("multiple of 8"), "{err}");
@@ -238,7 +248,7 @@ fn a_bad_code_length_is_one_error_everywhere() {
         .substrings(40)
         .create(tmp.path().join("idx"))
         .unwrap_err();
-    assert!(matches!(err, Error::Layout(_)), "{err:?}");
+    assert!(matches!(err, Error::Code(CodeError::Layout(_))), "{err:?}");
 }
 
 #[test]
@@ -256,7 +266,7 @@ fn code_conversions_agree_with_hex() {
     assert_eq!(Code::from([0xffu8; 32]).bits(), 256);
     assert!(matches!(
         "0g".parse::<Code>(),
-        Err(Error::InvalidCode { .. })
+        Err(Error::Code(CodeError::InvalidCode { .. }))
     ));
 }
 
@@ -465,7 +475,7 @@ fn a_writer_moves_between_threads_and_a_waiting_thread_times_out() {
             .join()
             .unwrap();
         assert!(
-            matches!(&waited, Error::LockTimeout { holder: Some(holder), .. }
+            matches!(&waited, Error::Write(WriteError::LockTimeout { holder: Some(holder), .. })
                 if holder.contains("another thread of this process")),
             "{waited:?}"
         );
@@ -499,8 +509,14 @@ fn verify_and_compact_run_through_a_shared_handle() {
     }
     // A reader of the handle is alive: the structural check and compaction refuse, by name.
     let reader = index.reader().unwrap();
-    assert!(matches!(index.compact(), Err(Error::ReadersOpen { .. })));
-    assert!(matches!(index.verify(), Err(Error::ReadersOpen { .. })));
+    assert!(matches!(
+        index.compact(),
+        Err(Error::Write(WriteError::ReadersOpen { .. }))
+    ));
+    assert!(matches!(
+        index.verify(),
+        Err(Error::Write(WriteError::ReadersOpen { .. }))
+    ));
     drop(reader);
     // From other threads sharing the handle, with no reader alive, both run.
     let shared = index.clone();
@@ -571,6 +587,9 @@ fn a_head_that_cannot_code_a_contract_says_why_in_fields() {
         .images(model_record(3), head)
         .create(tmp.path().join("idx"))
         .unwrap_err();
-    assert!(matches!(err, Error::Mismatch { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Extract(ExtractError::Mismatch { .. })),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("8-dimensional"), "{err}");
 }

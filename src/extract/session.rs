@@ -5,6 +5,7 @@
 //! converters), overridden by explicit options; what neither gives is inferred from the model's
 //! input and output shapes where that is unambiguous, and otherwise asked for by name.
 
+use crate::error::ExtractError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -99,10 +100,10 @@ impl std::fmt::Debug for Extractor {
 }
 
 fn model_error(path: &Path, detail: impl std::fmt::Display) -> Error {
-    Error::Model {
+    Error::Extract(ExtractError::Model {
         path: path.to_path_buf(),
         detail: detail.to_string(),
-    }
+    })
 }
 
 /// What the session says about its input and outputs, for contract resolution.
@@ -250,7 +251,7 @@ impl Extractor {
         };
         let blank = vec![0.0f32; extractor.input_len()];
         let probe = extractor.run(&blank, 1).map_err(|err| match err {
-            Error::Model { detail, .. } => {
+            Error::Extract(ExtractError::Model { detail, .. }) => {
                 model_error(path, format!("a test run failed: {detail}"))
             }
             other => other,
@@ -382,12 +383,12 @@ fn build_session(
                 let _ = detail; // no usable GPU: the CPU serves, and `device()` says so
             }
             Err(detail) => {
-                return Err(Error::Runtime {
+                return Err(Error::Extract(ExtractError::Runtime {
                     detail: format!(
                         "CUDA device {device} is not usable with {} ({detail}); it needs the CUDA build of ONNX Runtime with CUDA 13 and cuDNN 9 beside it, or set ExtractorOptions::device to Device::Cpu",
                         runtime.library.display()
                     ),
-                })
+                }))
             }
         }
     }

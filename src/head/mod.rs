@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use crate::error::ExtractError;
 use milan_index_format::{DenseLayer, HeadFile, HEAD_MAGIC, HEAD_VERSION};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
@@ -96,19 +97,23 @@ impl HashHead {
             source,
         })?;
         HashHead::from_bytes(bytes).map_err(|err| match err {
-            Error::BadHead { detail, .. } => Error::BadHead {
-                path: path.to_path_buf(),
-                detail,
-            },
+            Error::Extract(ExtractError::BadHead { detail, .. }) => {
+                Error::Extract(ExtractError::BadHead {
+                    path: path.to_path_buf(),
+                    detail,
+                })
+            }
             other => other,
         })
     }
 
     /// A head from its encoded bytes.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<HashHead> {
-        let file = HeadFile::decode(&bytes).map_err(|err| Error::BadHead {
-            path: Default::default(),
-            detail: err.to_string(),
+        let file = HeadFile::decode(&bytes).map_err(|err| {
+            Error::Extract(ExtractError::BadHead {
+                path: Default::default(),
+                detail: err.to_string(),
+            })
         })?;
         Ok(HashHead::assemble(file, bytes))
     }
@@ -149,10 +154,10 @@ impl HashHead {
         }
         if let Some(mean) = mean {
             if mean.len() != dim as usize {
-                return Err(Error::FeatureDim {
+                return Err(Error::Extract(ExtractError::FeatureDim {
                     expected: dim,
                     got: mean.len() as u32,
-                });
+                }));
             }
         }
         check_head_size(
@@ -271,10 +276,10 @@ impl HashHead {
     /// The last layer's outputs for each row of `features` (`[n, input_dim]`).
     pub fn logits(&self, features: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
         if features.ncols() != self.file.input_dim as usize {
-            return Err(Error::FeatureDim {
+            return Err(Error::Extract(ExtractError::FeatureDim {
                 expected: self.file.input_dim,
                 got: features.ncols() as u32,
-            });
+            }));
         }
         if features.iter().any(|x| !x.is_finite()) {
             return Err(Error::InvalidArgument {
@@ -334,10 +339,10 @@ mod tests {
         );
         assert!(matches!(
             head.codes(ndarray::Array2::zeros((1, 4)).view()),
-            Err(Error::FeatureDim {
+            Err(Error::Extract(ExtractError::FeatureDim {
                 expected: 3,
                 got: 4
-            })
+            }))
         ));
     }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::error::{ExtractError, WriteError};
 use milan_index_format::CodeLayout;
 use ndarray::Array2;
 
@@ -35,17 +36,19 @@ impl Index {
     /// codes and the buckets in one transaction: a failure or a kill leaves the index as it was.
     ///
     /// The head may make codes of another length; the substrings are then chosen afresh. Refused
-    /// with [`Error::Mismatch`] for a code-only index, a head made for another extractor or
+    /// with [`ExtractError::Mismatch`] for a code-only index, a head made for another extractor or
     /// feature dimension, and when any live item has no kept features (added without them).
     pub fn rehash(&mut self, head: HashHead) -> Result<RehashReport> {
         if !self.store.is_writable() {
-            return Err(Error::ReadOnly {
+            return Err(Error::Write(WriteError::ReadOnly {
                 path: self.dir.clone(),
-            });
+            }));
         }
-        let mismatch = |detail: String| Error::Mismatch {
-            path: self.dir.clone(),
-            detail,
+        let mismatch = |detail: String| {
+            Error::Extract(ExtractError::Mismatch {
+                path: self.dir.clone(),
+                detail,
+            })
         };
         let Some(model) = &self.model else {
             return Err(mismatch(

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use crate::error::{CodeError, ExtractError, WriteError};
 use milan_index_format::{ImportRecord, MetaRecord, MAX_RECORD_BYTES};
 
 use super::{commit_record, Index, Next, WriterLock, MILAN_VERSION};
@@ -34,7 +35,7 @@ pub struct Item {
 
 /// Most bytes of key, label and metadata together in one [`Item`]: the record limit of the
 /// format, less room for the record's own framing. [`Writer::add`] refuses larger items with
-/// [`Error::ItemTooLarge`].
+/// [`WriteError::ItemTooLarge`].
 pub const MAX_ITEM_BYTES: usize = MAX_RECORD_BYTES - 1024;
 
 /// How far a bulk import of one source has come, stored with the rows it counts so that a re-run
@@ -140,10 +141,10 @@ impl<'a> Writer<'a> {
             });
         };
         if features.len() != model.dim as usize {
-            return Err(Error::FeatureDim {
+            return Err(Error::Extract(ExtractError::FeatureDim {
                 expected: model.dim,
                 got: features.len() as u32,
-            });
+            }));
         }
         self.add_inner(code, item, Some(features))
     }
@@ -151,13 +152,13 @@ impl<'a> Writer<'a> {
     fn add_inner(&mut self, code: &Code, item: Item, features: Option<Vec<f32>>) -> Result<u64> {
         let bits = self.view.layout().bits();
         if code.bits() != bits {
-            return Err(Error::CodeLength {
+            return Err(Error::Code(CodeError::CodeLength {
                 expected: bits,
                 got: code.bits(),
-            });
+            }));
         }
         if self.meta.next_id >= MAX_IDS {
-            return Err(Error::Full { max: MAX_IDS });
+            return Err(Error::Write(WriteError::Full { max: MAX_IDS }));
         }
         check_item_size(&item)?;
         let id = self.meta.next_id;
@@ -194,7 +195,7 @@ impl<'a> Writer<'a> {
     /// The content-hash lookup ([`Reader::ids_with_content_hash`](super::Reader)) follows the new
     /// item's hash. Returns false when there is no such live id.
     ///
-    /// Errors: [`Error::ItemTooLarge`] past [`MAX_ITEM_BYTES`], as for [`Writer::add`].
+    /// Errors: [`WriteError::ItemTooLarge`] past [`MAX_ITEM_BYTES`], as for [`Writer::add`].
     ///
     /// ```
     /// # fn main() -> milan::Result<()> {
@@ -387,10 +388,10 @@ fn check_item_size(item: &Item) -> Result<()> {
         + item.label.as_ref().map_or(0, String::len)
         + item.metadata.as_ref().map_or(0, Vec::len);
     if size > MAX_ITEM_BYTES {
-        return Err(Error::ItemTooLarge {
+        return Err(Error::Write(WriteError::ItemTooLarge {
             bytes: size,
             max: MAX_ITEM_BYTES,
-        });
+        }));
     }
     Ok(())
 }

@@ -30,6 +30,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::error::{OpenError, WriteError};
 use milan_index_format::{
     CommitRecord, ImportRecord, ItemRecord, MetaRecord, ModelRecord, TablesRecord,
     CODE_BLOCKS_TABLE, COMMITS_TABLE, COMMIT_LOG_LEN, CONTENT_HASHES_TABLE, FEATURES_TABLE,
@@ -82,11 +83,11 @@ pub(crate) fn storage_error(path: &Path, err: impl Into<redb::Error>) -> Error {
     let path = path.to_path_buf();
     match err {
         redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
-            Error::Locked { path }
+            Error::Open(OpenError::Locked { path })
         }
         redb::Error::Corrupted(detail) => Error::Corrupted { path, detail },
-        redb::Error::TransactionInProgress => Error::ReadersOpen { path },
-        redb::Error::RepairAborted => Error::NeedsRecovery { path },
+        redb::Error::TransactionInProgress => Error::Write(WriteError::ReadersOpen { path }),
+        redb::Error::RepairAborted => Error::Open(OpenError::NeedsRecovery { path }),
         redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Error::Corrupted {
             path,
             detail: format!("not a readable database file ({io})"),
@@ -197,7 +198,7 @@ pub(crate) struct Store {
 impl Store {
     /// Creates the database at `path` (in index directory `dir`) with its meta record, the image
     /// binding if any, and every table. An index that another process created meanwhile is
-    /// [`Error::AlreadyExists`].
+    /// [`OpenError::AlreadyExists`].
     pub(crate) fn create(
         dir: &Path,
         path: &Path,
@@ -208,9 +209,9 @@ impl Store {
     ) -> Result<Store> {
         let turn = Turn::take(dir, &lock)?;
         if path.exists() {
-            return Err(Error::AlreadyExists {
+            return Err(Error::Open(OpenError::AlreadyExists {
                 path: dir.to_path_buf(),
-            });
+            }));
         }
         let db = builder(cache_bytes)
             .create(path)
@@ -251,7 +252,7 @@ impl Store {
     /// A writable open takes the writer's turn, since the storage engine may recover the file
     /// (after a killed writer) and waits for other processes' transactions. A read-only open
     /// waits for nothing; when a killed writer left the file to recover, it recovers it through
-    /// a writable open first, under the turn, and fails with [`Error::NeedsRecovery`] only when
+    /// a writable open first, under the turn, and fails with [`OpenError::NeedsRecovery`] only when
     /// it may not write.
     pub(crate) fn open(
         dir: &Path,
@@ -364,9 +365,9 @@ impl Store {
     /// turn, waiting up to the lock timeout for another process's write to end.
     pub(crate) fn write(&self) -> Result<StoreWrite> {
         let Db::Writable(db) = &self.db else {
-            return Err(Error::ReadOnly {
+            return Err(Error::Write(WriteError::ReadOnly {
                 path: self.dir.clone(),
-            });
+            }));
         };
         let turn = Turn::take(&self.dir, &self.lock)?;
         let txn = db
@@ -384,7 +385,7 @@ impl Store {
     }
 
     /// redb's structural check (writable handles only; `None` on a read-only one), under the
-    /// writer's turn. Fails with [`Error::ReadersOpen`] while a transaction of this store is
+    /// writer's turn. Fails with [`WriteError::ReadersOpen`] while a transaction of this store is
     /// alive (redb refuses it), and holds this store's new transactions back while it runs.
     pub(crate) fn check_structure(&self) -> Result<Option<bool>> {
         match &self.db {
@@ -402,13 +403,13 @@ impl Store {
     }
 
     /// Gives the file space freed by earlier commits back to the file system, under the
-    /// writer's turn. Fails with [`Error::ReadersOpen`] while a read of this store or of another
+    /// writer's turn. Fails with [`WriteError::ReadersOpen`] while a read of this store or of another
     /// process is alive (redb refuses it), and holds new reads back while it runs.
     pub(crate) fn compact(&self) -> Result<bool> {
         let Db::Writable(db) = &self.db else {
-            return Err(Error::ReadOnly {
+            return Err(Error::Write(WriteError::ReadOnly {
                 path: self.dir.clone(),
-            });
+            }));
         };
         let _turn = Turn::take(&self.dir, &self.lock)?;
         let mut db = db.write().unwrap_or_else(|e| e.into_inner());
@@ -425,10 +426,12 @@ impl Store {
 }
 
 /// Recovers the database at `path`, left by a killed writer, through a writable open under the
-/// writer's turn; [`Error::NeedsRecovery`] when this process may not write to the index.
+/// writer's turn; [`OpenError::NeedsRecovery`] when this process may not write to the index.
 fn recover(dir: &Path, path: &Path, cache_bytes: usize, lock: &LockSettings) -> Result<()> {
-    let needs_recovery = || Error::NeedsRecovery {
-        path: path.to_path_buf(),
+    let needs_recovery = || {
+        Error::Open(OpenError::NeedsRecovery {
+            path: path.to_path_buf(),
+        })
     };
     let turn = match Turn::take(dir, lock) {
         Err(Error::Io { source, .. })
@@ -473,17 +476,19 @@ fn read_meta(dir: &Path, path: &Path, txn: &ReadTransaction) -> Result<MetaRecor
     let table = match txn.open_table(META) {
         Ok(table) => table,
         Err(redb::TableError::TableDoesNotExist(_)) => {
-            return Err(Error::NotAnIndex {
+            return Err(Error::Open(OpenError::NotAnIndex {
                 path: dir.to_path_buf(),
-            })
+            }))
         }
         Err(err) => return Err(storage_error(path, err)),
     };
     let bytes = table
         .get(META_KEY)
         .map_err(|err| storage_error(path, err))?
-        .ok_or_else(|| Error::NotAnIndex {
-            path: dir.to_path_buf(),
+        .ok_or_else(|| {
+            Error::Open(OpenError::NotAnIndex {
+                path: dir.to_path_buf(),
+            })
         })?;
     MetaRecord::decode(bytes.value()).map_err(|err| Error::from_decode(dir, err))
 }

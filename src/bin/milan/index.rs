@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use milan::report::write_atomically;
 use milan::text::escape_line;
+use milan::WriteError;
 use milan::{HashHead, Index};
 
 use crate::add::AddArgs;
@@ -329,7 +330,7 @@ fn compact(args: DirArgs) -> Result<Outcome> {
 fn compact_if_unread(index: &Index) -> Result<()> {
     match index.compact() {
         Ok(_) => Ok(()),
-        Err(milan::Error::ReadersOpen { .. }) => {
+        Err(milan::Error::Write(WriteError::ReadersOpen { .. })) => {
             eprintln!(
                 "note: readers are open on {}, so the file keeps the space the rebuild freed (later commits reuse it); `milan index compact {}` returns it when none is open",
                 index.path().display(),
