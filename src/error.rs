@@ -326,13 +326,14 @@ pub enum ExtractError {
         /// Why it was skipped.
         reason: crate::extract::SkipReason,
     },
-    /// An index bound to one extractor or head, used with another.
-    #[error("{}: {detail}", path.display())]
+    /// An index bound to one extractor or head, used with another (or a code-only index asked
+    /// for images).
+    #[error("{}: {reason}", path.display())]
     Mismatch {
         /// The index directory.
         path: PathBuf,
-        /// What differs, and what to do.
-        detail: String,
+        /// What differs.
+        reason: Mismatch,
     },
     /// A hash head file is unreadable or inconsistent.
     #[error("{}: not a usable hash head: {detail}", path.display())]
@@ -411,6 +412,53 @@ pub enum TrainError {
     BadCheckpoint {
         /// What is wrong.
         detail: String,
+    },
+}
+
+/// What differs between an image index's extractor and head and what it was used with
+/// ([`ExtractError::Mismatch`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Mismatch {
+    /// The index stores codes only: it has no extractor to code images with, nor features to
+    /// re-code; create an image index with [`IndexBuilder::images`](crate::IndexBuilder::images).
+    #[error("this index stores codes only (it has no extractor and no features); create an image index with IndexBuilder::images to add, sync or re-code images")]
+    CodesOnly,
+    /// A head whose code length is not the index's.
+    #[error("the hash head makes {head}-bit codes but the index is for {index}-bit codes")]
+    HeadBits {
+        /// The head's code length.
+        head: u32,
+        /// The index's code length.
+        index: u32,
+    },
+    /// A head that cannot code the index's extractor's features.
+    #[error(transparent)]
+    Head(crate::head::HeadMismatch),
+    /// An extractor other than the index's, or with other settings.
+    #[error(
+        "the index was built with model {} (fingerprint {}, output {:?}, size {}), not {} (fingerprint {}, output {:?}, size {}); use the same model and settings",
+        index.path, index.short_fingerprint(), index.output, index.size,
+        given.path, given.short_fingerprint(), given.output, given.size
+    )]
+    Extractor {
+        /// The extractor the index is bound to.
+        index: Box<crate::ExtractorContract>,
+        /// The extractor given.
+        given: Box<crate::ExtractorContract>,
+    },
+    /// Another process re-coded the index with another head since this handle opened it.
+    #[error("another process replaced the index's hash head (rehash) since this handle opened it; open the index again to code images with the new head")]
+    HeadReplaced,
+    /// A rehash of items whose features were not kept when they were added.
+    #[error("{missing} of {items} items have no kept features (item {example} is one); only items added with IngestOptions::keep_features can be re-coded")]
+    FeaturesNotKept {
+        /// Live items without kept features.
+        missing: u64,
+        /// Live items in all.
+        items: u64,
+        /// One of them.
+        example: u64,
     },
 }
 

@@ -19,12 +19,12 @@ use ndarray::ArrayView2;
 
 use crate::code::Code;
 use crate::contract::ExtractorContract;
-use crate::error::{Error, Result};
+use crate::error::{Error, Mismatch, Result};
 use crate::extract::pipeline::{extract_files, FileOutcome};
 use crate::extract::ReadOptions;
 use crate::extract::{read_image, Extractor, SkipReason};
 use crate::head::HashHead;
-use crate::index::{hex, Index, Item, Writer};
+use crate::index::{Index, Item, Writer};
 
 /// How [`add_images`] runs.
 #[derive(Debug, Clone)]
@@ -150,9 +150,7 @@ pub fn check_extractor(
     let (Some(model), Some(head)) = (index.model(), index.head()) else {
         return Err(Error::Extract(ExtractError::Mismatch {
             path: index.path().to_path_buf(),
-            detail:
-                "this index stores codes only; create it with IndexBuilder::images to add images"
-                    .into(),
+            reason: Mismatch::CodesOnly,
         }));
     };
     let given = extractor.contract();
@@ -165,17 +163,10 @@ pub fn check_extractor(
     if !same {
         return Err(Error::Extract(ExtractError::Mismatch {
             path: index.path().to_path_buf(),
-            detail: format!(
-                "the index was built with model {} (fingerprint {}, output {:?}, size {}), not {} (fingerprint {}, output {:?}, size {}); use the same model and settings",
-                model.path,
-                hex(&model.fingerprint[..8]),
-                model.output,
-                model.size,
-                given.path,
-                hex(&given.fingerprint[..8]),
-                given.output,
-                given.size
-            ),
+            reason: Mismatch::Extractor {
+                index: Box::new(model.clone()),
+                given: Box::new(given.clone()),
+            },
         }));
     }
     Ok((model.clone(), head.clone()))

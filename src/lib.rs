@@ -56,7 +56,8 @@ pub mod train;
 pub use code::Code;
 pub use contract::{ExtractorContract, InputLayout, PixelRange, UnknownName};
 pub use error::{
-    CodeError, Error, ExtractError, OpenError, Result, SearchError, TrainError, WriteError,
+    CodeError, Error, ExtractError, Mismatch, OpenError, Result, SearchError, TrainError,
+    WriteError,
 };
 pub use head::{ExtractorBinding, HashHead, HeadMismatch};
 pub use index::{

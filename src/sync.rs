@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Mismatch, Result};
 use crate::extract::image::hash_file;
 use crate::extract::{Extractor, SkipReason};
 use crate::index::{Index, Item, Reader, Writer};
@@ -224,8 +224,7 @@ fn refuse_codes_only(index: &Index) -> Result<()> {
     if index.model().is_none() {
         return Err(Error::Extract(ExtractError::Mismatch {
             path: index.path().to_path_buf(),
-            detail: "this index stores codes only; only an image index can be synced with folders"
-                .into(),
+            reason: Mismatch::CodesOnly,
         }));
     }
     Ok(())

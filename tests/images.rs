@@ -728,7 +728,13 @@ fn a_handle_stops_coding_images_once_another_replaced_the_head() {
     // to add them) with it, at once, and reads the re-coded index.
     let err = milan::ingest::code_image(&held, &mut extractor, &image).unwrap_err();
     assert!(
-        matches!(&err, milan::Error::Extract(ExtractError::Mismatch { detail, .. }) if detail.contains("replaced the index's hash head")),
+        matches!(
+            &err,
+            milan::Error::Extract(ExtractError::Mismatch {
+                reason: milan::Mismatch::HeadReplaced,
+                ..
+            })
+        ),
         "{err}"
     );
     let reader = held.reader().unwrap();

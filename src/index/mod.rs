@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use crate::error::{ExtractError, OpenError, WriteError};
+use crate::error::{ExtractError, Mismatch, OpenError, WriteError};
 use milan_index_format::{
     CodeLayout, CommitRecord, MetaRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC, MAX_LOGGED_DELETES,
 };
@@ -411,20 +411,20 @@ fn commit_record(meta: &MetaRecord, deletes: &[u64], rebuilt: bool) -> CommitRec
 }
 
 fn check_binding(dir: &Path, bits: u32, model: &ExtractorContract, head: &HashHead) -> Result<()> {
-    let mismatch = |detail: String| {
+    let mismatch = |reason: Mismatch| {
         Error::Extract(ExtractError::Mismatch {
             path: dir.to_path_buf(),
-            detail,
+            reason,
         })
     };
     if head.bits() != bits {
-        return Err(mismatch(format!(
-            "the hash head makes {}-bit codes but the index is for {bits}-bit codes",
-            head.bits()
-        )));
+        return Err(mismatch(Mismatch::HeadBits {
+            head: head.bits(),
+            index: bits,
+        }));
     }
     head.check_contract(model)
-        .map_err(|err| mismatch(err.to_string()))
+        .map_err(|err| mismatch(Mismatch::Head(err)))
 }
 
 /// Lower-case hex of some bytes, for naming fingerprints in messages.
@@ -800,9 +800,7 @@ impl Index {
         if self.head_replaced.load(Ordering::Relaxed) {
             return Err(Error::Extract(ExtractError::Mismatch {
                 path: self.dir.clone(),
-                detail: "another process replaced the index's hash head (rehash) since this \
-                         handle opened it; open the index again to code images with the new head"
-                    .into(),
+                reason: Mismatch::HeadReplaced,
             }));
         }
         Ok(())

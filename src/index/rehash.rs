@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::error::{ExtractError, WriteError};
+use crate::error::{ExtractError, Mismatch, WriteError};
 use milan_index_format::CodeLayout;
 use ndarray::Array2;
 
@@ -44,16 +44,14 @@ impl Index {
                 path: self.dir.clone(),
             }));
         }
-        let mismatch = |detail: String| {
+        let mismatch = |reason: Mismatch| {
             Error::Extract(ExtractError::Mismatch {
                 path: self.dir.clone(),
-                detail,
+                reason,
             })
         };
         let Some(model) = &self.model else {
-            return Err(mismatch(
-                "this index stores codes only: it has no features to re-code".into(),
-            ));
+            return Err(mismatch(Mismatch::CodesOnly));
         };
         check_binding(&self.dir, head.bits(), model, &head)?;
         let dim = model.dim;
@@ -75,14 +73,15 @@ impl Index {
             let mut matrix = Vec::with_capacity(chunk.len() * dim as usize);
             for &id in chunk {
                 let Some(vector) = crate::store::guard(&self.dir, || txn.features(id, dim))? else {
-                    let mut missing = 0;
+                    let mut missing = 0u64;
                     for &id in &live {
-                        missing += usize::from(txn.features(id, dim)?.is_none());
+                        missing += u64::from(txn.features(id, dim)?.is_none());
                     }
-                    return Err(mismatch(format!(
-                        "{missing} of {} items have no kept features (item {id} is one); only items added with IngestOptions::keep_features can be re-coded",
-                        live.len()
-                    )));
+                    return Err(mismatch(Mismatch::FeaturesNotKept {
+                        missing,
+                        items: live.len() as u64,
+                        example: id,
+                    }));
                 };
                 matrix.extend_from_slice(&vector);
             }

@@ -161,7 +161,10 @@ fn hint(err: &anyhow::Error) -> Option<String> {
         milan::Error::Train(TrainError::BadData { detail, .. }) if detail.contains("IngestOptions::keep_features") => {
             Some("`milan extract` writes DATA folders; to train on an index, add its images with --keep-features and --label-from-dir".to_string())
         }
-        milan::Error::Extract(ExtractError::Mismatch { detail, .. }) if detail.contains("IngestOptions::keep_features") => {
+        milan::Error::Extract(ExtractError::Mismatch {
+            reason: milan::Mismatch::FeaturesNotKept { .. },
+            ..
+        }) => {
             Some("only images added with --keep-features (`milan index add`) can be re-coded".to_string())
         }
         _ => None,
