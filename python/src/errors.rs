@@ -4,8 +4,8 @@
 //! two built-in exceptions, such as `MilanError` and `TimeoutError`); a [`Fail`] names the class
 //! and carries the message, and becomes a Python exception once the GIL is held again.
 
-use crate::error::{CodeError, OpenError, SearchError, TrainError, WriteError};
 use milan::Error;
+use milan::{CodeError, OpenError, SearchError, TrainError, WriteError};
 use pyo3::exceptions::{PyMemoryError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyType;

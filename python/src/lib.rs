@@ -7,7 +7,7 @@
 mod convert;
 mod errors;
 
-use crate::error::WriteError;
+use milan::WriteError;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
