@@ -105,6 +105,7 @@
 
 // The engine: always compiled.
 mod code;
+mod contract;
 mod error;
 mod head;
 mod index;
@@ -132,8 +133,13 @@ pub mod eval;
 pub mod train;
 
 pub use code::Code;
-pub use error::{Error, Result};
-pub use head::{ExtractorBinding, HashHead};
+pub use contract::{ExtractorContract, InputLayout, PixelRange, UnknownName};
+#[cfg(feature = "train")]
+pub use error::TrainError;
+pub use error::{
+    CodeError, Error, ExtractError, Mismatch, OpenError, Result, SearchError, WriteError,
+};
+pub use head::{ExtractorBinding, HashHead, HeadMismatch};
 #[cfg(feature = "images")]
 pub use index::RehashReport;
 pub use index::{

@@ -5,6 +5,7 @@
 //! and carries the message, and becomes a Python exception once the GIL is held again.
 
 use milan::Error;
+use milan::{CodeError, OpenError, SearchError, TrainError, WriteError};
 use pyo3::exceptions::{PyMemoryError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
@@ -117,27 +118,28 @@ impl From<Error> for Fail {
     /// I/O or storage error names the file, and its cause says what went wrong).
     fn from(err: Error) -> Fail {
         let kind = match &err {
-            Error::MissingDirectory { .. }
-            | Error::NotADirectory { .. }
-            | Error::NotAnIndex { .. } => Kind::NotAnIndex,
-            Error::AlreadyExists { .. } => Kind::IndexExists,
-            Error::LockTimeout { .. } => Kind::LockTimeout,
-            Error::ReadOnly { .. } => Kind::ReadOnly,
+            Error::Open(OpenError::MissingDirectory { .. })
+            | Error::Open(OpenError::NotADirectory { .. })
+            | Error::Open(OpenError::NotAnIndex { .. }) => Kind::NotAnIndex,
+            Error::Open(OpenError::AlreadyExists { .. }) => Kind::IndexExists,
+            Error::Write(WriteError::LockTimeout { .. }) => Kind::LockTimeout,
+            Error::Write(WriteError::ReadOnly { .. }) => Kind::ReadOnly,
             Error::Corrupted { .. } => Kind::Corrupted,
-            Error::TooNew { .. } | Error::UpgradeRequired { .. } => Kind::Version,
+            Error::Open(OpenError::TooNew { .. })
+            | Error::Open(OpenError::UpgradeRequired { .. }) => Kind::Version,
             Error::UnknownId { .. } => Kind::UnknownId,
-            Error::Layout(_)
-            | Error::InvalidBits { .. }
-            | Error::CodeLength { .. }
-            | Error::CodeLengthsDiffer { .. }
-            | Error::InvalidCode { .. }
-            | Error::RadiusTooLarge { .. }
-            | Error::ZeroK
-            | Error::ItemTooLarge { .. }
+            Error::Code(CodeError::Layout(_))
+            | Error::Code(CodeError::InvalidBits { .. })
+            | Error::Code(CodeError::CodeLength { .. })
+            | Error::Code(CodeError::CodeLengthsDiffer { .. })
+            | Error::Code(CodeError::InvalidCode { .. })
+            | Error::Search(SearchError::RadiusTooLarge { .. })
+            | Error::Search(SearchError::ZeroK)
+            | Error::Write(WriteError::ItemTooLarge { .. })
             | Error::InvalidArgument { .. }
-            | Error::LengthMismatch { .. }
-            | Error::BitsMismatch { .. }
-            | Error::SubstringsMismatch { .. } => Kind::InvalidArgument,
+            | Error::Train(TrainError::LengthMismatch { .. })
+            | Error::Open(OpenError::BitsMismatch { .. })
+            | Error::Open(OpenError::SubstringsMismatch { .. }) => Kind::InvalidArgument,
             Error::Io { .. } | Error::Storage { .. } => Kind::Storage,
             _ => Kind::Milan,
         };

@@ -7,6 +7,7 @@
 mod convert;
 mod errors;
 
+use milan::WriteError;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,9 +122,9 @@ impl PyIndex {
 
     fn check_writable(&self) -> Result<(), Fail> {
         if self.read_only {
-            return Err(Error::ReadOnly {
+            return Err(Error::Write(WriteError::ReadOnly {
                 path: self.path.clone(),
-            }
+            })
             .into());
         }
         Ok(())
