@@ -38,6 +38,15 @@ pub enum Kind {
     Storage,
     /// The built-in `MemoryError`.
     Memory,
+    /// `ModelError`: an ONNX model or ONNX Runtime that cannot be found, loaded or run.
+    Model,
+    /// `MismatchError` (a `ValueError`): a model or head that is not the one an index or a
+    /// head is made for.
+    Mismatch,
+    /// `ImageError` (a `ValueError`): an image that cannot be read or decoded.
+    Image,
+    /// `HeadError` (a `ValueError`): bytes or a file that are not a usable hash head.
+    Head,
 }
 
 impl Kind {
@@ -57,6 +66,10 @@ impl Kind {
             Kind::Closed => "ClosedIndexError",
             Kind::Storage => "StorageError",
             Kind::Memory => "MemoryError",
+            Kind::Model => "ModelError",
+            Kind::Mismatch => "MismatchError",
+            Kind::Image => "ImageError",
+            Kind::Head => "HeadError",
         }
     }
 }
@@ -137,7 +150,17 @@ impl From<Error> for Fail {
             | Error::InvalidArgument { .. }
             | Error::LengthMismatch { .. }
             | Error::BitsMismatch { .. }
-            | Error::SubstringsMismatch { .. } => Kind::InvalidArgument,
+            | Error::SubstringsMismatch { .. }
+            | Error::FeatureDim { .. }
+            | Error::EmptyData { .. }
+            | Error::NonFiniteFeature { .. }
+            | Error::ClassTooSmall { .. }
+            | Error::TooFewClasses { .. }
+            | Error::BadData { .. } => Kind::InvalidArgument,
+            Error::Runtime { .. } | Error::Model { .. } => Kind::Model,
+            Error::Mismatch { .. } => Kind::Mismatch,
+            Error::Image { .. } => Kind::Image,
+            Error::BadHead { .. } => Kind::Head,
             Error::Io { .. } | Error::Storage { .. } => Kind::Storage,
             _ => Kind::Milan,
         };
