@@ -87,7 +87,14 @@ impl PyExtractor {
         })
     }
 
-    /// The extractor, for one call at a time (a session runs one batch at once).
+    /// The resolved contract, with the model's fingerprint and feature dimension. Read without
+    /// the session's lock, which a call on another thread may hold while it waits for the GIL.
+    pub fn contract(&self) -> &ModelRecord {
+        &self.contract
+    }
+
+    /// The extractor, for one call at a time (a session runs one batch at once). Take it with
+    /// the GIL released only: a holder takes the GIL between batches.
     pub fn lock(&self) -> MutexGuard<'_, Extractor> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

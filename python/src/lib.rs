@@ -247,7 +247,7 @@ impl PyIndex {
         let images = match (extractor, head) {
             (None, None) => None,
             (Some(extractor), Some(head)) => {
-                let model = extractor.get().lock().contract().clone();
+                let model = extractor.get().contract().clone();
                 Some((model, head.get().head.clone()))
             }
             _ => {

@@ -216,25 +216,10 @@ impl PyHead {
 
 /// The binding a head made for `extractor` records.
 fn binding(extractor: &PyExtractor) -> ExtractorBinding {
-    let fingerprint = u8_32(&extractor_fingerprint(extractor));
     ExtractorBinding {
-        fingerprint,
-        output: extractor_output(extractor),
+        fingerprint: extractor.contract().fingerprint,
+        output: extractor.contract().output.clone(),
     }
-}
-
-fn extractor_fingerprint(extractor: &PyExtractor) -> Vec<u8> {
-    extractor.lock().contract().fingerprint.to_vec()
-}
-
-fn extractor_output(extractor: &PyExtractor) -> String {
-    extractor.lock().contract().output.clone()
-}
-
-fn u8_32(bytes: &[u8]) -> [u8; 32] {
-    let mut out = [0; 32];
-    out.copy_from_slice(bytes);
-    out
 }
 
 /// `milan train`'s settings from the arguments of `milan.train`.
