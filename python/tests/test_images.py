@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import milan
-from helpers import TINY_MODEL, TINY_NHWC_MODEL, run_cli, write_image_set
+from helpers import TINY_MODEL, TINY_NHWC_MODEL, run_cli, write_image_set, write_png
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +24,6 @@ def extractor():
 @pytest.fixture
 def images(tmp_path, rng):
     return write_image_set(tmp_path / "images", rng, per_class=10)
-
-
-@pytest.fixture
-def lsh_head(tmp_path):
-    """A 32-bit LSH head for the tiny model, made by `milan head init`."""
-    path = tmp_path / "lsh.head"
-    run_cli("head", "init", "--lsh", "--bits", 32, "--seed", 5, "--model", TINY_MODEL, "--out", path)
-    return path
 
 
 def stored(index):
@@ -54,13 +46,21 @@ def test_extractor_reads_the_model_contract_and_gives_float32_features(extractor
     assert extractor.features([]).shape == (0, 16)
 
 
-def test_codes_from_python_are_bit_for_bit_those_of_milan_index_add(tmp_path, extractor, images, lsh_head):
+def test_codes_from_python_are_bit_for_bit_those_of_milan_index_add(tmp_path, rng, extractor, images):
+    # Noise images beside the two classes, and a head centred on the features: many codes.
+    noise = tmp_path / "images" / "noise"
+    noise.mkdir()
+    for i in range(8):
+        write_png(noise / f"noise{i}.png", rng.integers(0, 256, size=(24 + i, 36, 3), dtype=np.uint8))
+    images = images + sorted(noise.iterdir())
+    head = milan.Head.lsh(32, extractor.dim, seed=5, mean=extractor.features(images).mean(axis=0))
+    head.save(tmp_path / "lsh.head")
+
     # The command line's index, from the same head file and images.
     cli_dir = tmp_path / "cli.milan"
-    run_cli("index", "create", cli_dir, "--model", TINY_MODEL, "--head", lsh_head)
+    run_cli("index", "create", cli_dir, "--model", TINY_MODEL, "--head", tmp_path / "lsh.head")
     cli_report = json.loads(run_cli("index", "add", cli_dir, *images, "--json", "--label-from-dir").stdout)
 
-    head = milan.Head.load(lsh_head)
     with milan.Index.create(tmp_path / "py.milan", extractor=extractor, head=head) as index:
         assert index.bits == 32 and index.head.fingerprint == head.fingerprint
         assert index.model["fingerprint"] == extractor.fingerprint
@@ -70,14 +70,14 @@ def test_codes_from_python_are_bit_for_bit_those_of_milan_index_add(tmp_path, ex
         assert report["added"] == cli_report["added"] == len(images)
         assert report["failed"] == [] and report["ids"] == [0, len(images) - 1]
         py_codes = stored(index)
-        assert index.labels(index.ids()) == ["red"] * 10 + ["blue"] * 10
+        assert index.labels(index.ids()) == ["red"] * 10 + ["blue"] * 10 + ["noise"] * 8
 
     with milan.Index.open(cli_dir, read_only=True) as cli_index:
         cli_codes = stored(cli_index)
     # Same keys (absolute paths), same codes, bit for bit; not all alike.
     assert py_codes == cli_codes
     assert sorted(py_codes) == sorted(str(path) for path in images)
-    assert len(set(py_codes.values())) > 2
+    assert len(set(py_codes.values())) > 5
     # ... and they are the head's codes of the extractor's features.
     coded = head.codes(extractor.features(images))
     assert [bytes(row) for row in coded] == [py_codes[str(path)] for path in images]
