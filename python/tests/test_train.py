@@ -185,3 +185,15 @@ def test_unusable_head_files_are_named(tmp_path):
     assert "missing.head" in str(caught.value) and isinstance(caught.value, OSError)
     with pytest.raises(milan.HeadError, match="the head bytes"):
         milan.Head.from_bytes(b"xyz")
+
+
+def test_every_new_name_is_documented():
+    import inspect
+
+    for cls in [milan.Extractor, milan.Head]:
+        for name, _ in inspect.getmembers(cls):
+            if not name.startswith("_"):
+                assert (getattr(cls, name).__doc__ or "").strip(), f"{cls.__name__}.{name}"
+        assert cls.__doc__.strip()
+    for function in [milan.train, milan.evaluate, milan.split]:
+        assert "milan " in function.__doc__, function.__name__
