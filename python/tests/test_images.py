@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import milan
-from helpers import TINY_MODEL, TINY_NHWC_MODEL, run_cli, write_image_set, write_png
+from helpers import ROOT, TINY_MODEL, TINY_NHWC_MODEL, run_cli, write_image_set, write_png
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +249,27 @@ def test_onnx_runtime_not_found_names_every_place_looked_in(tmp_path):
     assert "pip install onnxruntime==1.31.1" in done.stdout
     assert str(copy) in done.stdout
 
+
+
+def test_onnx_runtime_is_found_in_the_onnxruntime_python_package(tmp_path):
+    # A package installed outside any cargo target folder, beside an `onnxruntime` package
+    # whose capi folder holds the library (as its wheel does): found there, and it loads.
+    site = tmp_path / "site"
+    shutil.copytree(os.path.dirname(milan.__file__), site / "milan")
+    capi = site / "onnxruntime" / "capi"
+    capi.mkdir(parents=True)
+    (site / "onnxruntime" / "__init__.py").write_text("raise ImportError('never imported')\n")
+    real = ROOT / ".onnxruntime" / "cpu" / "libonnxruntime.so"
+    if not real.is_file():
+        pytest.skip("no ONNX Runtime in .onnxruntime/cpu (make setup)")
+    (capi / "libonnxruntime.so.1.31.1").symlink_to(real.resolve())
+    code = (
+        "import milan, milan._runtime as r\n"
+        "print(r.find_library())\n"
+        f"print(milan.Extractor({str(TINY_MODEL)!r}).dim)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MILAN_ORT_LIB", "ORT_DYLIB_PATH")}
+    env["PYTHONPATH"] = str(site)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(capi / "libonnxruntime.so.1.31.1"), "16"]
