@@ -85,26 +85,32 @@ def rust_batch(binary, directory, queries, k, runs):
 
 def batch_ratio(index, binary, directory, queries, k, runs, rounds):
     """Python's batch top-k against Rust's, interleaved in rounds so that both see the same
-    machine: medians in seconds, the ratio of the medians, and each round's ratio."""
-    python_times, rust_times, round_ratios = [], [], []
+    machine: medians of wall-clock and of CPU time (every thread of the process), the ratios of
+    the medians, and each round's wall-clock ratio."""
+    python_times, python_cpu, rust_times, rust_cpu, round_ratios = [], [], [], [], []
     for _ in range(rounds):
         times = []
         for _ in range(runs):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             index.search(queries, k=k)
             times.append(time.perf_counter() - started)
+            python_cpu.append(time.process_time() - cpu_started)
         rust = rust_batch(binary, directory, queries, k, runs)
         round_ratios.append(statistics.median(times) / statistics.median(rust["seconds"]))
         python_times += times
         rust_times += rust["seconds"]
-    python_median, rust_median = statistics.median(python_times), statistics.median(rust_times)
+        rust_cpu += rust["cpu_seconds"]
+    median = statistics.median
     return {
         "rounds": rounds,
         "runs_per_round": runs,
         "rust_threads": rust["threads"],
-        "python_median_ms": python_median * 1e3,
-        "rust_median_ms": rust_median * 1e3,
-        "ratio": python_median / rust_median,
+        "python_median_ms": median(python_times) * 1e3,
+        "rust_median_ms": median(rust_times) * 1e3,
+        "ratio": median(python_times) / median(rust_times),
+        "python_cpu_median_ms": median(python_cpu) * 1e3,
+        "rust_cpu_median_ms": median(rust_cpu) * 1e3,
+        "cpu_ratio": median(python_cpu) / median(rust_cpu),
         "round_ratios": round_ratios,
     }
 
@@ -245,7 +251,8 @@ def main():
             f"{b['python_median_ms']:.1f} ms, Rust {b['rust_median_ms']:.1f} ms "
             f"({b['rust_threads']} threads): ratio {b['ratio']:.3f} (rounds "
             + ", ".join(f"{r:.3f}" for r in b["round_ratios"])
-            + ")"
+            + f"); CPU time {b['python_cpu_median_ms']:.1f} ms against "
+            f"{b['rust_cpu_median_ms']:.1f} ms: ratio {b['cpu_ratio']:.3f}"
         )
     if "rust" in report:
         rust = report["rust"]
