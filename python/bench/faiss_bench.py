@@ -6,6 +6,9 @@ The codes and queries of ``search_bench.py`` (64-bit, clustered or uniform). For
 (milan: create, add and commit to disk; FAISS: add in memory), a batch top-k search of every
 query in one call (every core: milan's thread pool, FAISS's OpenMP threads), and one query per
 call. Batch and single times are medians over ``--runs`` (batch) and ``--single`` calls.
+FAISS answers single queries on one OpenMP thread (as ``benches/compare`` runs it): with two,
+each one-query call waits on a thread barrier, which on a shared machine costs milliseconds;
+milan answers one query on one thread anyway.
 Answers are checked: the FAISS flat index must return milan's distances; the multi-hash
 index's recall is the share of its answers within the exact k-th distance (the definition of
 ``benches/compare/faiss_bench.py``).
@@ -50,13 +53,18 @@ def batch(runs, call):
     return statistics.median(times), answer
 
 
-def singles(queries, call):
-    """Per-call microseconds of one query per call: median and mean."""
+def singles(queries, call, faiss=None):
+    """Per-call microseconds of one query per call: median and mean; FAISS on one thread."""
+    threads = faiss.omp_get_max_threads() if faiss else None
+    if faiss:
+        faiss.omp_set_num_threads(1)
     micros = []
     for query in queries:
         started = time.perf_counter()
         call(query)
         micros.append((time.perf_counter() - started) * 1e6)
+    if faiss:
+        faiss.omp_set_num_threads(threads)
     return {"median_us": statistics.median(micros), "mean_us": statistics.fmean(micros)}
 
 
@@ -138,7 +146,7 @@ def main():
     report["libraries"]["faiss_flat"] = {
         "build_s": build_s,
         "batch_per_query_us": batch_s * 1e6 / args.queries,
-        "single": singles(one, lambda q: flat.search(q[None, :], k)),
+        "single": singles(one, lambda q: flat.search(q[None, :], k), faiss),
         "recall": recall(codes, queries, flat_ids, kth),
     }
     del flat
@@ -151,7 +159,7 @@ def main():
         "nhash": args.nhash,
         "b": 64 // args.nhash,
         "batch_per_query_us": batch_s * 1e6 / args.queries,
-        "single": singles(one, lambda q: multi.search(q[None, :], k)),
+        "single": singles(one, lambda q: multi.search(q[None, :], k), faiss),
         "recall": recall(codes, queries, multi_ids, kth),
     }
 

@@ -8,7 +8,8 @@
 //! cores other jobs share.
 //!
 //! ```sh
-//! cargo run --release --manifest-path python/Cargo.toml --example rust_batch -- INDEX QUERIES.npy K RUNS
+//! PYO3_BUILD_EXTENSION_MODULE=1 cargo run --release --manifest-path python/Cargo.toml \
+//!     --example rust_batch -- INDEX QUERIES.npy K RUNS
 //! ```
 
 use std::time::Instant;

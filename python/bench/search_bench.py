@@ -14,8 +14,9 @@ With ``--milan PATH`` (the command-line binary: ``cargo build --release``) it al
 Rust; the difference between its mean and the single-query call's is the cost of the Python
 binding per call.
 
-With ``--rust-batch PATH`` (the example ``python/bench/rust_batch.rs``: ``cargo build --release
---manifest-path python/Cargo.toml --example rust_batch``) it sets the batch top-k search against
+With ``--rust-batch PATH`` (the example ``python/bench/rust_batch.rs``:
+``PYO3_BUILD_EXTENSION_MODULE=1 cargo build --release --manifest-path python/Cargo.toml --example
+rust_batch``) it sets the batch top-k search against
 the same batch run from Rust (a fresh reader, ``search_batch(queries).top_k(k)``, every core),
 in ``--rounds`` rounds, each a Python batch and a Rust batch ``--runs`` times, and reports the
 medians and their ratio (Python / Rust) and each round's.
