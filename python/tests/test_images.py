@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -273,3 +274,38 @@ def test_onnx_runtime_is_found_in_the_onnxruntime_python_package(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(capi / "libonnxruntime.so.1.31.1"), "16"]
+
+
+def test_ctrl_c_stops_add_images_keeping_what_was_committed(tmp_path, rng):
+    files = write_image_set(tmp_path / "images", rng, per_class=100)
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(map(str, files)))
+    code = (
+        "import sys, milan\n"
+        f"files = open({str(listing)!r}).read().split(chr(10))\n"
+        f"extractor = milan.Extractor({str(TINY_MODEL)!r})\n"
+        "head = milan.Head.lsh(16, extractor.dim)\n"
+        f"index = milan.Index.create({str(tmp_path / 'idx')!r}, extractor=extractor, head=head)\n"
+        "def progress(done, total):\n"
+        "    if done == 2:\n"
+        "        print('adding', flush=True)\n"
+        "    else:\n"
+        "        import time; time.sleep(0.05)\n"
+        "try:\n"
+        "    index.add_images(files, batch_size=1, commit_every=1, progress=progress)\n"
+        "except KeyboardInterrupt:\n"
+        "    print(len(index), flush=True)\n"
+        "    sys.exit(7)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "adding"
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=120) == 7
+        added = int(child.stdout.read().strip())
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert 2 <= added < len(files)
+    with milan.Index.open(tmp_path / "idx", read_only=True) as index:
+        assert len(index) == added and index.check()["ok"]

@@ -197,3 +197,34 @@ def test_every_new_name_is_documented():
         assert cls.__doc__.strip()
     for function in [milan.train, milan.evaluate, milan.split]:
         assert "milan " in function.__doc__, function.__name__
+
+
+def test_ctrl_c_stops_training_with_keyboard_interrupt(tmp_path):
+    # A real SIGINT to a process training with the GIL released: it stops at its next check.
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, milan\n"
+        "rng = np.random.default_rng(0)\n"
+        "features = rng.normal(size=(300, 16)).astype(np.float32)\n"
+        "labels = np.repeat(np.arange(3), 100)\n"
+        "def progress(p):\n"
+        "    if p['step'] == 10:\n"
+        "        print('training', flush=True)\n"
+        "try:\n"
+        "    milan.train(features, labels, bits=16, iters=10_000_000, threads=1, progress=progress)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    sys.exit(7)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "training"
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=120) == 7
+        assert child.stdout.read().strip() == "interrupted"
+    finally:
+        if child.poll() is None:
+            child.kill()
