@@ -5,7 +5,7 @@
 //! and carries the message, and becomes a Python exception once the GIL is held again.
 
 use milan::Error;
-use milan::{CodeError, OpenError, SearchError, TrainError, WriteError};
+use milan::{CodeError, ExtractError, OpenError, SearchError, TrainError, WriteError};
 use pyo3::exceptions::{PyMemoryError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
@@ -39,6 +39,15 @@ pub enum Kind {
     Storage,
     /// The built-in `MemoryError`.
     Memory,
+    /// `ModelError`: an ONNX model or ONNX Runtime that cannot be found, loaded or run.
+    Model,
+    /// `MismatchError` (a `ValueError`): a model or head that is not the one an index or a
+    /// head is made for.
+    Mismatch,
+    /// `ImageError` (a `ValueError`): an image that cannot be read or decoded.
+    Image,
+    /// `HeadError` (a `ValueError`): bytes or a file that are not a usable hash head.
+    Head,
 }
 
 impl Kind {
@@ -58,6 +67,10 @@ impl Kind {
             Kind::Closed => "ClosedIndexError",
             Kind::Storage => "StorageError",
             Kind::Memory => "MemoryError",
+            Kind::Model => "ModelError",
+            Kind::Mismatch => "MismatchError",
+            Kind::Image => "ImageError",
+            Kind::Head => "HeadError",
         }
     }
 }
@@ -139,7 +152,18 @@ impl From<Error> for Fail {
             | Error::InvalidArgument { .. }
             | Error::Train(TrainError::LengthMismatch { .. })
             | Error::Open(OpenError::BitsMismatch { .. })
-            | Error::Open(OpenError::SubstringsMismatch { .. }) => Kind::InvalidArgument,
+            | Error::Open(OpenError::SubstringsMismatch { .. })
+            | Error::Extract(ExtractError::FeatureDim { .. })
+            | Error::Train(TrainError::EmptyData { .. })
+            | Error::Train(TrainError::NonFiniteFeature { .. })
+            | Error::Train(TrainError::ClassTooSmall { .. })
+            | Error::Train(TrainError::TooFewClasses { .. })
+            | Error::Train(TrainError::BadData { .. }) => Kind::InvalidArgument,
+            Error::Extract(ExtractError::Runtime { .. })
+            | Error::Extract(ExtractError::Model { .. }) => Kind::Model,
+            Error::Extract(ExtractError::Mismatch { .. }) => Kind::Mismatch,
+            Error::Extract(ExtractError::Image { .. }) => Kind::Image,
+            Error::Extract(ExtractError::BadHead { .. }) => Kind::Head,
             Error::Io { .. } | Error::Storage { .. } => Kind::Storage,
             _ => Kind::Milan,
         };
