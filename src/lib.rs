@@ -57,8 +57,8 @@ pub use error::{Error, Result};
 pub use head::{ExtractorBinding, HashHead};
 pub use index::{
     BatchSearch, Hit, ImportProgress, Index, IndexBuilder, Info, Item, OptimizeReport, Pair,
-    PairBatches, Reader, RehashReport, Search, Writer, DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN,
-    MAX_ITEM_BYTES,
+    PairBatches, Reader, RehashReport, Search, Upserted, Writer, DEFAULT_CACHE_BYTES,
+    DEFAULT_EXPECTED_LEN, MAX_ITEM_BYTES,
 };
 pub use mih::search::Strategy;
 pub use store::check::CheckReport;

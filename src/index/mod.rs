@@ -28,13 +28,13 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use milan_index_format::{
-    CodeLayout, CommitRecord, MetaRecord, ModelRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC,
-    MAX_LOGGED_DELETES,
+    CodeLayout, CommitRecord, MetaRecord, ModelRecord, DATABASE_FILE, FORMAT_VERSION, KEYS_VERSION,
+    MAGIC, MAX_LOGGED_DELETES,
 };
 
 pub use reader::{BatchSearch, Hit, Pair, PairBatches, Reader, Search};
 pub use rehash::RehashReport;
-pub use writer::{ImportProgress, Item, Writer, MAX_ITEM_BYTES};
+pub use writer::{ImportProgress, Item, Upserted, Writer, MAX_ITEM_BYTES};
 
 use crate::error::{Error, Result};
 use crate::head::HashHead;
@@ -347,7 +347,8 @@ impl IndexBuilder {
 ///   read from those tables) are written as code blocks, its hash tables (built anew from the
 ///   codes, so that no damage of the old ones is carried over) as whole arrays, and the old
 ///   tables dropped. Version 2's import progress and every item stay as they are;
-/// - version 3 gains the generation and the commit log.
+/// - version 3 gains the generation and the commit log;
+/// - version 4 (and every older one) gains the key lookup, filled from the item records.
 fn upgrade(
     store: &Store,
     mut txn: StoreWrite,
@@ -355,7 +356,8 @@ fn upgrade(
     mut view: View,
     generation: u64,
 ) -> Result<(MetaRecord, View)> {
-    let rebuild = meta.format_version < BLOCKS_VERSION;
+    let from = meta.format_version;
+    let rebuild = from < BLOCKS_VERSION;
     if rebuild {
         view = View::build(
             view.layout().clone(),
@@ -377,6 +379,9 @@ fn upgrade(
     store::guard(store.dir(), || {
         if rebuild {
             txn.upgrade_tables(&view)?;
+        }
+        if from < KEYS_VERSION {
+            txn.build_keys()?;
         }
         txn.put_meta(&meta)?;
         txn.put_generation(generation, Some(&record))
@@ -558,7 +563,9 @@ pub struct Index {
     /// Signalled when the writer lock is released.
     writer_released: Condvar,
     model: Option<ModelRecord>,
-    head: Option<HashHead>,
+    /// The head this handle codes images with: replaced by [`Index::rehash`] through a shared
+    /// handle, so handed out as an `Arc` that outlives the swap.
+    head: RwLock<Option<Arc<HashHead>>>,
 }
 
 impl std::fmt::Debug for Index {
@@ -629,7 +636,7 @@ impl Index {
     ) -> Index {
         Index {
             model,
-            head,
+            head: RwLock::new(head.map(Arc::new)),
             dir: dir.to_path_buf(),
             store,
             upgraded_from: None,
@@ -777,7 +784,7 @@ impl Index {
     fn reload(&self, read: &StoreRead, meta: &MetaRecord) -> Result<View> {
         let view = read.load_view(meta)?;
         let (_, head) = read.binding()?;
-        let replaced = match (&self.head, &head) {
+        let replaced = match (self.head(), &head) {
             (Some(mine), Some(stored)) => mine.as_bytes() != stored.as_bytes(),
             _ => false,
         };
@@ -790,7 +797,7 @@ impl Index {
     /// Refuses to code images with this handle's head once another process replaced it (which
     /// catching up with the last commit finds out).
     pub(crate) fn check_head_current(&self) -> Result<()> {
-        if self.head.is_some() {
+        if self.head().is_some() {
             self.latest_commit()?;
         }
         if self.head_replaced.load(Ordering::Relaxed) {
@@ -809,9 +816,27 @@ impl Index {
         self.model.as_ref()
     }
 
-    /// The hash head the index codes images with (`None` for a code-only index).
-    pub fn head(&self) -> Option<&HashHead> {
-        self.head.as_ref()
+    /// Refuses codes made with `head` once it is no longer this handle's head: another process
+    /// replaced it ([`Index::check_head_current`]), or another thread re-coded the index through
+    /// this handle ([`Index::rehash`]) while they were being made.
+    pub(crate) fn check_head_is(&self, head: &HashHead) -> Result<()> {
+        self.check_head_current()?;
+        match self.head() {
+            Some(current) if current.as_bytes() == head.as_bytes() => Ok(()),
+            _ => Err(Error::Mismatch {
+                path: self.dir.clone(),
+                detail: "the index was re-coded with a new hash head (rehash) while these images \
+                         were coded with the old one; add them again"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The hash head the index codes images with (`None` for a code-only index). A shared
+    /// pointer: it stays valid when [`Index::rehash`] replaces the index's head meanwhile (ask
+    /// again for the new one).
+    pub fn head(&self) -> Option<Arc<HashHead>> {
+        self.head.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Code length in bits.
