@@ -8,6 +8,7 @@ mod engine;
 mod files;
 mod images;
 mod import;
+mod keys;
 mod persistence;
 mod processes;
 mod scale;
