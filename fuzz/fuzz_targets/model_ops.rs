@@ -481,7 +481,7 @@ fn run(input: Input) {
             }
             Op::OpenReadOnlyAndQuery { query, k } => {
                 drop(first);
-                let mut read_only = Index::open_read_only(&dir).expect("open read-only");
+                let read_only = Index::open_read_only(&dir).expect("open read-only");
                 check_state(&read_only, &model);
                 let reader = read_only.reader().expect("reader");
                 top_k(
@@ -750,33 +750,43 @@ fn session<'a, 'b, 'o>(
                 }
                 check_len(other, model);
             }
-            Op::Upsert { code, key, second: on_second } => {
+            Op::Upsert {
+                code,
+                key,
+                second: on_second,
+            } => {
                 if model.history.len() < MAX_CODES {
                     let entry = Entry {
                         code: model.code(code),
                         key: Some(*key),
                     };
-                    let writer = if *on_second {
-                        take_writer(&mut second_writer, second, writer.is_some(), model)
+                    if *on_second {
+                        let busy = writer.is_some();
+                        if let Some(writer) = take_writer(&mut second_writer, second, busy, model) {
+                            upsert(writer, model, entry);
+                        }
                     } else {
-                        take_writer(&mut writer, first, second_writer.is_some(), model)
-                    };
-                    if let Some(writer) = writer {
-                        upsert(writer, model, entry);
+                        let busy = second_writer.is_some();
+                        if let Some(writer) = take_writer(&mut writer, first, busy, model) {
+                            upsert(writer, model, entry);
+                        }
                     }
                 }
             }
-            Op::DeleteKey { key, second: on_second } => {
-                let writer = if *on_second {
-                    take_writer(&mut second_writer, second, writer.is_some(), model)
+            Op::DeleteKey {
+                key,
+                second: on_second,
+            } => {
+                if *on_second {
+                    let busy = writer.is_some();
+                    if let Some(writer) = take_writer(&mut second_writer, second, busy, model) {
+                        delete_key(writer, model, *key);
+                    }
                 } else {
-                    take_writer(&mut writer, first, second_writer.is_some(), model)
-                };
-                if let Some(writer) = writer {
-                    let name = key_name(*key);
-                    let deleted = writer.delete_key(&name).expect("delete_key");
-                    assert_eq!(deleted, model.delete_key(*key), "delete_key({name})");
-                    assert!(writer.ids_with_key(&name).expect("key lookup").is_empty());
+                    let busy = second_writer.is_some();
+                    if let Some(writer) = take_writer(&mut writer, first, busy, model) {
+                        delete_key(writer, model, *key);
+                    }
                 }
             }
             Op::SecondQuery { query, k, r, which } => {
@@ -1035,6 +1045,14 @@ fn upsert(writer: &mut Writer<'_>, model: &mut Model, entry: Entry) {
     assert_eq!(upserted.id, id, "ids are dense and never reused");
     assert_eq!(upserted.replaced, replaced, "upsert of {name}");
     assert_eq!(writer.ids_with_key(&name).expect("key lookup"), [id]);
+}
+
+/// A delete by key: the same ids as the model's, and none left under the key.
+fn delete_key(writer: &mut Writer<'_>, model: &mut Model, key: u8) {
+    let name = key_name(key);
+    let deleted = writer.delete_key(&name).expect("delete_key");
+    assert_eq!(deleted, model.delete_key(key), "delete_key({name})");
+    assert!(writer.ids_with_key(&name).expect("key lookup").is_empty());
 }
 
 fn delete(writer: &mut Writer<'_>, model: &mut Model, id: u64) {
