@@ -18,9 +18,9 @@
 //!   items the model holds under the key, counting the writer's own pending adds and deletes,
 //!   which the writer's key lookup shows before the commit;
 //! - invalid arguments (k = 0, radius > bits in searches and self-joins, substrings out of range,
-//!   codes of another length, writes through a read-only handle, a second writer or an
-//!   optimize on the thread holding the writer) return their typed error, and a third writable
-//!   handle opens beside the two and agrees with the model;
+//!   codes of another length to add or upsert, writes through a read-only handle, a second
+//!   writer or an optimize on the thread holding the writer) return their typed error, and a
+//!   third writable handle opens beside the two and agrees with the model;
 //! - a k beyond the live count (up to `usize::MAX`) returns every code; a forced multi-index
 //!   radius search far beyond its probe budget is refused with `MultiIndexTooCostly` (or, with
 //!   every code still in the scanned delta, answered).
@@ -683,11 +683,19 @@ fn session<'a, 'b, 'o>(
                 let reader = index.reader().expect("reader");
                 assert!(wrong_length(reader.search(&code).map(drop)));
                 // Refused without handing out an id: the next add checks that ids stay dense.
+                // A refused upsert deletes nothing of its key either (the model checks that at
+                // the commit).
+                let keyed = Item {
+                    key: Some(key_name(0)),
+                    ..Item::default()
+                };
                 if let Some(writer) = writer.as_mut() {
                     assert!(wrong_length(writer.add(&code, Item::default()).map(drop)));
+                    assert!(wrong_length(writer.upsert(&code, keyed.clone()).map(drop)));
                 }
                 if let Some(writer) = second_writer.as_mut() {
                     assert!(wrong_length(writer.add(&code, Item::default()).map(drop)));
+                    assert!(wrong_length(writer.upsert(&code, keyed).map(drop)));
                 }
             }
             Op::Optimize { substrings } => {

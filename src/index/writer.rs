@@ -326,10 +326,10 @@ impl<'a> Writer<'a> {
                     .into(),
             });
         };
-        // The add first: it checks the code and the item, so a refused upsert deletes nothing.
+        // Looked up before the add, which checks the code and the item: whichever fails, the
+        // transaction is left as it was, with no id handed out.
+        let replaced = self.ids_with_key(&key)?;
         let id = self.add_inner(code, item, features)?;
-        let mut replaced = self.ids_with_key(&key)?;
-        replaced.retain(|&other| other != id);
         for &old in &replaced {
             self.delete(old)?;
         }
@@ -338,8 +338,9 @@ impl<'a> Writer<'a> {
 
     /// Replaces the item stored with a live id (committed, or added in this transaction), keeping
     /// its id, code and kept features: a file that moved is re-keyed without being coded again.
-    /// The content-hash lookup ([`Reader::ids_with_content_hash`](super::Reader)) follows the new
-    /// item's hash. Returns false when there is no such live id.
+    /// The key and content-hash lookups ([`Reader::ids_with_key`](super::Reader::ids_with_key),
+    /// [`Reader::ids_with_content_hash`](super::Reader::ids_with_content_hash)) follow the new
+    /// item. Returns false when there is no such live id.
     ///
     /// Errors: [`Error::ItemTooLarge`] past [`MAX_ITEM_BYTES`], as for [`Writer::add`].
     ///
