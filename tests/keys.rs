@@ -461,3 +461,81 @@ fn rehash_through_a_shared_handle_while_other_threads_search() {
         Some(&old_codes[0].1)
     );
 }
+
+#[test]
+fn images_coded_with_a_head_replaced_meanwhile_are_refused_at_their_commit() {
+    use crate::images::{lsh_head, lsh_image_index, temp_image_set, tiny_model};
+    use milan::extract::{Extractor, ExtractorOptions};
+    use milan::ingest::{add_images, IngestOptions};
+
+    let (tmp, images, _) = temp_image_set(6);
+    let (_, index_dir) = lsh_image_index(tmp.path(), &images.join("red"), &["--keep-features"]);
+    let index = Index::open(&index_dir).unwrap();
+    let new_head = tmp.path().join("new.head");
+    lsh_head(
+        &new_head,
+        "16",
+        &["--model", s(&tiny_model()), "--seed", "7"],
+    );
+    let new_head = HashHead::read(&new_head).unwrap();
+    let mut extractor = Extractor::open(&ExtractorOptions::new(tiny_model())).unwrap();
+    let mut blue: Vec<_> = std::fs::read_dir(images.join("blue"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    blue.sort();
+    // Two images a commit; after the first commit, this handle is re-coded (from the same
+    // thread, between the add's commits) while the add has coded the next with the old head.
+    let options = IngestOptions {
+        batch_size: 2,
+        commit_every: 2,
+        keep_features: true,
+        ..IngestOptions::default()
+    };
+    let mut rehashed = false;
+    let mut progress = |_, _| {
+        if !rehashed {
+            index.rehash(new_head.clone()).unwrap();
+            rehashed = true;
+        }
+    };
+    let cancel = AtomicBool::new(false);
+    let err = add_images(
+        &index,
+        &mut extractor,
+        &blue,
+        &options,
+        &mut progress,
+        &cancel,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Mismatch { detail, .. } if detail.contains("re-coded")),
+        "{err}"
+    );
+    // What is stored is coded by the new head alone: the first commit's images re-coded with
+    // the rest, none of the old head's codes added after.
+    let reader = index.reader().unwrap();
+    assert_eq!(reader.len(), 6 + 2);
+    for id in reader.ids() {
+        let features = reader.features(id, 16).unwrap().expect("kept features");
+        let view = ndarray::ArrayView2::from_shape((1, 16), &features).unwrap();
+        assert_eq!(
+            reader.code(id),
+            Some(new_head.codes(view).unwrap().remove(0))
+        );
+    }
+    drop(reader);
+    assert!(index.verify().unwrap().is_ok());
+    // The same add again, with the handle's new head, adds the rest.
+    let report = add_images(
+        &index,
+        &mut extractor,
+        &blue,
+        &options,
+        &mut |_, _| {},
+        &cancel,
+    )
+    .unwrap();
+    assert_eq!((report.added, index.len()), (4, 12));
+}
