@@ -488,11 +488,11 @@ impl<'a> Writer<'a> {
                 let code = &codes[add.at..add.at + code_bytes];
                 bytes.extend_from_slice(code);
                 extend_words(&mut words, code);
-                txn.add_item(add.id, &add.item)?;
                 if let Some(vector) = &add.features {
                     txn.put_features(add.id, vector)?;
                 }
             }
+            txn.add_items(adds.iter().map(|add| (add.id, &add.item)))?;
             txn.add_codes(code_bytes, &ids, &bytes)?;
             txn.delete_codes(code_bytes, &deletes)?;
             for &id in &deletes {
