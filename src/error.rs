@@ -456,6 +456,10 @@ pub enum Mismatch {
     /// Another process re-coded the index with another head since this handle opened it.
     #[error("another process replaced the index's hash head (rehash) since this handle opened it; open the index again to code images with the new head")]
     HeadReplaced,
+    /// The index was re-coded with a new head (through this handle, by another thread) while
+    /// images were being coded with the old one: their codes would not match the index's.
+    #[error("the index was re-coded with a new hash head (rehash) while these images were coded with the old one; add them again")]
+    RecodedMeanwhile,
     /// A rehash of items whose features were not kept when they were added.
     #[error("{missing} of {items} items have no kept features (item {example} is one); only items added with IngestOptions::keep_features can be re-coded")]
     FeaturesNotKept {

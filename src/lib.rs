@@ -144,7 +144,8 @@ pub use head::{ExtractorBinding, HashHead, HeadMismatch};
 pub use index::RehashReport;
 pub use index::{
     BatchSearch, Hit, ImportProgress, Index, IndexBuilder, Info, Item, OptimizeReport, Pair,
-    PairBatches, Reader, Search, Writer, DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN, MAX_ITEM_BYTES,
+    PairBatches, Reader, Search, Upserted, Writer, DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN,
+    MAX_ITEM_BYTES,
 };
 pub use mih::search::Strategy;
 pub use store::check::CheckReport;

@@ -22,6 +22,8 @@ mod images;
 #[cfg(feature = "cli")]
 mod import;
 #[cfg(feature = "cli")]
+mod keys;
+#[cfg(feature = "cli")]
 mod processes;
 #[cfg(feature = "cli")]
 mod sync;

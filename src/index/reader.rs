@@ -110,6 +110,35 @@ impl Reader {
         store::guard(&self.dir, || self.read.features(id, dim))
     }
 
+    /// The live ids of the items stored under `key` ([`Item::key`]), in increasing order;
+    /// empty when no item has it. Keys need not be unique, so there may be several.
+    ///
+    /// Answered from the index's key lookup, at a cost independent of the index's size. An
+    /// index of format version 4 or older opened read-only has no key lookup (a writable open
+    /// adds it) and is answered by a scan of every item record instead: correct, but in time
+    /// proportional to the items.
+    ///
+    /// ```
+    /// # fn main() -> milan::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use milan::{Code, Index, Item};
+    /// let index = Index::builder(8).create(dir.path())?;
+    /// let mut writer = index.writer()?;
+    /// let item = Item { key: Some("a.png".into()), ..Item::default() };
+    /// let id = writer.add(&Code::from_hex("0f")?, item)?;
+    /// writer.commit()?;
+    /// assert_eq!(index.reader()?.ids_with_key("a.png")?, [id]);
+    /// assert!(index.reader()?.ids_with_key("b.png")?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn ids_with_key(&self, key: &str) -> Result<Vec<u64>> {
+        let mut ids = store::guard(&self.dir, || self.read.ids_with_key(key))?;
+        // The lookup and the snapshot are of one commit; this only keeps a damaged file's
+        // stray entries out of the answer.
+        ids.retain(|&id| self.view.is_live(id));
+        Ok(ids)
+    }
+
     /// The ids of the items stored with this content hash.
     pub fn ids_with_content_hash(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
         store::guard(&self.dir, || self.read.ids_with_content_hash(hash))
