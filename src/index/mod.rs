@@ -840,8 +840,8 @@ impl Index {
     }
 
     /// The hash head the index codes images with (`None` for a code-only index). A shared
-    /// pointer: it stays valid when `Index::rehash` (feature `images`) replaces the index's head meanwhile (ask
-    /// again for the new one).
+    /// pointer: it stays valid when `Index::rehash` (feature `images`) replaces the index's
+    /// head meanwhile (ask again for the new one).
     pub fn head(&self) -> Option<Arc<HashHead>> {
         self.head.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
