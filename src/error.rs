@@ -312,6 +312,8 @@ pub enum ExtractError {
     Runtime {
         /// What was tried and what failed.
         detail: String,
+        /// The extractor option that would settle it, when one would.
+        setting: Option<ExtractorSetting>,
     },
     /// The ONNX model cannot serve as a feature extractor.
     #[cfg(feature = "images")]
@@ -321,6 +323,9 @@ pub enum ExtractError {
         path: PathBuf,
         /// What is wrong, and how to fix it.
         detail: String,
+        /// The extractor option that would settle it, when one would (a model whose metadata
+        /// and shapes do not say its layout, input size or pixel scaling).
+        setting: Option<ExtractorSetting>,
     },
     /// An image that cannot be read or decoded.
     #[cfg(feature = "images")]
@@ -470,6 +475,26 @@ pub enum Mismatch {
         /// One of them.
         example: u64,
     },
+}
+
+/// An option of [`ExtractorOptions`](crate::extract::ExtractorOptions) that an
+/// [`ExtractError`] names as the fix, so that a program can ask its user for that value.
+#[cfg(feature = "images")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExtractorSetting {
+    /// `ExtractorOptions::layout`.
+    Layout,
+    /// `ExtractorOptions::input_size`.
+    InputSize,
+    /// `ExtractorOptions::pixel_range`.
+    PixelRange,
+    /// `ExtractorOptions::output`.
+    Output,
+    /// `ExtractorOptions::device`.
+    Device,
+    /// `ExtractorOptions::ort_library`: where ONNX Runtime is.
+    OrtLibrary,
 }
 
 /// A duration in seconds, as messages give it.

@@ -134,6 +134,8 @@ pub mod train;
 
 pub use code::Code;
 pub use contract::{ExtractorContract, InputLayout, PixelRange, UnknownName};
+#[cfg(feature = "images")]
+pub use error::ExtractorSetting;
 #[cfg(feature = "train")]
 pub use error::TrainError;
 pub use error::{

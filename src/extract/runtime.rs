@@ -10,7 +10,7 @@
 //! absolute against the current directory before it is checked, and the file checked is the file
 //! loaded.
 
-use crate::error::ExtractError;
+use crate::error::{ExtractError, ExtractorSetting};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -131,8 +131,10 @@ pub(crate) fn runtime(explicit: Option<&Path>, prefer_gpu: bool) -> Result<&'sta
         })
     });
     loaded.as_ref().map_err(|detail| {
+        // Every failure to find, load or start the library is settled by naming another one.
         Error::Extract(ExtractError::Runtime {
             detail: detail.clone(),
+            setting: Some(ExtractorSetting::OrtLibrary),
         })
     })
 }

@@ -5,7 +5,7 @@
 //! converters), overridden by explicit options; what neither gives is inferred from the model's
 //! input and output shapes where that is unambiguous, and otherwise asked for by name.
 
-use crate::error::ExtractError;
+use crate::error::{ExtractError, ExtractorSetting};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -103,7 +103,39 @@ fn model_error(path: &Path, detail: impl std::fmt::Display) -> Error {
     Error::Extract(ExtractError::Model {
         path: path.to_path_buf(),
         detail: detail.to_string(),
+        setting: None,
     })
+}
+
+/// Why the contract cannot be resolved, and which option would settle it.
+#[derive(Debug)]
+struct Unresolved {
+    detail: String,
+    setting: Option<ExtractorSetting>,
+}
+
+impl Unresolved {
+    fn needs(setting: ExtractorSetting, detail: impl Into<String>) -> Unresolved {
+        Unresolved {
+            detail: detail.into(),
+            setting: Some(setting),
+        }
+    }
+}
+
+impl From<String> for Unresolved {
+    fn from(detail: String) -> Unresolved {
+        Unresolved {
+            detail,
+            setting: None,
+        }
+    }
+}
+
+impl From<&str> for Unresolved {
+    fn from(detail: &str) -> Unresolved {
+        Unresolved::from(detail.to_string())
+    }
 }
 
 /// What the session says about its input and outputs, for contract resolution.
@@ -117,7 +149,7 @@ fn resolve(
     options: &ExtractorOptions,
     metadata: &HashMap<String, String>,
     signature: &Signature,
-) -> std::result::Result<ExtractorContract, String> {
+) -> std::result::Result<ExtractorContract, Unresolved> {
     let meta = |key: &str| metadata.get(&format!("milan.{key}")).cloned();
     let input = match meta("input") {
         Some(name) => name,
@@ -134,7 +166,8 @@ fn resolve(
         return Err(format!(
             "input {input:?} has rank {}, not an image batch of rank 4",
             shape.len()
-        ));
+        )
+        .into());
     }
     let layout = match options.layout {
         Some(layout) => layout,
@@ -145,10 +178,10 @@ fn resolve(
             None if shape[1] == 3 => InputLayout::Nchw,
             None if shape[3] == 3 => InputLayout::Nhwc,
             None => {
-                return Err(
-                    "cannot tell the input layout: set ExtractorOptions::layout (NCHW or NHWC)"
-                        .into(),
-                )
+                return Err(Unresolved::needs(
+                    ExtractorSetting::Layout,
+                    "cannot tell the input layout: set ExtractorOptions::layout (NCHW or NHWC)",
+                ))
             }
         },
     };
@@ -164,20 +197,29 @@ fn resolve(
                 .map_err(|_| format!("bad milan.size metadata {text:?}"))?,
             None if spatial.0 > 0 && spatial.0 == spatial.1 => spatial.0 as u32,
             None => {
-                return Err("cannot tell the input size: set ExtractorOptions::input_size".into())
+                return Err(Unresolved::needs(
+                    ExtractorSetting::InputSize,
+                    "cannot tell the input size: set ExtractorOptions::input_size",
+                ))
             }
         },
     };
     if !(8..=4096).contains(&size) || (spatial.0 > 0 && spatial.0 != i64::from(size)) {
-        return Err(format!(
-            "input size {size} does not fit the model's input shape {shape:?}"
+        return Err(Unresolved::needs(
+            ExtractorSetting::InputSize,
+            format!("input size {size} does not fit the model's input shape {shape:?}"),
         ));
     }
     let pixel_range = match options.pixel_range {
         Some(range) => range,
         None => match meta("pixel_range") {
             Some(text) => text.parse().map_err(|err: UnknownName| format!("milan.pixel_range metadata: {err}"))?,
-            None => return Err("the model does not say how to scale pixels: set ExtractorOptions::pixel_range (0..1, -1..1 or ImageNet)".into()),
+            None => {
+                return Err(Unresolved::needs(
+                    ExtractorSetting::PixelRange,
+                    "the model does not say how to scale pixels: set ExtractorOptions::pixel_range (0..1, -1..1 or ImageNet)",
+                ))
+            }
         },
     };
     let output = match options.output.clone().or_else(|| meta("output")) {
@@ -189,9 +231,12 @@ fn resolve(
             .ok_or("the model has no outputs")?,
     };
     if !signature.outputs.contains(&output) {
-        return Err(format!(
-            "the model has no output named {output:?}; it has {}",
-            signature.outputs.join(", ")
+        return Err(Unresolved::needs(
+            ExtractorSetting::Output,
+            format!(
+                "the model has no output named {output:?}; it has {}",
+                signature.outputs.join(", ")
+            ),
         ));
     }
     Ok(ExtractorContract {
@@ -237,8 +282,13 @@ impl Extractor {
                 .map(|o| o.name().to_string())
                 .collect(),
         };
-        let mut contract =
-            resolve(options, &metadata, &signature).map_err(|detail| model_error(path, detail))?;
+        let mut contract = resolve(options, &metadata, &signature).map_err(|unresolved| {
+            Error::Extract(ExtractError::Model {
+                path: path.to_path_buf(),
+                detail: unresolved.detail,
+                setting: unresolved.setting,
+            })
+        })?;
         contract.fingerprint = *blake3::hash(&bytes).as_bytes();
         let run_options = RunOptions::new()
             .map_err(|err| model_error(path, err))?
@@ -251,9 +301,13 @@ impl Extractor {
         };
         let blank = vec![0.0f32; extractor.input_len()];
         let probe = extractor.run(&blank, 1).map_err(|err| match err {
-            Error::Extract(ExtractError::Model { detail, .. }) => {
-                model_error(path, format!("a test run failed: {detail}"))
-            }
+            Error::Extract(ExtractError::Model {
+                detail, setting, ..
+            }) => Error::Extract(ExtractError::Model {
+                path: path.to_path_buf(),
+                detail: format!("a test run failed: {detail}"),
+                setting,
+            }),
             other => other,
         })?;
         extractor.contract.dim = probe.ncols() as u32;
@@ -384,6 +438,7 @@ fn build_session(
             }
             Err(detail) => {
                 return Err(Error::Extract(ExtractError::Runtime {
+                    setting: Some(ExtractorSetting::Device),
                     detail: format!(
                         "CUDA device {device} is not usable with {} ({detail}); it needs the CUDA build of ONNX Runtime with CUDA 13 and cuDNN 9 beside it, or set ExtractorOptions::device to Device::Cpu",
                         runtime.library.display()
@@ -457,6 +512,8 @@ mod tests {
             &signature(),
         )
         .unwrap_err();
+        assert_eq!(missing.setting, Some(ExtractorSetting::PixelRange));
+        let missing = missing.detail;
         assert!(
             missing.contains("ExtractorOptions::pixel_range"),
             "{missing}"
@@ -466,9 +523,9 @@ mod tests {
             output: Some("nope".into()),
             ..options.clone()
         };
-        assert!(resolve(&wrong, &HashMap::new(), &signature())
-            .unwrap_err()
-            .contains("f, g"));
+        let unresolved = resolve(&wrong, &HashMap::new(), &signature()).unwrap_err();
+        assert_eq!(unresolved.setting, Some(ExtractorSetting::Output));
+        assert!(unresolved.detail.contains("f, g"), "{}", unresolved.detail);
         let size = ExtractorOptions {
             input_size: Some(64),
             ..options

@@ -31,7 +31,7 @@ mod sync;
 mod train;
 mod walk;
 
-use milan::{ExtractError, OpenError, TrainError, WriteError};
+use milan::{ExtractError, ExtractorSetting, OpenError, TrainError, WriteError};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -134,27 +134,17 @@ fn hint(err: &anyhow::Error) -> Option<String> {
             "run this again when the other command has finished, or wait longer with --lock-timeout SECONDS"
                 .to_string(),
         ),
-        // The library names its settings; the command line's flags for them follow.
-        milan::Error::Extract(ExtractError::Runtime { detail }) if detail.contains("ExtractorOptions::device") => Some(
-            "`make setup-gpu` installs the CUDA build; --device cpu runs on the CPU".to_string(),
-        ),
-        milan::Error::Extract(ExtractError::Runtime { detail }) if detail.contains("ExtractorOptions::ort_library") => {
-            Some(
-                "`make setup` (or `make setup-gpu`) installs ONNX Runtime; --ort-lib PATH names the library"
-                    .to_string(),
-            )
-        }
-        milan::Error::Extract(ExtractError::Model { detail, .. }) => [
-            ("ExtractorOptions::layout", "pass --layout nchw or nhwc"),
-            ("ExtractorOptions::input_size", "pass --input-size"),
-            (
-                "ExtractorOptions::pixel_range",
-                "pass --pixel-range 0..1, -1..1 or imagenet",
-            ),
-        ]
-        .into_iter()
-        .find(|(setting, _)| detail.contains(setting))
-        .map(|(_, hint)| hint.to_string()),
+        // The library names the setting that would settle it; the command line's flag for it.
+        milan::Error::Extract(
+            ExtractError::Runtime {
+                setting: Some(setting),
+                ..
+            }
+            | ExtractError::Model {
+                setting: Some(setting),
+                ..
+            },
+        ) => flag_for(*setting).map(str::to_string),
         milan::Error::Train(TrainError::ClassTooSmall { why, .. }) if why.contains("TrainConfig::batch") => {
             Some("lower --batch (a multiple of 3)".to_string())
         }
@@ -169,6 +159,23 @@ fn hint(err: &anyhow::Error) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// The command line's way to give an extractor setting.
+fn flag_for(setting: ExtractorSetting) -> Option<&'static str> {
+    Some(match setting {
+        ExtractorSetting::Layout => "pass --layout nchw or nhwc",
+        ExtractorSetting::InputSize => "pass --input-size",
+        ExtractorSetting::PixelRange => "pass --pixel-range 0..1, -1..1 or imagenet",
+        ExtractorSetting::Output => "pass --output with one of the model's outputs",
+        ExtractorSetting::Device => {
+            "`make setup-gpu` installs the CUDA build; --device cpu runs on the CPU"
+        }
+        ExtractorSetting::OrtLibrary => {
+            "`make setup` (or `make setup-gpu`) installs ONNX Runtime; --ort-lib PATH names the library"
+        }
+        _ => return None,
+    })
 }
 
 /// Whether the error is a write to a pipe whose reader has gone, which is not a failure.
