@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 #[cfg(feature = "cli")]
 use std::process::Command;
 
+#[cfg(feature = "images")]
+use crate::util::fake_contract;
 use milan::format::DATABASE_FILE;
 #[cfg(feature = "train")]
 use milan::train::{Recipe, TrainConfig};
@@ -13,7 +15,7 @@ use milan::TrainError;
 use milan::{Code, Error, Index, Item};
 use milan::{CodeError, OpenError, WriteError};
 #[cfg(feature = "images")]
-use milan::{ExtractError, ExtractorContract, HashHead, InputLayout, PixelRange};
+use milan::{ExtractError, HashHead};
 
 fn index_of(dir: &Path, bits: u32, substrings: u32, codes: &[Code]) {
     let index = Index::builder(bits)
@@ -25,20 +27,6 @@ fn index_of(dir: &Path, bits: u32, substrings: u32, codes: &[Code]) {
         writer.add(code, Item::default()).unwrap();
     }
     writer.commit().unwrap();
-}
-
-#[cfg(feature = "images")]
-fn model_record(dim: u32) -> ExtractorContract {
-    ExtractorContract {
-        fingerprint: [7; 32],
-        path: "model.onnx".into(),
-        input: "input".into(),
-        layout: InputLayout::Nchw,
-        size: 32,
-        pixel_range: PixelRange::ZeroOne,
-        output: "features".into(),
-        dim,
-    }
 }
 
 #[test]
@@ -103,7 +91,7 @@ fn an_open_refuses_a_code_length_or_substrings_other_than_stored() {
         #[cfg(feature = "images")]
         {
             let head = HashHead::lsh(64, 3, 1, None, None).unwrap();
-            let err = open(Index::builder(64).images(model_record(3), head)).unwrap_err();
+            let err = open(Index::builder(64).images(fake_contract(3), head)).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
             assert!(err.to_string().contains("create only"), "{err}");
         }
@@ -557,7 +545,7 @@ fn verify_and_compact_run_through_a_shared_handle() {
 fn the_extractor_contract_and_items_round_trip_through_the_index_as_milan_types() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("images");
-    let mut contract = model_record(3);
+    let mut contract = fake_contract(3);
     contract.layout = "nhwc".parse().unwrap();
     contract.pixel_range = "-1..1".parse().unwrap();
     let head = HashHead::lsh(16, 3, 1, None, None).unwrap();
@@ -590,7 +578,7 @@ fn the_extractor_contract_and_items_round_trip_through_the_index_as_milan_types(
 #[cfg(feature = "images")]
 fn a_head_that_cannot_code_a_contract_says_why_in_fields() {
     let head = HashHead::lsh(16, 8, 1, None, None).unwrap();
-    match head.check_contract(&model_record(3)) {
+    match head.check_contract(&fake_contract(3)) {
         Err(milan::HeadMismatch::Dimension {
             head,
             model,
@@ -600,11 +588,11 @@ fn a_head_that_cannot_code_a_contract_says_why_in_fields() {
         }
         other => panic!("expected a dimension mismatch, got {other:?}"),
     }
-    assert_eq!(head.check_contract(&model_record(8)), Ok(()));
+    assert_eq!(head.check_contract(&fake_contract(8)), Ok(()));
     // An index refuses the pair by the same reason.
     let tmp = tempfile::tempdir().unwrap();
     let err = Index::builder(16)
-        .images(model_record(3), head)
+        .images(fake_contract(3), head)
         .create(tmp.path().join("idx"))
         .unwrap_err();
     assert!(

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use milan::{Code, Error, HashHead, Index, Item};
 use milan::{CodeError, ExtractError, WriteError};
-use milan::{ExtractorContract, InputLayout, PixelRange};
 
 use crate::util::*;
 
@@ -339,19 +338,6 @@ fn the_check_finds_a_key_table_out_of_step_with_the_items() {
     assert!(said.contains("z.png") && said.contains("damaged"), "{said}");
 }
 
-fn model_record(dim: u32) -> ExtractorContract {
-    ExtractorContract {
-        fingerprint: [9; 32],
-        path: "model.onnx".into(),
-        input: "input".into(),
-        layout: InputLayout::Nchw,
-        size: 32,
-        pixel_range: PixelRange::ZeroOne,
-        output: "features".into(),
-        dim,
-    }
-}
-
 /// The top-k ids of `query` among `codes` (by id), as the index answers: by distance, then id.
 fn top_ids(codes: &[(u64, Code)], query: &Code, k: usize) -> Vec<u64> {
     brute_top_k(codes, query, k)
@@ -369,7 +355,7 @@ fn rehash_through_a_shared_handle_while_other_threads_search() {
     let new_head = HashHead::lsh(32, DIM, 2, None, None).unwrap();
     let index = Arc::new(
         Index::builder(32)
-            .images(model_record(DIM), old_head.clone())
+            .images(fake_contract(DIM), old_head.clone())
             .create(tmp.path().join("idx"))
             .unwrap(),
     );

@@ -341,6 +341,37 @@ fn stored(dir: &Path) -> Stored {
 }
 
 /// Checks that `index` reports each of `imports` as its progress.
+/// Opens the copied fixture of `version` in `dir` read-only (it stays that version, its file
+/// untouched), then writable (it is upgraded to the current version); both answer with the
+/// fixture's codes, keys and imports and pass the full check. Returns the live codes.
+fn read_only_then_upgraded(dir: &Path, version: u32, imports: &[ImportProgress]) -> u64 {
+    use milan::format::{DATABASE_FILE, FORMAT_VERSION};
+    let file = dir.join(DATABASE_FILE);
+    let before = std::fs::read(&file).unwrap();
+    let live = {
+        let index = Index::open_read_only(dir).unwrap();
+        assert_eq!(index.info().format_version, version);
+        assert_eq!(index.upgraded_from(), None);
+        assert_fixture_contents(&index, version);
+        assert_fixture_keys(&index, version);
+        assert_imports(&index, imports);
+        assert!(index.verify().unwrap().is_ok());
+        index.len()
+    };
+    assert!(
+        std::fs::read(&file).unwrap() == before,
+        "a read-only open changed the file"
+    );
+    let index = Index::open(dir).unwrap();
+    assert_eq!(index.upgraded_from(), Some(version));
+    assert_eq!(index.info().format_version, FORMAT_VERSION);
+    assert_fixture_contents(&index, version);
+    assert_fixture_keys(&index, version);
+    assert_imports(&index, imports);
+    assert!(index.verify().unwrap().is_ok());
+    live
+}
+
 fn assert_imports(index: &Index, imports: &[ImportProgress]) {
     for progress in imports {
         assert_eq!(
@@ -413,10 +444,8 @@ fn golden_index_of_format_version_2_opens_and_answers() {
 
 #[test]
 fn golden_index_of_format_version_3_opens_and_answers() {
-    use milan::format::{BUCKETS_TABLE, CODES_TABLE, COMMITS_TABLE, DATABASE_FILE, FORMAT_VERSION};
+    use milan::format::{BUCKETS_TABLE, CODES_TABLE, COMMITS_TABLE};
     let copy = fixture_copy(3);
-    let file = copy.path().join(DATABASE_FILE);
-    let before = std::fs::read(&file).unwrap();
     // What the fixture is there to exercise: hash tables stored over the first 300 ids, a delta
     // of later ids past them, code blocks, live ids without item records, and no table of the
     // earlier versions.
@@ -434,32 +463,11 @@ fn golden_index_of_format_version_3_opens_and_answers() {
     assert!(layout.parts > 0);
     let imports = fixture_imports(3);
     assert_eq!(imports.len(), 2);
-    // Read-only, it stays a version-3 index, and the file is untouched.
-    {
-        let index = Index::open_read_only(copy.path()).unwrap();
-        assert_eq!(index.info().format_version, 3);
-        assert_eq!(index.upgraded_from(), None);
-        assert!(layout.items < index.len());
-        assert_fixture_contents(&index, 3);
-        assert_fixture_keys(&index, 3);
-        assert_imports(&index, &imports);
-        assert!(index.verify().unwrap().is_ok());
-    }
-    assert!(
-        std::fs::read(&file).unwrap() == before,
-        "a read-only open changed the file"
-    );
-    // Writable, it is converted to the current version in one commit that changes nothing
-    // else: generation 1, logged as no change.
-    {
-        let index = Index::open(copy.path()).unwrap();
-        assert_eq!(index.upgraded_from(), Some(3));
-        assert_eq!(index.info().format_version, FORMAT_VERSION);
-        assert_fixture_contents(&index, 3);
-        assert_fixture_keys(&index, 3);
-        assert_imports(&index, &imports);
-        assert!(index.verify().unwrap().is_ok());
-    }
+    // Read-only, it stays a version-3 index, the file untouched; writable, it is converted to
+    // the current version in one commit that changes nothing else: generation 1, logged as no
+    // change.
+    let live = read_only_then_upgraded(copy.path(), 3, &imports);
+    assert!(layout.items < live);
     let upgraded = stored(copy.path());
     assert_eq!(upgraded.generation, 1);
     assert_eq!(upgraded.commits.len(), 1);
@@ -506,40 +514,16 @@ fn assert_fixture_log(layout: &Stored) {
 
 #[test]
 fn golden_index_of_format_version_4_opens_and_answers() {
-    use milan::format::{DATABASE_FILE, FORMAT_VERSION};
     let copy = fixture_copy(4);
-    let file = copy.path().join(DATABASE_FILE);
-    let before = std::fs::read(&file).unwrap();
     let layout = stored(copy.path());
     assert_fixture_log(&layout);
     assert!(layout.keys.is_none());
     let imports = fixture_imports(4);
     assert_eq!(imports.len(), 2);
-    // Read-only, it stays a version-4 index, the file untouched; key lookups read the items.
-    {
-        let index = Index::open_read_only(copy.path()).unwrap();
-        assert_eq!(index.info().format_version, 4);
-        assert_eq!(index.upgraded_from(), None);
-        assert_fixture_contents(&index, 4);
-        assert_fixture_keys(&index, 4);
-        assert_imports(&index, &imports);
-        assert!(index.verify().unwrap().is_ok());
-    }
-    assert!(
-        std::fs::read(&file).unwrap() == before,
-        "a read-only open changed the file"
-    );
-    // Writable, it is converted in one commit that fills the key table from the items and
-    // changes nothing else: logged as no change.
-    {
-        let index = Index::open(copy.path()).unwrap();
-        assert_eq!(index.upgraded_from(), Some(4));
-        assert_eq!(index.info().format_version, FORMAT_VERSION);
-        assert_fixture_contents(&index, 4);
-        assert_fixture_keys(&index, 4);
-        assert_imports(&index, &imports);
-        assert!(index.verify().unwrap().is_ok());
-    }
+    // Read-only, it stays a version-4 index, the file untouched, and key lookups read the
+    // items; writable, it is converted in one commit that fills the key table from the items
+    // and changes nothing else: logged as no change.
+    read_only_then_upgraded(copy.path(), 4, &imports);
     let upgraded = stored(copy.path());
     assert_eq!(upgraded.generation, 6);
     let (generation, commit) = upgraded.commits.last().unwrap();

@@ -12,6 +12,22 @@ use milan::{Code, Hit};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// The contract of an extractor that is never run: image indexes made with it take codes and
+/// heads of features of dimension `dim`.
+#[cfg(feature = "images")]
+pub fn fake_contract(dim: u32) -> milan::ExtractorContract {
+    milan::ExtractorContract {
+        fingerprint: [7; 32],
+        path: "model.onnx".into(),
+        input: "input".into(),
+        layout: milan::InputLayout::Nchw,
+        size: 32,
+        pixel_range: milan::PixelRange::ZeroOne,
+        output: "features".into(),
+        dim,
+    }
+}
+
 pub fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
