@@ -11,6 +11,7 @@ mod import;
 mod persistence;
 mod processes;
 mod scale;
+mod shards;
 mod sync;
 mod training;
 mod util;
