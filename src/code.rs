@@ -10,6 +10,7 @@
 //! with [`Code::as_bytes`], [`Code::to_hex`] (also `Display`) and `u64::try_from(&code)` for a
 //! 64-bit code.
 
+use crate::error::CodeError;
 use bitvec::prelude::{BitSlice, Msb0};
 use milan_index_format::{MAX_BITS, MIN_BITS};
 
@@ -39,11 +40,11 @@ impl Code {
     pub fn from_bytes(bytes: &[u8]) -> Result<Code> {
         let bits = bytes.len() as u64 * 8;
         if !(u64::from(MIN_BITS)..=u64::from(MAX_BITS)).contains(&bits) {
-            return Err(Error::InvalidCode {
+            return Err(Error::Code(CodeError::InvalidCode {
                 detail: format!(
                     "{bits} bits: codes are {MIN_BITS} to {MAX_BITS} bits, a multiple of 8"
                 ),
-            });
+            }));
         }
         Ok(Code {
             bytes: bytes.into(),
@@ -55,9 +56,9 @@ impl Code {
     pub fn from_hex(hex: &str) -> Result<Code> {
         let digits = hex.strip_prefix("0x").unwrap_or(hex);
         if !digits.len().is_multiple_of(2) {
-            return Err(Error::InvalidCode {
+            return Err(Error::Code(CodeError::InvalidCode {
                 detail: format!("hex code {hex:?} has an odd number of digits"),
-            });
+            }));
         }
         let bytes = (0..digits.len())
             .step_by(2)
@@ -65,19 +66,23 @@ impl Code {
                 digits
                     .get(i..i + 2)
                     .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                    .ok_or_else(|| Error::InvalidCode {
-                        detail: format!("hex code {hex:?} has a non-hex digit near position {i}"),
+                    .ok_or_else(|| {
+                        Error::Code(CodeError::InvalidCode {
+                            detail: format!(
+                                "hex code {hex:?} has a non-hex digit near position {i}"
+                            ),
+                        })
                     })
             })
             .collect::<Result<Vec<u8>>>()?;
         Code::from_bytes(&bytes)
     }
 
-    /// A code of `bits` bits whose bit `i` is `bit(i)`; [`Error::InvalidBits`] unless `bits` is a
+    /// A code of `bits` bits whose bit `i` is `bit(i)`; [`CodeError::InvalidBits`] unless `bits` is a
     /// multiple of 8 from 8 to 1024.
     pub fn from_fn(bits: u32, mut bit: impl FnMut(usize) -> bool) -> Result<Code> {
         if !bits.is_multiple_of(8) || !(MIN_BITS..=MAX_BITS).contains(&bits) {
-            return Err(Error::InvalidBits { bits });
+            return Err(Error::Code(CodeError::InvalidBits { bits }));
         }
         let mut bytes = vec![0u8; bits as usize / 8];
         let view = BitSlice::<u8, Msb0>::from_slice_mut(&mut bytes);
@@ -107,14 +112,14 @@ impl Code {
         self.bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Hamming distance to a code of the same length; [`Error::CodeLengthsDiffer`] for codes of
+    /// Hamming distance to a code of the same length; [`CodeError::CodeLengthsDiffer`] for codes of
     /// different lengths.
     pub fn distance(&self, other: &Code) -> Result<u32> {
         if self.bits() != other.bits() {
-            return Err(Error::CodeLengthsDiffer {
+            return Err(Error::Code(CodeError::CodeLengthsDiffer {
                 left: self.bits(),
                 right: other.bits(),
-            });
+            }));
         }
         Ok(self
             .bytes
@@ -163,16 +168,18 @@ impl From<u64> for Code {
 }
 
 /// A 64-bit code as a `u64`, its first bit the most significant (the inverse of
-/// `Code::from(u64)`); [`Error::InvalidCode`] for a code of another length.
+/// `Code::from(u64)`); [`CodeError::InvalidCode`] for a code of another length.
 impl TryFrom<&Code> for u64 {
     type Error = Error;
 
     fn try_from(code: &Code) -> Result<u64> {
-        let bytes: [u8; 8] = code.as_bytes().try_into().map_err(|_| Error::InvalidCode {
-            detail: format!(
-                "a {}-bit code does not fit a u64; only 64-bit codes convert",
-                code.bits()
-            ),
+        let bytes: [u8; 8] = code.as_bytes().try_into().map_err(|_| {
+            Error::Code(CodeError::InvalidCode {
+                detail: format!(
+                    "a {}-bit code does not fit a u64; only 64-bit codes convert",
+                    code.bits()
+                ),
+            })
         })?;
         Ok(u64::from_be_bytes(bytes))
     }
@@ -255,11 +262,11 @@ mod tests {
         assert_eq!(a.distance(&Code::from_hex("0f").unwrap()).unwrap(), 4);
         assert!(matches!(
             Code::from_fn(12, |_| true),
-            Err(Error::InvalidBits { bits: 12 })
+            Err(Error::Code(CodeError::InvalidBits { bits: 12 }))
         ));
         assert!(matches!(
             Code::from_fn(1032, |_| true),
-            Err(Error::InvalidBits { bits: 1032 })
+            Err(Error::Code(CodeError::InvalidBits { bits: 1032 }))
         ));
     }
 
@@ -270,7 +277,10 @@ mod tests {
             .distance(&Code::from_hex("ffff").unwrap())
             .unwrap_err();
         assert!(
-            matches!(err, Error::CodeLengthsDiffer { left: 8, right: 16 }),
+            matches!(
+                err,
+                Error::Code(CodeError::CodeLengthsDiffer { left: 8, right: 16 })
+            ),
             "{err}"
         );
         let said = err.to_string();
@@ -292,7 +302,10 @@ mod tests {
         assert!(Code::from(1u64 << 63).as_bitslice()[0]);
         let short = Code::from_hex("ffff").unwrap();
         let err = u64::try_from(&short).unwrap_err();
-        assert!(matches!(err, Error::InvalidCode { .. }), "{err}");
+        assert!(
+            matches!(err, Error::Code(CodeError::InvalidCode { .. })),
+            "{err}"
+        );
         assert!(err.to_string().contains("16-bit"), "{err}");
     }
 
@@ -307,7 +320,7 @@ mod tests {
         assert_eq!("0x8001fe7f00ff1042".parse::<Code>().unwrap(), code);
         assert!(matches!(
             "8001fe7f00ff104".parse::<Code>(),
-            Err(Error::InvalidCode { .. })
+            Err(Error::Code(CodeError::InvalidCode { .. }))
         ));
         assert!("zz".parse::<Code>().is_err());
         assert_eq!(Code::from([0xa5u8]).bits(), 8);

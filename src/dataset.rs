@@ -18,13 +18,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use milan_index_format::{ModelRecord, DATABASE_FILE};
+use crate::error::{OpenError, TrainError};
+use milan_index_format::DATABASE_FILE;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
+use crate::contract::{ExtractorContract, UnknownName};
 use crate::error::{Error, Result};
 use crate::eval::{split_from_lists, split_per_class, Split};
-use crate::extract::{layout_name, parse_layout, parse_pixel_range, pixel_range_name};
 use crate::head::ExtractorBinding;
 use crate::index::Index;
 use crate::report::{write_atomically, write_atomically_with};
@@ -53,7 +54,7 @@ pub struct Dataset {
     /// One key (image path) per row.
     pub keys: Vec<String>,
     /// The extractor contract, when known.
-    pub extractor: Option<ModelRecord>,
+    pub extractor: Option<ExtractorContract>,
 }
 
 /// How a data set is split into training and test items.
@@ -104,9 +105,9 @@ impl Dataset {
     pub fn load(dir: impl AsRef<Path>) -> Result<Dataset> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
-            return Err(Error::MissingDirectory {
+            return Err(Error::Open(OpenError::MissingDirectory {
                 path: dir.to_path_buf(),
-            });
+            }));
         }
         let dataset = if dir.join(DATABASE_FILE).exists() {
             Dataset::from_index(&Index::open_read_only(dir)?, dir)?
@@ -114,17 +115,19 @@ impl Dataset {
             Dataset::from_folder(dir)?
         };
         if dataset.labels.is_empty() {
-            return Err(Error::EmptyData {
+            return Err(Error::Train(TrainError::EmptyData {
                 what: format!("{} (no items)", dir.display()),
-            });
+            }));
         }
         Ok(dataset)
     }
 
     fn from_folder(dir: &Path) -> Result<Dataset> {
-        let bad = |file: &str, detail: String| Error::BadData {
-            path: dir.join(file),
-            detail,
+        let bad = |file: &str, detail: String| {
+            Error::Train(TrainError::BadData {
+                path: dir.join(file),
+                detail,
+            })
         };
         let features_path = dir.join(FEATURES_FILE);
         if !features_path.exists() {
@@ -221,9 +224,11 @@ impl Dataset {
     }
 
     fn from_index(index: &Index, dir: &Path) -> Result<Dataset> {
-        let bad = |detail: String| Error::BadData {
-            path: dir.to_path_buf(),
-            detail,
+        let bad = |detail: String| {
+            Error::Train(TrainError::BadData {
+                path: dir.to_path_buf(),
+                detail,
+            })
         };
         let Some(model) = index.model() else {
             return Err(bad(
@@ -307,9 +312,9 @@ impl Dataset {
                 model: model.path.clone(),
                 fingerprint: crate::index::hex(&model.fingerprint),
                 input: model.input.clone(),
-                layout: layout_name(model.layout).into(),
+                layout: model.layout.to_string(),
                 size: model.size,
-                pixel_range: pixel_range_name(model.pixel_range).into(),
+                pixel_range: model.pixel_range.to_string(),
                 output: model.output.clone(),
                 dim: model.dim,
             };
@@ -346,13 +351,13 @@ impl Dataset {
                         .collect())
                 };
                 split_from_lists(&self.keys, &read(train)?, &read(test)?).map_err(|err| {
-                    Error::BadData {
+                    Error::Train(TrainError::BadData {
                         path: train.clone(),
                         detail: format!(
                             "with test list {}: {err}; list keys exactly as DATA/paths.txt writes them (one per line, `\\`, line feeds and carriage returns escaped as `\\\\`, `\\n`, `\\r`)",
                             test.display()
                         ),
-                    }
+                    })
                 })
             }
         }
@@ -375,17 +380,23 @@ impl Dataset {
     }
 }
 
-fn parse_extractor(text: &str) -> std::result::Result<ModelRecord, String> {
+fn parse_extractor(text: &str) -> std::result::Result<ExtractorContract, String> {
     let file: ExtractorFile = serde_json::from_str(text).map_err(|err| err.to_string())?;
     let fingerprint = parse_hex32(&file.fingerprint)
         .ok_or_else(|| format!("fingerprint {:?} is not 64 hex digits", file.fingerprint))?;
-    Ok(ModelRecord {
+    Ok(ExtractorContract {
         fingerprint,
         path: file.model,
         input: file.input,
-        layout: parse_layout(&file.layout)?,
+        layout: file
+            .layout
+            .parse()
+            .map_err(|err: UnknownName| err.to_string())?,
         size: file.size,
-        pixel_range: parse_pixel_range(&file.pixel_range)?,
+        pixel_range: file
+            .pixel_range
+            .parse()
+            .map_err(|err: UnknownName| err.to_string())?,
         output: file.output,
         dim: file.dim,
     })

@@ -11,10 +11,90 @@ use milan_index_format::{DecodeError, LayoutError, DATABASE_FILE};
 /// `Result` with milan's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in milan.
+/// Everything that can go wrong in milan: an error of one operation ([`OpenError`],
+/// [`WriteError`], [`CodeError`], [`SearchError`], [`ExtractError`], [`TrainError`]), or one that
+/// any of them can meet (a damaged index, an unknown id, a bad argument, I/O).
+///
+/// Match on the operation, then on its error:
+///
+/// ```
+/// use milan::{Code, Error, Index, SearchError};
+/// # let tmp = tempfile::tempdir().unwrap();
+/// let index = Index::builder(16).create(tmp.path().join("idx")).unwrap();
+/// let err = index.reader().unwrap().search(&Code::from([0u8, 0])).unwrap().top_k(0).unwrap_err();
+/// assert!(matches!(err, Error::Search(SearchError::ZeroK)));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// An error of opening or creating an index.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// An error of changing an index: taking the writer's turn, adding, compacting.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// An error of making, parsing or comparing codes.
+    #[error(transparent)]
+    Code(#[from] CodeError),
+    /// An error of searching.
+    #[error(transparent)]
+    Search(#[from] SearchError),
+    /// An error of turning images into features and codes.
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
+    /// An error of training and evaluating hash heads.
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// Stored data violates the format.
+    #[error("{}: the index is damaged: {detail}; Index::verify_dir lists every problem", path.display())]
+    Corrupted {
+        /// The index directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// No live item has this id.
+    #[error("no item with id {id} in the index")]
+    UnknownId {
+        /// The id asked for.
+        id: u64,
+    },
+    /// An argument out of range.
+    #[error("{detail}")]
+    InvalidArgument {
+        /// What is wrong.
+        detail: String,
+    },
+    /// A long operation was cancelled through its callback.
+    #[error("cancelled")]
+    Cancelled,
+    /// An I/O error on a named file.
+    ///
+    /// Its message names the file; the cause is its [`source`](std::error::Error::source) (print
+    /// the chain, as `anyhow`'s `{:#}` does, to see both), not repeated in the message.
+    #[error("{}: I/O error", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An error from the storage engine.
+    ///
+    /// Like [`Error::Io`], the message names the file and the cause is the error's source.
+    #[error("{}: storage error", path.display())]
+    Storage {
+        /// The database file.
+        path: PathBuf,
+        /// The cause, the storage engine's own error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// What can go wrong when opening or creating an index; converts into [`Error`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
     /// The index directory does not exist.
     #[error("{}: no such directory", path.display())]
     MissingDirectory {
@@ -42,29 +122,11 @@ pub enum Error {
     /// The database file is locked whole by a program that does not share it: a milan older than
     /// format version 4 (which locked the file for as long as it had it open), or another program
     /// using the file. milan processes of this version share an index: readers never wait, and
-    /// writers take turns ([`Error::LockTimeout`]).
+    /// writers take turns ([`WriteError::LockTimeout`]).
     #[error("{}: locked whole by another program (a milan older than index format 4, or another user of the file); wait for it to finish", path.display())]
     Locked {
         /// The locked file.
         path: PathBuf,
-    },
-    /// Readers are open on the index (in this process or another), and the operation needs
-    /// none: compaction, and the storage engine's structural check on an open handle.
-    #[error("{}: readers are open on this index (in this process or another); compaction needs none open: try again when they are done", path.display())]
-    ReadersOpen {
-        /// The database file.
-        path: PathBuf,
-    },
-    /// A write waited longer than the lock timeout for another process (or another handle of
-    /// this process) to end its own write.
-    #[error("{}: waited {} for another writer{} to finish; try again later, or wait longer (IndexBuilder::lock_timeout)", path.display(), seconds(*waited), holder.as_deref().map(|holder| format!(" ({holder})")).unwrap_or_default())]
-    LockTimeout {
-        /// The index directory.
-        path: PathBuf,
-        /// How long the write waited.
-        waited: std::time::Duration,
-        /// The process holding the writer's turn, as it describes itself, when known.
-        holder: Option<String>,
     },
     /// The index was written by a newer milan.
     #[error("{}: index format version {found} is newer than this milan supports ({supported}); upgrade milan", path.display())]
@@ -76,12 +138,6 @@ pub enum Error {
         /// Newest version supported.
         supported: u32,
     },
-    /// A writer was killed while the index was open; a read-only open cannot recover it.
-    #[error("{}: the index was not closed cleanly (a writer stopped mid-way) and must be recovered by opening it for writing once (Index::open)", path.display())]
-    NeedsRecovery {
-        /// The database file.
-        path: PathBuf,
-    },
     /// The index format is too old to read.
     #[error("{}: index format version {found} is older than this milan can read (oldest {oldest}); export it with the milan that wrote it and import it again", path.display())]
     UpgradeRequired {
@@ -92,35 +148,11 @@ pub enum Error {
         /// Oldest version supported.
         oldest: u32,
     },
-    /// Stored data violates the format.
-    #[error("{}: the index is damaged: {detail}; Index::verify_dir lists every problem", path.display())]
-    Corrupted {
-        /// The index directory or file.
+    /// A writer was killed while the index was open; a read-only open cannot recover it.
+    #[error("{}: the index was not closed cleanly (a writer stopped mid-way) and must be recovered by opening it for writing once (Index::open)", path.display())]
+    NeedsRecovery {
+        /// The database file.
         path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-    /// A number of substrings that does not fit the code length ([`LayoutError::Substrings`]).
-    ///
-    /// A bad code length is always [`Error::InvalidBits`]: the conversion from [`LayoutError`]
-    /// turns [`LayoutError::Bits`] into it.
-    #[error(transparent)]
-    Layout(LayoutError),
-    /// A code of another length than the index's.
-    #[error("code has {got} bits but the index stores {expected}-bit codes")]
-    CodeLength {
-        /// The index's code length.
-        expected: u32,
-        /// The code's length.
-        got: u32,
-    },
-    /// Two codes of different lengths compared with [`Code::distance`](crate::Code::distance).
-    #[error("cannot compare a {left}-bit code with a {right}-bit code: Hamming distance needs codes of one length")]
-    CodeLengthsDiffer {
-        /// The length of the code `distance` was called on.
-        left: u32,
-        /// The length of its argument.
-        right: u32,
     },
     /// [`IndexBuilder::open`](crate::IndexBuilder::open) of an index that stores codes of
     /// another length than the builder's.
@@ -145,28 +177,43 @@ pub enum Error {
         /// The number the builder was given.
         requested: u32,
     },
-    /// A code could not be parsed or has an impossible length.
-    #[error("invalid code: {detail}")]
-    InvalidCode {
-        /// What is wrong.
-        detail: String,
+}
+
+/// What can go wrong when changing an index: taking the writer's turn, adding, compacting; converts into [`Error`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// A write on an index opened read-only.
+    #[error("{}: opened read-only; open it for writing to change it", path.display())]
+    ReadOnly {
+        /// The index directory.
+        path: PathBuf,
     },
-    /// Radius larger than the code length.
-    #[error("radius {radius} is larger than the code length ({bits} bits); use 0 to {bits}")]
-    RadiusTooLarge {
-        /// Requested radius.
-        radius: u32,
-        /// Code length.
-        bits: u32,
+    /// A second writer (or [`Index::optimize`](crate::Index::optimize)) started on a thread that
+    /// already holds this index's [`Writer`](crate::Writer): waiting for it would wait forever.
+    /// Writers on other threads wait for each other instead.
+    #[error("{}: this thread already holds the index's writer; commit or drop that Writer before starting another write or an optimize", path.display())]
+    WriterBusy {
+        /// The index directory.
+        path: PathBuf,
     },
-    /// Top-k with k = 0.
-    #[error("k must be at least 1")]
-    ZeroK,
-    /// No live item has this id.
-    #[error("no item with id {id} in the index")]
-    UnknownId {
-        /// The id asked for.
-        id: u64,
+    /// A write waited longer than the lock timeout for another process (or another handle of
+    /// this process) to end its own write.
+    #[error("{}: waited {} for another writer{} to finish; try again later, or wait longer (IndexBuilder::lock_timeout)", path.display(), seconds(*waited), holder.as_deref().map(|holder| format!(" ({holder})")).unwrap_or_default())]
+    LockTimeout {
+        /// The index directory.
+        path: PathBuf,
+        /// How long the write waited.
+        waited: std::time::Duration,
+        /// The process holding the writer's turn, as it describes itself, when known.
+        holder: Option<String>,
+    },
+    /// Readers are open on the index (in this process or another), and the operation needs
+    /// none: compaction, and the storage engine's structural check on an open handle.
+    #[error("{}: readers are open on this index (in this process or another); compaction needs none open: try again when they are done", path.display())]
+    ReadersOpen {
+        /// The database file.
+        path: PathBuf,
     },
     /// The id space of the in-memory engine is exhausted.
     #[error("the index is full: at most {max} ids can be handed out")]
@@ -182,20 +229,64 @@ pub enum Error {
         /// Most allowed.
         max: usize,
     },
-    /// A write on an index opened read-only.
-    #[error("{}: opened read-only; open it for writing to change it", path.display())]
-    ReadOnly {
-        /// The index directory.
-        path: PathBuf,
+}
+
+/// What can go wrong when making, parsing or comparing codes; converts into [`Error`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodeError {
+    /// A code could not be parsed or has an impossible length.
+    #[error("invalid code: {detail}")]
+    InvalidCode {
+        /// What is wrong.
+        detail: String,
     },
-    /// A second writer (or [`Index::optimize`](crate::Index::optimize)) started on a thread that
-    /// already holds this index's [`Writer`](crate::Writer): waiting for it would wait forever.
-    /// Writers on other threads wait for each other instead.
-    #[error("{}: this thread already holds the index's writer; commit or drop that Writer before starting another write or an optimize", path.display())]
-    WriterBusy {
-        /// The index directory.
-        path: PathBuf,
+    /// A code length that is not a multiple of 8 from 8 to 1024, wherever one is asked for:
+    /// [`Index::builder`](crate::Index::builder), a training run, [`Code::from_fn`](crate::Code::from_fn).
+    #[error("{bits} bits: the code length must be a multiple of 8 from 8 to 1024")]
+    InvalidBits {
+        /// The length asked for.
+        bits: u32,
     },
+    /// A number of substrings that does not fit the code length ([`LayoutError::Substrings`]).
+    ///
+    /// A bad code length is always [`CodeError::InvalidBits`]: the conversion from [`LayoutError`]
+    /// turns [`LayoutError::Bits`] into it.
+    #[error(transparent)]
+    Layout(LayoutError),
+    /// A code of another length than the index's.
+    #[error("code has {got} bits but the index stores {expected}-bit codes")]
+    CodeLength {
+        /// The index's code length.
+        expected: u32,
+        /// The code's length.
+        got: u32,
+    },
+    /// Two codes of different lengths compared with [`Code::distance`](crate::Code::distance).
+    #[error("cannot compare a {left}-bit code with a {right}-bit code: Hamming distance needs codes of one length")]
+    CodeLengthsDiffer {
+        /// The length of the code `distance` was called on.
+        left: u32,
+        /// The length of its argument.
+        right: u32,
+    },
+}
+
+/// What can go wrong when searching; converts into [`Error`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SearchError {
+    /// Radius larger than the code length.
+    #[error("radius {radius} is larger than the code length ({bits} bits); use 0 to {bits}")]
+    RadiusTooLarge {
+        /// Requested radius.
+        radius: u32,
+        /// Code length.
+        bits: u32,
+    },
+    /// Top-k with k = 0.
+    #[error("k must be at least 1")]
+    ZeroK,
     /// A search forced to [`Strategy::MultiIndex`](crate::Strategy::MultiIndex) that would
     /// enumerate far more buckets than a linear scan costs; nothing was searched.
     #[error("multi-index hashing would probe about {probes} buckets for this query, over the budget of {budget} for an index of {codes} codes; search with the auto or scan strategy, which return the same answers")]
@@ -207,6 +298,12 @@ pub enum Error {
         /// Live codes in the index.
         codes: u64,
     },
+}
+
+/// What can go wrong when turning images into features and codes; converts into [`Error`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExtractError {
     /// ONNX Runtime could not be found or loaded.
     #[error("{detail}")]
     Runtime {
@@ -229,13 +326,14 @@ pub enum Error {
         /// Why it was skipped.
         reason: crate::extract::SkipReason,
     },
-    /// An index bound to one extractor or head, used with another.
-    #[error("{}: {detail}", path.display())]
+    /// An index bound to one extractor or head, used with another (or a code-only index asked
+    /// for images).
+    #[error("{}: {reason}", path.display())]
     Mismatch {
         /// The index directory.
         path: PathBuf,
-        /// What differs, and what to do.
-        detail: String,
+        /// What differs.
+        reason: Mismatch,
     },
     /// A hash head file is unreadable or inconsistent.
     #[error("{}: not a usable hash head: {detail}", path.display())]
@@ -253,12 +351,12 @@ pub enum Error {
         /// Given dimension.
         got: u32,
     },
-    /// An argument out of range.
-    #[error("{detail}")]
-    InvalidArgument {
-        /// What is wrong.
-        detail: String,
-    },
+}
+
+/// What can go wrong when training and evaluating hash heads; converts into [`Error`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
     /// Features and labels (or keys) that must hold one entry per item differ in length.
     #[error("features have {features} rows but there are {labels} labels; give exactly one label per feature row")]
     LengthMismatch {
@@ -301,13 +399,6 @@ pub enum Error {
         /// Distinct labels found.
         found: usize,
     },
-    /// A code length that is not a multiple of 8 from 8 to 1024, wherever one is asked for:
-    /// [`Index::builder`](crate::Index::builder), a training run, [`Code::from_fn`](crate::Code::from_fn).
-    #[error("{bits} bits: the code length must be a multiple of 8 from 8 to 1024")]
-    InvalidBits {
-        /// The length asked for.
-        bits: u32,
-    },
     /// A training or evaluation data set that cannot be used.
     #[error("{}: not usable as training data: {detail}", path.display())]
     BadData {
@@ -322,29 +413,52 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
-    /// A long operation was cancelled through its callback.
-    #[error("cancelled")]
-    Cancelled,
-    /// An I/O error on a named file.
-    ///
-    /// Its message names the file; the cause is its [`source`](std::error::Error::source) (print
-    /// the chain, as `anyhow`'s `{:#}` does, to see both), not repeated in the message.
-    #[error("{}: I/O error", path.display())]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+}
+
+/// What differs between an image index's extractor and head and what it was used with
+/// ([`ExtractError::Mismatch`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Mismatch {
+    /// The index stores codes only: it has no extractor to code images with, nor features to
+    /// re-code; create an image index with [`IndexBuilder::images`](crate::IndexBuilder::images).
+    #[error("this index stores codes only (it has no extractor and no features); create an image index with IndexBuilder::images to add, sync or re-code images")]
+    CodesOnly,
+    /// A head whose code length is not the index's.
+    #[error("the hash head makes {head}-bit codes but the index is for {index}-bit codes")]
+    HeadBits {
+        /// The head's code length.
+        head: u32,
+        /// The index's code length.
+        index: u32,
     },
-    /// An error from the storage engine.
-    ///
-    /// Like [`Error::Io`], the message names the file and the cause is the error's source.
-    #[error("{}: storage error", path.display())]
-    Storage {
-        /// The database file.
-        path: PathBuf,
-        /// The cause, the storage engine's own error.
-        source: Box<dyn std::error::Error + Send + Sync>,
+    /// A head that cannot code the index's extractor's features.
+    #[error(transparent)]
+    Head(crate::head::HeadMismatch),
+    /// An extractor other than the index's, or with other settings.
+    #[error(
+        "the index was built with model {} (fingerprint {}, output {:?}, size {}), not {} (fingerprint {}, output {:?}, size {}); use the same model and settings",
+        index.path, index.short_fingerprint(), index.output, index.size,
+        given.path, given.short_fingerprint(), given.output, given.size
+    )]
+    Extractor {
+        /// The extractor the index is bound to.
+        index: Box<crate::ExtractorContract>,
+        /// The extractor given.
+        given: Box<crate::ExtractorContract>,
+    },
+    /// Another process re-coded the index with another head since this handle opened it.
+    #[error("another process replaced the index's hash head (rehash) since this handle opened it; open the index again to code images with the new head")]
+    HeadReplaced,
+    /// A rehash of items whose features were not kept when they were added.
+    #[error("{missing} of {items} items have no kept features (item {example} is one); only items added with IngestOptions::keep_features can be re-coded")]
+    FeaturesNotKept {
+        /// Live items without kept features.
+        missing: u64,
+        /// Live items in all.
+        items: u64,
+        /// One of them.
+        example: u64,
     },
 }
 
@@ -354,12 +468,12 @@ fn seconds(duration: std::time::Duration) -> String {
 }
 
 impl From<LayoutError> for Error {
-    /// [`LayoutError::Bits`] becomes [`Error::InvalidBits`], the one error for a bad code
-    /// length; the rest [`Error::Layout`].
+    /// [`LayoutError::Bits`] becomes [`CodeError::InvalidBits`], the one error for a bad code
+    /// length; the rest [`CodeError::Layout`].
     fn from(err: LayoutError) -> Error {
         match err {
-            LayoutError::Bits { bits } => Error::InvalidBits { bits },
-            other => Error::Layout(other),
+            LayoutError::Bits { bits } => Error::Code(CodeError::InvalidBits { bits }),
+            other => Error::Code(CodeError::Layout(other)),
         }
     }
 }
@@ -369,16 +483,18 @@ impl Error {
     pub(crate) fn from_decode(path: &std::path::Path, err: DecodeError) -> Error {
         let path = path.to_path_buf();
         match err {
-            DecodeError::TooNew { found, supported } => Error::TooNew {
+            DecodeError::TooNew { found, supported } => Error::Open(OpenError::TooNew {
                 path,
                 found,
                 supported,
-            },
-            DecodeError::UpgradeRequired { found, oldest } => Error::UpgradeRequired {
-                path,
-                found,
-                oldest,
-            },
+            }),
+            DecodeError::UpgradeRequired { found, oldest } => {
+                Error::Open(OpenError::UpgradeRequired {
+                    path,
+                    found,
+                    oldest,
+                })
+            }
             other => Error::Corrupted {
                 path,
                 detail: other.to_string(),

@@ -9,21 +9,22 @@
 //! unless [`IngestOptions::lenient`]; a path that is not valid UTF-8 is skipped, since its key
 //! could not name the file again. Keys are the paths exactly as given, as UTF-8.
 
+use crate::error::ExtractError;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use milan_index_format::ModelRecord;
 use ndarray::ArrayView2;
 
 use crate::code::Code;
-use crate::error::{Error, Result};
+use crate::contract::ExtractorContract;
+use crate::error::{Error, Mismatch, Result};
 use crate::extract::pipeline::{extract_files, FileOutcome};
 use crate::extract::ReadOptions;
 use crate::extract::{read_image, Extractor, SkipReason};
 use crate::head::HashHead;
-use crate::index::{hex, Index, Item, Writer};
+use crate::index::{Index, Item, Writer};
 
 /// How [`add_images`] runs.
 #[derive(Debug, Clone)]
@@ -141,15 +142,16 @@ fn lossy_path<S: serde::Serializer>(
 }
 
 /// Checks that `extractor` is the one the index is bound to.
-pub fn check_extractor(index: &Index, extractor: &Extractor) -> Result<(ModelRecord, HashHead)> {
+pub fn check_extractor(
+    index: &Index,
+    extractor: &Extractor,
+) -> Result<(ExtractorContract, HashHead)> {
     index.check_head_current()?;
     let (Some(model), Some(head)) = (index.model(), index.head()) else {
-        return Err(Error::Mismatch {
+        return Err(Error::Extract(ExtractError::Mismatch {
             path: index.path().to_path_buf(),
-            detail:
-                "this index stores codes only; create it with IndexBuilder::images to add images"
-                    .into(),
-        });
+            reason: Mismatch::CodesOnly,
+        }));
     };
     let given = extractor.contract();
     let same = given.fingerprint == model.fingerprint
@@ -159,20 +161,13 @@ pub fn check_extractor(index: &Index, extractor: &Extractor) -> Result<(ModelRec
         && given.pixel_range == model.pixel_range
         && given.input == model.input;
     if !same {
-        return Err(Error::Mismatch {
+        return Err(Error::Extract(ExtractError::Mismatch {
             path: index.path().to_path_buf(),
-            detail: format!(
-                "the index was built with model {} (fingerprint {}, output {:?}, size {}), not {} (fingerprint {}, output {:?}, size {}); use the same model and settings",
-                model.path,
-                hex(&model.fingerprint[..8]),
-                model.output,
-                model.size,
-                given.path,
-                hex(&given.fingerprint[..8]),
-                given.output,
-                given.size
-            ),
-        });
+            reason: Mismatch::Extractor {
+                index: Box::new(model.clone()),
+                given: Box::new(given.clone()),
+            },
+        }));
     }
     Ok((model.clone(), head.clone()))
 }
@@ -434,10 +429,10 @@ impl<'r, 'x> Batches<'r, 'x> {
                     let dim = head.input_dim() as usize;
                     let matrix =
                         ArrayView2::from_shape((pending.len(), dim), &rows).map_err(|_| {
-                            Error::FeatureDim {
+                            Error::Extract(ExtractError::FeatureDim {
                                 expected: head.input_dim(),
                                 got: (rows.len() / pending.len()) as u32,
-                            }
+                            })
                         })?;
                     let codes = head.codes(matrix)?;
                     for ((position, key, content_hash, features), code) in
@@ -535,9 +530,11 @@ pub struct CodedImage {
 /// [`add_images`] reads it (a regular file within the size limit; a truncated JPEG is refused).
 pub fn code_image(index: &Index, extractor: &mut Extractor, path: &Path) -> Result<CodedImage> {
     let (model, head) = check_extractor(index, extractor)?;
-    let decoded = read_image(path).map_err(|reason| Error::Image {
-        path: path.to_path_buf(),
-        reason,
+    let decoded = read_image(path).map_err(|reason| {
+        Error::Extract(ExtractError::Image {
+            path: path.to_path_buf(),
+            reason,
+        })
     })?;
     let mut input = vec![0.0; extractor.input_len()];
     crate::extract::image::write_input(

@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod code;
+mod contract;
 pub mod dataset;
 mod error;
 pub mod eval;
@@ -53,8 +54,12 @@ pub mod text;
 pub mod train;
 
 pub use code::Code;
-pub use error::{Error, Result};
-pub use head::{ExtractorBinding, HashHead};
+pub use contract::{ExtractorContract, InputLayout, PixelRange, UnknownName};
+pub use error::{
+    CodeError, Error, ExtractError, Mismatch, OpenError, Result, SearchError, TrainError,
+    WriteError,
+};
+pub use head::{ExtractorBinding, HashHead, HeadMismatch};
 pub use index::{
     BatchSearch, Hit, ImportProgress, Index, IndexBuilder, Info, Item, OptimizeReport, Pair,
     PairBatches, Reader, RehashReport, Search, Writer, DEFAULT_CACHE_BYTES, DEFAULT_EXPECTED_LEN,

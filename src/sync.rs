@@ -30,6 +30,7 @@
 //! code, in the batches of the coding pipeline. An interrupted sync therefore leaves whole
 //! commits, and a new plan made afterwards finishes the job.
 
+use crate::error::ExtractError;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +38,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Mismatch, Result};
 use crate::extract::image::hash_file;
 use crate::extract::{Extractor, SkipReason};
 use crate::index::{Index, Item, Reader, Writer};
@@ -221,11 +222,10 @@ fn not_a_folder(folder: &Path) -> Error {
 
 fn refuse_codes_only(index: &Index) -> Result<()> {
     if index.model().is_none() {
-        return Err(Error::Mismatch {
+        return Err(Error::Extract(ExtractError::Mismatch {
             path: index.path().to_path_buf(),
-            detail: "this index stores codes only; only an image index can be synced with folders"
-                .into(),
-        });
+            reason: Mismatch::CodesOnly,
+        }));
     }
     Ok(())
 }
@@ -245,7 +245,7 @@ impl SyncPlan {
     ///
     /// Errors: [`Error::InvalidArgument`] for a folder that is not an existing folder (so that a
     /// folder missing, unmounted say, is never taken for an emptied one), or for a file outside
-    /// every folder; [`Error::Mismatch`] for an index that stores codes only.
+    /// every folder; [`ExtractError::Mismatch`] for an index that stores codes only.
     pub fn new(
         index: &Index,
         folders: &[PathBuf],
@@ -554,7 +554,7 @@ impl SyncPlan {
     /// A plan made from an older state of the index is safe to apply: items it names that are no
     /// longer live are passed over.
     ///
-    /// Errors: [`Error::InvalidArgument`] for a cancelled (incomplete) plan; [`Error::Mismatch`]
+    /// Errors: [`Error::InvalidArgument`] for a cancelled (incomplete) plan; [`ExtractError::Mismatch`]
     /// for another extractor than the index's; storage errors as for any write.
     pub fn apply(
         &self,

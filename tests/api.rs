@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use milan::format::{ModelRecord, PixelRange, TensorLayout, DATABASE_FILE};
+use milan::format::DATABASE_FILE;
 use milan::train::{Recipe, TrainConfig};
 use milan::{Code, Error, HashHead, Index, Item};
+use milan::{CodeError, ExtractError, OpenError, TrainError, WriteError};
+use milan::{ExtractorContract, InputLayout, PixelRange};
 
 fn index_of(dir: &Path, bits: u32, substrings: u32, codes: &[Code]) {
     let index = Index::builder(bits)
@@ -20,12 +22,12 @@ fn index_of(dir: &Path, bits: u32, substrings: u32, codes: &[Code]) {
     writer.commit().unwrap();
 }
 
-fn model_record(dim: u32) -> ModelRecord {
-    ModelRecord {
+fn model_record(dim: u32) -> ExtractorContract {
+    ExtractorContract {
         fingerprint: [7; 32],
         path: "model.onnx".into(),
         input: "input".into(),
-        layout: TensorLayout::Nchw,
+        layout: InputLayout::Nchw,
         size: 32,
         pixel_range: PixelRange::ZeroOne,
         output: "features".into(),
@@ -51,7 +53,7 @@ fn an_open_refuses_a_code_length_or_substrings_other_than_stored() {
         };
         let err = open(Index::builder(128)).unwrap_err();
         assert!(
-            matches!(&err, Error::BitsMismatch { path, stored: 64, requested: 128 } if *path == dir),
+            matches!(&err, Error::Open(OpenError::BitsMismatch { path, stored: 64, requested: 128 }) if *path == dir),
             "{err:?}"
         );
         let said = err.to_string();
@@ -62,7 +64,7 @@ fn an_open_refuses_a_code_length_or_substrings_other_than_stored() {
 
         let err = open(Index::builder(64).substrings(8)).unwrap_err();
         assert!(
-            matches!(&err, Error::SubstringsMismatch { path, stored: 4, requested: 8 } if *path == dir),
+            matches!(&err, Error::Open(OpenError::SubstringsMismatch { path, stored: 4, requested: 8 }) if *path == dir),
             "{err:?}"
         );
         let said = err.to_string();
@@ -120,7 +122,7 @@ fn a_plain_file_given_as_the_index_is_not_a_directory() {
     ];
     for err in errors {
         assert!(
-            matches!(&err, Error::NotADirectory { path } if *path == file),
+            matches!(&err, Error::Open(OpenError::NotADirectory { path }) if *path == file),
             "{err:?}"
         );
         let said = err.to_string();
@@ -131,7 +133,7 @@ fn a_plain_file_given_as_the_index_is_not_a_directory() {
     let missing = tmp.path().join("missing");
     assert!(matches!(
         Index::open(&missing),
-        Err(Error::MissingDirectory { .. })
+        Err(Error::Open(OpenError::MissingDirectory { .. }))
     ));
 }
 
@@ -141,7 +143,10 @@ fn library_errors_name_library_calls_not_commands() {
     let mut said = Vec::new();
 
     let err = Index::open(tmp.path()).unwrap_err();
-    assert!(matches!(err, Error::NotAnIndex { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Open(OpenError::NotAnIndex { .. })),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("Index::builder"), "{err}");
     said.push(err.to_string());
 
@@ -151,9 +156,9 @@ fn library_errors_name_library_calls_not_commands() {
     assert!(err.to_string().contains("Index::verify_dir"), "{err}");
     said.push(err.to_string());
 
-    let recovery = Error::NeedsRecovery {
+    let recovery = Error::Open(OpenError::NeedsRecovery {
         path: PathBuf::from("idx"),
-    };
+    });
     assert!(recovery.to_string().contains("Index::open"), "{recovery}");
     said.push(recovery.to_string());
 
@@ -168,7 +173,7 @@ fn library_errors_name_library_calls_not_commands() {
         .open(&dir)
         .unwrap_err();
     assert!(
-        matches!(&err, Error::LockTimeout { path, holder: Some(holder), .. }
+        matches!(&err, Error::Write(WriteError::LockTimeout { path, holder: Some(holder), .. })
             if *path == dir && holder.contains(&std::process::id().to_string())),
         "{err:?}"
     );
@@ -183,7 +188,10 @@ fn library_errors_name_library_calls_not_commands() {
         .distance(&Code::from([1u8, 2]))
         .unwrap_err();
     assert!(
-        matches!(err, Error::CodeLengthsDiffer { left: 8, right: 16 }),
+        matches!(
+            err,
+            Error::Code(CodeError::CodeLengthsDiffer { left: 8, right: 16 })
+        ),
         "{err:?}"
     );
     assert!(!err.to_string().contains("index"), "{err}");
@@ -193,7 +201,10 @@ fn library_errors_name_library_calls_not_commands() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let err = milan::dataset::Dataset::load(&empty).unwrap_err();
-    assert!(matches!(err, Error::BadData { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Train(TrainError::BadData { .. })),
+        "{err:?}"
+    );
     assert!(
         err.to_string().contains("IngestOptions::keep_features"),
         "{err}"
@@ -226,7 +237,7 @@ fn a_bad_code_length_is_one_error_everywhere() {
         ];
         for err in errors {
             assert!(
-                matches!(err, Error::InvalidBits { bits: b } if b == bits),
+                matches!(err, Error::Code(CodeError::InvalidBits { bits: b }) if b == bits),
                 "{bits}: {err:?}"
             );
             assert!(err.to_string().contains("multiple of 8"), "{err}");
@@ -237,7 +248,7 @@ fn a_bad_code_length_is_one_error_everywhere() {
         .substrings(40)
         .create(tmp.path().join("idx"))
         .unwrap_err();
-    assert!(matches!(err, Error::Layout(_)), "{err:?}");
+    assert!(matches!(err, Error::Code(CodeError::Layout(_))), "{err:?}");
 }
 
 #[test]
@@ -255,7 +266,7 @@ fn code_conversions_agree_with_hex() {
     assert_eq!(Code::from([0xffu8; 32]).bits(), 256);
     assert!(matches!(
         "0g".parse::<Code>(),
-        Err(Error::InvalidCode { .. })
+        Err(Error::Code(CodeError::InvalidCode { .. }))
     ));
 }
 
@@ -464,7 +475,7 @@ fn a_writer_moves_between_threads_and_a_waiting_thread_times_out() {
             .join()
             .unwrap();
         assert!(
-            matches!(&waited, Error::LockTimeout { holder: Some(holder), .. }
+            matches!(&waited, Error::Write(WriteError::LockTimeout { holder: Some(holder), .. })
                 if holder.contains("another thread of this process")),
             "{waited:?}"
         );
@@ -498,8 +509,14 @@ fn verify_and_compact_run_through_a_shared_handle() {
     }
     // A reader of the handle is alive: the structural check and compaction refuse, by name.
     let reader = index.reader().unwrap();
-    assert!(matches!(index.compact(), Err(Error::ReadersOpen { .. })));
-    assert!(matches!(index.verify(), Err(Error::ReadersOpen { .. })));
+    assert!(matches!(
+        index.compact(),
+        Err(Error::Write(WriteError::ReadersOpen { .. }))
+    ));
+    assert!(matches!(
+        index.verify(),
+        Err(Error::Write(WriteError::ReadersOpen { .. }))
+    ));
     drop(reader);
     // From other threads sharing the handle, with no reader alive, both run.
     let shared = index.clone();
@@ -515,4 +532,64 @@ fn verify_and_compact_run_through_a_shared_handle() {
         .join()
         .unwrap();
     assert_eq!(index.reader().unwrap().len(), 1500);
+}
+
+#[test]
+fn the_extractor_contract_and_items_round_trip_through_the_index_as_milan_types() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("images");
+    let mut contract = model_record(3);
+    contract.layout = "nhwc".parse().unwrap();
+    contract.pixel_range = "-1..1".parse().unwrap();
+    let head = HashHead::lsh(16, 3, 1, None, None).unwrap();
+    let index = Index::builder(16)
+        .images(contract.clone(), head)
+        .create(&dir)
+        .unwrap();
+    let item = Item {
+        key: Some("a.png".into()),
+        content_hash: Some([9; 32]),
+        label: Some("beach".into()),
+        metadata: Some(vec![1, 2, 3]),
+    };
+    let mut writer = index.writer().unwrap();
+    let id = writer.add(&Code::from([1u8, 2]), item.clone()).unwrap();
+    writer.commit().unwrap();
+    drop(index);
+
+    let index = Index::open_read_only(&dir).unwrap();
+    assert_eq!(index.model(), Some(&contract));
+    assert_eq!(index.reader().unwrap().item(id).unwrap(), Some(item));
+    let summary = contract.to_string();
+    assert!(
+        summary.contains("nhwc") && summary.contains("-1..1"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_head_that_cannot_code_a_contract_says_why_in_fields() {
+    let head = HashHead::lsh(16, 8, 1, None, None).unwrap();
+    match head.check_contract(&model_record(3)) {
+        Err(milan::HeadMismatch::Dimension {
+            head,
+            model,
+            output,
+        }) => {
+            assert_eq!((head, model, output.as_str()), (8, 3, "features"));
+        }
+        other => panic!("expected a dimension mismatch, got {other:?}"),
+    }
+    assert_eq!(head.check_contract(&model_record(8)), Ok(()));
+    // An index refuses the pair by the same reason.
+    let tmp = tempfile::tempdir().unwrap();
+    let err = Index::builder(16)
+        .images(model_record(3), head)
+        .create(tmp.path().join("idx"))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Extract(ExtractError::Mismatch { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("8-dimensional"), "{err}");
 }

@@ -2,6 +2,7 @@
 
 use milan::format::{MetaRecord, DATABASE_FILE, FORMAT_VERSION, META_KEY};
 use milan::{Code, Error, Index, Item};
+use milan::{CodeError, OpenError, SearchError, WriteError};
 use redb::{ReadableTable, TableDefinition};
 
 use crate::util::*;
@@ -43,7 +44,10 @@ fn impossible_layouts_are_refused() {
         let err = Index::builder(bits)
             .create(dir.path().join("x"))
             .unwrap_err();
-        assert!(matches!(err, Error::InvalidBits { .. }), "{bits}: {err}");
+        assert!(
+            matches!(err, Error::Code(CodeError::InvalidBits { .. })),
+            "{bits}: {err}"
+        );
         assert!(err.to_string().contains("multiple of 8"), "{err}");
     }
     let err = Index::builder(64)
@@ -59,24 +63,30 @@ fn missing_and_foreign_directories_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
     assert!(
-        matches!(Index::open(&missing), Err(Error::MissingDirectory { path }) if path == missing)
+        matches!(Index::open(&missing), Err(Error::Open(OpenError::MissingDirectory { path })) if path == missing)
     );
     assert!(matches!(
         Index::open_read_only(dir.path()),
-        Err(Error::NotAnIndex { .. })
+        Err(Error::Open(OpenError::NotAnIndex { .. }))
     ));
     // A redb file that is not a milan index.
     let db = redb::Database::create(dir.path().join(DATABASE_FILE)).unwrap();
     drop(db);
     let err = Index::open(dir.path()).unwrap_err();
-    assert!(matches!(err, Error::NotAnIndex { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Open(OpenError::NotAnIndex { .. })),
+        "{err}"
+    );
     // A file that is not a database at all.
     std::fs::write(dir.path().join(DATABASE_FILE), b"hello, not a database").unwrap();
     let err = Index::open(dir.path()).unwrap_err();
     assert!(matches!(err, Error::Corrupted { .. }), "{err}");
     assert!(err.to_string().contains(DATABASE_FILE), "{err}");
     let err = Index::builder(64).create(dir.path()).unwrap_err();
-    assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Open(OpenError::AlreadyExists { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -100,18 +110,18 @@ fn an_index_of_a_newer_format_is_refused_untouched() {
     assert!(
         matches!(
             err,
-            Error::TooNew {
+            Error::Open(OpenError::TooNew {
                 found,
                 supported: FORMAT_VERSION,
                 ..
-            } if found == FORMAT_VERSION + 1
+            }) if found == FORMAT_VERSION + 1
         ),
         "{err}"
     );
     assert!(err.to_string().contains("upgrade milan"), "{err}");
     assert!(matches!(
         Index::open_read_only(dir.path()),
-        Err(Error::TooNew { .. })
+        Err(Error::Open(OpenError::TooNew { .. }))
     ));
     assert!(
         std::fs::read(&path).unwrap() == before,
@@ -135,7 +145,7 @@ fn a_second_writer_waits_for_its_turn_and_times_out_naming_the_holder() {
         .open(dir.path())
         .unwrap_err();
     assert!(
-        matches!(&err, Error::LockTimeout { path, holder: Some(holder), .. }
+        matches!(&err, Error::Write(WriteError::LockTimeout { path, holder: Some(holder), .. })
             if path == dir.path() && holder.contains(&std::process::id().to_string())),
         "{err:?}"
     );
@@ -248,20 +258,23 @@ fn bad_queries_and_codes_are_typed_errors_that_change_nothing() {
     let short = Code::from_hex("abcd").unwrap();
     assert!(matches!(
         reader.search(&short),
-        Err(Error::CodeLength {
+        Err(Error::Code(CodeError::CodeLength {
             expected: 64,
             got: 16
-        })
+        }))
     ));
     let search = reader.search(&codes[0]).unwrap();
-    assert!(matches!(search.top_k(0), Err(Error::ZeroK)));
+    assert!(matches!(
+        search.top_k(0),
+        Err(Error::Search(SearchError::ZeroK))
+    ));
     let err = search.within(65).unwrap_err();
     assert!(matches!(
         err,
-        Error::RadiusTooLarge {
+        Error::Search(SearchError::RadiusTooLarge {
             radius: 65,
             bits: 64
-        }
+        })
     ));
     assert!(err.to_string().contains("use 0 to 64"));
     assert_eq!(search.within(64).unwrap().len(), 300);
@@ -272,7 +285,7 @@ fn bad_queries_and_codes_are_typed_errors_that_change_nothing() {
     let mut writer = index.writer().unwrap();
     assert!(matches!(
         writer.add(&short, Item::default()),
-        Err(Error::CodeLength { .. })
+        Err(Error::Code(CodeError::CodeLength { .. }))
     ));
     let huge = Item {
         metadata: Some(vec![0; 1 << 24]),
@@ -280,7 +293,7 @@ fn bad_queries_and_codes_are_typed_errors_that_change_nothing() {
     };
     assert!(matches!(
         writer.add(&codes[0], huge),
-        Err(Error::ItemTooLarge { .. })
+        Err(Error::Write(WriteError::ItemTooLarge { .. }))
     ));
     writer.commit().unwrap();
     assert_eq!(index.len(), 300);

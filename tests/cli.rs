@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use milan::OpenError;
 use milan::{Code, Index};
 use ndarray::Array2;
 
@@ -289,7 +290,10 @@ fn a_killed_import_keeps_whole_batches_and_stays_consistent() {
     kill_after(&import, std::time::Duration::from_millis(400));
     // A read-only open cannot recover a killed writer's file, and says so; a writable one does.
     if let Err(err) = Index::open_read_only(&dir) {
-        assert!(matches!(err, milan::Error::NeedsRecovery { .. }), "{err}");
+        assert!(
+            matches!(err, milan::Error::Open(OpenError::NeedsRecovery { .. })),
+            "{err}"
+        );
     }
     assert_whole_batches(&mut Index::open(&dir).unwrap(), &codes, 1000);
     // The same command again finishes the job: every row once, in row order.

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use milan::SearchError;
 use milan::{Code, Index, Item, Pair};
 use rand::RngExt;
 
@@ -157,10 +158,10 @@ fn pairs_within_refuses_a_radius_past_the_code_length() {
     let reader = index.reader().unwrap();
     assert!(matches!(
         reader.pairs_within(17),
-        Err(milan::Error::RadiusTooLarge {
+        Err(milan::Error::Search(SearchError::RadiusTooLarge {
             radius: 17,
             bits: 16
-        })
+        }))
     ));
     assert_eq!(reader.pairs_within(16).unwrap().count(), 0, "empty index");
 }

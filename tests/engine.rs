@@ -2,6 +2,7 @@
 //! strategy; writes are transactional.
 
 use milan::{Code, Index, Item, Strategy};
+use milan::{SearchError, WriteError};
 use proptest::prelude::*;
 use rand::RngExt;
 
@@ -55,7 +56,7 @@ fn assert_search_matches(
         .unwrap();
     let check = |got: milan::Result<Vec<milan::Hit>>, want: Vec<milan::Hit>, what: String| match got
     {
-        Err(milan::Error::MultiIndexTooCostly { .. }) if widest > 16 => {
+        Err(milan::Error::Search(SearchError::MultiIndexTooCostly { .. })) if widest > 16 => {
             assert!(what.contains("MultiIndex"), "{what} refused")
         }
         got => assert_eq!(got.unwrap(), want, "{what}"),
@@ -330,12 +331,12 @@ fn top_k_beyond_the_live_count_returns_every_code() {
 /// Whether `err` is the refusal of a forced multi-index search, with its numbers consistent.
 fn refused(result: milan::Result<Vec<milan::Hit>>, codes: u64) -> bool {
     match result {
-        Err(err @ milan::Error::MultiIndexTooCostly { .. }) => {
-            let milan::Error::MultiIndexTooCostly {
+        Err(err @ milan::Error::Search(SearchError::MultiIndexTooCostly { .. })) => {
+            let milan::Error::Search(SearchError::MultiIndexTooCostly {
                 probes,
                 budget,
                 codes: found,
-            } = err
+            }) = err
             else {
                 unreachable!()
             };
@@ -401,7 +402,9 @@ fn forced_multi_index_is_refused_where_it_cannot_finish() {
             .strategy(Strategy::MultiIndex);
         assert!(matches!(
             batch.top_k(5),
-            Err(milan::Error::MultiIndexTooCostly { .. })
+            Err(milan::Error::Search(
+                SearchError::MultiIndexTooCostly { .. }
+            ))
         ));
     }
 }
@@ -418,7 +421,7 @@ fn a_second_writer_on_the_writers_thread_is_an_error_not_a_deadlock() {
             let mut writer = index.writer().unwrap();
             writer.add(&code, Item::default()).unwrap();
             let busy = |result: milan::Result<()>| {
-                matches!(result, Err(milan::Error::WriterBusy { path }) if path == dir.path())
+                matches!(result, Err(milan::Error::Write(WriteError::WriterBusy { path })) if path == dir.path())
             };
             assert!(busy(index.writer().map(drop)));
             assert!(busy(index.try_writer().map(drop)));

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
 use milan::extract::{Extractor, ExtractorOptions};
-use milan::format::TensorLayout;
+use milan::ExtractError;
+use milan::InputLayout;
 use rand::RngExt;
 
 use crate::util::*;
@@ -127,7 +128,7 @@ fn the_extractor_follows_the_model_contract() {
     let contract = extractor.contract().clone();
     assert_eq!(
         (contract.size, contract.layout, contract.dim),
-        (32, TensorLayout::Nchw, 16)
+        (32, InputLayout::Nchw, 16)
     );
     assert_eq!(
         contract.fingerprint,
@@ -155,7 +156,7 @@ fn the_extractor_follows_the_model_contract() {
         "different images give different features"
     );
     let nhwc = Extractor::open(&ExtractorOptions::new(tiny_nhwc_model())).unwrap();
-    assert_eq!(nhwc.contract().layout, TensorLayout::Nhwc);
+    assert_eq!(nhwc.contract().layout, InputLayout::Nhwc);
     let wrong = Extractor::open(&ExtractorOptions {
         output: Some("logits".into()),
         ..ExtractorOptions::new(tiny_model())
@@ -170,7 +171,10 @@ fn not_a_model_is_refused_by_name() {
     let fake = tmp.path().join("fake.onnx");
     std::fs::write(&fake, b"not a protobuf").unwrap();
     let err = Extractor::open(&ExtractorOptions::new(&fake)).unwrap_err();
-    assert!(matches!(err, milan::Error::Model { .. }), "{err}");
+    assert!(
+        matches!(err, milan::Error::Extract(ExtractError::Model { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("fake.onnx"), "{err}");
 }
 
@@ -649,10 +653,10 @@ fn kept_features_follow_their_codes() {
     writer.delete(0).unwrap();
     assert!(matches!(
         writer.add_with_features(&code[0], milan::Item::default(), vec![0.0; 3]),
-        Err(milan::Error::FeatureDim {
+        Err(milan::Error::Extract(ExtractError::FeatureDim {
             expected: 16,
             got: 3
-        })
+        }))
     ));
     writer.commit().unwrap();
     assert!(index.reader().unwrap().features(0, 16).unwrap().is_none());
@@ -724,7 +728,13 @@ fn a_handle_stops_coding_images_once_another_replaced_the_head() {
     // to add them) with it, at once, and reads the re-coded index.
     let err = milan::ingest::code_image(&held, &mut extractor, &image).unwrap_err();
     assert!(
-        matches!(&err, milan::Error::Mismatch { detail, .. } if detail.contains("replaced the index's hash head")),
+        matches!(
+            &err,
+            milan::Error::Extract(ExtractError::Mismatch {
+                reason: milan::Mismatch::HeadReplaced,
+                ..
+            })
+        ),
         "{err}"
     );
     let reader = held.reader().unwrap();

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use milan::format::TablesRecord;
+use milan::WriteError;
 use milan::{Code, ImportProgress, Index, Item};
 
 use crate::util::*;
@@ -52,10 +53,13 @@ fn read_only_handles_share_and_refuse_writes() {
     Index::builder(16).create(dir.path()).unwrap();
     let first = Index::open_read_only(dir.path()).unwrap();
     let second = Index::open_read_only(dir.path()).unwrap();
-    assert!(matches!(first.writer(), Err(milan::Error::ReadOnly { .. })));
+    assert!(matches!(
+        first.writer(),
+        Err(milan::Error::Write(WriteError::ReadOnly { .. }))
+    ));
     assert!(matches!(
         second.optimize(None),
-        Err(milan::Error::ReadOnly { .. })
+        Err(milan::Error::Write(WriteError::ReadOnly { .. }))
     ));
 }
 

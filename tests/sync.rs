@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use milan::WriteError;
 use milan::{Code, Index, Item};
 
 use crate::images::{lsh_head, lsh_image_index, temp_image_set, tiny_model, write_image_set};
@@ -521,7 +522,10 @@ fn update_item_rekeys_without_touching_code_or_features() {
     assert!(!writer.update_item(99, item("x.png", 5)).unwrap());
     let huge = "k".repeat(milan::MAX_ITEM_BYTES + 1);
     let err = writer.update_item(a, item(&huge, 1)).unwrap_err();
-    assert!(matches!(err, milan::Error::ItemTooLarge { .. }), "{err}");
+    assert!(
+        matches!(err, milan::Error::Write(WriteError::ItemTooLarge { .. })),
+        "{err}"
+    );
     writer.commit().unwrap();
 
     let reader = index.reader().unwrap();

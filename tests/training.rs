@@ -11,6 +11,7 @@ use milan::train::{
     TripletMode,
 };
 use milan::{Code, Error, HashHead};
+use milan::{CodeError, ExtractError, TrainError};
 use ndarray::{Array2, ArrayView2};
 use rand::RngExt;
 
@@ -184,7 +185,7 @@ fn training_lowers_the_loss_and_separates_classes() {
             map > lsh_map + 0.25 && map > 0.6,
             "{recipe}: mAP@20 {map} vs LSH {lsh_map}"
         );
-        let provenance: serde_json::Value = serde_json::from_str(&head.file().provenance).unwrap();
+        let provenance: serde_json::Value = serde_json::from_str(head.provenance()).unwrap();
         assert_eq!(provenance["config"]["batch"], 30);
         assert_eq!(provenance["data"]["test"], true);
         assert_eq!(provenance["train_items"], d.train_y.len());
@@ -268,15 +269,24 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let mut damaged = saved.clone();
     damaged[100] ^= 1;
     let err = Trainer::resume(&damaged, train, Some(validation), None).unwrap_err();
-    assert!(matches!(err, Error::BadCheckpoint { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Train(TrainError::BadCheckpoint { .. })),
+        "{err}"
+    );
     let err =
         Trainer::resume(&saved[..saved.len() - 1], train, Some(validation), None).unwrap_err();
-    assert!(matches!(err, Error::BadCheckpoint { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Train(TrainError::BadCheckpoint { .. })),
+        "{err}"
+    );
     let other = data(&(&d.train_x * 2.0), &d.train_y);
     let err = Trainer::resume(&saved, other, Some(validation), None).unwrap_err();
     assert!(err.to_string().contains("other training data"), "{err}");
     let err = Trainer::resume(&saved, train, None, None).unwrap_err();
-    assert!(matches!(err, Error::BadCheckpoint { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Train(TrainError::BadCheckpoint { .. })),
+        "{err}"
+    );
 }
 
 fn codes(hex: &[&str]) -> PackedCodes {
@@ -357,10 +367,10 @@ fn packing_codes_of_two_lengths_names_both_lengths() {
     assert!(
         matches!(
             err,
-            Error::CodeLengthsDiffer {
+            Error::Code(CodeError::CodeLengthsDiffer {
                 left: 16,
                 right: 24
-            }
+            })
         ),
         "{err}"
     );
@@ -409,10 +419,10 @@ fn the_report_has_the_documented_json_and_beats_lsh_for_a_trained_head() {
             &[1, 2, 3],
             &EvalOptions::default()
         ),
-        Err(Error::FeatureDim {
+        Err(Error::Extract(ExtractError::FeatureDim {
             expected: 24,
             got: 7
-        })
+        }))
     ));
     let empty = Array2::<f32>::zeros((0, 24));
     let err = evaluate(
@@ -423,7 +433,10 @@ fn the_report_has_the_documented_json_and_beats_lsh_for_a_trained_head() {
         &EvalOptions::default(),
     )
     .unwrap_err();
-    assert!(matches!(err, Error::EmptyData { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Train(TrainError::EmptyData { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("test split"), "{err}");
 }
 
@@ -476,10 +489,10 @@ fn bad_training_input_gets_typed_errors() {
     assert!(
         matches!(
             err,
-            Error::LengthMismatch {
+            Error::Train(TrainError::LengthMismatch {
                 features: 120,
                 labels: 119
-            }
+            })
         ),
         "{err}"
     );
@@ -496,11 +509,11 @@ fn bad_training_input_gets_typed_errors() {
     assert!(
         matches!(
             err,
-            Error::ClassTooSmall {
+            Error::Train(TrainError::ClassTooSmall {
                 items: 40,
                 needed: 60,
                 ..
-            }
+            })
         ),
         "{err}"
     );
@@ -512,14 +525,20 @@ fn bad_training_input_gets_typed_errors() {
     // K not a multiple of 8, or out of range.
     for bits in [12, 0, 2048] {
         let err = new(TrainConfig { bits, ..config() }, x.view(), &y).unwrap_err();
-        assert!(matches!(err, Error::InvalidBits { .. }), "{bits}: {err}");
+        assert!(
+            matches!(err, Error::Code(CodeError::InvalidBits { .. })),
+            "{bits}: {err}"
+        );
     }
     // NaN and infinite features, named by position.
     let mut bad = x.clone();
     bad[[17, 3]] = f32::NAN;
     let err = new(config(), bad.view(), &y).unwrap_err();
     assert!(
-        matches!(err, Error::NonFiniteFeature { row: 17, column: 3 }),
+        matches!(
+            err,
+            Error::Train(TrainError::NonFiniteFeature { row: 17, column: 3 })
+        ),
         "{err}"
     );
     bad[[17, 3]] = f32::INFINITY;
@@ -527,11 +546,17 @@ fn bad_training_input_gets_typed_errors() {
     // Empty data.
     let empty = Array2::<f32>::zeros((0, 8));
     let err = new(config(), empty.view(), &[]).unwrap_err();
-    assert!(matches!(err, Error::EmptyData { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Train(TrainError::EmptyData { .. })),
+        "{err}"
+    );
     // One class only.
     let one = vec![5i64; 120];
     let err = new(config(), x.view(), &one).unwrap_err();
-    assert!(matches!(err, Error::TooFewClasses { found: 1 }), "{err}");
+    assert!(
+        matches!(err, Error::Train(TrainError::TooFewClasses { found: 1 })),
+        "{err}"
+    );
     // A validation set too small to query.
     let err = Trainer::new(
         config(),
@@ -545,7 +570,10 @@ fn bad_training_input_gets_typed_errors() {
         }),
     )
     .unwrap_err();
-    assert!(matches!(err, Error::EmptyData { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Train(TrainError::EmptyData { .. })),
+        "{err}"
+    );
     // A batch that does not split in thirds.
     let err = new(
         TrainConfig {

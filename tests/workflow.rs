@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use milan::dataset::Dataset;
 use milan::eval::{map_at_k, PackedCodes};
-use milan::format::{ModelRecord, PixelRange, TensorLayout};
 use milan::Code;
+use milan::{ExtractorContract, InputLayout, PixelRange};
 
 use crate::images::{
     create_image_index, lsh_head, lsh_image_index, render_in_browser, temp_image_set, tiny_model,
@@ -32,12 +32,12 @@ fn clustered_data(dir: &Path, classes: usize, per_class: usize) -> Dataset {
     dataset
 }
 
-fn fake_model(fingerprint: u8) -> ModelRecord {
-    ModelRecord {
+fn fake_model(fingerprint: u8) -> ExtractorContract {
+    ExtractorContract {
         fingerprint: [fingerprint; 32],
         path: "model.onnx".into(),
         input: "x".into(),
-        layout: TensorLayout::Nchw,
+        layout: InputLayout::Nchw,
         size: 32,
         pixel_range: PixelRange::ZeroOne,
         output: "features".into(),
@@ -91,7 +91,7 @@ fn images_to_a_trained_index_end_to_end() {
     let said = train(&data, &head, "16", "150");
     assert!(said.contains("16-bit milan-plus head, 150 steps"), "{said}");
     let trained = milan::HashHead::read(&head).unwrap();
-    let provenance: serde_json::Value = serde_json::from_str(&trained.file().provenance).unwrap();
+    let provenance: serde_json::Value = serde_json::from_str(trained.provenance()).unwrap();
     assert_eq!(provenance["data"]["items"], 20);
     assert_eq!(provenance["data"]["split"]["train_fraction"], 0.6);
     assert_eq!(provenance["config"]["hidden"], serde_json::json!([32]));

@@ -45,6 +45,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use milan::{CodeError, SearchError, WriteError};
 use milan::{Code, Error, Hit, Index, Item, Pair, Reader, Strategy, Writer};
 use milan_index_format::{CodeLayout, LayoutError};
 
@@ -431,10 +432,10 @@ fn run(input: Input) {
                     *k,
                 );
                 drop(reader);
-                assert!(matches!(read_only.writer(), Err(Error::ReadOnly { .. })));
+                assert!(matches!(read_only.writer(), Err(Error::Write(WriteError::ReadOnly { .. }))));
                 assert!(matches!(
                     read_only.optimize(None),
-                    Err(Error::ReadOnly { .. })
+                    Err(Error::Write(WriteError::ReadOnly { .. }))
                 ));
                 let report = read_only.verify().expect("verify read-only");
                 assert!(report.is_ok() && report.storage_ok.is_none(), "{report:?}");
@@ -482,7 +483,7 @@ fn create(bits: u32, substrings: Option<u8>, dir: &Path) -> Index {
             return index;
         }
         assert!(
-            matches!(result, Err(Error::Layout(LayoutError::Substrings { .. }))),
+            matches!(result, Err(Error::Code(CodeError::Layout(LayoutError::Substrings { .. })))),
             "{substrings} substrings for {bits} bits: {result:?}"
         );
     }
@@ -616,7 +617,7 @@ fn session<'a, 'b, 'o>(
                 }
                 let code = Code::from_bytes(&vec![0xa5; len]).expect("valid length");
                 let wrong_length = |result: Result<_, Error>| {
-                    matches!(result, Err(Error::CodeLength { expected, got })
+                    matches!(result, Err(Error::Code(CodeError::CodeLength { expected, got }))
                         if expected == model.bits && got as usize == len * 8)
                 };
                 let reader = index.reader().expect("reader");
@@ -639,7 +640,7 @@ fn session<'a, 'b, 'o>(
                 // a deadlock), the same as a second writer; then close it, as a user must.
                 if writer.is_some() {
                     let busy =
-                        |result: Result<(), Error>| matches!(result, Err(Error::WriterBusy { .. }));
+                        |result: Result<(), Error>| matches!(result, Err(Error::Write(WriteError::WriterBusy { .. })));
                     assert!(busy(index.optimize(substrings).map(drop)));
                     assert!(busy(index.writer().map(drop)));
                     assert!(busy(index.try_writer().map(drop)));
@@ -710,14 +711,14 @@ fn session<'a, 'b, 'o>(
                 if second.read_only {
                     assert!(matches!(
                         other.optimize(substrings),
-                        Err(Error::ReadOnly { .. })
+                        Err(Error::Write(WriteError::ReadOnly { .. }))
                     ));
                     continue;
                 }
                 if second_writer.is_some() {
                     assert!(matches!(
                         other.optimize(substrings),
-                        Err(Error::WriterBusy { .. })
+                        Err(Error::Write(WriteError::WriterBusy { .. }))
                     ));
                 }
                 if writer.is_some() && model.wait() {
@@ -788,7 +789,7 @@ fn take_writer<'w, 'i>(
 ) -> Option<&'w mut Writer<'i>> {
     if slot.is_none() {
         if handle.read_only {
-            assert!(matches!(handle.index.writer(), Err(Error::ReadOnly { .. })));
+            assert!(matches!(handle.index.writer(), Err(Error::Write(WriteError::ReadOnly { .. }))));
             return None;
         }
         if other_writing {
@@ -814,11 +815,11 @@ fn take_writer<'w, 'i>(
 fn assert_timed_out(result: Result<(), Error>, handle: &Handle) {
     let me = format!("process {} ", std::process::id());
     match result {
-        Err(Error::LockTimeout {
+        Err(Error::Write(WriteError::LockTimeout {
             path,
             waited,
             holder,
-        }) => {
+        })) => {
             assert_eq!(path, handle.index.path());
             assert_eq!(waited, handle.timeout);
             assert!(
@@ -955,7 +956,7 @@ fn optimize(index: &Index, model: &Model, substrings: Option<u32>) {
         Some(s) if !(min..=max).contains(&s) => {
             assert!(matches!(
                 result,
-                Err(Error::Layout(LayoutError::Substrings { .. }))
+                Err(Error::Code(CodeError::Layout(LayoutError::Substrings { .. })))
             ));
             assert_eq!(index.substrings(), before);
         }
@@ -1080,7 +1081,7 @@ fn top_k(reader: &Reader, model: &Model, substrings: u32, query: &[u8], k: u8) {
                 .search(&query_code)
                 .expect("search")
                 .strategy(strategy);
-            assert!(matches!(search.top_k(0), Err(Error::ZeroK)));
+            assert!(matches!(search.top_k(0), Err(Error::Search(SearchError::ZeroK))));
         }
         return;
     }
@@ -1111,7 +1112,7 @@ fn radius(reader: &Reader, model: &Model, substrings: u32, query: &[u8], r: u32)
                 .strategy(strategy);
             assert!(matches!(
                 search.within(r),
-                Err(Error::RadiusTooLarge { radius, bits }) if radius == r && bits == model.bits
+                Err(Error::Search(SearchError::RadiusTooLarge { radius, bits })) if radius == r && bits == model.bits
             ));
         }
         return;
@@ -1132,7 +1133,7 @@ fn radius(reader: &Reader, model: &Model, substrings: u32, query: &[u8], r: u32)
             .strategy(Strategy::MultiIndex)
             .within(r);
         match forced {
-            Err(Error::MultiIndexTooCostly { probes, budget, .. }) => {
+            Err(Error::Search(SearchError::MultiIndexTooCostly { probes, budget, .. })) => {
                 // The harness's binomials are floating-point products, milan's exact sums.
                 let named = probes as f64;
                 assert!(
@@ -1170,7 +1171,7 @@ fn pairs_within(reader: &Reader, model: &Model, r: u32) {
     let too_large = model.bits + 1;
     assert!(matches!(
         reader.pairs_within(too_large).map(drop),
-        Err(Error::RadiusTooLarge { radius, bits }) if radius == too_large && bits == model.bits
+        Err(Error::Search(SearchError::RadiusTooLarge { radius, bits })) if radius == too_large && bits == model.bits
     ));
 }
 
@@ -1184,7 +1185,7 @@ fn search_id(reader: &Reader, model: &Model, substrings: u32, id: u64, k: u8) {
     if k == 0 {
         assert!(matches!(
             reader.search_id(id).expect("search_id").top_k(0),
-            Err(Error::ZeroK)
+            Err(Error::Search(SearchError::ZeroK))
         ));
         return;
     }

@@ -14,6 +14,13 @@ With ``--milan PATH`` (the command-line binary: ``cargo build --release``) it al
 Rust; the difference between its mean and the single-query call's is the cost of the Python
 binding per call.
 
+With ``--rust-batch PATH`` (the example ``python/bench/rust_batch.rs``:
+``PYO3_BUILD_EXTENSION_MODULE=1 cargo build --release --manifest-path python/Cargo.toml --example
+rust_batch``) it sets the batch top-k search against
+the same batch run from Rust (a fresh reader, ``search_batch(queries).top_k(k)``, every core),
+in ``--rounds`` rounds, each a Python batch and a Rust batch ``--runs`` times, and reports the
+medians and their ratio (Python / Rust) and each round's.
+
     python python/bench/search_bench.py                      # 1,000,000 codes, 10,000 queries
     python python/bench/search_bench.py --n 100000 --milan target/release/milan --json
 """
@@ -67,6 +74,48 @@ def rust_bench(binary, directory, queries, k, radii):
     return json.loads(done.stdout)
 
 
+def rust_batch(binary, directory, queries, k, runs):
+    """The Rust batch figure: `runs` timed batch searches of `queries` in one process."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "queries.npy")
+        np.save(path, queries)
+        command = [binary, directory, path, str(k), str(runs)]
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)
+
+
+def batch_ratio(index, binary, directory, queries, k, runs, rounds):
+    """Python's batch top-k against Rust's, interleaved in rounds so that both see the same
+    machine: medians of wall-clock and of CPU time (every thread of the process), the ratios of
+    the medians, and each round's wall-clock ratio."""
+    python_times, python_cpu, rust_times, rust_cpu, round_ratios = [], [], [], [], []
+    for _ in range(rounds):
+        times = []
+        for _ in range(runs):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            index.search(queries, k=k)
+            times.append(time.perf_counter() - started)
+            python_cpu.append(time.process_time() - cpu_started)
+        rust = rust_batch(binary, directory, queries, k, runs)
+        round_ratios.append(statistics.median(times) / statistics.median(rust["seconds"]))
+        python_times += times
+        rust_times += rust["seconds"]
+        rust_cpu += rust["cpu_seconds"]
+    median = statistics.median
+    return {
+        "rounds": rounds,
+        "runs_per_round": runs,
+        "rust_threads": rust["threads"],
+        "python_median_ms": median(python_times) * 1e3,
+        "rust_median_ms": median(rust_times) * 1e3,
+        "ratio": median(python_times) / median(rust_times),
+        "python_cpu_median_ms": median(python_cpu) * 1e3,
+        "rust_cpu_median_ms": median(rust_cpu) * 1e3,
+        "cpu_ratio": median(python_cpu) / median(rust_cpu),
+        "round_ratios": round_ratios,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="codes in the index")
@@ -84,6 +133,8 @@ def main():
         "--rust-queries", type=int, default=1_000,
         help="queries for `milan bench search` (it also scans for each, to check recall)",
     )
+    parser.add_argument("--rust-batch", help="the rust_batch example binary, for the batch ratio")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the batch ratio")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     radii = [int(r) for r in args.radius.split(",") if r]
@@ -152,6 +203,10 @@ def main():
         "median_us": statistics.median(micros),
         "empty_call_median_us": statistics.median(overhead),
     }
+    if args.rust_batch:
+        report["batch_vs_rust"] = batch_ratio(
+            index, args.rust_batch, directory, queries, args.k, args.runs, args.rounds
+        )
     index.close()
 
     if args.milan:
@@ -190,6 +245,16 @@ def main():
         f"single-query top-{args.k}: mean {s['mean_us']:.2f} µs, median {s['median_us']:.2f} µs "
         f"per call; an empty call {s['empty_call_median_us']:.2f} µs"
     )
+    if "batch_vs_rust" in report:
+        b = report["batch_vs_rust"]
+        print(
+            f"batch top-{args.k}, median of {b['rounds']} x {b['runs_per_round']} calls: Python "
+            f"{b['python_median_ms']:.1f} ms, Rust {b['rust_median_ms']:.1f} ms "
+            f"({b['rust_threads']} threads): ratio {b['ratio']:.3f} (rounds "
+            + ", ".join(f"{r:.3f}" for r in b["round_ratios"])
+            + f"); CPU time {b['python_cpu_median_ms']:.1f} ms against "
+            f"{b['rust_cpu_median_ms']:.1f} ms: ratio {b['cpu_ratio']:.3f}"
+        )
     if "rust" in report:
         rust = report["rust"]
         print(

@@ -1,9 +1,13 @@
 //! Python inputs to Rust values: codes from numpy arrays, ids, keys and labels, each refused
 //! with a message that names what was expected and what was given.
 
+use std::path::PathBuf;
+
 use milan::Code;
+use numpy::ndarray::Array2;
 use numpy::{
-    PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
+    PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
+    PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyString};
@@ -259,4 +263,201 @@ pub fn read_strings(
         .into());
     }
     Ok(Some(values))
+}
+
+/// Reads `what`: feature vectors, a 2-D numpy float array `[n, dim]` (float32, or float64 and
+/// float16 converted to float32), in row-major order whatever its memory order.
+pub fn read_features(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Array2<f32>> {
+    let expected = "a 2-D numpy float32 array of shape (n, dim)";
+    let Some(array) = as_array(obj)? else {
+        return Err(Fail::type_(format!(
+            "{what} must be {expected}; got {} (convert it with numpy.asarray(..., dtype=numpy.float32))",
+            type_name(obj)
+        ))
+        .into());
+    };
+    let dtype = array.dtype();
+    if dtype.kind() != b'f' {
+        let dtype_text = dtype.str().map(|s| s.to_string()).unwrap_or_default();
+        return Err(Fail::type_(format!(
+            "{what} must be {expected}; got an array of dtype {dtype_text} (convert it with .astype(numpy.float32))"
+        ))
+        .into());
+    }
+    let shape = array.shape().to_vec();
+    if shape.len() != 2 {
+        let hint = if shape.len() == 1 {
+            " (write features[None, :] for one vector)"
+        } else {
+            ""
+        };
+        return Err(Fail::value(format!(
+            "{what} must be {expected}; got an array of shape {}{hint}",
+            shape_text(&shape)
+        ))
+        .into());
+    }
+    let array = if dtype.is_equiv_to(&numpy::dtype::<f32>(obj.py())) {
+        array.clone().into_any()
+    } else {
+        array.call_method1("astype", ("float32",))?
+    };
+    let array = array
+        .cast::<PyArray2<f32>>()?
+        .try_readonly()
+        .map_err(|err| Fail::value(format!("{what} cannot be read: {err}")))?;
+    Ok(array.as_array().to_owned())
+}
+
+/// Class labels, one per row: ints as they are, strings numbered in sorted order.
+pub struct Labels {
+    /// The class of each row.
+    pub values: Vec<i64>,
+}
+
+const EXPECTED_LABELS: &str =
+    "a 1-D numpy integer array, or a sequence of ints or of str, one label per row";
+
+/// Reads labels for `n` rows (any number when `None`): a 1-D integer array, a sequence of ints, or a sequence (or numpy
+/// array) of strings, which are numbered by their sorted order.
+pub fn read_labels(obj: &Bound<'_, PyAny>, n: Option<usize>, what: &str) -> PyResult<Labels> {
+    let values: Vec<i64> = if let Some(array) = as_array(obj)? {
+        let shape = array.shape().to_vec();
+        if shape.len() != 1 {
+            return Err(Fail::value(format!(
+                "{what} must be {EXPECTED_LABELS}; got an array of shape {}",
+                shape_text(&shape)
+            ))
+            .into());
+        }
+        match array.dtype().kind() {
+            b'i' | b'u' | b'b' => {
+                let wide = array.call_method1("astype", ("int64",))?;
+                let wide = wide
+                    .cast::<PyArrayDyn<i64>>()?
+                    .try_readonly()
+                    .map_err(|err| Fail::value(format!("{what} cannot be read: {err}")))?;
+                wide.as_array().iter().copied().collect()
+            }
+            b'U' | b'O' | b'S' => {
+                let list = array.call_method0("tolist")?;
+                string_labels(&list, what)?
+            }
+            _ => {
+                let dtype_text = array
+                    .dtype()
+                    .str()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                return Err(Fail::type_(format!(
+                    "{what} must be {EXPECTED_LABELS}; got an array of dtype {dtype_text}"
+                ))
+                .into());
+            }
+        }
+    } else if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
+        return Err(Fail::type_(format!(
+            "{what} must be {EXPECTED_LABELS}; got a single {}",
+            type_name(obj)
+        ))
+        .into());
+    } else if let Ok(ints) = obj.extract::<Vec<i64>>() {
+        ints
+    } else {
+        string_labels(obj, what)?
+    };
+    match n {
+        Some(n) if values.len() != n => Err(Fail::value(format!(
+            "{what} must hold one label per row: got {} labels for {n} rows",
+            values.len()
+        ))
+        .into()),
+        _ => Ok(Labels { values }),
+    }
+}
+
+/// String labels numbered by their sorted order (the first name in sorted order is 0).
+fn string_labels(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
+    let names = obj.extract::<Vec<String>>().map_err(|err| {
+        Fail::type_(format!(
+            "{what} must be {EXPECTED_LABELS}; got {} ({err})",
+            type_name(obj)
+        ))
+    })?;
+    let mut sorted: Vec<&String> = names.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    Ok(names
+        .iter()
+        .map(|name| sorted.binary_search(&name).expect("every name is listed") as i64)
+        .collect())
+}
+
+/// Reads file paths: a sequence of `str` or `os.PathLike` (not a single one, whose characters
+/// would be taken for paths).
+pub fn read_paths(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<PathBuf>> {
+    let expected = format!("{what} must be a sequence of paths (str or os.PathLike)");
+    if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
+        return Err(Fail::type_(format!(
+            "{expected}; got a single {} (write [path] for one file)",
+            type_name(obj)
+        ))
+        .into());
+    }
+    let os = obj.py().import("os")?;
+    if obj.is_instance(&os.getattr("PathLike")?)? {
+        return Err(Fail::type_(format!(
+            "{expected}; got a single {} (write [path] for one file)",
+            type_name(obj)
+        ))
+        .into());
+    }
+    obj.extract::<Vec<PathBuf>>()
+        .map_err(|err| Fail::type_(format!("{expected}; got {} ({err})", type_name(obj))).into())
+}
+
+/// Reads row numbers below `n`: a sequence of ints or a 1-D integer array.
+pub fn read_rows(obj: &Bound<'_, PyAny>, n: usize, what: &str) -> PyResult<Vec<usize>> {
+    let expected = format!("{what} must be {EXPECTED_IDS} of row numbers");
+    if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
+        return Err(Fail::type_(format!("{expected}; got {}", type_name(obj))).into());
+    }
+    let array = obj.py().import("numpy")?.call_method1("asarray", (obj,))?;
+    let array = array
+        .cast_into::<PyUntypedArray>()
+        .map_err(|_| Fail::type_(format!("{expected}; got {}", type_name(obj))))?;
+    let (shape, kind) = (array.shape().to_vec(), array.dtype().kind());
+    if shape.len() != 1 || !(kind == b'i' || kind == b'u' || shape == [0]) {
+        let dtype_text = array
+            .dtype()
+            .str()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        return Err(Fail::type_(format!(
+            "{expected}; got {} of shape {} and dtype {dtype_text}",
+            type_name(obj),
+            shape_text(&shape)
+        ))
+        .into());
+    }
+    let wide = array.call_method1("astype", ("int64",))?;
+    let wide = wide
+        .cast::<PyArrayDyn<i64>>()?
+        .try_readonly()
+        .map_err(|err| Fail::value(format!("{what} cannot be read: {err}")))?;
+    wide.as_array()
+        .iter()
+        .map(|&row| {
+            usize::try_from(row)
+                .ok()
+                .filter(|&row| row < n)
+                .ok_or_else(|| {
+                    Fail::value(format!(
+                        "{what}: row {row} is out of range (0 to {})",
+                        n.saturating_sub(1)
+                    ))
+                    .into()
+                })
+        })
+        .collect()
 }

@@ -5,6 +5,7 @@
 //! and carries the message, and becomes a Python exception once the GIL is held again.
 
 use milan::Error;
+use milan::{CodeError, ExtractError, OpenError, SearchError, TrainError, WriteError};
 use pyo3::exceptions::{PyMemoryError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
@@ -38,6 +39,15 @@ pub enum Kind {
     Storage,
     /// The built-in `MemoryError`.
     Memory,
+    /// `ModelError`: an ONNX model or ONNX Runtime that cannot be found, loaded or run.
+    Model,
+    /// `MismatchError` (a `ValueError`): a model or head that is not the one an index or a
+    /// head is made for.
+    Mismatch,
+    /// `ImageError` (a `ValueError`): an image that cannot be read or decoded.
+    Image,
+    /// `HeadError` (a `ValueError`): bytes or a file that are not a usable hash head.
+    Head,
 }
 
 impl Kind {
@@ -57,6 +67,10 @@ impl Kind {
             Kind::Closed => "ClosedIndexError",
             Kind::Storage => "StorageError",
             Kind::Memory => "MemoryError",
+            Kind::Model => "ModelError",
+            Kind::Mismatch => "MismatchError",
+            Kind::Image => "ImageError",
+            Kind::Head => "HeadError",
         }
     }
 }
@@ -117,27 +131,39 @@ impl From<Error> for Fail {
     /// I/O or storage error names the file, and its cause says what went wrong).
     fn from(err: Error) -> Fail {
         let kind = match &err {
-            Error::MissingDirectory { .. }
-            | Error::NotADirectory { .. }
-            | Error::NotAnIndex { .. } => Kind::NotAnIndex,
-            Error::AlreadyExists { .. } => Kind::IndexExists,
-            Error::LockTimeout { .. } => Kind::LockTimeout,
-            Error::ReadOnly { .. } => Kind::ReadOnly,
+            Error::Open(OpenError::MissingDirectory { .. })
+            | Error::Open(OpenError::NotADirectory { .. })
+            | Error::Open(OpenError::NotAnIndex { .. }) => Kind::NotAnIndex,
+            Error::Open(OpenError::AlreadyExists { .. }) => Kind::IndexExists,
+            Error::Write(WriteError::LockTimeout { .. }) => Kind::LockTimeout,
+            Error::Write(WriteError::ReadOnly { .. }) => Kind::ReadOnly,
             Error::Corrupted { .. } => Kind::Corrupted,
-            Error::TooNew { .. } | Error::UpgradeRequired { .. } => Kind::Version,
+            Error::Open(OpenError::TooNew { .. })
+            | Error::Open(OpenError::UpgradeRequired { .. }) => Kind::Version,
             Error::UnknownId { .. } => Kind::UnknownId,
-            Error::Layout(_)
-            | Error::InvalidBits { .. }
-            | Error::CodeLength { .. }
-            | Error::CodeLengthsDiffer { .. }
-            | Error::InvalidCode { .. }
-            | Error::RadiusTooLarge { .. }
-            | Error::ZeroK
-            | Error::ItemTooLarge { .. }
+            Error::Code(CodeError::Layout(_))
+            | Error::Code(CodeError::InvalidBits { .. })
+            | Error::Code(CodeError::CodeLength { .. })
+            | Error::Code(CodeError::CodeLengthsDiffer { .. })
+            | Error::Code(CodeError::InvalidCode { .. })
+            | Error::Search(SearchError::RadiusTooLarge { .. })
+            | Error::Search(SearchError::ZeroK)
+            | Error::Write(WriteError::ItemTooLarge { .. })
             | Error::InvalidArgument { .. }
-            | Error::LengthMismatch { .. }
-            | Error::BitsMismatch { .. }
-            | Error::SubstringsMismatch { .. } => Kind::InvalidArgument,
+            | Error::Train(TrainError::LengthMismatch { .. })
+            | Error::Open(OpenError::BitsMismatch { .. })
+            | Error::Open(OpenError::SubstringsMismatch { .. })
+            | Error::Extract(ExtractError::FeatureDim { .. })
+            | Error::Train(TrainError::EmptyData { .. })
+            | Error::Train(TrainError::NonFiniteFeature { .. })
+            | Error::Train(TrainError::ClassTooSmall { .. })
+            | Error::Train(TrainError::TooFewClasses { .. })
+            | Error::Train(TrainError::BadData { .. }) => Kind::InvalidArgument,
+            Error::Extract(ExtractError::Runtime { .. })
+            | Error::Extract(ExtractError::Model { .. }) => Kind::Model,
+            Error::Extract(ExtractError::Mismatch { .. }) => Kind::Mismatch,
+            Error::Extract(ExtractError::Image { .. }) => Kind::Image,
+            Error::Extract(ExtractError::BadHead { .. }) => Kind::Head,
             Error::Io { .. } | Error::Storage { .. } => Kind::Storage,
             _ => Kind::Milan,
         };

@@ -1,25 +1,34 @@
 //! The extension module `milan._milan`: the `Index` class over the Rust crate's
-//! [`milan::Index`]. The Python package `milan` re-exports it with its exceptions.
+//! [`milan::Index`] (this file), `Extractor` and the image calls (`images.rs`), `Head`, `train`,
+//! `evaluate` and `split` (`training.rs`). The Python package `milan` re-exports them with its
+//! exceptions.
 //!
-//! Every call that touches the index runs with the GIL released: batch searches run on every
-//! core (the crate's thread pool), and other Python threads run meanwhile.
+//! Every call that touches the index, a model or a head runs with the GIL released: batch
+//! searches run on every core (the crate's thread pool), and other Python threads run meanwhile.
 
 mod convert;
 mod errors;
+mod images;
+mod training;
+mod watch;
 
+use milan::WriteError;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
-use milan::{Error, Hit, Index as RustIndex, IndexBuilder, Item};
+use milan::{Code, Error, Hit, Index as RustIndex, IndexBuilder, Item};
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use convert::{read_codes, read_ids, read_strings};
+use convert::{read_codes, read_ids, read_paths, read_strings};
 use errors::{closed, Fail, Kind};
+use images::{positive, PyExtractor};
+use training::PyHead;
+use watch::Watch;
 
 /// An open milan index: binary hash codes stored in a directory, searched exactly by Hamming
 /// distance.
@@ -44,6 +53,8 @@ struct PyIndex {
     path: PathBuf,
     bits: u32,
     read_only: bool,
+    /// The index's own extractor, opened by the first image call given none.
+    extractor: OnceLock<Py<PyExtractor>>,
 }
 
 /// What `search` returns: ids and distances, `[nq, k]` each.
@@ -90,7 +101,69 @@ impl PyIndex {
             read_only,
             inner: RwLock::new(Some(index)),
             closing: AtomicBool::new(false),
+            extractor: OnceLock::new(),
         }
+    }
+
+    /// The extractor for an image call: the one given, or the index's own model (opened once,
+    /// as `milan index add` opens it when given no `--model`).
+    fn extractor_for(
+        &self,
+        py: Python<'_>,
+        given: Option<Py<PyExtractor>>,
+    ) -> PyResult<Py<PyExtractor>> {
+        if let Some(given) = given {
+            return Ok(given);
+        }
+        if let Some(own) = self.extractor.get() {
+            return Ok(own.clone_ref(py));
+        }
+        let model = self.with(py, |index| Ok(index.model().cloned()))?;
+        let Some(model) = model else {
+            return Err(Fail::new(
+                Kind::Mismatch,
+                format!(
+                    "{}: this index stores codes only; create it with milan.Index.create(path, extractor=..., head=...) to add images",
+                    self.path.display()
+                ),
+            )
+            .into());
+        };
+        let opened = Py::new(py, PyExtractor::for_index(py, &model)?)?;
+        Ok(self.extractor.get_or_init(|| opened).clone_ref(py))
+    }
+
+    /// The `search` answer for `queries`: ids and distances, `[nq, k]` each, padded with -1.
+    fn top_k<'py>(&self, py: Python<'py>, queries: Vec<Code>, k: i64) -> PyResult<TopK<'py>> {
+        if k < 1 {
+            return Err(Fail::value(format!("k must be at least 1; got {k}")).into());
+        }
+        let k = usize::try_from(k).map_err(|_| Fail::value(format!("k is too large: {k}")))?;
+        let nq = queries.len();
+        let total = nq
+            .checked_mul(k)
+            .ok_or_else(|| Fail::value(format!("k is too large: {k} for {nq} queries")))?;
+        let (ids, distances) = self.with(py, |index| {
+            let mut ids = room::<i64>(total)?;
+            let mut distances = room::<i32>(total)?;
+            let reader = index.reader()?;
+            let answers = reader.search_batch(&queries)?.top_k(k)?;
+            for hits in &answers {
+                for hit in hits.iter().take(k) {
+                    ids.push(hit.id as i64);
+                    distances.push(hit.distance as i32);
+                }
+                for _ in hits.len().min(k)..k {
+                    ids.push(-1);
+                    distances.push(-1);
+                }
+            }
+            Ok((ids, distances))
+        })?;
+        Ok((
+            PyArray1::from_vec(py, ids).reshape([nq, k])?,
+            PyArray1::from_vec(py, distances).reshape([nq, k])?,
+        ))
     }
 
     /// Runs `work` on the open index with the GIL released. Calls run side by side; `close`
@@ -121,9 +194,9 @@ impl PyIndex {
 
     fn check_writable(&self) -> Result<(), Fail> {
         if self.read_only {
-            return Err(Error::ReadOnly {
+            return Err(Error::Write(WriteError::ReadOnly {
                 path: self.path.clone(),
-            }
+            })
             .into());
         }
         Ok(())
@@ -145,25 +218,51 @@ impl PyIndex {
     /// Creates a new, empty index in the directory ``path`` (made if missing) and opens it for
     /// reading and writing.
     ///
-    /// ``bits``: the code length, a multiple of 8 from 8 to 1024. ``substrings``: the number
-    /// of multi-index-hashing substrings (default: the best for ``expected_size`` codes).
-    /// ``expected_size``: the number of codes the index is expected to hold (default about a
-    /// million); it only chooses the default substrings. ``lock_timeout``: seconds a write
-    /// waits for another handle's or process's write before ``LockTimeoutError``.
+    /// ``bits``: the code length, a multiple of 8 from 8 to 1024 (default 64, or the head's).
+    /// ``substrings``: the number of multi-index-hashing substrings (default: the best for
+    /// ``expected_size`` codes). ``expected_size``: the number of codes the index is expected
+    /// to hold (default about a million); it only chooses the default substrings.
+    /// ``lock_timeout``: seconds a write waits for another handle's or process's write before
+    /// ``LockTimeoutError``.
+    ///
+    /// ``extractor`` and ``head`` (together) make an image index, as ``milan index create
+    /// --model --head``: ``add_images`` and ``search_images`` then code images through them.
+    /// The head must take the extractor's features (and, when bound to a model, that model).
     ///
     /// Raises ``IndexExistsError`` (a ``FileExistsError``) when an index is there already,
-    /// ``InvalidArgumentError`` (a ``ValueError``) for bits or substrings out of range.
+    /// ``InvalidArgumentError`` (a ``ValueError``) for bits or substrings out of range,
+    /// ``MismatchError`` (a ``ValueError``) for a head that does not fit the extractor or bits.
     #[staticmethod]
-    #[pyo3(signature = (path, bits=64, substrings=None, expected_size=None, lock_timeout=30.0))]
+    #[pyo3(signature = (path, bits=None, substrings=None, expected_size=None, lock_timeout=30.0, extractor=None, head=None))]
+    #[allow(clippy::too_many_arguments)]
     fn create(
         py: Python<'_>,
         path: PathBuf,
-        bits: i64,
+        bits: Option<i64>,
         substrings: Option<i64>,
         expected_size: Option<i64>,
         lock_timeout: f64,
+        extractor: Option<&Bound<'_, PyExtractor>>,
+        head: Option<&Bound<'_, PyHead>>,
     ) -> PyResult<PyIndex> {
-        let bits = small(bits, "bits", "a multiple of 8 from 8 to 1024")?;
+        let images = match (extractor, head) {
+            (None, None) => None,
+            (Some(extractor), Some(head)) => {
+                let model = extractor.get().contract().clone();
+                Some((model, head.get().head.clone()))
+            }
+            _ => {
+                return Err(Fail::value(
+                    "an image index needs both extractor= and head= (a head codes the extractor's features)",
+                )
+                .into())
+            }
+        };
+        let bits = match (bits, &images) {
+            (Some(bits), _) => small(bits, "bits", "a multiple of 8 from 8 to 1024")?,
+            (None, Some((_, head))) => head.bits(),
+            (None, None) => 64,
+        };
         let mut builder = RustIndex::builder(bits).lock_timeout(self::lock_timeout(lock_timeout)?);
         if let Some(substrings) = substrings {
             builder = builder.substrings(small(substrings, "substrings", "a positive number")?);
@@ -173,6 +272,9 @@ impl PyIndex {
                 Fail::value(format!("expected_size must be 0 or more; got {expected}"))
             })?;
             builder = builder.expected_len(expected);
+        }
+        if let Some((model, head)) = images {
+            builder = builder.images(model, head);
         }
         let index = py
             .detach(|| builder.create(&path))
@@ -378,33 +480,8 @@ impl PyIndex {
         if k < 1 {
             return Err(Fail::value(format!("k must be at least 1; got {k}")).into());
         }
-        let k = usize::try_from(k).map_err(|_| Fail::value(format!("k is too large: {k}")))?;
-        let nq = queries.len();
-        let total = nq
-            .checked_mul(k)
-            .ok_or_else(|| Fail::value(format!("k is too large: {k} for {nq} queries")))?;
         let queries = queries.to_codes()?;
-        let (ids, distances) = self.with(py, |index| {
-            let mut ids = room::<i64>(total)?;
-            let mut distances = room::<i32>(total)?;
-            let reader = index.reader()?;
-            let answers = reader.search_batch(&queries)?.top_k(k)?;
-            for hits in &answers {
-                for hit in hits.iter().take(k) {
-                    ids.push(hit.id as i64);
-                    distances.push(hit.distance as i32);
-                }
-                for _ in hits.len().min(k)..k {
-                    ids.push(-1);
-                    distances.push(-1);
-                }
-            }
-            Ok((ids, distances))
-        })?;
-        Ok((
-            PyArray1::from_vec(py, ids).reshape([nq, k])?,
-            PyArray1::from_vec(py, distances).reshape([nq, k])?,
-        ))
+        self.top_k(py, queries, k)
     }
 
     /// Every code within ``radius`` bits of each query, in FAISS's range-search layout.
@@ -454,6 +531,111 @@ impl PyIndex {
             PyArray1::from_vec(py, ids),
             PyArray1::from_vec(py, distances),
         ))
+    }
+
+    /// Adds image files through the index's model and hash head, as ``milan index add``: the
+    /// same codes, keys (each path made absolute) and skips. Returns the report that
+    /// ``milan index add --json`` prints: a dict with ``added``, ``already_indexed`` (content
+    /// already in the index), ``duplicates`` (content met earlier in the call), ``failed`` (a
+    /// list of dicts with ``path``, ``reason`` and ``detail``), ``failed_by_reason``, ``ids``
+    /// (the first and last id handed out, or ``None``), ``device``, ``seconds`` and
+    /// ``cancelled``.
+    ///
+    /// ``paths``: image files (a folder is reported as ``not_a_file``; list its files with
+    /// ``pathlib.Path.rglob``). ``extractor``: the model to run (default: the one the index
+    /// was created with, opened once per handle); another model is refused with
+    /// ``MismatchError``. ``label_from_dir``: label each image with its folder's name.
+    /// ``keep_features``: keep the feature vectors in the index (implied when it keeps them
+    /// already). ``lenient``: accept truncated JPEGs. ``batch_size`` images per model run;
+    /// a commit every ``commit_every`` images. ``progress``: called as
+    /// ``progress(done, total)`` after each batch.
+    ///
+    /// Files that cannot be read or decoded are skipped and listed, not raised. Runs with the
+    /// GIL released; Ctrl-C (or an exception from ``progress``) stops after the batch in hand,
+    /// keeping what was committed, and is raised.
+    #[pyo3(signature = (paths, extractor=None, label_from_dir=false, keep_features=false, lenient=false, batch_size=16, commit_every=512, progress=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_images<'py>(
+        &self,
+        py: Python<'py>,
+        paths: &Bound<'py, PyAny>,
+        extractor: Option<Py<PyExtractor>>,
+        label_from_dir: bool,
+        keep_features: bool,
+        lenient: bool,
+        batch_size: i64,
+        commit_every: i64,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.check_open()?;
+        let paths = read_paths(paths, "paths")?;
+        let how = images::AddImages {
+            label_from_dir,
+            keep_features,
+            lenient,
+            batch_size: positive(batch_size, "batch_size")?,
+            commit_every: positive(commit_every, "commit_every")?,
+        };
+        self.check_writable()?;
+        let extractor = self.extractor_for(py, extractor)?;
+        let watch = Watch::new(progress);
+        let result = self.with(py, |index| {
+            let mut extractor = extractor.get().lock();
+            images::add_files(index, &mut extractor, &paths, &how, &watch)
+        });
+        let report = watch.finish(result)?;
+        images::from_json(py, &report)
+    }
+
+    /// The ``k`` nearest codes to each image, coded by the index's model and head as
+    /// ``add_images`` codes them: ``(ids, distances)`` as ``search`` returns them, row ``i``
+    /// for ``paths[i]``.
+    ///
+    /// ``extractor``, ``batch_size``, ``lenient``: as for ``add_images``. Raises
+    /// ``ImageError`` (a ``ValueError``) naming the first image that cannot be read or decoded.
+    #[pyo3(signature = (paths, k=20, extractor=None, batch_size=16, lenient=false))]
+    fn search_images<'py>(
+        &self,
+        py: Python<'py>,
+        paths: &Bound<'py, PyAny>,
+        k: i64,
+        extractor: Option<Py<PyExtractor>>,
+        batch_size: i64,
+        lenient: bool,
+    ) -> PyResult<TopK<'py>> {
+        self.check_open()?;
+        let paths = read_paths(paths, "paths")?;
+        if k < 1 {
+            return Err(Fail::value(format!("k must be at least 1; got {k}")).into());
+        }
+        let batch_size = positive(batch_size, "batch_size")?;
+        let extractor = self.extractor_for(py, extractor)?;
+        let watch = Watch::new(None);
+        let result = self.with(py, |index| {
+            let mut extractor = extractor.get().lock();
+            images::code_files(index, &mut extractor, &paths, batch_size, lenient, &watch)
+        });
+        let queries = watch.finish(result)?;
+        self.top_k(py, queries, k)
+    }
+
+    /// The hash head of an image index (a ``Head``), or ``None`` for a codes-only index.
+    #[getter]
+    fn head(&self, py: Python<'_>) -> PyResult<Option<PyHead>> {
+        self.with(py, |index| {
+            Ok(index.head().map(|head| PyHead { head: head.clone() }))
+        })
+    }
+
+    /// The model an image index is bound to: a dict with ``path``, ``fingerprint`` (hex),
+    /// ``input``, ``layout``, ``input_size``, ``pixel_range``, ``output`` and ``dim``; ``None``
+    /// for a codes-only index.
+    #[getter]
+    fn model<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let model = self.with(py, |index| Ok(index.model().cloned()))?;
+        model
+            .map(|model| images::model_dict(py, &model))
+            .transpose()
     }
 
     /// The live ids, increasing (``int64``).
@@ -594,6 +776,11 @@ fn unknown(id: i64) -> Fail {
 #[pymodule]
 fn _milan(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyIndex>()?;
+    m.add_class::<PyExtractor>()?;
+    m.add_class::<PyHead>()?;
+    m.add_function(wrap_pyfunction!(training::py_train, m)?)?;
+    m.add_function(wrap_pyfunction!(training::py_evaluate, m)?)?;
+    m.add_function(wrap_pyfunction!(training::py_split, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

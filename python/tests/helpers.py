@@ -65,3 +65,91 @@ def check_range_layout(lims, ids, distances, nq):
     assert lims.shape == (nq + 1,)
     assert lims[0] == 0 and lims[-1] == len(ids) == len(distances)
     assert np.all(np.diff(lims) >= 0)
+
+
+# --- images, models and the command line, for the image and training tests ---
+
+import os
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_MODEL = ROOT / "tests" / "data" / "tiny_extractor.onnx"
+TINY_NHWC_MODEL = ROOT / "tests" / "data" / "tiny_extractor_nhwc.onnx"
+
+
+def write_png(path, pixels: np.ndarray) -> None:
+    """An 8-bit RGB PNG of `pixels` (uint8, height x width x 3), with the standard library's
+    zlib: the package needs no imaging library."""
+    height, width, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[row].tobytes() for row in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    Path(path).write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def class_image(rng, cls: int, size: int = 40) -> np.ndarray:
+    """A noisy image of one of two classes: reddish with horizontal stripes, or bluish with
+    vertical ones."""
+    y, x = np.mgrid[0:size, 0:size]
+    stripe = ((y if cls == 0 else x) // 4 % 2).astype(np.int64)
+    noise = rng.integers(0, 40, size=(size, size))
+    if cls == 0:
+        rgb = [200 + noise // 2, 30 + noise + 60 * stripe, np.full_like(noise, 30)]
+    else:
+        rgb = [np.full_like(noise, 30), 40 + noise + 60 * stripe, 190 + noise // 2]
+    return np.stack(rgb, axis=-1).astype(np.uint8)
+
+
+def write_image_set(root, rng, per_class: int = 6):
+    """Two class folders of PNGs (red/, blue/); returns the files, in order."""
+    files = []
+    for cls, name in enumerate(["red", "blue"]):
+        folder = Path(root) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            path = folder / f"{name}{i:03}.png"
+            write_png(path, class_image(rng, cls))
+            files.append(path)
+    return files
+
+
+def milan_cli() -> Path:
+    """The command-line binary: MILAN_CLI, else target/release/milan or target/debug/milan,
+    whichever is newer, else a debug build made now."""
+    if os.environ.get("MILAN_CLI"):
+        return Path(os.environ["MILAN_CLI"])
+    built = [ROOT / "target" / kind / "milan" for kind in ("release", "debug")]
+    built = [path for path in built if path.is_file()]
+    if built:
+        return max(built, key=lambda path: path.stat().st_mtime)
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        raise RuntimeError("no milan binary under target/ and no cargo to build one (set MILAN_CLI)")
+    subprocess.run([cargo, "build", "--locked", "--bin", "milan"], cwd=ROOT, check=True)
+    return ROOT / "target" / "debug" / "milan"
+
+
+def run_cli(*args, expect=0) -> subprocess.CompletedProcess:
+    """Runs the command line; checks its exit status."""
+    done = subprocess.run(
+        [str(milan_cli()), *map(str, args)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == expect, f"milan {' '.join(map(str, args))}: {done.stderr}"
+    return done

@@ -185,6 +185,7 @@ def test_everything_public_has_a_docstring():
     for name in [
         "create", "open", "close", "add", "delete", "search", "range_search",
         "keys", "labels", "codes", "ids", "info", "check", "bits", "path", "read_only", "closed",
+        "add_images", "search_images", "head", "model",
     ]:
         assert name in members, name
     for name in members:
@@ -196,7 +197,7 @@ def test_everything_public_has_a_docstring():
 def test_exception_hierarchy():
     for name in milan.__all__:
         value = getattr(milan, name)
-        if isinstance(value, type) and name != "Index":
+        if isinstance(value, type) and name not in ("Index", "Extractor", "Head"):
             assert issubclass(value, milan.MilanError), name
     assert issubclass(milan.LockTimeoutError, TimeoutError)
     assert issubclass(milan.NotAnIndexError, FileNotFoundError)
@@ -205,3 +206,5 @@ def test_exception_hierarchy():
     assert issubclass(milan.InvalidTypeError, TypeError)
     assert issubclass(milan.UnknownIdError, KeyError)
     assert issubclass(milan.ReadOnlyError, PermissionError)
+    for name in ["MismatchError", "ImageError", "HeadError"]:
+        assert issubclass(getattr(milan, name), ValueError), name

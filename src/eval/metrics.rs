@@ -1,5 +1,6 @@
 //! Retrieval metrics on packed binary codes (Hamming ranking) and on float features (Euclidean).
 
+use crate::error::{CodeError, SearchError, TrainError};
 use ndarray::{Array1, ArrayView2, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -35,15 +36,15 @@ impl PackedCodes {
         PackedCodes { bits, words, data }
     }
 
-    /// Packs codes, which must all have the same length: [`Error::CodeLengthsDiffer`] names the
+    /// Packs codes, which must all have the same length: [`CodeError::CodeLengthsDiffer`] names the
     /// first code's length (`left`) and the first other length found (`right`).
     pub fn from_codes(codes: &[Code]) -> Result<PackedCodes> {
         let bits = codes.first().map_or(8, Code::bits);
         if let Some(other) = codes.iter().find(|c| c.bits() != bits) {
-            return Err(Error::CodeLengthsDiffer {
+            return Err(Error::Code(CodeError::CodeLengthsDiffer {
                 left: bits,
                 right: other.bits(),
-            });
+            }));
         }
         Ok(PackedCodes::from_byte_rows(
             bits,
@@ -153,21 +154,21 @@ pub struct RetrievalMetrics {
 
 fn check_inputs(n: usize, labels: &[i64], k: usize) -> Result<Vec<u32>> {
     if labels.len() != n {
-        return Err(Error::LengthMismatch {
+        return Err(Error::Train(TrainError::LengthMismatch {
             features: n,
             labels: labels.len(),
-        });
+        }));
     }
     if n < 2 {
-        return Err(Error::EmptyData {
+        return Err(Error::Train(TrainError::EmptyData {
             what: format!(
                 "the test split ({n} item{}; retrieval needs a query and at least one other item)",
                 if n == 1 { "" } else { "s" }
             ),
-        });
+        }));
     }
     if k == 0 {
-        return Err(Error::ZeroK);
+        return Err(Error::Search(SearchError::ZeroK));
     }
     // Dense class numbers for fast comparisons.
     let mut distinct = labels.to_vec();
@@ -407,7 +408,7 @@ pub fn euclidean_retrieval(
     let n = features.nrows();
     let classes = check_inputs(n, labels, k)?;
     if let Some((row, column)) = first_non_finite(features) {
-        return Err(Error::NonFiniteFeature { row, column });
+        return Err(Error::Train(TrainError::NonFiniteFeature { row, column }));
     }
     let database = n - 1;
     let depth = k.max(max_cutoff).min(database);

@@ -10,6 +10,7 @@
 mod metrics;
 mod split;
 
+use crate::error::{ExtractError, TrainError};
 use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
@@ -99,25 +100,25 @@ pub fn evaluate(
     let dim = head.input_dim();
     for features in [train_features, test_features] {
         if features.ncols() != dim as usize {
-            return Err(Error::FeatureDim {
+            return Err(Error::Extract(ExtractError::FeatureDim {
                 expected: dim,
                 got: features.ncols() as u32,
-            });
+            }));
         }
         if let Some((row, column)) = metrics::first_non_finite(features) {
-            return Err(Error::NonFiniteFeature { row, column });
+            return Err(Error::Train(TrainError::NonFiniteFeature { row, column }));
         }
     }
     if test_features.nrows() != test_labels.len() {
-        return Err(Error::LengthMismatch {
+        return Err(Error::Train(TrainError::LengthMismatch {
             features: test_features.nrows(),
             labels: test_labels.len(),
-        });
+        }));
     }
     if train_features.nrows() == 0 {
-        return Err(Error::EmptyData {
+        return Err(Error::Train(TrainError::EmptyData {
             what: "the training split (the LSH baseline is centred on its mean)".into(),
-        });
+        }));
     }
     let (k, cutoff) = (options.k, options.max_cutoff);
     let codes = PackedCodes::from_head(head, test_features)?;

@@ -1,5 +1,6 @@
 //! Train/test splits per class, as the MiLaN papers make them.
 
+use crate::error::TrainError;
 use std::collections::HashMap;
 
 use rand::{RngExt, SeedableRng};
@@ -44,9 +45,9 @@ pub fn split_per_class<K: AsRef<str>>(
         });
     }
     if labels.is_empty() {
-        return Err(Error::EmptyData {
+        return Err(Error::Train(TrainError::EmptyData {
             what: "the data set (no items to split)".into(),
-        });
+        }));
     }
     let mut by_class: Vec<(i64, Vec<usize>)> = {
         let mut map: HashMap<i64, Vec<usize>> = HashMap::new();

@@ -15,9 +15,9 @@
 use std::io::{Cursor, Read};
 use std::path::Path;
 
+use crate::contract::{InputLayout, PixelRange};
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
-use milan_index_format::{PixelRange, TensorLayout};
 
 /// Largest width or height decoded: far beyond any photograph, far below a decompression bomb.
 pub const MAX_SIDE: u32 = 30_000;
@@ -389,7 +389,7 @@ fn to_rgb(image: DynamicImage) -> RgbImage {
 pub fn write_input(
     image: &RgbImage,
     size: u32,
-    layout: TensorLayout,
+    layout: InputLayout,
     range: PixelRange,
     out: &mut [f32],
 ) {
@@ -412,8 +412,8 @@ pub fn write_input(
                 PixelRange::ImageNet => (unit - MEAN[c]) / STD[c],
             };
             let at = match layout {
-                TensorLayout::Nhwc => i * 3 + c,
-                TensorLayout::Nchw => c * plane + i,
+                InputLayout::Nhwc => i * 3 + c,
+                InputLayout::Nchw => c * plane + i,
             };
             out[at] = value;
         }
@@ -640,13 +640,7 @@ mod tests {
             image::Rgb([if x == 0 { 255 } else { 0 }, 0, 51])
         });
         let mut nchw = vec![0.0; 12];
-        write_input(
-            &image,
-            2,
-            TensorLayout::Nchw,
-            PixelRange::ZeroOne,
-            &mut nchw,
-        );
+        write_input(&image, 2, InputLayout::Nchw, PixelRange::ZeroOne, &mut nchw);
         assert_eq!(
             nchw,
             vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.2, 0.2, 0.2, 0.2]
@@ -655,7 +649,7 @@ mod tests {
         write_input(
             &image,
             2,
-            TensorLayout::Nhwc,
+            InputLayout::Nhwc,
             PixelRange::MinusOneOne,
             &mut nhwc,
         );
@@ -664,7 +658,7 @@ mod tests {
         write_input(
             &image,
             2,
-            TensorLayout::Nchw,
+            InputLayout::Nchw,
             PixelRange::ImageNet,
             &mut imagenet,
         );

@@ -15,7 +15,4 @@ pub use image::{
     MAX_FILE_BYTES,
 };
 pub use runtime::library_candidates;
-pub use session::{
-    layout_name, parse_layout, parse_pixel_range, pixel_range_name, Device, Extractor,
-    ExtractorOptions,
-};
+pub use session::{Device, Extractor, ExtractorOptions};

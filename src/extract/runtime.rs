@@ -10,6 +10,7 @@
 //! absolute against the current directory before it is checked, and the file checked is the file
 //! loaded.
 
+use crate::error::ExtractError;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -129,7 +130,9 @@ pub(crate) fn runtime(explicit: Option<&Path>, prefer_gpu: bool) -> Result<&'sta
             gpu_build,
         })
     });
-    loaded.as_ref().map_err(|detail| Error::Runtime {
-        detail: detail.clone(),
+    loaded.as_ref().map_err(|detail| {
+        Error::Extract(ExtractError::Runtime {
+            detail: detail.clone(),
+        })
     })
 }

@@ -5,11 +5,12 @@
 //! converters), overridden by explicit options; what neither gives is inferred from the model's
 //! input and output shapes where that is unambiguous, and otherwise asked for by name.
 
+use crate::error::ExtractError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use milan_index_format::{ModelRecord, PixelRange, TensorLayout};
+use crate::contract::{ExtractorContract, InputLayout, PixelRange, UnknownName};
 use ndarray::{Array2, ArrayViewD, Axis, Ix2, Ix4};
 use ort::session::Session;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
@@ -31,8 +32,8 @@ pub enum Device {
 }
 
 impl FromStr for Device {
-    type Err = String;
-    fn from_str(text: &str) -> std::result::Result<Device, String> {
+    type Err = UnknownName;
+    fn from_str(text: &str) -> std::result::Result<Device, UnknownName> {
         match text {
             "auto" => Ok(Device::Auto),
             "cpu" => Ok(Device::Cpu),
@@ -41,46 +42,12 @@ impl FromStr for Device {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Device::Cuda)
-                .ok_or_else(|| format!("unknown device {text:?}: use auto, cpu, cuda or cuda:N")),
+                .ok_or_else(|| UnknownName {
+                    what: "device",
+                    text: text.to_owned(),
+                    expected: "auto, cpu, cuda or cuda:N",
+                }),
         }
-    }
-}
-
-/// Parses `nchw` or `nhwc`.
-pub fn parse_layout(text: &str) -> std::result::Result<TensorLayout, String> {
-    match text {
-        "nchw" => Ok(TensorLayout::Nchw),
-        "nhwc" => Ok(TensorLayout::Nhwc),
-        _ => Err(format!("unknown layout {text:?}: use nchw or nhwc")),
-    }
-}
-
-/// Parses `0..1`, `-1..1` or `imagenet`.
-pub fn parse_pixel_range(text: &str) -> std::result::Result<PixelRange, String> {
-    match text {
-        "0..1" => Ok(PixelRange::ZeroOne),
-        "-1..1" => Ok(PixelRange::MinusOneOne),
-        "imagenet" => Ok(PixelRange::ImageNet),
-        _ => Err(format!(
-            "unknown pixel range {text:?}: use 0..1, -1..1 or imagenet"
-        )),
-    }
-}
-
-/// The name of a pixel range as `parse_pixel_range` reads it.
-pub fn pixel_range_name(range: PixelRange) -> &'static str {
-    match range {
-        PixelRange::ZeroOne => "0..1",
-        PixelRange::MinusOneOne => "-1..1",
-        PixelRange::ImageNet => "imagenet",
-    }
-}
-
-/// The name of a layout as `parse_layout` reads it.
-pub fn layout_name(layout: TensorLayout) -> &'static str {
-    match layout {
-        TensorLayout::Nchw => "nchw",
-        TensorLayout::Nhwc => "nhwc",
     }
 }
 
@@ -92,7 +59,7 @@ pub struct ExtractorOptions {
     /// Input height and width.
     pub input_size: Option<u32>,
     /// Input layout.
-    pub layout: Option<TensorLayout>,
+    pub layout: Option<InputLayout>,
     /// Pixel scaling.
     pub pixel_range: Option<PixelRange>,
     /// Output tensor name.
@@ -118,7 +85,7 @@ impl ExtractorOptions {
 /// A loaded feature extractor.
 pub struct Extractor {
     session: Session,
-    contract: ModelRecord,
+    contract: ExtractorContract,
     device: String,
     run_options: RunOptions<HasSelectedOutputs>,
 }
@@ -133,10 +100,10 @@ impl std::fmt::Debug for Extractor {
 }
 
 fn model_error(path: &Path, detail: impl std::fmt::Display) -> Error {
-    Error::Model {
+    Error::Extract(ExtractError::Model {
         path: path.to_path_buf(),
         detail: detail.to_string(),
-    }
+    })
 }
 
 /// What the session says about its input and outputs, for contract resolution.
@@ -150,7 +117,7 @@ fn resolve(
     options: &ExtractorOptions,
     metadata: &HashMap<String, String>,
     signature: &Signature,
-) -> std::result::Result<ModelRecord, String> {
+) -> std::result::Result<ExtractorContract, String> {
     let meta = |key: &str| metadata.get(&format!("milan.{key}")).cloned();
     let input = match meta("input") {
         Some(name) => name,
@@ -172,9 +139,11 @@ fn resolve(
     let layout = match options.layout {
         Some(layout) => layout,
         None => match meta("layout") {
-            Some(text) => parse_layout(&text)?,
-            None if shape[1] == 3 => TensorLayout::Nchw,
-            None if shape[3] == 3 => TensorLayout::Nhwc,
+            Some(text) => text
+                .parse()
+                .map_err(|err: UnknownName| format!("milan.layout metadata: {err}"))?,
+            None if shape[1] == 3 => InputLayout::Nchw,
+            None if shape[3] == 3 => InputLayout::Nhwc,
             None => {
                 return Err(
                     "cannot tell the input layout: set ExtractorOptions::layout (NCHW or NHWC)"
@@ -184,8 +153,8 @@ fn resolve(
         },
     };
     let spatial = match layout {
-        TensorLayout::Nchw => (shape[2], shape[3]),
-        TensorLayout::Nhwc => (shape[1], shape[2]),
+        InputLayout::Nchw => (shape[2], shape[3]),
+        InputLayout::Nhwc => (shape[1], shape[2]),
     };
     let size = match options.input_size {
         Some(size) => size,
@@ -207,7 +176,7 @@ fn resolve(
     let pixel_range = match options.pixel_range {
         Some(range) => range,
         None => match meta("pixel_range") {
-            Some(text) => parse_pixel_range(&text)?,
+            Some(text) => text.parse().map_err(|err: UnknownName| format!("milan.pixel_range metadata: {err}"))?,
             None => return Err("the model does not say how to scale pixels: set ExtractorOptions::pixel_range (0..1, -1..1 or ImageNet)".into()),
         },
     };
@@ -225,7 +194,7 @@ fn resolve(
             signature.outputs.join(", ")
         ));
     }
-    Ok(ModelRecord {
+    Ok(ExtractorContract {
         fingerprint: [0; 32],
         path: options.model.display().to_string(),
         input,
@@ -282,7 +251,7 @@ impl Extractor {
         };
         let blank = vec![0.0f32; extractor.input_len()];
         let probe = extractor.run(&blank, 1).map_err(|err| match err {
-            Error::Model { detail, .. } => {
+            Error::Extract(ExtractError::Model { detail, .. }) => {
                 model_error(path, format!("a test run failed: {detail}"))
             }
             other => other,
@@ -292,7 +261,7 @@ impl Extractor {
     }
 
     /// The resolved contract, with the model's fingerprint and feature dimension.
-    pub fn contract(&self) -> &ModelRecord {
+    pub fn contract(&self) -> &ExtractorContract {
         &self.contract
     }
 
@@ -312,8 +281,8 @@ impl Extractor {
         let path = PathBuf::from(&self.contract.path);
         let size = self.contract.size as usize;
         let shape = match self.contract.layout {
-            TensorLayout::Nchw => [count, 3, size, size],
-            TensorLayout::Nhwc => [count, size, size, 3],
+            InputLayout::Nchw => [count, 3, size, size],
+            InputLayout::Nhwc => [count, size, size, 3],
         };
         let tensor = TensorRef::from_array_view((shape, &input[..count * self.input_len()]))
             .map_err(|err| model_error(&path, err))?;
@@ -338,7 +307,7 @@ impl Extractor {
 /// `[n, d]` as is; `[n, c, h, w]` (or `[n, h, w, c]` for NHWC models) averaged over h and w.
 fn pool(
     array: ArrayViewD<'_, f32>,
-    layout: TensorLayout,
+    layout: InputLayout,
 ) -> std::result::Result<Array2<f32>, String> {
     match array.ndim() {
         2 => Ok(array
@@ -348,8 +317,8 @@ fn pool(
         4 => {
             let array = array.into_dimensionality::<Ix4>().expect("rank 4");
             let (first, second) = match layout {
-                TensorLayout::Nchw => (Axis(3), Axis(2)),
-                TensorLayout::Nhwc => (Axis(2), Axis(1)),
+                InputLayout::Nchw => (Axis(3), Axis(2)),
+                InputLayout::Nhwc => (Axis(2), Axis(1)),
             };
             let pooled = array
                 .mean_axis(first)
@@ -414,12 +383,12 @@ fn build_session(
                 let _ = detail; // no usable GPU: the CPU serves, and `device()` says so
             }
             Err(detail) => {
-                return Err(Error::Runtime {
+                return Err(Error::Extract(ExtractError::Runtime {
                     detail: format!(
                         "CUDA device {device} is not usable with {} ({detail}); it needs the CUDA build of ONNX Runtime with CUDA 13 and cuDNN 9 beside it, or set ExtractorOptions::device to Device::Cpu",
                         runtime.library.display()
                     ),
-                })
+                }))
             }
         }
     }
@@ -470,7 +439,7 @@ mod tests {
         let contract = resolve(&options, &HashMap::new(), &signature()).unwrap();
         assert_eq!(
             (contract.layout, contract.size, contract.output.as_str()),
-            (TensorLayout::Nchw, 32, "f")
+            (InputLayout::Nchw, 32, "f")
         );
         let metadata: HashMap<String, String> =
             [("milan.output", "g"), ("milan.pixel_range", "-1..1")]

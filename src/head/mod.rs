@@ -7,13 +7,15 @@
 
 use std::path::Path;
 
-use milan_index_format::{DenseLayer, HeadFile, ModelRecord, HEAD_MAGIC, HEAD_VERSION};
+use crate::error::ExtractError;
+use milan_index_format::{DenseLayer, HeadFile, HEAD_MAGIC, HEAD_VERSION};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::code::Code;
+use crate::contract::ExtractorContract;
 use crate::error::{Error, Result};
 
 /// Room a head file needs besides its weights: its header, provenance and length prefixes.
@@ -33,6 +35,40 @@ fn check_head_size(bits: u32, input_dim: u32, weight_bytes: u64) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Why a hash head cannot code an extractor's features
+/// ([`HashHead::check_contract`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeadMismatch {
+    /// The head takes features of another dimension than the extractor gives.
+    #[error("the hash head takes {head}-dimensional features but output {output:?} of the model gives {model}")]
+    Dimension {
+        /// The head's input dimension.
+        head: u32,
+        /// The extractor's output tensor.
+        output: String,
+        /// The extractor's feature dimension.
+        model: u32,
+    },
+    /// The head was made for another extractor.
+    #[error(
+        "the hash head was made for another extractor (model {}, output {:?}) than {model} (model {}, output {output:?})",
+        crate::index::hex(&made_for.fingerprint[..8]),
+        made_for.output,
+        crate::index::hex(&fingerprint[..8])
+    )]
+    Extractor {
+        /// The extractor the head was made for (boxed: it keeps the error small).
+        made_for: Box<ExtractorBinding>,
+        /// The extractor's model file.
+        model: String,
+        /// The extractor's model fingerprint.
+        fingerprint: [u8; 32],
+        /// The extractor's output tensor.
+        output: String,
+    },
 }
 
 /// A hash head, with the fingerprint of its encoded bytes.
@@ -61,19 +97,23 @@ impl HashHead {
             source,
         })?;
         HashHead::from_bytes(bytes).map_err(|err| match err {
-            Error::BadHead { detail, .. } => Error::BadHead {
-                path: path.to_path_buf(),
-                detail,
-            },
+            Error::Extract(ExtractError::BadHead { detail, .. }) => {
+                Error::Extract(ExtractError::BadHead {
+                    path: path.to_path_buf(),
+                    detail,
+                })
+            }
             other => other,
         })
     }
 
     /// A head from its encoded bytes.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<HashHead> {
-        let file = HeadFile::decode(&bytes).map_err(|err| Error::BadHead {
-            path: Default::default(),
-            detail: err.to_string(),
+        let file = HeadFile::decode(&bytes).map_err(|err| {
+            Error::Extract(ExtractError::BadHead {
+                path: Default::default(),
+                detail: err.to_string(),
+            })
         })?;
         Ok(HashHead::assemble(file, bytes))
     }
@@ -114,10 +154,10 @@ impl HashHead {
         }
         if let Some(mean) = mean {
             if mean.len() != dim as usize {
-                return Err(Error::FeatureDim {
+                return Err(Error::Extract(ExtractError::FeatureDim {
                     expected: dim,
                     got: mean.len() as u32,
-                });
+                }));
             }
         }
         check_head_size(
@@ -199,44 +239,47 @@ impl HashHead {
         })
     }
 
-    /// Checks that this head codes the features of `model`: their dimension, and the extractor
-    /// itself when the head is bound to one. The error says what differs.
-    pub fn check_model(&self, model: &ModelRecord) -> std::result::Result<(), String> {
-        if self.input_dim() != model.dim {
-            return Err(format!(
-                "the hash head takes {}-dimensional features but output {:?} of the model gives {}",
-                self.input_dim(),
-                model.output,
-                model.dim
-            ));
+    /// Checks that this head codes the features of the extractor with `contract`: their
+    /// dimension, and the extractor itself when the head is bound to one.
+    pub fn check_contract(&self, contract: &ExtractorContract) -> Result<(), HeadMismatch> {
+        if self.input_dim() != contract.dim {
+            return Err(HeadMismatch::Dimension {
+                head: self.input_dim(),
+                output: contract.output.clone(),
+                model: contract.dim,
+            });
         }
         if let Some(made_for) = self.extractor() {
-            if made_for.fingerprint != model.fingerprint || made_for.output != model.output {
-                return Err(format!(
-                    "the hash head was made for another extractor (model {}, output {:?}) than {} (model {}, output {:?})",
-                    crate::index::hex(&made_for.fingerprint[..8]),
-                    made_for.output,
-                    model.path,
-                    crate::index::hex(&model.fingerprint[..8]),
-                    model.output
-                ));
+            if made_for.fingerprint != contract.fingerprint || made_for.output != contract.output {
+                return Err(HeadMismatch::Extractor {
+                    made_for: Box::new(made_for),
+                    model: contract.path.clone(),
+                    fingerprint: contract.fingerprint,
+                    output: contract.output.clone(),
+                });
             }
         }
         Ok(())
     }
 
-    /// The file structure.
-    pub fn file(&self) -> &HeadFile {
+    /// How the head was made, as JSON: the settings and data (for a trained head) or the seed
+    /// (for LSH).
+    pub fn provenance(&self) -> &str {
+        &self.file.provenance
+    }
+
+    /// The file structure, for the training code that continues from a head.
+    pub(crate) fn file(&self) -> &HeadFile {
         &self.file
     }
 
     /// The last layer's outputs for each row of `features` (`[n, input_dim]`).
     pub fn logits(&self, features: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
         if features.ncols() != self.file.input_dim as usize {
-            return Err(Error::FeatureDim {
+            return Err(Error::Extract(ExtractError::FeatureDim {
                 expected: self.file.input_dim,
                 got: features.ncols() as u32,
-            });
+            }));
         }
         if features.iter().any(|x| !x.is_finite()) {
             return Err(Error::InvalidArgument {
@@ -296,10 +339,10 @@ mod tests {
         );
         assert!(matches!(
             head.codes(ndarray::Array2::zeros((1, 4)).view()),
-            Err(Error::FeatureDim {
+            Err(Error::Extract(ExtractError::FeatureDim {
                 expected: 3,
                 got: 4
-            })
+            }))
         ));
     }
 

@@ -6,7 +6,7 @@
 //!
 //! One writer at a time: a [`Writer`] (and [`Index::optimize`]) holds the index's writer lock for
 //! its whole life. Other threads asking for it wait ([`Index::writer`]) or are told it is taken
-//! ([`Index::try_writer`]); the thread that holds it gets [`Error::WriterBusy`], since waiting
+//! ([`Index::try_writer`]); the thread that holds it gets [`WriteError::WriterBusy`], since waiting
 //! for itself would never end.
 //!
 //! Many processes, one index: every handle shares the file. A writer takes the writer's turn
@@ -27,15 +27,16 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::ThreadId;
 use std::time::Duration;
 
+use crate::error::{ExtractError, Mismatch, OpenError, WriteError};
 use milan_index_format::{
-    CodeLayout, CommitRecord, MetaRecord, ModelRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC,
-    MAX_LOGGED_DELETES,
+    CodeLayout, CommitRecord, MetaRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC, MAX_LOGGED_DELETES,
 };
 
 pub use reader::{BatchSearch, Hit, Pair, PairBatches, Reader, Search};
 pub use rehash::RehashReport;
 pub use writer::{ImportProgress, Item, Writer, MAX_ITEM_BYTES};
 
+use crate::contract::ExtractorContract;
 use crate::error::{Error, Result};
 use crate::head::HashHead;
 use crate::mih::layout::WordLayout;
@@ -59,7 +60,7 @@ pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
 /// On [`create`](IndexBuilder::create) every setting applies. On [`open`](IndexBuilder::open)
 /// and [`open_read_only`](IndexBuilder::open_read_only) the index's own layout rules: the
 /// builder's code length and, when set, its [`substrings`](IndexBuilder::substrings) are checked
-/// against it ([`Error::BitsMismatch`], [`Error::SubstringsMismatch`]; [`Index::optimize`]
+/// against it ([`OpenError::BitsMismatch`], [`OpenError::SubstringsMismatch`]; [`Index::optimize`]
 /// changes the substrings); [`cache_size`](IndexBuilder::cache_size) applies;
 /// [`expected_len`](IndexBuilder::expected_len) is ignored (it only chooses the substrings of a
 /// new index); [`images`](IndexBuilder::images) is refused ([`Error::InvalidArgument`]), since an
@@ -69,7 +70,7 @@ pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
 /// ```
 /// # fn main() -> milan::Result<()> {
 /// # let dir = tempfile::tempdir().unwrap();
-/// use milan::{Error, Index};
+/// use milan::{Error, Index, OpenError};
 ///
 /// let index = Index::builder(64).substrings(4).create(dir.path())?;
 /// assert_eq!(index.substrings(), 4);
@@ -78,11 +79,11 @@ pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
 /// assert_eq!(Index::builder(64).substrings(4).open(dir.path())?.bits(), 64);
 /// assert!(matches!(
 ///     Index::builder(128).open(dir.path()),
-///     Err(Error::BitsMismatch { stored: 64, requested: 128, .. })
+///     Err(Error::Open(OpenError::BitsMismatch { stored: 64, requested: 128, .. }))
 /// ));
 /// assert!(matches!(
 ///     Index::builder(64).substrings(8).open(dir.path()),
-///     Err(Error::SubstringsMismatch { stored: 4, requested: 8, .. })
+///     Err(Error::Open(OpenError::SubstringsMismatch { stored: 4, requested: 8, .. }))
 /// ));
 /// # Ok(()) }
 /// ```
@@ -94,14 +95,14 @@ pub struct IndexBuilder {
     substrings: Option<u32>,
     expected_len: u64,
     cache_bytes: usize,
-    images: Option<(ModelRecord, HashHead)>,
+    images: Option<(ExtractorContract, HashHead)>,
     lock: LockSettings,
 }
 
 impl IndexBuilder {
     /// Number of multi-index-hashing substrings. Default: [`Index::recommended_substrings`] for
     /// the expected number of codes. On open, the number the index must have
-    /// ([`Error::SubstringsMismatch`] otherwise).
+    /// ([`OpenError::SubstringsMismatch`] otherwise).
     pub fn substrings(mut self, substrings: u32) -> Self {
         self.substrings = Some(substrings);
         self
@@ -120,7 +121,7 @@ impl IndexBuilder {
     /// head was made for a particular extractor, that extractor. Default: a code-only index.
     /// For [`create`](IndexBuilder::create) only: an open with it set fails with
     /// [`Error::InvalidArgument`].
-    pub fn images(mut self, model: ModelRecord, head: HashHead) -> Self {
+    pub fn images(mut self, model: ExtractorContract, head: HashHead) -> Self {
         self.images = Some((model, head));
         self
     }
@@ -132,7 +133,7 @@ impl IndexBuilder {
     }
 
     /// How long a write waits for another process's write (or another handle's in this
-    /// process) to end before failing with [`Error::LockTimeout`]. Default:
+    /// process) to end before failing with [`WriteError::LockTimeout`]. Default:
     /// [`DEFAULT_LOCK_TIMEOUT`](crate::DEFAULT_LOCK_TIMEOUT), 30 seconds. Applies to the
     /// handle's opens (a writable open takes the writer's turn briefly) and to every write
     /// after. Reads never wait.
@@ -161,9 +162,9 @@ impl IndexBuilder {
             check_binding(dir, bits, model, head)?;
         }
         if dir.exists() && !dir.is_dir() {
-            return Err(Error::NotADirectory {
+            return Err(Error::Open(OpenError::NotADirectory {
                 path: dir.to_path_buf(),
-            });
+            }));
         }
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.to_path_buf(),
@@ -171,9 +172,9 @@ impl IndexBuilder {
         })?;
         let db_path = dir.join(DATABASE_FILE);
         if db_path.exists() {
-            return Err(Error::AlreadyExists {
+            return Err(Error::Open(OpenError::AlreadyExists {
                 path: dir.to_path_buf(),
-            });
+            }));
         }
         let meta = MetaRecord {
             magic: MAGIC,
@@ -324,18 +325,18 @@ impl IndexBuilder {
     /// Refuses an open whose explicitly set code length or substrings differ from the index's.
     fn check_settings(&self, dir: &Path, meta: &MetaRecord) -> Result<()> {
         if let Some(requested) = self.bits.filter(|&bits| bits != meta.bits) {
-            return Err(Error::BitsMismatch {
+            return Err(Error::Open(OpenError::BitsMismatch {
                 path: dir.to_path_buf(),
                 stored: meta.bits,
                 requested,
-            });
+            }));
         }
         if let Some(requested) = self.substrings.filter(|&m| m != meta.substrings) {
-            return Err(Error::SubstringsMismatch {
+            return Err(Error::Open(OpenError::SubstringsMismatch {
                 path: dir.to_path_buf(),
                 stored: meta.substrings,
                 requested,
-            });
+            }));
         }
         Ok(())
     }
@@ -409,18 +410,21 @@ fn commit_record(meta: &MetaRecord, deletes: &[u64], rebuilt: bool) -> CommitRec
     }
 }
 
-fn check_binding(dir: &Path, bits: u32, model: &ModelRecord, head: &HashHead) -> Result<()> {
-    let mismatch = |detail: String| Error::Mismatch {
-        path: dir.to_path_buf(),
-        detail,
+fn check_binding(dir: &Path, bits: u32, model: &ExtractorContract, head: &HashHead) -> Result<()> {
+    let mismatch = |reason: Mismatch| {
+        Error::Extract(ExtractError::Mismatch {
+            path: dir.to_path_buf(),
+            reason,
+        })
     };
     if head.bits() != bits {
-        return Err(mismatch(format!(
-            "the hash head makes {}-bit codes but the index is for {bits}-bit codes",
-            head.bits()
-        )));
+        return Err(mismatch(Mismatch::HeadBits {
+            head: head.bits(),
+            index: bits,
+        }));
     }
-    head.check_model(model).map_err(mismatch)
+    head.check_contract(model)
+        .map_err(|err| mismatch(Mismatch::Head(err)))
 }
 
 /// Lower-case hex of some bytes, for naming fingerprints in messages.
@@ -434,16 +438,16 @@ fn database_path(dir: &Path) -> Result<PathBuf> {
         let path = dir.to_path_buf();
         // `exists` follows links: a dangling link is missing, a link to a file is not a directory.
         return Err(if dir.exists() {
-            Error::NotADirectory { path }
+            Error::Open(OpenError::NotADirectory { path })
         } else {
-            Error::MissingDirectory { path }
+            Error::Open(OpenError::MissingDirectory { path })
         });
     }
     let db_path = dir.join(DATABASE_FILE);
     if !db_path.is_file() {
-        return Err(Error::NotAnIndex {
+        return Err(Error::Open(OpenError::NotAnIndex {
             path: dir.to_path_buf(),
-        });
+        }));
     }
     Ok(db_path)
 }
@@ -553,11 +557,11 @@ pub struct Index {
     /// head no longer makes the index's codes, so it adds and codes images no more.
     head_replaced: AtomicBool,
     /// The writer lock: the thread that took it, while a [`Writer`] (or an optimize or rehash) is
-    /// active, so that it gets [`Error::WriterBusy`] instead of waiting for itself.
+    /// active, so that it gets [`WriteError::WriterBusy`] instead of waiting for itself.
     writer_holder: Mutex<Option<ThreadId>>,
     /// Signalled when the writer lock is released.
     writer_released: Condvar,
-    model: Option<ModelRecord>,
+    model: Option<ExtractorContract>,
     head: Option<HashHead>,
 }
 
@@ -598,9 +602,9 @@ impl Index {
     ///
     /// Other processes and other handles may have the index open at the same time, for reading
     /// or writing: writes take turns (waiting up to the lock timeout, 30 s by default, then
-    /// [`Error::LockTimeout`]), reads never wait. Fails with [`Error::MissingDirectory`],
-    /// [`Error::NotADirectory`] or [`Error::NotAnIndex`] for a wrong path, and with
-    /// [`Error::Locked`] while a program that does not share the file holds it.
+    /// [`WriteError::LockTimeout`]), reads never wait. Fails with [`OpenError::MissingDirectory`],
+    /// [`OpenError::NotADirectory`] or [`OpenError::NotAnIndex`] for a wrong path, and with
+    /// [`OpenError::Locked`] while a program that does not share the file holds it.
     pub fn open(dir: impl AsRef<Path>) -> Result<Index> {
         Index::open_builder().open(dir)
     }
@@ -624,7 +628,7 @@ impl Index {
         dir: &Path,
         store: Store,
         current: Current,
-        model: Option<ModelRecord>,
+        model: Option<ExtractorContract>,
         head: Option<HashHead>,
     ) -> Index {
         Index {
@@ -794,18 +798,16 @@ impl Index {
             self.latest_commit()?;
         }
         if self.head_replaced.load(Ordering::Relaxed) {
-            return Err(Error::Mismatch {
+            return Err(Error::Extract(ExtractError::Mismatch {
                 path: self.dir.clone(),
-                detail: "another process replaced the index's hash head (rehash) since this \
-                         handle opened it; open the index again to code images with the new head"
-                    .into(),
-            });
+                reason: Mismatch::HeadReplaced,
+            }));
         }
         Ok(())
     }
 
     /// The feature extractor the index is bound to (`None` for a code-only index).
-    pub fn model(&self) -> Option<&ModelRecord> {
+    pub fn model(&self) -> Option<&ExtractorContract> {
         self.model.as_ref()
     }
 
@@ -856,10 +858,10 @@ impl Index {
     ///
     /// Blocks while a [`Writer`] (or an [`Index::optimize`]) of this handle is active, until it
     /// commits or is dropped, and while another handle or process writes, up to the lock timeout
-    /// ([`IndexBuilder::lock_timeout`]) in all, then fails with [`Error::LockTimeout`]. Fails
-    /// with [`Error::WriterBusy`] when the calling thread began the active writer (even if it
+    /// ([`IndexBuilder::lock_timeout`]) in all, then fails with [`WriteError::LockTimeout`]. Fails
+    /// with [`WriteError::WriterBusy`] when the calling thread began the active writer (even if it
     /// sent it to another thread since: waiting for itself might never end), and with
-    /// [`Error::ReadOnly`] on a read-only handle. [`Index::try_writer`] does not wait for this handle's writer. A [`Writer`] is
+    /// [`WriteError::ReadOnly`] on a read-only handle. [`Index::try_writer`] does not wait for this handle's writer. A [`Writer`] is
     /// `Send`: it may be begun on one thread and committed on another.
     pub fn writer(&self) -> Result<Writer<'_>> {
         let lock = self
@@ -878,13 +880,13 @@ impl Index {
     }
 
     /// Takes the writer lock, waiting up to the lock timeout for another thread's writer when
-    /// `wait` (otherwise `None` while it is taken); [`Error::WriterBusy`] when this thread took
+    /// `wait` (otherwise `None` while it is taken); [`WriteError::WriterBusy`] when this thread took
     /// it and has not released it.
     fn lock_writer(&self, wait: bool) -> Result<Option<WriterLock<'_>>> {
         if !self.store.is_writable() {
-            return Err(Error::ReadOnly {
+            return Err(Error::Write(WriteError::ReadOnly {
                 path: self.dir.clone(),
-            });
+            }));
         }
         let me = std::thread::current().id();
         let timeout = self.store.lock_timeout();
@@ -894,21 +896,21 @@ impl Index {
             match *holder {
                 None => break,
                 Some(thread) if thread == me => {
-                    return Err(Error::WriterBusy {
+                    return Err(Error::Write(WriteError::WriterBusy {
                         path: self.dir.clone(),
-                    })
+                    }))
                 }
                 Some(_) if !wait => return Ok(None),
                 Some(_) => {
                     let Some(left) = timeout.checked_sub(started.elapsed()) else {
-                        return Err(Error::LockTimeout {
+                        return Err(Error::Write(WriteError::LockTimeout {
                             path: self.dir.clone(),
                             waited: timeout,
                             holder: Some(format!(
                                 "another thread of this process ({})",
                                 std::process::id()
                             )),
-                        });
+                        }));
                     };
                     holder = self
                         .writer_released
@@ -959,7 +961,7 @@ impl Index {
     /// Checks every invariant of the stored index (each live code in exactly its buckets, no
     /// dangling ids, counts and meta consistent) and, when opened writable, redb's own structure.
     /// Through a shared handle: the structural check takes the writer's turn, fails with
-    /// [`Error::ReadersOpen`] while a [`Reader`] of this handle is alive, and holds this handle's
+    /// [`WriteError::ReadersOpen`] while a [`Reader`] of this handle is alive, and holds this handle's
     /// new readers back while it runs.
     pub fn verify(&self) -> Result<CheckReport> {
         let dir = self.dir.clone();
@@ -979,7 +981,7 @@ impl Index {
     /// current size) in one transaction, merging the small chunks that many small commits leave.
     ///
     /// Takes the writer lock like [`Index::writer`]: waits for another thread's [`Writer`], and
-    /// fails with [`Error::WriterBusy`] while the calling thread holds one.
+    /// fails with [`WriteError::WriterBusy`] while the calling thread holds one.
     pub fn optimize(&self, substrings: Option<u32>) -> Result<OptimizeReport> {
         let _lock = self.lock_writer(true)?;
         let (mut txn, view, mut meta, generation) = self.begin_write()?;
@@ -1010,7 +1012,7 @@ impl Index {
 
     /// Gives the file space freed by earlier commits back to the file system (redb compaction),
     /// under the writer's turn. Returns false when nothing could be reclaimed. Fails with
-    /// [`Error::ReadersOpen`] while a [`Reader`] of this handle, or a read of another handle or
+    /// [`WriteError::ReadersOpen`] while a [`Reader`] of this handle, or a read of another handle or
     /// process, is alive (the space is reused by later commits all the same).
     pub fn compact(&self) -> Result<bool> {
         let dir = self.dir.clone();

@@ -1,6 +1,7 @@
 //! [`Reader`]: a consistent snapshot of an index, the search builders [`Search`] and
 //! [`BatchSearch`] it hands out, and the self-join [`Reader::pairs_within`].
 
+use crate::error::{CodeError, SearchError};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -134,10 +135,10 @@ impl Reader {
 
     fn query_words(&self, query: &Code) -> Result<Vec<u64>> {
         if query.bits() != self.bits() {
-            return Err(Error::CodeLength {
+            return Err(Error::Code(CodeError::CodeLength {
                 expected: self.bits(),
                 got: query.bits(),
-            });
+            }));
         }
         Ok(query.to_words())
     }
@@ -218,7 +219,7 @@ impl Reader {
     /// # Ok(()) }
     /// ```
     ///
-    /// Errors: [`Error::RadiusTooLarge`] past the code length.
+    /// Errors: [`SearchError::RadiusTooLarge`] past the code length.
     pub fn pairs_within(&self, radius: u32) -> Result<PairBatches<'_>> {
         check_radius(&self.view, radius)?;
         Ok(PairBatches {
@@ -267,16 +268,16 @@ impl Iterator for PairBatches<'_> {
 fn too_costly(view: &View, refusal: TooCostly) -> Error {
     // Saturating float-to-int conversions: a predicted count can exceed u64 (2^32 values in each
     // of hundreds of tables is far below it, but the conversion must not matter either way).
-    Error::MultiIndexTooCostly {
+    Error::Search(SearchError::MultiIndexTooCostly {
         probes: refusal.probes.ceil() as u64,
         budget: refusal.budget as u64,
         codes: view.live(),
-    }
+    })
 }
 
 fn check_k(k: usize) -> Result<()> {
     if k == 0 {
-        return Err(Error::ZeroK);
+        return Err(Error::Search(SearchError::ZeroK));
     }
     Ok(())
 }
@@ -284,7 +285,7 @@ fn check_k(k: usize) -> Result<()> {
 fn check_radius(view: &View, radius: u32) -> Result<()> {
     let bits = view.layout().bits();
     if radius > bits {
-        return Err(Error::RadiusTooLarge { radius, bits });
+        return Err(Error::Search(SearchError::RadiusTooLarge { radius, bits }));
     }
     Ok(())
 }
@@ -308,7 +309,7 @@ impl Search<'_> {
     /// The `k` nearest live codes, by distance, then id. A `k` at or above the number of live
     /// codes (up to `usize::MAX`) returns them all, at the cost of one scan.
     ///
-    /// Errors: [`Error::ZeroK`] for `k = 0`; [`Error::MultiIndexTooCostly`] when forced to
+    /// Errors: [`SearchError::ZeroK`] for `k = 0`; [`SearchError::MultiIndexTooCostly`] when forced to
     /// [`Strategy::MultiIndex`] and over its budget.
     pub fn top_k(&self, k: usize) -> Result<Vec<Hit>> {
         check_k(k)?;
@@ -320,7 +321,7 @@ impl Search<'_> {
 
     /// Every live code within `radius` bits, by distance, then id.
     ///
-    /// Errors: [`Error::RadiusTooLarge`] past the code length; [`Error::MultiIndexTooCostly`]
+    /// Errors: [`SearchError::RadiusTooLarge`] past the code length; [`SearchError::MultiIndexTooCostly`]
     /// when forced to [`Strategy::MultiIndex`] and over its budget.
     pub fn within(&self, radius: u32) -> Result<Vec<Hit>> {
         check_radius(self.view, radius)?;

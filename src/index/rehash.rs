@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::error::{ExtractError, Mismatch, WriteError};
 use milan_index_format::CodeLayout;
 use ndarray::Array2;
 
@@ -35,22 +36,22 @@ impl Index {
     /// codes and the buckets in one transaction: a failure or a kill leaves the index as it was.
     ///
     /// The head may make codes of another length; the substrings are then chosen afresh. Refused
-    /// with [`Error::Mismatch`] for a code-only index, a head made for another extractor or
+    /// with [`ExtractError::Mismatch`] for a code-only index, a head made for another extractor or
     /// feature dimension, and when any live item has no kept features (added without them).
     pub fn rehash(&mut self, head: HashHead) -> Result<RehashReport> {
         if !self.store.is_writable() {
-            return Err(Error::ReadOnly {
+            return Err(Error::Write(WriteError::ReadOnly {
                 path: self.dir.clone(),
-            });
+            }));
         }
-        let mismatch = |detail: String| Error::Mismatch {
-            path: self.dir.clone(),
-            detail,
+        let mismatch = |reason: Mismatch| {
+            Error::Extract(ExtractError::Mismatch {
+                path: self.dir.clone(),
+                reason,
+            })
         };
         let Some(model) = &self.model else {
-            return Err(mismatch(
-                "this index stores codes only: it has no features to re-code".into(),
-            ));
+            return Err(mismatch(Mismatch::CodesOnly));
         };
         check_binding(&self.dir, head.bits(), model, &head)?;
         let dim = model.dim;
@@ -72,14 +73,15 @@ impl Index {
             let mut matrix = Vec::with_capacity(chunk.len() * dim as usize);
             for &id in chunk {
                 let Some(vector) = crate::store::guard(&self.dir, || txn.features(id, dim))? else {
-                    let mut missing = 0;
+                    let mut missing = 0u64;
                     for &id in &live {
-                        missing += usize::from(txn.features(id, dim)?.is_none());
+                        missing += u64::from(txn.features(id, dim)?.is_none());
                     }
-                    return Err(mismatch(format!(
-                        "{missing} of {} items have no kept features (item {id} is one); only items added with IngestOptions::keep_features can be re-coded",
-                        live.len()
-                    )));
+                    return Err(mismatch(Mismatch::FeaturesNotKept {
+                        missing,
+                        items: live.len() as u64,
+                        example: id,
+                    }));
                 };
                 matrix.extend_from_slice(&vector);
             }

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use milan_index_format::{ImportRecord, ItemRecord, MetaRecord, MAX_RECORD_BYTES};
+use crate::error::{CodeError, ExtractError, WriteError};
+use milan_index_format::{ImportRecord, MetaRecord, MAX_RECORD_BYTES};
 
 use super::{commit_record, Index, Next, WriterLock, MILAN_VERSION};
 use crate::code::{extend_words, Code};
@@ -14,11 +15,27 @@ use crate::mih::{View, MAX_IDS};
 use crate::store::{self, StoreWrite};
 
 /// What is stored with a code: key, content hash, label, metadata (all optional).
-pub type Item = ItemRecord;
+///
+/// ```
+/// let item = milan::Item { key: Some("a.png".into()), label: Some("beach".into()), ..Default::default() };
+/// assert_eq!(item.content_hash, None);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Item {
+    /// The external key, such as a file path. Keys need not be unique.
+    pub key: Option<String>,
+    /// A hash of the content the code was made from (BLAKE3 of the file for images), by which
+    /// `milan index add` and `milan index sync` skip content already indexed.
+    pub content_hash: Option<[u8; 32]>,
+    /// A class label.
+    pub label: Option<String>,
+    /// Free-form application metadata.
+    pub metadata: Option<Vec<u8>>,
+}
 
 /// Most bytes of key, label and metadata together in one [`Item`]: the record limit of the
 /// format, less room for the record's own framing. [`Writer::add`] refuses larger items with
-/// [`Error::ItemTooLarge`].
+/// [`WriteError::ItemTooLarge`].
 pub const MAX_ITEM_BYTES: usize = MAX_RECORD_BYTES - 1024;
 
 /// How far a bulk import of one source has come, stored with the rows it counts so that a re-run
@@ -43,7 +60,7 @@ struct PendingAdd {
     id: u64,
     /// Where its code starts in the writer's `codes`.
     at: usize,
-    item: ItemRecord,
+    item: Item,
     features: Option<Vec<f32>>,
 }
 
@@ -75,7 +92,7 @@ pub struct Writer<'a> {
     deletes: Vec<u64>,
     deleted: HashSet<u64>,
     /// New items for committed ids, written at commit over the stored ones.
-    updates: BTreeMap<u64, ItemRecord>,
+    updates: BTreeMap<u64, Item>,
     /// Import progress to store at commit, by source.
     imports: BTreeMap<[u8; 32], ImportRecord>,
     /// Leave the adds in the scanned delta whatever its size (see [`Writer::defer_merge`]).
@@ -124,10 +141,10 @@ impl<'a> Writer<'a> {
             });
         };
         if features.len() != model.dim as usize {
-            return Err(Error::FeatureDim {
+            return Err(Error::Extract(ExtractError::FeatureDim {
                 expected: model.dim,
                 got: features.len() as u32,
-            });
+            }));
         }
         self.add_inner(code, item, Some(features))
     }
@@ -135,13 +152,13 @@ impl<'a> Writer<'a> {
     fn add_inner(&mut self, code: &Code, item: Item, features: Option<Vec<f32>>) -> Result<u64> {
         let bits = self.view.layout().bits();
         if code.bits() != bits {
-            return Err(Error::CodeLength {
+            return Err(Error::Code(CodeError::CodeLength {
                 expected: bits,
                 got: code.bits(),
-            });
+            }));
         }
         if self.meta.next_id >= MAX_IDS {
-            return Err(Error::Full { max: MAX_IDS });
+            return Err(Error::Write(WriteError::Full { max: MAX_IDS }));
         }
         check_item_size(&item)?;
         let id = self.meta.next_id;
@@ -178,7 +195,7 @@ impl<'a> Writer<'a> {
     /// The content-hash lookup ([`Reader::ids_with_content_hash`](super::Reader)) follows the new
     /// item's hash. Returns false when there is no such live id.
     ///
-    /// Errors: [`Error::ItemTooLarge`] past [`MAX_ITEM_BYTES`], as for [`Writer::add`].
+    /// Errors: [`WriteError::ItemTooLarge`] past [`MAX_ITEM_BYTES`], as for [`Writer::add`].
     ///
     /// ```
     /// # fn main() -> milan::Result<()> {
@@ -371,10 +388,10 @@ fn check_item_size(item: &Item) -> Result<()> {
         + item.label.as_ref().map_or(0, String::len)
         + item.metadata.as_ref().map_or(0, Vec::len);
     if size > MAX_ITEM_BYTES {
-        return Err(Error::ItemTooLarge {
+        return Err(Error::Write(WriteError::ItemTooLarge {
             bytes: size,
             max: MAX_ITEM_BYTES,
-        });
+        }));
     }
     Ok(())
 }

@@ -42,7 +42,7 @@ pub enum Strategy {
     /// codes, large radii or a large k can exceed a scan's by many orders of magnitude. So it is
     /// bounded: a query that would probe more than `max(2^20, 64 x (a scan's cost in probes))`
     /// buckets (2^20 probes take from a few milliseconds to about 20) is refused with
-    /// [`Error::MultiIndexTooCostly`](crate::Error::MultiIndexTooCostly), naming the probes it
+    /// [`SearchError::MultiIndexTooCostly`](crate::SearchError::MultiIndexTooCostly), naming the probes it
     /// would need, before it starts where the need is known (radius searches, and top-k searches
     /// predicted from the sampled k-th distance) and otherwise when it runs past the budget.
     /// [`Strategy::Auto`] and [`Strategy::Scan`] answer the same query at a scan's cost at most.

@@ -22,6 +22,7 @@
 mod blocks;
 pub(crate) mod check;
 mod legacy;
+mod records;
 mod tables;
 mod turn;
 
@@ -29,6 +30,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::error::{OpenError, WriteError};
 use milan_index_format::{
     CommitRecord, ImportRecord, ItemRecord, MetaRecord, ModelRecord, TablesRecord,
     CODE_BLOCKS_TABLE, COMMITS_TABLE, COMMIT_LOG_LEN, CONTENT_HASHES_TABLE, FEATURES_TABLE,
@@ -40,8 +42,10 @@ use redb::{
     ReadableMultimapTable, ReadableTable, TableDefinition, WriteTransaction,
 };
 
+use crate::contract::ExtractorContract;
 use crate::error::{Error, Result};
 use crate::head::HashHead;
+use crate::index::Item;
 use crate::mih::View;
 
 pub(crate) use check::CheckReport;
@@ -79,11 +83,11 @@ pub(crate) fn storage_error(path: &Path, err: impl Into<redb::Error>) -> Error {
     let path = path.to_path_buf();
     match err {
         redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
-            Error::Locked { path }
+            Error::Open(OpenError::Locked { path })
         }
         redb::Error::Corrupted(detail) => Error::Corrupted { path, detail },
-        redb::Error::TransactionInProgress => Error::ReadersOpen { path },
-        redb::Error::RepairAborted => Error::NeedsRecovery { path },
+        redb::Error::TransactionInProgress => Error::Write(WriteError::ReadersOpen { path }),
+        redb::Error::RepairAborted => Error::Open(OpenError::NeedsRecovery { path }),
         redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Error::Corrupted {
             path,
             detail: format!("not a readable database file ({io})"),
@@ -194,20 +198,20 @@ pub(crate) struct Store {
 impl Store {
     /// Creates the database at `path` (in index directory `dir`) with its meta record, the image
     /// binding if any, and every table. An index that another process created meanwhile is
-    /// [`Error::AlreadyExists`].
+    /// [`OpenError::AlreadyExists`].
     pub(crate) fn create(
         dir: &Path,
         path: &Path,
         cache_bytes: usize,
         lock: LockSettings,
         meta: &MetaRecord,
-        binding: Option<(&ModelRecord, &HashHead)>,
+        binding: Option<(&ExtractorContract, &HashHead)>,
     ) -> Result<Store> {
         let turn = Turn::take(dir, &lock)?;
         if path.exists() {
-            return Err(Error::AlreadyExists {
+            return Err(Error::Open(OpenError::AlreadyExists {
                 path: dir.to_path_buf(),
-            });
+            }));
         }
         let db = builder(cache_bytes)
             .create(path)
@@ -225,7 +229,7 @@ impl Store {
         let create = || -> std::result::Result<(), redb::Error> {
             let mut table = txn.txn.open_table(META)?;
             if let Some((model, head)) = binding {
-                table.insert(MODEL_KEY, model.encode().as_slice())?;
+                table.insert(MODEL_KEY, records::model_record(model).encode().as_slice())?;
                 table.insert(HEAD_KEY, head.as_bytes())?;
             }
             txn.txn.open_table(FEATURES)?;
@@ -248,7 +252,7 @@ impl Store {
     /// A writable open takes the writer's turn, since the storage engine may recover the file
     /// (after a killed writer) and waits for other processes' transactions. A read-only open
     /// waits for nothing; when a killed writer left the file to recover, it recovers it through
-    /// a writable open first, under the turn, and fails with [`Error::NeedsRecovery`] only when
+    /// a writable open first, under the turn, and fails with [`OpenError::NeedsRecovery`] only when
     /// it may not write.
     pub(crate) fn open(
         dir: &Path,
@@ -361,9 +365,9 @@ impl Store {
     /// turn, waiting up to the lock timeout for another process's write to end.
     pub(crate) fn write(&self) -> Result<StoreWrite> {
         let Db::Writable(db) = &self.db else {
-            return Err(Error::ReadOnly {
+            return Err(Error::Write(WriteError::ReadOnly {
                 path: self.dir.clone(),
-            });
+            }));
         };
         let turn = Turn::take(&self.dir, &self.lock)?;
         let txn = db
@@ -381,7 +385,7 @@ impl Store {
     }
 
     /// redb's structural check (writable handles only; `None` on a read-only one), under the
-    /// writer's turn. Fails with [`Error::ReadersOpen`] while a transaction of this store is
+    /// writer's turn. Fails with [`WriteError::ReadersOpen`] while a transaction of this store is
     /// alive (redb refuses it), and holds this store's new transactions back while it runs.
     pub(crate) fn check_structure(&self) -> Result<Option<bool>> {
         match &self.db {
@@ -399,13 +403,13 @@ impl Store {
     }
 
     /// Gives the file space freed by earlier commits back to the file system, under the
-    /// writer's turn. Fails with [`Error::ReadersOpen`] while a read of this store or of another
+    /// writer's turn. Fails with [`WriteError::ReadersOpen`] while a read of this store or of another
     /// process is alive (redb refuses it), and holds new reads back while it runs.
     pub(crate) fn compact(&self) -> Result<bool> {
         let Db::Writable(db) = &self.db else {
-            return Err(Error::ReadOnly {
+            return Err(Error::Write(WriteError::ReadOnly {
                 path: self.dir.clone(),
-            });
+            }));
         };
         let _turn = Turn::take(&self.dir, &self.lock)?;
         let mut db = db.write().unwrap_or_else(|e| e.into_inner());
@@ -422,10 +426,12 @@ impl Store {
 }
 
 /// Recovers the database at `path`, left by a killed writer, through a writable open under the
-/// writer's turn; [`Error::NeedsRecovery`] when this process may not write to the index.
+/// writer's turn; [`OpenError::NeedsRecovery`] when this process may not write to the index.
 fn recover(dir: &Path, path: &Path, cache_bytes: usize, lock: &LockSettings) -> Result<()> {
-    let needs_recovery = || Error::NeedsRecovery {
-        path: path.to_path_buf(),
+    let needs_recovery = || {
+        Error::Open(OpenError::NeedsRecovery {
+            path: path.to_path_buf(),
+        })
     };
     let turn = match Turn::take(dir, lock) {
         Err(Error::Io { source, .. })
@@ -470,17 +476,19 @@ fn read_meta(dir: &Path, path: &Path, txn: &ReadTransaction) -> Result<MetaRecor
     let table = match txn.open_table(META) {
         Ok(table) => table,
         Err(redb::TableError::TableDoesNotExist(_)) => {
-            return Err(Error::NotAnIndex {
+            return Err(Error::Open(OpenError::NotAnIndex {
                 path: dir.to_path_buf(),
-            })
+            }))
         }
         Err(err) => return Err(storage_error(path, err)),
     };
     let bytes = table
         .get(META_KEY)
         .map_err(|err| storage_error(path, err))?
-        .ok_or_else(|| Error::NotAnIndex {
-            path: dir.to_path_buf(),
+        .ok_or_else(|| {
+            Error::Open(OpenError::NotAnIndex {
+                path: dir.to_path_buf(),
+            })
         })?;
     MetaRecord::decode(bytes.value()).map_err(|err| Error::from_decode(dir, err))
 }
@@ -549,7 +557,7 @@ impl StoreRead {
     }
 
     /// The extractor and head an image index is bound to (both absent for a code-only index).
-    pub(crate) fn binding(&self) -> Result<(Option<ModelRecord>, Option<HashHead>)> {
+    pub(crate) fn binding(&self) -> Result<(Option<ExtractorContract>, Option<HashHead>)> {
         let table = self.txn.open_table(META).map_err(|err| self.st(err))?;
         let get = |key: &str| -> Result<Option<Vec<u8>>> {
             Ok(table
@@ -558,9 +566,9 @@ impl StoreRead {
                 .map(|bytes| bytes.value().to_vec()))
         };
         let model = match get(MODEL_KEY)? {
-            Some(bytes) => Some(
+            Some(bytes) => Some(records::contract_from_record(
                 ModelRecord::decode(&bytes).map_err(|err| Error::from_decode(&self.dir, err))?,
-            ),
+            )),
             None => None,
         };
         let head = match get(HEAD_KEY)? {
@@ -663,13 +671,13 @@ impl StoreRead {
 
     /// The item stored with `id`: `None` when there is no record (a live id without one has
     /// the empty item).
-    pub(crate) fn item(&self, id: u64) -> Result<Option<ItemRecord>> {
+    pub(crate) fn item(&self, id: u64) -> Result<Option<Item>> {
         let table = self.txn.open_table(ITEMS).map_err(|err| self.st(err))?;
         let Some(bytes) = table.get(id).map_err(|err| self.st(err))? else {
             return Ok(None);
         };
         ItemRecord::decode(bytes.value())
-            .map(Some)
+            .map(|record| Some(records::item_from_record(record)))
             .map_err(|err| Error::from_decode(&self.dir, err))
     }
 
@@ -893,13 +901,13 @@ impl StoreWrite {
     }
 
     /// Stores the item of a new id; the empty item needs no record.
-    pub(crate) fn add_item(&mut self, id: u64, item: &ItemRecord) -> Result<()> {
-        if *item == ItemRecord::default() {
+    pub(crate) fn add_item(&mut self, id: u64, item: &Item) -> Result<()> {
+        if *item == Item::default() {
             return Ok(());
         }
         let mut table = self.txn.open_table(ITEMS).map_err(|err| self.st(err))?;
         table
-            .insert(id, item.encode().as_slice())
+            .insert(id, records::item_record(item).encode().as_slice())
             .map_err(|err| self.st(err))?;
         if let Some(hash) = &item.content_hash {
             let mut hashes = self
@@ -912,17 +920,17 @@ impl StoreWrite {
     }
 
     /// Replaces the item of `id`, keeping the content-hash lookup in step.
-    pub(crate) fn replace_item(&mut self, id: u64, item: &ItemRecord) -> Result<()> {
+    pub(crate) fn replace_item(&mut self, id: u64, item: &Item) -> Result<()> {
         self.remove_item(id)?;
         self.add_item(id, item)
     }
 
     /// Removes the item of `id` and its content-hash entry; returns the removed item.
-    pub(crate) fn remove_item(&mut self, id: u64) -> Result<Option<ItemRecord>> {
+    pub(crate) fn remove_item(&mut self, id: u64) -> Result<Option<Item>> {
         let removed = {
             let mut table = self.txn.open_table(ITEMS).map_err(|err| self.st(err))?;
             let removed = table.remove(id).map_err(|err| self.st(err))?;
-            removed.map(|bytes| ItemRecord::decode(bytes.value()))
+            removed.map(|bytes| ItemRecord::decode(bytes.value()).map(records::item_from_record))
         };
         // A record that no longer decodes is dropped all the same; its hash entry, if any, is
         // the full check's to report.

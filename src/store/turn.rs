@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::error::WriteError;
 use milan_index_format::{WRITER_LOCK_FILE, WRITER_QUEUE_FILE};
 
 use crate::error::{Error, Result};
@@ -116,11 +117,11 @@ impl Turn {
                 return Ok(Turn { _file: file });
             }
             if started.elapsed() >= settings.timeout {
-                return Err(Error::LockTimeout {
+                return Err(Error::Write(WriteError::LockTimeout {
                     path: dir.to_path_buf(),
                     waited: settings.timeout,
                     holder: read_holder(&mut file).or(holder),
-                });
+                }));
             }
             pause = (pause * 2).min(LONGEST_POLL);
         }

@@ -15,6 +15,7 @@ mod sampler;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::error::{CodeError, ExtractError, SearchError, TrainError};
 use milan_index_format::{DenseLayer, HeadFile, HEAD_MAGIC, HEAD_VERSION, MAX_BITS, MIN_BITS};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
@@ -197,7 +198,7 @@ impl TrainConfig {
     /// Checks the settings on their own.
     pub fn check(&self) -> Result<()> {
         if !(MIN_BITS..=MAX_BITS).contains(&self.bits) || !self.bits.is_multiple_of(8) {
-            return Err(Error::InvalidBits { bits: self.bits });
+            return Err(Error::Code(CodeError::InvalidBits { bits: self.bits }));
         }
         let invalid = |detail: String| Err(Error::InvalidArgument { detail });
         if self.iters == 0 {
@@ -248,7 +249,7 @@ impl TrainConfig {
             return invalid(format!("Adam eps {} must be positive", self.eps));
         }
         if self.validate_k == 0 {
-            return Err(Error::ZeroK);
+            return Err(Error::Search(SearchError::ZeroK));
         }
         Ok(())
     }
@@ -275,22 +276,22 @@ impl TrainData<'_> {
     /// Checks lengths, emptiness and finiteness.
     pub fn check(&self, what: &str) -> Result<()> {
         if self.features.nrows() != self.labels.len() {
-            return Err(Error::LengthMismatch {
+            return Err(Error::Train(TrainError::LengthMismatch {
                 features: self.features.nrows(),
                 labels: self.labels.len(),
-            });
+            }));
         }
         if self.features.nrows() == 0 || self.features.ncols() == 0 {
-            return Err(Error::EmptyData {
+            return Err(Error::Train(TrainError::EmptyData {
                 what: format!(
                     "the {what} data ({} rows of {} features)",
                     self.features.nrows(),
                     self.features.ncols()
                 ),
-            });
+            }));
         }
         if let Some((row, column)) = crate::eval::first_non_finite(self.features) {
-            return Err(Error::NonFiniteFeature { row, column });
+            return Err(Error::Train(TrainError::NonFiniteFeature { row, column }));
         }
         Ok(())
     }
@@ -405,9 +406,9 @@ impl std::fmt::Debug for Trainer<'_> {
 
 fn check_classes(config: &TrainConfig, classes: &Classes) -> Result<()> {
     if classes.members.len() < 2 {
-        return Err(Error::TooFewClasses {
+        return Err(Error::Train(TrainError::TooFewClasses {
             found: classes.members.len(),
-        });
+        }));
     }
     let needed = Classes::needed(config.sampling, config.batch);
     for (label, members) in classes.labels.iter().zip(&classes.members) {
@@ -422,12 +423,12 @@ fn check_classes(config: &TrainConfig, classes: &Classes) -> Result<()> {
                         .into()
                 }
             };
-            return Err(Error::ClassTooSmall {
+            return Err(Error::Train(TrainError::ClassTooSmall {
                 label: *label,
                 items: members.len(),
                 needed,
                 why,
-            });
+            }));
         }
     }
     Ok(())
@@ -481,16 +482,16 @@ impl<'a> Trainer<'a> {
         if let Some(validation) = validation {
             validation.check("validation")?;
             if validation.labels.len() < 2 {
-                return Err(Error::EmptyData {
+                return Err(Error::Train(TrainError::EmptyData {
                     what: "the validation set (1 item; retrieval needs a query and another item)"
                         .into(),
-                });
+                }));
             }
             if validation.features.ncols() != data.features.ncols() {
-                return Err(Error::FeatureDim {
+                return Err(Error::Extract(ExtractError::FeatureDim {
                     expected: data.features.ncols() as u32,
                     got: validation.features.ncols() as u32,
-                });
+                }));
             }
         }
         check_classes(config, &Classes::new(data.labels))
@@ -751,7 +752,7 @@ impl<'a> Trainer<'a> {
         validation: Option<TrainData<'a>>,
         threads: Option<usize>,
     ) -> Result<Trainer<'a>> {
-        let bad = |detail: String| Error::BadCheckpoint { detail };
+        let bad = |detail: String| Error::Train(TrainError::BadCheckpoint { detail });
         if bytes.len() < 44 || bytes[..8] != CHECKPOINT_MAGIC {
             return Err(bad(
                 "not a milan training checkpoint (bad magic bytes)".into()

@@ -22,6 +22,10 @@ __all__ = [
     "UnknownIdError",
     "ClosedIndexError",
     "StorageError",
+    "ModelError",
+    "MismatchError",
+    "ImageError",
+    "HeadError",
 ]
 
 
@@ -76,3 +80,21 @@ class ClosedIndexError(MilanError, ValueError):
 
 class StorageError(MilanError, OSError):
     """An I/O or storage-engine error; the message names the file and the cause."""
+
+
+class ModelError(MilanError):
+    """An ONNX model or ONNX Runtime that cannot be found, loaded or run; the message says which
+    and why (for ONNX Runtime, every place it was looked for)."""
+
+
+class MismatchError(MilanError, ValueError):
+    """A model or hash head that is not the one an index (or a head) was made for: another
+    model file, output or input settings, another feature dimension or code length."""
+
+
+class ImageError(MilanError, ValueError):
+    """An image that cannot be read or decoded; the message names the file and the reason."""
+
+
+class HeadError(MilanError, ValueError):
+    """A file or bytes that are not a usable hash head."""

@@ -64,7 +64,7 @@ pub struct EvalArgs {
 
 /// The split the head was trained with, from its provenance.
 fn recorded_split(head: &HashHead) -> Option<SplitSpec> {
-    let provenance: serde_json::Value = serde_json::from_str(&head.file().provenance).ok()?;
+    let provenance: serde_json::Value = serde_json::from_str(head.provenance()).ok()?;
     serde_json::from_value(provenance.get("data")?.get("split")?.clone()).ok()
 }
 
@@ -80,7 +80,7 @@ fn check_head(args: &EvalArgs, head: &HashHead, dataset: &Dataset) -> Result<()>
         );
     }
     if let Some(model) = &dataset.extractor {
-        head.check_model(model).map_err(|detail| {
+        head.check_contract(model).map_err(|detail| {
             anyhow!(
                 "{}: {detail} (the features of {})",
                 shown(&args.head),

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use milan::extract::{parse_layout, parse_pixel_range, Device, Extractor, ExtractorOptions};
-use milan::format::{ModelRecord, PixelRange, TensorLayout};
+use milan::extract::{Device, Extractor, ExtractorOptions};
+use milan::{ExtractorContract, InputLayout, PixelRange};
 
 #[derive(Args, Clone, Default)]
 pub struct ExtractorArgs {
@@ -16,10 +16,10 @@ pub struct ExtractorArgs {
     #[arg(long)]
     pub input_size: Option<u32>,
     /// Input layout: nchw or nhwc [default: from the model's metadata or input shape].
-    #[arg(long, value_parser = parse_layout)]
-    pub layout: Option<TensorLayout>,
+    #[arg(long)]
+    pub layout: Option<InputLayout>,
     /// Pixel scaling: 0..1, -1..1 or imagenet [default: from the model's metadata].
-    #[arg(long, value_parser = parse_pixel_range, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true)]
     pub pixel_range: Option<PixelRange>,
     /// The model output to use as features [default: from the model's metadata, else its first].
     #[arg(long)]
@@ -40,7 +40,7 @@ pub struct ExtractorArgs {
 impl ExtractorArgs {
     /// Opens the extractor; for an index already bound to one (and no other --model given),
     /// unset flags take the index's settings.
-    pub fn open(&self, bound: Option<&ModelRecord>) -> Result<Extractor> {
+    pub fn open(&self, bound: Option<&ExtractorContract>) -> Result<Extractor> {
         // Another model's settings come from that model, and the index then refuses it by name.
         let bound = if self.model.is_some() { None } else { bound };
         let model = match (&self.model, bound) {

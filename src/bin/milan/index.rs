@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use milan::extract::{layout_name, pixel_range_name};
 use milan::report::write_atomically;
 use milan::text::escape_line;
+use milan::WriteError;
 use milan::{HashHead, Index};
 
 use crate::add::AddArgs;
@@ -188,8 +188,8 @@ fn create(args: CreateArgs) -> Result<Outcome> {
             model.dim,
             model.size,
             model.size,
-            layout_name(model.layout),
-            pixel_range_name(model.pixel_range),
+            model.layout,
+            model.pixel_range,
             head.kind()
         )?;
     }
@@ -334,7 +334,7 @@ fn compact(args: DirArgs) -> Result<Outcome> {
 fn compact_if_unread(index: &Index) -> Result<()> {
     match index.compact() {
         Ok(_) => Ok(()),
-        Err(milan::Error::ReadersOpen { .. }) => {
+        Err(milan::Error::Write(WriteError::ReadersOpen { .. })) => {
             eprintln!(
                 "note: readers are open on {}, so the file keeps the space the rebuild freed (later commits reuse it); `milan index compact {}` returns it when none is open",
                 index.path().display(),

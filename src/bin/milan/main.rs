@@ -32,6 +32,7 @@ mod sync;
 mod train;
 mod walk;
 
+use milan::{ExtractError, OpenError, TrainError, WriteError};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -116,35 +117,35 @@ fn hint(err: &anyhow::Error) -> Option<String> {
         .chain()
         .find_map(|cause| cause.downcast_ref::<milan::Error>())?;
     match err {
-        milan::Error::NotAnIndex { path } => Some(format!(
+        milan::Error::Open(OpenError::NotAnIndex { path }) => Some(format!(
             "make one with `milan index create {}`",
             path.display()
         )),
         milan::Error::Corrupted { .. } => {
             Some("`milan index check INDEX` lists every problem".to_string())
         }
-        milan::Error::NeedsRecovery { .. } => Some(
+        milan::Error::Open(OpenError::NeedsRecovery { .. }) => Some(
             "`milan index check INDEX` opens it for writing, which recovers it, then checks it"
                 .to_string(),
         ),
-        milan::Error::Locked { .. } => {
+        milan::Error::Open(OpenError::Locked { .. }) => {
             Some("an older milan or another program has this index open; run this again when it has finished".to_string())
         }
-        milan::Error::LockTimeout { .. } => Some(
+        milan::Error::Write(WriteError::LockTimeout { .. }) => Some(
             "run this again when the other command has finished, or wait longer with --lock-timeout SECONDS"
                 .to_string(),
         ),
         // The library names its settings; the command line's flags for them follow.
-        milan::Error::Runtime { detail } if detail.contains("ExtractorOptions::device") => Some(
+        milan::Error::Extract(ExtractError::Runtime { detail }) if detail.contains("ExtractorOptions::device") => Some(
             "`make setup-gpu` installs the CUDA build; --device cpu runs on the CPU".to_string(),
         ),
-        milan::Error::Runtime { detail } if detail.contains("ExtractorOptions::ort_library") => {
+        milan::Error::Extract(ExtractError::Runtime { detail }) if detail.contains("ExtractorOptions::ort_library") => {
             Some(
                 "`make setup` (or `make setup-gpu`) installs ONNX Runtime; --ort-lib PATH names the library"
                     .to_string(),
             )
         }
-        milan::Error::Model { detail, .. } => [
+        milan::Error::Extract(ExtractError::Model { detail, .. }) => [
             ("ExtractorOptions::layout", "pass --layout nchw or nhwc"),
             ("ExtractorOptions::input_size", "pass --input-size"),
             (
@@ -155,13 +156,16 @@ fn hint(err: &anyhow::Error) -> Option<String> {
         .into_iter()
         .find(|(setting, _)| detail.contains(setting))
         .map(|(_, hint)| hint.to_string()),
-        milan::Error::ClassTooSmall { why, .. } if why.contains("TrainConfig::batch") => {
+        milan::Error::Train(TrainError::ClassTooSmall { why, .. }) if why.contains("TrainConfig::batch") => {
             Some("lower --batch (a multiple of 3)".to_string())
         }
-        milan::Error::BadData { detail, .. } if detail.contains("IngestOptions::keep_features") => {
+        milan::Error::Train(TrainError::BadData { detail, .. }) if detail.contains("IngestOptions::keep_features") => {
             Some("`milan extract` writes DATA folders; to train on an index, add its images with --keep-features and --label-from-dir".to_string())
         }
-        milan::Error::Mismatch { detail, .. } if detail.contains("IngestOptions::keep_features") => {
+        milan::Error::Extract(ExtractError::Mismatch {
+            reason: milan::Mismatch::FeaturesNotKept { .. },
+            ..
+        }) => {
             Some("only images added with --keep-features (`milan index add`) can be re-coded".to_string())
         }
         _ => None,

@@ -10,6 +10,7 @@ use milan::dataset::Dataset;
 use milan::eval::{select, select_rows, split_per_class};
 use milan::train::{Recipe, TrainConfig, TrainData, TrainProgress, Trainer};
 use milan::Error;
+use milan::TrainError;
 
 use crate::split_args::SplitArgs;
 use crate::{progress, Outcome};
@@ -127,7 +128,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Names the class of a too-small-class error.
 fn explain(err: Error, dataset: &Dataset) -> anyhow::Error {
     match &err {
-        &Error::ClassTooSmall { label, .. } => {
+        &Error::Train(TrainError::ClassTooSmall { label, .. }) => {
             let name = dataset.class_name(label).to_string();
             anyhow!(err).context(format!("class {label} is {name:?}"))
         }
