@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use milan::extract::{layout_name, pixel_range_name};
 use milan::ingest::{keeps_features, FailedFile, Failures};
 use milan::npy::{read_array_header, CodesReader};
 use milan::text::for_terminal;
@@ -374,9 +373,9 @@ fn check_binding(index: &Index, manifest: &Manifest, dir: &Path, shards: &Path) 
     let ours = (
         hex(&model.fingerprint),
         model.input.as_str(),
-        layout_name(model.layout),
+        model.layout.name(),
         model.size,
-        pixel_range_name(model.pixel_range),
+        model.pixel_range.name(),
         model.output.as_str(),
         model.dim,
     );
