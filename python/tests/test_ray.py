@@ -184,4 +184,31 @@ def test_another_ingest_in_the_same_folder_is_refused(tmp_path, image_set):
     shards.mkdir()
     (shards / "stray.txt").write_text("")
     done = subprocess.run(ingest_command(images, head, shards), capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 1 and "not empty" in done.stderr
+    assert done.returncode == 1 and "not empty" in done.stderr, done.stderr
+
+    # A plan for other images (none: no shard, so no Ray either), then these images: refused.
+    (shards / "stray.txt").unlink()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_ingest(empty, head, shards)["shards"] == 0
+    done = subprocess.run(ingest_command(images, head, shards), capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1 and "another ingest" in done.stderr and "source list" in done.stderr, done.stderr
+    assert sorted(p.name for p in shards.iterdir()) == ["manifest.json", "sources.txt"]
+
+
+def test_the_command_line_names_what_is_wrong(tmp_path, image_set):
+    images, head = image_set
+    done = subprocess.run(
+        ingest_command(tmp_path / "nowhere", head, tmp_path / "shards"), capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 1 and "nowhere: cannot read" in done.stderr, done.stderr
+    done = subprocess.run(
+        ingest_command(images, head, tmp_path / "shards", "--shard-size", "0"), capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 2 and "--shard-size must be 1 or more" in done.stderr, done.stderr
+    other = milan.Head.lsh(16, 8, seed=1)
+    other.save(tmp_path / "other.head")
+    done = subprocess.run(
+        ingest_command(images, tmp_path / "other.head", tmp_path / "shards"), capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 1 and "8-dimensional" in done.stderr, done.stderr

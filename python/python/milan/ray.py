@@ -251,7 +251,8 @@ def _plan(
                 )
         return old
     out.mkdir(parents=True, exist_ok=True)
-    stray = [p for p in out.iterdir() if p.name not in (MANIFEST, SOURCES)]
+    # A plan whose writing was cut short left at most these.
+    stray = [p for p in out.iterdir() if not p.name.startswith((MANIFEST, SOURCES))]
     if stray:
         raise ShardsError(
             f"{out} is not empty and holds no {MANIFEST}; give an empty or new folder"
@@ -474,7 +475,15 @@ def ingest(
         raise ValueError(
             f"{head}: the head was made for model {bound[:16]}, not {model} ({extractor.fingerprint[:16]})"
         )
-    sources = list_images(images)
+    listed = list_images(images)
+    sources, unnamed = [], []
+    for key in listed:
+        try:
+            key.encode("utf-8")
+            sources.append(key)
+        except UnicodeEncodeError:
+            # As `index add`: a key must name the file again, in UTF-8.
+            unnamed.append(key)
     manifest = _plan(out, sources, extractor, the_head, shard_size, label_from_dir, keep_features)
     for stray in out.glob(".shard-*.tmp-*"):
         # Left by a killed run: never renamed, so never a shard.
@@ -485,10 +494,13 @@ def ingest(
         "shards": planned,
         "written": 0,
         "written_before": planned - len(pending),
-        "images": len(sources),
+        "images": len(listed),
         "coded": 0,
-        "failed": [],
-        "failed_by_reason": {},
+        "failed": [
+            {"path": key, "reason": "name_not_utf8", "detail": "the file name is not valid UTF-8"}
+            for key in unnamed
+        ],
+        "failed_by_reason": {"name_not_utf8": len(unnamed)} if unnamed else {},
     }
     if pending:
         ray = _import_ray()
@@ -532,9 +544,9 @@ def ingest(
                     "fail_after": _fail_after,
                 },
                 batch_size=1,
-                concurrency=actors,
-                max_restarts=-1,
-                max_task_retries=-1,
+                # Ray Data restarts a dead actor and retries its shard (its defaults:
+                # max_restarts=-1, max_task_retries=-1).
+                compute=ray.data.ActorPoolStrategy(size=actors),
                 **per_actor,
             )
             done = set(manifest.get("done") or [])
@@ -627,14 +639,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ort_library=args.ort_lib,
             _fail_after=os.environ.get("MILAN_RAY_FAIL_ONCE"),
         )
-    except (OSError, ValueError, ImportError) as err:
+    except KeyboardInterrupt:
+        print("interrupted: the shards written so far are kept; run the same command again to finish", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - Ray's and milan's errors alike, named
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(summary))
     else:
         for failed in summary["failed"]:
-            print(f"skipped {failed['path']!r}: {failed['detail']}", file=sys.stderr)
+            shown = failed["path"].encode("unicode_escape", "backslashreplace").decode("ascii")
+            print(f"skipped {shown}: {failed['detail']}", file=sys.stderr)
         print(
             f"{summary['shards']} shards in {args.out}: {summary['written']} written now, "
             f"{summary['written_before']} before; {summary['coded']} of {summary['images']} "
