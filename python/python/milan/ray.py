@@ -15,6 +15,9 @@ folder's format is docs/shards.md's::
     milan index create photos.milan --model inception_v3.onnx --head milan64.head
     milan index import-shards photos.milan shards/
 
+On a cluster of several machines (``address``), ``out``, the images, the model and the head
+must be at the same paths on every node (a shared file system).
+
 The codes are those ``milan index add`` gives the same images with the same model and head, bit
 for bit: both read, decode and code through the same crate. Ray (``pip install
 "ray[data]==2.60.0"``) is imported only when :func:`ingest` runs.
@@ -362,7 +365,6 @@ class _ShardCoder:
         out: str,
         model: str,
         head: str,
-        manifest: Dict[str, Any],
         extractor_options: Dict[str, Any],
         batch_size: int,
         lenient: bool,
@@ -373,7 +375,9 @@ class _ShardCoder:
         self.out = Path(out)
         self.extractor = milan.Extractor(model, **extractor_options)
         self.head = milan.Head.load(head)
-        self.manifest = manifest
+        # Read here rather than passed: constructor arguments stay small, so that a restarted
+        # actor never depends on them being kept in the object store.
+        self.manifest = json.loads((self.out / MANIFEST).read_text("utf-8"))
         self.batch_size = batch_size
         self.lenient = lenient
         self.sources = _read_sources(self.out)
@@ -520,7 +524,12 @@ def ingest(
             started_here = True
         try:
             resources = ray.cluster_resources()
-            gpus = int(resources.get("GPU", 0)) if num_gpus is None else num_gpus
+            have = int(resources.get("GPU", 0))
+            if num_gpus is not None and num_gpus > have:
+                raise ValueError(
+                    f"--num-gpus {num_gpus}: the Ray cluster has {have} GPU(s); ask for at most {have}"
+                )
+            gpus = have if num_gpus is None else num_gpus
             cpus = int(resources.get("CPU", 1)) if num_cpus is None else num_cpus
             if gpus > 0:
                 actors, per_actor = min(gpus, len(pending)), {"num_gpus": 1, "num_cpus": 1}
@@ -537,7 +546,6 @@ def ingest(
                     "out": str(out),
                     "model": os.fspath(model),
                     "head": os.fspath(head),
-                    "manifest": manifest,
                     "extractor_options": dict(options, device=device, threads=threads),
                     "batch_size": batch_size,
                     "lenient": lenient,
