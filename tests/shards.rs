@@ -413,6 +413,26 @@ fn a_damaged_shard_is_named_and_what_is_stored_stays() {
     );
     assert_eq!(len_of(&dir), 25);
 
+    // Content hashes of the wrong shape, recorded as they are: named with the shape expected.
+    std::fs::remove_dir_all(shards.join("shard-000002")).unwrap();
+    let dir2 = write_shard(&shards, 2, &binding, &rows(8, 25, None));
+    ndarray_npy::write_npy(
+        dir2.join("content_hashes.npy"),
+        &Array2::<u8>::zeros((25, 16)),
+    )
+    .unwrap();
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir2.join("shard.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(dir2.join("content_hashes.npy")).unwrap();
+    record["files"]["content_hashes.npy"] = hex(blake3::hash(&bytes).as_bytes()).into();
+    std::fs::write(dir2.join("shard.json"), record.to_string()).unwrap();
+    let err = fails(&["index", "import-shards", s(&dir), s(&shards)], 1);
+    assert!(
+        err.contains("shard-000002/content_hashes.npy") && err.contains("uint8 [25, 32]"),
+        "{err}"
+    );
+    assert_eq!(len_of(&dir), 25);
+
     // Written again, the shard imports, after the rest.
     std::fs::remove_dir_all(shards.join("shard-000002")).unwrap();
     write_shard(&shards, 2, &binding, &rows(8, 25, None));
