@@ -73,15 +73,26 @@ FORCE:
 ## test: formatting, lints, every test, docs, and a short run of every fuzz target.
 test: lint unit fuzz
 
+# Each feature set that makes sense alone is linted with all its targets (tests, examples,
+# benchmarks): the default (the command line, with the benchmarks' internals), the engine alone,
+# images, train. .ci/check-features.sh checks what each pulls in.
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	CARGO="$(CARGO)" bash .ci/check-features.sh
+	$(CARGO) clippy --locked --all-targets --features bench-internals -- -D warnings
+	$(CARGO) clippy --locked -p milan --all-targets --no-default-features -- -D warnings
+	$(CARGO) clippy --locked -p milan --all-targets --no-default-features --features images -- -D warnings
+	$(CARGO) clippy --locked -p milan --all-targets --no-default-features --features train -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps --workspace
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps -p milan --no-default-features
 	$(CARGO) fmt --manifest-path python/Cargo.toml -- --check
 	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) clippy --locked --manifest-path python/Cargo.toml -- -D warnings
 
+# The engine alone runs its own tests too (unit, integration, documentation, the threads
+# example's build), as an application with `default-features = false` compiles it.
 unit: setup test-deps
 	$(CARGO) test --locked --workspace
+	$(CARGO) test --locked -p milan --no-default-features
 	$(MAKE) --no-print-directory python-test
 
 # The HTML page test renders in a real headless Chromium (Debian's package).

@@ -117,9 +117,8 @@ impl fmt::Display for PixelRange {
 /// The feature extractor an image index is bound to: the model (by the BLAKE3 fingerprint of its
 /// file) and how images are fed to it and features read from it.
 ///
-/// An [`Extractor`](crate::extract::Extractor) reports its contract; an index created with
-/// [`IndexBuilder::images`](crate::IndexBuilder::images) stores it and refuses extractors whose
-/// contract differs. `Display` gives the one-line summary that `milan index info` prints.
+/// An `extract::Extractor` reports its contract; an index created with `IndexBuilder::images`
+/// (both with the `images` feature) stores it and refuses extractors whose contract differs. `Display` gives the one-line summary that `milan index info` prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtractorContract {
     /// BLAKE3 of the ONNX model file's bytes.

@@ -12,8 +12,8 @@ use milan_index_format::{DecodeError, LayoutError, DATABASE_FILE};
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in milan: an error of one operation ([`OpenError`],
-/// [`WriteError`], [`CodeError`], [`SearchError`], [`ExtractError`], [`TrainError`]), or one that
-/// any of them can meet (a damaged index, an unknown id, a bad argument, I/O).
+/// [`WriteError`], [`CodeError`], [`SearchError`], [`ExtractError`], `TrainError` with the
+/// `train` feature), or one that any of them can meet (a damaged index, an unknown id, a bad argument, I/O).
 ///
 /// Match on the operation, then on its error:
 ///
@@ -43,6 +43,7 @@ pub enum Error {
     #[error(transparent)]
     Extract(#[from] ExtractError),
     /// An error of training and evaluating hash heads.
+    #[cfg(feature = "train")]
     #[error(transparent)]
     Train(#[from] TrainError),
     /// Stored data violates the format.
@@ -66,6 +67,7 @@ pub enum Error {
         detail: String,
     },
     /// A long operation was cancelled through its callback.
+    #[cfg(feature = "train")]
     #[error("cancelled")]
     Cancelled,
     /// An I/O error on a named file.
@@ -305,12 +307,14 @@ pub enum SearchError {
 #[non_exhaustive]
 pub enum ExtractError {
     /// ONNX Runtime could not be found or loaded.
+    #[cfg(feature = "images")]
     #[error("{detail}")]
     Runtime {
         /// What was tried and what failed.
         detail: String,
     },
     /// The ONNX model cannot serve as a feature extractor.
+    #[cfg(feature = "images")]
     #[error("{}: {detail}", path.display())]
     Model {
         /// The model file.
@@ -319,6 +323,7 @@ pub enum ExtractError {
         detail: String,
     },
     /// An image that cannot be read or decoded.
+    #[cfg(feature = "images")]
     #[error("{}: {reason}", path.display())]
     Image {
         /// The image file.
@@ -354,6 +359,7 @@ pub enum ExtractError {
 }
 
 /// What can go wrong when training and evaluating hash heads; converts into [`Error`].
+#[cfg(feature = "train")]
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrainError {
@@ -421,7 +427,7 @@ pub enum TrainError {
 #[non_exhaustive]
 pub enum Mismatch {
     /// The index stores codes only: it has no extractor to code images with, nor features to
-    /// re-code; create an image index with [`IndexBuilder::images`](crate::IndexBuilder::images).
+    /// re-code; create an image index with `IndexBuilder::images` (feature `images`).
     #[error("this index stores codes only (it has no extractor and no features); create an image index with IndexBuilder::images to add, sync or re-code images")]
     CodesOnly,
     /// A head whose code length is not the index's.
@@ -450,6 +456,10 @@ pub enum Mismatch {
     /// Another process re-coded the index with another head since this handle opened it.
     #[error("another process replaced the index's hash head (rehash) since this handle opened it; open the index again to code images with the new head")]
     HeadReplaced,
+    /// The index was re-coded with a new head (through this handle, by another thread) while
+    /// images were being coded with the old one: their codes would not match the index's.
+    #[error("the index was re-coded with a new hash head (rehash) while these images were coded with the old one; add them again")]
+    RecodedMeanwhile,
     /// A rehash of items whose features were not kept when they were added.
     #[error("{missing} of {items} items have no kept features (item {example} is one); only items added with IngestOptions::keep_features can be re-coded")]
     FeaturesNotKept {

@@ -169,7 +169,7 @@ pub fn check_extractor(
             },
         }));
     }
-    Ok((model.clone(), head.clone()))
+    Ok((model.clone(), HashHead::clone(&head)))
 }
 
 /// The label of `path` under `--label-from-dir`: its parent folder's name.
@@ -459,14 +459,14 @@ impl<'r, 'x> Batches<'r, 'x> {
                 }
                 done += options.batch_size.min(paths.len() - done);
                 if waiting_adds >= options.commit_every {
-                    commit_files(index, &mut reached, report, hooks)?;
+                    commit_files(index, head, &mut reached, report, hooks)?;
                     waiting_adds = 0;
                 }
                 progress(done, paths.len());
                 Ok(())
             },
         )?;
-        commit_files(index, &mut reached, report, hooks)
+        commit_files(index, head, &mut reached, report, hooks)
     }
 }
 
@@ -483,14 +483,16 @@ struct CodedFile {
 /// whose content the index does not hold yet, and shows every file to `hooks`.
 fn commit_files(
     index: &Index,
+    head: &HashHead,
     reached: &mut Vec<(usize, Option<CodedFile>)>,
     report: &mut IngestReport,
     hooks: &mut dyn FileHooks,
 ) -> Result<()> {
     let mut writer = index.writer()?;
-    // Beginning the writer caught up with other processes' commits: a rehash among them makes
-    // these codes, coded with the old head, wrong for the index.
-    index.check_head_current()?;
+    // Beginning the writer caught up with other processes' commits: a rehash among them, or
+    // one through this handle by another thread, makes these codes, coded with the old head,
+    // wrong for the index.
+    index.check_head_is(head)?;
     for (position, file) in reached.drain(..) {
         let added = match file {
             Some(file) if !writer.ids_with_content_hash(&file.content_hash)?.is_empty() => {

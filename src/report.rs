@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 
 use crate::error::{Error, Result};
+#[cfg(feature = "train")]
 use crate::eval::EvalReport;
 use crate::extract::read_image;
 
@@ -130,6 +131,7 @@ pub fn results_page(title: &str, rows: &[QueryRow]) -> String {
 
 /// The evaluation report of `milan eval`: the metric table, the precision-recall and
 /// precision@k plots, and the retrieval grids of `rows`.
+#[cfg(feature = "train")]
 pub fn eval_page(title: &str, head_name: &str, report: &EvalReport, rows: &[QueryRow]) -> String {
     let mut body = String::new();
     let at = |curve: &[f64], cutoff: usize| {
@@ -216,13 +218,18 @@ pub fn eval_page(title: &str, head_name: &str, report: &EvalReport, rows: &[Quer
 }
 
 /// One line of a chart: its name, its colour and its points.
+#[cfg(feature = "train")]
 type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 
+#[cfg(feature = "train")]
 const HEAD_COLOUR: &str = "#1f5fd6";
+#[cfg(feature = "train")]
 const LSH_COLOUR: &str = "#d68a1f";
+#[cfg(feature = "train")]
 const FLOAT_COLOUR: &str = "#3a9a3a";
 
 /// An inline SVG line chart of `series` (name, colour, points) on `[0, x_max] x [0, y_max]`.
+#[cfg(feature = "train")]
 fn line_chart(
     title: &str,
     x_label: &str,
@@ -310,6 +317,7 @@ fn line_chart(
 }
 
 /// `1` for 1.0, `0.25` for 0.25: axis labels without trailing zeros.
+#[cfg(feature = "train")]
 fn trim_number(value: f64) -> String {
     let text = format!("{value:.2}");
     text.trim_end_matches('0').trim_end_matches('.').to_string()

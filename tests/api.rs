@@ -2,13 +2,18 @@
 //! and messages (no command-line advice), `Code` conversions, search ties, the CLI's hints.
 
 use std::path::{Path, PathBuf};
+#[cfg(feature = "cli")]
 use std::process::Command;
 
 use milan::format::DATABASE_FILE;
+#[cfg(feature = "train")]
 use milan::train::{Recipe, TrainConfig};
-use milan::{Code, Error, HashHead, Index, Item};
-use milan::{CodeError, ExtractError, OpenError, TrainError, WriteError};
-use milan::{ExtractorContract, InputLayout, PixelRange};
+#[cfg(feature = "train")]
+use milan::TrainError;
+use milan::{Code, Error, Index, Item};
+use milan::{CodeError, OpenError, WriteError};
+#[cfg(feature = "images")]
+use milan::{ExtractError, ExtractorContract, HashHead, InputLayout, PixelRange};
 
 fn index_of(dir: &Path, bits: u32, substrings: u32, codes: &[Code]) {
     let index = Index::builder(bits)
@@ -22,6 +27,7 @@ fn index_of(dir: &Path, bits: u32, substrings: u32, codes: &[Code]) {
     writer.commit().unwrap();
 }
 
+#[cfg(feature = "images")]
 fn model_record(dim: u32) -> ExtractorContract {
     ExtractorContract {
         fingerprint: [7; 32],
@@ -94,10 +100,13 @@ fn an_open_refuses_a_code_length_or_substrings_other_than_stored() {
         drop(index);
 
         // An image binding belongs to create: an open with one is refused, not silently ignored.
-        let head = HashHead::lsh(64, 3, 1, None, None).unwrap();
-        let err = open(Index::builder(64).images(model_record(3), head)).unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
-        assert!(err.to_string().contains("create only"), "{err}");
+        #[cfg(feature = "images")]
+        {
+            let head = HashHead::lsh(64, 3, 1, None, None).unwrap();
+            let err = open(Index::builder(64).images(model_record(3), head)).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+            assert!(err.to_string().contains("create only"), "{err}");
+        }
     }
 
     // Index::open takes whatever is stored, whatever its length.
@@ -198,18 +207,21 @@ fn library_errors_name_library_calls_not_commands() {
     said.push(err.to_string());
 
     // A folder that is no DATA names the library's way of making one, not `milan extract`.
-    let empty = tmp.path().join("empty");
-    std::fs::create_dir(&empty).unwrap();
-    let err = milan::dataset::Dataset::load(&empty).unwrap_err();
-    assert!(
-        matches!(err, Error::Train(TrainError::BadData { .. })),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string().contains("IngestOptions::keep_features"),
-        "{err}"
-    );
-    said.push(err.to_string());
+    #[cfg(feature = "train")]
+    {
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let err = milan::dataset::Dataset::load(&empty).unwrap_err();
+        assert!(
+            matches!(err, Error::Train(TrainError::BadData { .. })),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("IngestOptions::keep_features"),
+            "{err}"
+        );
+        said.push(err.to_string());
+    }
 
     for message in said {
         assert!(
@@ -226,15 +238,19 @@ fn library_errors_name_library_calls_not_commands() {
 fn a_bad_code_length_is_one_error_everywhere() {
     let tmp = tempfile::tempdir().unwrap();
     for bits in [0, 12, 1032] {
-        let errors = [
+        #[allow(unused_mut)] // training adds its own error with the `train` feature
+        let mut errors = vec![
             Index::builder(bits)
                 .create(tmp.path().join("idx"))
                 .unwrap_err(),
+            Code::from_fn(bits, |_| true).unwrap_err(),
+        ];
+        #[cfg(feature = "train")]
+        errors.push(
             TrainConfig::new(Recipe::default(), bits)
                 .check()
                 .unwrap_err(),
-            Code::from_fn(bits, |_| true).unwrap_err(),
-        ];
+        );
         for err in errors {
             assert!(
                 matches!(err, Error::Code(CodeError::InvalidBits { bits: b }) if b == bits),
@@ -287,6 +303,7 @@ fn search_id_orders_ties_by_id_without_favouring_the_query() {
 }
 
 /// Runs the command line; its standard error.
+#[cfg(feature = "cli")]
 fn milan_fails(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_milan"))
         .args(args)
@@ -297,6 +314,7 @@ fn milan_fails(args: &[&str]) -> String {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn the_command_line_adds_its_own_advice_to_library_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap();
@@ -535,6 +553,7 @@ fn verify_and_compact_run_through_a_shared_handle() {
 }
 
 #[test]
+#[cfg(feature = "images")]
 fn the_extractor_contract_and_items_round_trip_through_the_index_as_milan_types() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("images");
@@ -568,6 +587,7 @@ fn the_extractor_contract_and_items_round_trip_through_the_index_as_milan_types(
 }
 
 #[test]
+#[cfg(feature = "images")]
 fn a_head_that_cannot_code_a_contract_says_why_in_fields() {
     let head = HashHead::lsh(16, 8, 1, None, None).unwrap();
     match head.check_contract(&model_record(3)) {

@@ -714,7 +714,7 @@ fn a_handle_stops_coding_images_once_another_replaced_the_head() {
     // Two handles on one index, as two processes would hold it.
     let held = milan::Index::open(&index_dir).unwrap();
     assert!(milan::ingest::code_image(&held, &mut extractor, &image).is_ok());
-    let mut other = milan::Index::open(&index_dir).unwrap();
+    let other = milan::Index::open(&index_dir).unwrap();
     let new_head = tmp.path().join("new.head");
     lsh_head(
         &new_head,

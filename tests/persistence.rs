@@ -127,6 +127,35 @@ fn assert_fixture_contents(index: &Index, version: u32) {
     }
 }
 
+/// Checks that `index` finds the items of every key the fixture lists (each key names one live
+/// item there), and none under the keys of its deleted items.
+fn assert_fixture_keys(index: &Index, version: u32) {
+    let (_, contents) = fixture(version);
+    let expected = std::fs::read_to_string(contents).unwrap();
+    let reader = index.reader().unwrap();
+    let mut keyed = 0;
+    for line in expected.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let id: u64 = fields[0].parse().unwrap();
+        if !fields[2].is_empty() {
+            assert_eq!(reader.ids_with_key(fields[2]).unwrap(), [id], "{line}");
+            keyed += 1;
+        }
+    }
+    assert!(keyed > 250, "the fixture lists its keys");
+    // The keys of deleted items hold nothing any more.
+    let mut gone = 0;
+    for n in 0..304 {
+        let key = format!("images/{n:03}.png");
+        if !expected.contains(&format!(" {key} ")) {
+            assert!(reader.ids_with_key(&key).unwrap().is_empty(), "{key}");
+            gone += 1;
+        }
+    }
+    assert!(gone >= 9, "the fixture deleted keyed items");
+    assert!(reader.ids_with_key("no such key").unwrap().is_empty());
+}
+
 #[test]
 fn golden_index_of_format_version_1_opens_and_answers() {
     let copy = fixture_copy(1);
@@ -147,6 +176,7 @@ fn golden_index_of_format_version_1_opens_and_answers() {
     assert_eq!(index.upgraded_from(), Some(1));
     assert_eq!(index.info().format_version, milan::format::FORMAT_VERSION);
     assert_fixture_contents(&index, 1);
+    assert_fixture_keys(&index, 1);
     assert!(index.verify().unwrap().is_ok());
     assert_eq!(index.import_progress(&[0; 32]).unwrap(), None);
     let progress = ImportProgress {
@@ -207,6 +237,8 @@ struct Stored {
     generation: u64,
     /// The commit log's records (format version 4): generation and record.
     commits: Vec<(u64, milan::format::CommitRecord)>,
+    /// The key table's entries (format version 5; `None` without the table), in key order.
+    keys: Option<Vec<(String, u64)>>,
 }
 
 impl Stored {
@@ -277,7 +309,26 @@ fn stored(dir: &Path) -> Stored {
             commits.push((key.value(), CommitRecord::decode(value.value()).unwrap()));
         }
     }
+    let has_keys = txn
+        .list_multimap_tables()
+        .unwrap()
+        .any(|table| redb::MultimapTableHandle::name(&table) == KEYS_TABLE);
+    let keys = has_keys.then(|| {
+        use redb::ReadableMultimapTable;
+        let table = txn
+            .open_multimap_table(redb::MultimapTableDefinition::<&str, u64>::new(KEYS_TABLE))
+            .unwrap();
+        let mut keys = Vec::new();
+        for entry in table.iter().unwrap() {
+            let (key, ids) = entry.unwrap();
+            for id in ids {
+                keys.push((key.value().to_string(), id.unwrap().value()));
+            }
+        }
+        keys
+    });
     Stored {
+        keys,
         tables,
         next_id: meta_record.next_id,
         record,
@@ -390,6 +441,7 @@ fn golden_index_of_format_version_3_opens_and_answers() {
         assert_eq!(index.upgraded_from(), None);
         assert!(layout.items < index.len());
         assert_fixture_contents(&index, 3);
+        assert_fixture_keys(&index, 3);
         assert_imports(&index, &imports);
         assert!(index.verify().unwrap().is_ok());
     }
@@ -404,6 +456,7 @@ fn golden_index_of_format_version_3_opens_and_answers() {
         assert_eq!(index.upgraded_from(), Some(3));
         assert_eq!(index.info().format_version, FORMAT_VERSION);
         assert_fixture_contents(&index, 3);
+        assert_fixture_keys(&index, 3);
         assert_imports(&index, &imports);
         assert!(index.verify().unwrap().is_ok());
     }
@@ -428,16 +481,11 @@ fn golden_index_of_format_version_3_opens_and_answers() {
     }
 }
 
-#[test]
-fn golden_index_of_format_version_4_opens_and_answers() {
-    use milan::format::{DATABASE_FILE, FORMAT_VERSION};
-    let copy = fixture_copy(4);
-    let file = copy.path().join(DATABASE_FILE);
-    let before = std::fs::read(&file).unwrap();
-    // The version-3 fixture's layout (tables over 300 ids, a delta past them), plus the
-    // generation and the log of the five commits that made it: three batches with deletes,
-    // the tables' build, the late commit with its delete of id 200.
-    let layout = stored(copy.path());
+/// The stored layout of the version-4 fixture and its successors: the version-3 fixture's
+/// (tables over 300 ids, a delta past them), plus the generation and the log of the five
+/// commits that made it: three batches with deletes, the tables' build, the late commit with
+/// its delete of id 200.
+fn assert_fixture_log(layout: &Stored) {
     let record = layout.record.as_ref().expect("stored hash tables");
     assert_eq!((record.slots, record.tables.len()), (300, 2));
     assert!(layout.next_id > record.slots);
@@ -454,7 +502,85 @@ fn golden_index_of_format_version_4_opens_and_answers() {
         (commits[4].next_id, commits[4].deleted.as_slice()),
         (304, &[200][..])
     );
+}
+
+#[test]
+fn golden_index_of_format_version_4_opens_and_answers() {
+    use milan::format::{DATABASE_FILE, FORMAT_VERSION};
+    let copy = fixture_copy(4);
+    let file = copy.path().join(DATABASE_FILE);
+    let before = std::fs::read(&file).unwrap();
+    let layout = stored(copy.path());
+    assert_fixture_log(&layout);
+    assert!(layout.keys.is_none());
     let imports = fixture_imports(4);
+    assert_eq!(imports.len(), 2);
+    // Read-only, it stays a version-4 index, the file untouched; key lookups read the items.
+    {
+        let index = Index::open_read_only(copy.path()).unwrap();
+        assert_eq!(index.info().format_version, 4);
+        assert_eq!(index.upgraded_from(), None);
+        assert_fixture_contents(&index, 4);
+        assert_fixture_keys(&index, 4);
+        assert_imports(&index, &imports);
+        assert!(index.verify().unwrap().is_ok());
+    }
+    assert!(
+        std::fs::read(&file).unwrap() == before,
+        "a read-only open changed the file"
+    );
+    // Writable, it is converted in one commit that fills the key table from the items and
+    // changes nothing else: logged as no change.
+    {
+        let index = Index::open(copy.path()).unwrap();
+        assert_eq!(index.upgraded_from(), Some(4));
+        assert_eq!(index.info().format_version, FORMAT_VERSION);
+        assert_fixture_contents(&index, 4);
+        assert_fixture_keys(&index, 4);
+        assert_imports(&index, &imports);
+        assert!(index.verify().unwrap().is_ok());
+    }
+    let upgraded = stored(copy.path());
+    assert_eq!(upgraded.generation, 6);
+    let (generation, commit) = upgraded.commits.last().unwrap();
+    assert_eq!((*generation, commit.next_id), (6, layout.next_id));
+    assert!(!commit.reload && commit.deleted.is_empty());
+    // Every item with a key has its entry: the 296 stored batch items less the deleted, plus
+    // the late commit's two keyed items.
+    let keys = upgraded.keys.expect("the upgrade creates the key table");
+    let listed = std::fs::read_to_string(fixture(4).1).unwrap();
+    let keyed = listed
+        .lines()
+        .filter(|line| !line.split(' ').nth(2).unwrap().is_empty());
+    assert_eq!(keys.len(), keyed.count());
+    assert_eq!(
+        (upgraded.record, upgraded.items),
+        (layout.record, layout.items)
+    );
+    for writable in [false, true] {
+        let index = if writable {
+            Index::open(copy.path()).unwrap()
+        } else {
+            Index::open_read_only(copy.path()).unwrap()
+        };
+        assert_eq!(index.upgraded_from(), None);
+        assert_fixture_contents(&index, 4);
+        assert_fixture_keys(&index, 4);
+    }
+}
+
+#[test]
+fn golden_index_of_format_version_5_opens_and_answers() {
+    use milan::format::{DATABASE_FILE, FORMAT_VERSION};
+    let copy = fixture_copy(5);
+    let file = copy.path().join(DATABASE_FILE);
+    let before = std::fs::read(&file).unwrap();
+    let layout = stored(copy.path());
+    assert_fixture_log(&layout);
+    let keys = layout.keys.as_ref().expect("the key table");
+    assert!(keys.contains(&("images/001.png".to_string(), 1)));
+    assert!(!keys.iter().any(|(_, id)| *id == 200));
+    let imports = fixture_imports(5);
     assert_eq!(imports.len(), 2);
     for writable in [false, true] {
         {
@@ -463,9 +589,10 @@ fn golden_index_of_format_version_4_opens_and_answers() {
             } else {
                 Index::open_read_only(copy.path()).unwrap()
             };
-            assert_eq!(index.info().format_version, 4);
+            assert_eq!(index.info().format_version, 5);
             assert_eq!(index.upgraded_from(), None);
-            assert_fixture_contents(&index, 4);
+            assert_fixture_contents(&index, 5);
+            assert_fixture_keys(&index, 5);
             assert_imports(&index, &imports);
             assert!(index.verify().unwrap().is_ok());
         }
@@ -476,7 +603,7 @@ fn golden_index_of_format_version_4_opens_and_answers() {
             );
         }
     }
-    assert_eq!(FORMAT_VERSION, 4, "a newer version adds its own fixture");
+    assert_eq!(FORMAT_VERSION, 5, "a newer version adds its own fixture");
 }
 
 /// Regenerates the fixture of the current format version: `MILAN_WRITE_FIXTURE=1 cargo test
@@ -489,7 +616,7 @@ fn write_fixture() {
         return;
     }
     let version = milan::format::FORMAT_VERSION;
-    assert_eq!(version, 4, "write the fixture of the new version here");
+    assert_eq!(version, 5, "write the fixture of the new version here");
     let (dir, contents) = fixture(version);
     let _ = std::fs::remove_dir_all(&dir);
     let index = Index::builder(32).substrings(2).create(&dir).unwrap();
@@ -551,7 +678,7 @@ fn write_fixture() {
     }
     assert!(writer.delete(200).unwrap());
     writer.commit().unwrap();
-    assert_eq!(index.info().format_version, 4);
+    assert_eq!(index.info().format_version, version);
     // The space the earlier commits' pages took goes back: a smaller file to check in.
     let index = index;
     index.compact().unwrap();
@@ -721,6 +848,7 @@ fn impossible_import_progress_is_refused_and_commits_nothing() {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn index_upgrade_converts_an_old_index_once_and_says_so() {
     for version in [1, 2] {
         let copy = fixture_copy(version);
@@ -751,6 +879,7 @@ fn index_upgrade_converts_an_old_index_once_and_says_so() {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn an_import_rebuilds_the_stored_tables_only_when_its_delta_passes_the_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("idx");

@@ -1,6 +1,7 @@
 //! The storage of format version 3 under bulk loads, merges and kills: codes in blocks, hash
 //! tables written whole, a scanned delta between builds.
 
+#[cfg(feature = "cli")]
 use std::time::Duration;
 
 use milan::{Code, Index, Item};
@@ -94,6 +95,7 @@ fn a_deferred_bulk_load_is_filed_by_the_next_writable_open() {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn kills_during_a_bulk_import_and_its_table_build_lose_nothing_committed() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, codes_path) = (tmp.path().join("idx"), tmp.path().join("c.npy"));
@@ -133,6 +135,7 @@ fn kills_during_a_bulk_import_and_its_table_build_lose_nothing_committed() {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn kills_during_a_table_rebuild_leave_the_old_tables_or_the_new() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, codes_path) = (tmp.path().join("idx"), tmp.path().join("c.npy"));

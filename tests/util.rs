@@ -1,6 +1,11 @@
 //! Helpers shared by the integration tests: code generators and a brute-force reference.
+//!
+//! The helpers that run the command line or make features exist with the `cli` feature only;
+//! without it, some of the rest serve no module.
+#![cfg_attr(not(feature = "cli"), allow(dead_code))]
 
 use std::path::Path;
+#[cfg(feature = "cli")]
 use std::process::{Command, Output};
 
 use milan::{Code, Hit};
@@ -67,6 +72,7 @@ pub fn brute_radius(live: &[(u64, Code)], query: &Code, radius: u32) -> Vec<Hit>
 }
 
 /// Runs the `milan` binary.
+#[cfg(feature = "cli")]
 pub fn milan(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_milan"))
         .args(args)
@@ -74,6 +80,7 @@ pub fn milan(args: &[&str]) -> Output {
         .unwrap()
 }
 
+#[cfg(feature = "cli")]
 pub fn ok(args: &[&str]) -> String {
     let output = milan(args);
     assert!(
@@ -85,6 +92,7 @@ pub fn ok(args: &[&str]) -> String {
 }
 
 /// Runs a command that must fail with `status`; returns its standard error.
+#[cfg(feature = "cli")]
 pub fn fails(args: &[&str], status: i32) -> String {
     let output = milan(args);
     assert_eq!(
@@ -98,6 +106,7 @@ pub fn fails(args: &[&str], status: i32) -> String {
 
 /// The JSON that `milan args` wrote to standard output, after checking it exited with `status`.
 #[track_caller]
+#[cfg(feature = "cli")]
 pub fn json_output(args: &[&str], output: &Output, status: i32) -> serde_json::Value {
     assert_eq!(
         output.status.code(),
@@ -109,6 +118,7 @@ pub fn json_output(args: &[&str], output: &Output, status: i32) -> serde_json::V
 }
 
 /// The arguments of `milan extract` from the class folders under `images` into `out`, quietly.
+#[cfg(feature = "cli")]
 pub fn extract_args<'a>(model: &'a Path, images: &'a Path, out: &'a Path) -> [&'a str; 9] {
     [
         "extract",
@@ -131,6 +141,7 @@ pub fn s(path: &Path) -> &str {
 /// only in the first `signal` dimensions (centres drawn with standard deviation 1, items spread
 /// `spread` around them); the other dimensions are class-free noise of standard deviation
 /// `noise`, which misleads a random projection but not a trained head.
+#[cfg(feature = "cli")]
 pub fn clustered_features(
     seed: u64,
     classes: usize,
@@ -179,6 +190,7 @@ pub fn write_codes(path: &Path, codes: &[Code]) {
 }
 
 /// The number of live codes `milan index info` reports.
+#[cfg(feature = "cli")]
 pub fn len_of(dir: &Path) -> u64 {
     let info: serde_json::Value =
         serde_json::from_str(&ok(&["index", "info", s(dir), "--json"])).unwrap();
@@ -200,6 +212,7 @@ pub fn assert_whole_batches(index: &mut milan::Index, codes: &[Code], batch: u64
 }
 
 /// Runs `milan args` and kills it with SIGKILL after `delay`; returns whether it had finished.
+#[cfg(feature = "cli")]
 pub fn kill_after(args: &[&str], delay: std::time::Duration) -> bool {
     let mut child = Command::new(env!("CARGO_BIN_EXE_milan"))
         .args(args)

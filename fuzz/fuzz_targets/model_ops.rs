@@ -12,12 +12,15 @@
 //! - every self-join (`pairs_within`) equals the model's brute-force one: each pair of live codes
 //!   within the radius once, `a < b`, by `a` then `b`;
 //! - after commit, abort, reopen and optimize, `len()`, the live ids, their codes and items, and
-//!   the content-hash lookups equal the model; ids are dense and never reused; a reader opened
-//!   before a commit keeps its snapshot;
+//!   the content-hash and key lookups equal the model; ids are dense and never reused; a reader
+//!   opened before a commit keeps its snapshot;
+//! - upserts and deletes by key (through either handle's writer) replace and delete exactly the
+//!   items the model holds under the key, counting the writer's own pending adds and deletes,
+//!   which the writer's key lookup shows before the commit;
 //! - invalid arguments (k = 0, radius > bits in searches and self-joins, substrings out of range,
-//!   codes of another length, writes through a read-only handle, a second writer or an
-//!   optimize on the thread holding the writer) return their typed error, and a third writable
-//!   handle opens beside the two and agrees with the model;
+//!   codes of another length to add or upsert, writes through a read-only handle, a second
+//!   writer or an optimize on the thread holding the writer) return their typed error, and a
+//!   third writable handle opens beside the two and agrees with the model;
 //! - a k beyond the live count (up to `usize::MAX`) returns every code; a forced multi-index
 //!   radius search far beyond its probe budget is refused with `MultiIndexTooCostly` (or, with
 //!   every code still in the scanned delta, answered).
@@ -167,6 +170,17 @@ enum Op {
     DropKept {
         which: u8,
     },
+    /// Replaces every item of `key` (of either handle's writer) with a new one.
+    Upsert {
+        code: CodeSpec,
+        key: u8,
+        second: bool,
+    },
+    /// Deletes every item of `key` (of either handle's writer).
+    DeleteKey {
+        key: u8,
+        second: bool,
+    },
     /// Searches through a new reader of the second handle. Last: a run of 0xff bytes (which
     /// mutations often make) decodes as this op, a cheap one that checks something.
     SecondQuery {
@@ -185,10 +199,15 @@ struct Entry {
     key: Option<u8>,
 }
 
+/// The item key of model key `k`.
+fn key_name(k: u8) -> String {
+    format!("key-{k}")
+}
+
 impl Entry {
     fn item(&self) -> Item {
         Item {
-            key: self.key.map(|k| format!("key-{k}")),
+            key: self.key.map(key_name),
             content_hash: self.key.filter(|k| k % 2 == 0).map(|k| [k; 32]),
             ..Item::default()
         }
@@ -270,6 +289,48 @@ impl Model {
         let live = self.committed.contains_key(&id);
         let pending = self.pending();
         pending.adds.remove(&id).is_some() || (live && pending.deletes.insert(id))
+    }
+
+    /// The live ids stored under `key` once the open writer (if any) commits, increasing.
+    fn ids_with_key(&self, key: u8) -> Vec<u64> {
+        let deletes = self.pending.as_ref().map(|p| &p.deletes);
+        let mut ids: Vec<u64> = self
+            .committed
+            .iter()
+            .filter(|(id, e)| e.key == Some(key) && !deletes.is_some_and(|d| d.contains(id)))
+            .map(|(&id, _)| id)
+            .collect();
+        if let Some(pending) = &self.pending {
+            // Pending ids are all past the committed ones: the order holds.
+            ids.extend(
+                pending
+                    .adds
+                    .iter()
+                    .filter(|(_, e)| e.key == Some(key))
+                    .map(|(&id, _)| id),
+            );
+        }
+        ids
+    }
+
+    /// Deletes every item of `key`; returns their ids.
+    fn delete_key(&mut self, key: u8) -> Vec<u64> {
+        let ids = self.ids_with_key(key);
+        for &id in &ids {
+            assert!(self.delete(id));
+        }
+        ids
+    }
+
+    /// Adds `entry` (which has a key) in place of every item of its key: its id and theirs.
+    fn upsert(&mut self, entry: Entry) -> (u64, Vec<u64>) {
+        let key = entry.key.expect("an upsert has a key");
+        let replaced = self.ids_with_key(key);
+        let id = self.add(entry);
+        for &old in &replaced {
+            assert!(self.delete(old));
+        }
+        (id, replaced)
     }
 
     fn commit(&mut self) {
@@ -421,7 +482,7 @@ fn run(input: Input) {
             }
             Op::OpenReadOnlyAndQuery { query, k } => {
                 drop(first);
-                let mut read_only = Index::open_read_only(&dir).expect("open read-only");
+                let read_only = Index::open_read_only(&dir).expect("open read-only");
                 check_state(&read_only, &model);
                 let reader = read_only.reader().expect("reader");
                 top_k(
@@ -623,11 +684,19 @@ fn session<'a, 'b, 'o>(
                 let reader = index.reader().expect("reader");
                 assert!(wrong_length(reader.search(&code).map(drop)));
                 // Refused without handing out an id: the next add checks that ids stay dense.
+                // A refused upsert deletes nothing of its key either (the model checks that at
+                // the commit).
+                let keyed = Item {
+                    key: Some(key_name(0)),
+                    ..Item::default()
+                };
                 if let Some(writer) = writer.as_mut() {
                     assert!(wrong_length(writer.add(&code, Item::default()).map(drop)));
+                    assert!(wrong_length(writer.upsert(&code, keyed.clone()).map(drop)));
                 }
                 if let Some(writer) = second_writer.as_mut() {
                     assert!(wrong_length(writer.add(&code, Item::default()).map(drop)));
+                    assert!(wrong_length(writer.upsert(&code, keyed).map(drop)));
                 }
             }
             Op::Optimize { substrings } => {
@@ -689,6 +758,45 @@ fn session<'a, 'b, 'o>(
                     model.abort();
                 }
                 check_len(other, model);
+            }
+            Op::Upsert {
+                code,
+                key,
+                second: on_second,
+            } => {
+                if model.history.len() < MAX_CODES {
+                    let entry = Entry {
+                        code: model.code(code),
+                        key: Some(*key),
+                    };
+                    if *on_second {
+                        let busy = writer.is_some();
+                        if let Some(writer) = take_writer(&mut second_writer, second, busy, model) {
+                            upsert(writer, model, entry);
+                        }
+                    } else {
+                        let busy = second_writer.is_some();
+                        if let Some(writer) = take_writer(&mut writer, first, busy, model) {
+                            upsert(writer, model, entry);
+                        }
+                    }
+                }
+            }
+            Op::DeleteKey {
+                key,
+                second: on_second,
+            } => {
+                if *on_second {
+                    let busy = writer.is_some();
+                    if let Some(writer) = take_writer(&mut second_writer, second, busy, model) {
+                        delete_key(writer, model, *key);
+                    }
+                } else {
+                    let busy = second_writer.is_some();
+                    if let Some(writer) = take_writer(&mut writer, first, busy, model) {
+                        delete_key(writer, model, *key);
+                    }
+                }
             }
             Op::SecondQuery { query, k, r, which } => {
                 // A new reader catches up with the last commit, whichever handle made it.
@@ -936,6 +1044,26 @@ fn add(writer: &mut Writer<'_>, model: &mut Model, entry: Entry) {
     assert_eq!(id, model.add(entry), "ids are dense and never reused");
 }
 
+/// An upsert: the same new id as the model's, the same replaced ids, and the writer's key
+/// lookup then lists the new id alone.
+fn upsert(writer: &mut Writer<'_>, model: &mut Model, entry: Entry) {
+    let code = Code::from_bytes(&entry.code).expect("code of the index's length");
+    let name = key_name(entry.key.expect("an upsert has a key"));
+    let upserted = writer.upsert(&code, entry.item()).expect("upsert");
+    let (id, replaced) = model.upsert(entry);
+    assert_eq!(upserted.id, id, "ids are dense and never reused");
+    assert_eq!(upserted.replaced, replaced, "upsert of {name}");
+    assert_eq!(writer.ids_with_key(&name).expect("key lookup"), [id]);
+}
+
+/// A delete by key: the same ids as the model's, and none left under the key.
+fn delete_key(writer: &mut Writer<'_>, model: &mut Model, key: u8) {
+    let name = key_name(key);
+    let deleted = writer.delete_key(&name).expect("delete_key");
+    assert_eq!(deleted, model.delete_key(key), "delete_key({name})");
+    assert!(writer.ids_with_key(&name).expect("key lookup").is_empty());
+}
+
 fn delete(writer: &mut Writer<'_>, model: &mut Model, id: u64) {
     let deleted = writer.delete(id).expect("delete");
     assert_eq!(deleted, model.delete(id), "delete({id})");
@@ -1023,6 +1151,26 @@ fn check_reader(reader: &Reader, model: &Model, substrings: u32, now: &Model) {
         assert_eq!(
             reader.ids_with_content_hash(&hash).expect("hash lookup"),
             expected
+        );
+    }
+    // Every key either commit used, and keys of items deleted since.
+    let keys: BTreeSet<u8> = model
+        .committed
+        .values()
+        .chain(now.committed.values())
+        .filter_map(|e| e.key)
+        .collect();
+    for key in keys {
+        let expected: Vec<u64> = model
+            .committed
+            .iter()
+            .filter(|(_, e)| e.key == Some(key))
+            .map(|(&id, _)| id)
+            .collect();
+        assert_eq!(
+            reader.ids_with_key(&key_name(key)).expect("key lookup"),
+            expected,
+            "key {key}"
         );
     }
     spot_check(reader, model, substrings);

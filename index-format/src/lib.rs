@@ -26,6 +26,8 @@
 //! - [`HeadFile`]: a hash head (weights, activation, the extractor it expects), as a standalone
 //!   file and, embedded, under [`HEAD_KEY`].
 //! - Feature vectors kept for re-coding ([`encode_features`], [`decode_features`]).
+//! - The key lookup: item keys to ids in [`KEYS_TABLE`] (format version 5), plain `&str` keys
+//!   and `u64` values with no record of this crate's.
 //! - [`ImportRecord`]: how far a bulk import of one source has committed, under the source's
 //!   fingerprint in [`IMPORTS_TABLE`] (format version 2).
 //! - Format versions 1 and 2 only, read to upgrade them: [`BucketKey`] and the bucket value
@@ -70,6 +72,12 @@ pub const GENERATION_KEY: &str = "generation";
 /// made it, for the last [`COMMIT_LOG_LEN`] commits, so that a handle open in another process
 /// catches up by applying what changed instead of reading the whole index again.
 pub const COMMITS_TABLE: &str = "commits";
+/// Multimap table `&str -> u64` (format version 5): an item's key ([`ItemRecord::key`]) to the
+/// ids of the live items stored under it, so that an application finds, replaces or deletes the
+/// items of a key without keeping its own map. Keys need not be unique.
+pub const KEYS_TABLE: &str = "keys";
+/// The first format version with [`KEYS_TABLE`]; older files are read by a scan of the items.
+pub const KEYS_VERSION: u32 = 5;
 /// Commits kept in [`COMMITS_TABLE`]: each commit removes the record [`COMMIT_LOG_LEN`]
 /// generations older than its own.
 pub const COMMIT_LOG_LEN: u64 = 1024;
@@ -137,8 +145,9 @@ pub const MAGIC: [u8; 8] = *b"MILANIDX";
 /// The format version this crate writes. Version 2 added [`IMPORTS_TABLE`]; version 3 replaced
 /// the per-id codes and the bucket chunks by code blocks and whole hash tables; version 4 added
 /// the generation and the commit log ([`GENERATION_KEY`], [`COMMITS_TABLE`]), and the writer's
-/// lock file, for processes that share an index.
-pub const FORMAT_VERSION: u32 = 4;
+/// lock file, for processes that share an index; version 5 added the key lookup
+/// ([`KEYS_TABLE`]).
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest format version this crate can read (directly or through an upgrade step).
 pub const OLDEST_SUPPORTED_VERSION: u32 = 1;
 

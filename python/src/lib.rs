@@ -460,6 +460,118 @@ impl PyIndex {
         })
     }
 
+    /// The live ids stored under ``key``, increasing (``int64``); empty when none is.
+    ///
+    /// Keys need not be unique. The index keeps a lookup from keys to ids, so this does not
+    /// read every item (an index of format 4 or older opened read-only is the exception: it has
+    /// no lookup yet, and is read whole).
+    fn ids_with_key<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        self.check_open()?;
+        let ids = self.with(py, |index| {
+            let ids = index.reader()?.ids_with_key(key)?;
+            Ok(ids.into_iter().map(|id| id as i64).collect::<Vec<_>>())
+        })?;
+        Ok(PyArray1::from_vec(py, ids))
+    }
+
+    /// Deletes every item stored under each of ``keys``, in one transaction; returns the
+    /// deleted ids (``int64``, increasing).
+    ///
+    /// A key with no live item raises ``UnknownIdError`` (a ``KeyError``) naming it, and nothing
+    /// is deleted, as ``delete`` does for an unknown id. ``keys``: a sequence of str.
+    fn delete_keys<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        self.check_open()?;
+        let keys = read_key_list(keys)?;
+        let mut deleted = self.with(py, |index| {
+            self.check_writable()?;
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut writer = index.writer()?;
+            let mut deleted = Vec::new();
+            let mut seen = HashSet::new();
+            for key in &keys {
+                if !seen.insert(key.as_str()) {
+                    continue;
+                }
+                let ids = writer.delete_key(key)?;
+                if ids.is_empty() {
+                    // The writer is dropped uncommitted: nothing is deleted.
+                    return Err(Fail::new(
+                        Kind::UnknownId,
+                        format!("no item with key {key:?} in the index; nothing was deleted"),
+                    ));
+                }
+                deleted.extend(ids.into_iter().map(|id| id as i64));
+            }
+            writer.commit()?;
+            Ok(deleted)
+        })?;
+        deleted.sort_unstable();
+        Ok(PyArray1::from_vec(py, deleted))
+    }
+
+    /// Adds each code in place of every item stored under its key, in one transaction: the new
+    /// item gets a new id, and the items its key held before are deleted by the same commit.
+    /// Afterwards each key holds exactly its new item (a key given twice: its last row).
+    ///
+    /// Returns ``(ids, replaced)``: the new ids (``int64``, one per code) and the ids that were
+    /// replaced (``int64``, increasing; ids added earlier in this call and replaced by a later row
+    /// of the same key are among them). ``codes`` and ``labels`` as for ``add``; ``keys`` is
+    /// required, one str per code.
+    #[pyo3(signature = (codes, keys, labels=None))]
+    fn upsert<'py>(
+        &self,
+        py: Python<'py>,
+        codes: &Bound<'py, PyAny>,
+        keys: &Bound<'py, PyAny>,
+        labels: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<IdArrays<'py>> {
+        self.check_open()?;
+        let codes = read_codes(codes, self.bits, "codes")?;
+        let n = codes.len();
+        let keys = read_key_list(keys)?;
+        if keys.len() != n {
+            return Err(Fail::value(format!(
+                "keys must hold one str per code: got {} keys for {n} codes",
+                keys.len()
+            ))
+            .into());
+        }
+        let labels = read_strings(labels, n, "labels")?;
+        let codes = codes.to_codes()?;
+        let (ids, mut replaced) = self.with(py, |index| {
+            self.check_writable()?;
+            if n == 0 {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            let mut writer = index.writer()?;
+            let mut ids = room(n)?;
+            let mut replaced = Vec::new();
+            for (i, code) in codes.iter().enumerate() {
+                let item = Item {
+                    key: Some(keys[i].clone()),
+                    label: labels.as_ref().and_then(|labels| labels[i].clone()),
+                    ..Item::default()
+                };
+                let upserted = writer.upsert(code, item)?;
+                ids.push(upserted.id as i64);
+                replaced.extend(upserted.replaced.into_iter().map(|id| id as i64));
+            }
+            writer.commit()?;
+            Ok((ids, replaced))
+        })?;
+        replaced.sort_unstable();
+        Ok((
+            PyArray1::from_vec(py, ids),
+            PyArray1::from_vec(py, replaced),
+        ))
+    }
+
     /// The ``k`` nearest codes to each query, by Hamming distance, then id.
     ///
     /// Returns ``(ids, distances)``: ``int64`` and ``int32`` arrays of shape ``(nq, k)``, row
@@ -623,7 +735,9 @@ impl PyIndex {
     #[getter]
     fn head(&self, py: Python<'_>) -> PyResult<Option<PyHead>> {
         self.with(py, |index| {
-            Ok(index.head().map(|head| PyHead { head: head.clone() }))
+            Ok(index.head().map(|head| PyHead {
+                head: (*head).clone(),
+            }))
         })
     }
 
@@ -764,6 +878,26 @@ impl PyIndex {
 }
 
 /// The failure for an id that is not live.
+/// Two id arrays: an upsert's new ids and the ids it replaced.
+type IdArrays<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>);
+
+/// Reads a sequence of str keys (not a single str, which would be read as its characters).
+fn read_key_list(obj: &Bound<'_, PyAny>) -> Result<Vec<String>, Fail> {
+    let expected = "keys must be a sequence of str";
+    if obj.is_instance_of::<pyo3::types::PyString>() || obj.is_instance_of::<pyo3::types::PyBytes>()
+    {
+        return Err(Fail::type_(format!(
+            "{expected}; got a single {} (wrap it in a list)",
+            obj.get_type()
+                .name()
+                .map(|name| name.to_string())
+                .unwrap_or_default()
+        )));
+    }
+    obj.extract::<Vec<String>>()
+        .map_err(|err| Fail::type_(format!("{expected}; {err}")))
+}
+
 fn unknown(id: i64) -> Fail {
     Fail::new(
         Kind::UnknownId,

@@ -4,25 +4,37 @@
 //! set where output `i` of the last layer is positive (MiLaN's sigmoid above 0.5). Random-hyperplane
 //! LSH ([`HashHead::lsh`]) is the one-layer case, a baseline that works before any training. The
 //! file format is `milan_index_format::HeadFile`.
+//!
+//! The engine reads and checks heads (an index stores the head it codes images with); running
+//! one on features, drawing an LSH head and writing head files need the `images` feature.
 
 use std::path::Path;
 
 use crate::error::ExtractError;
-use milan_index_format::{DenseLayer, HeadFile, HEAD_MAGIC, HEAD_VERSION};
+use milan_index_format::HeadFile;
+#[cfg(feature = "images")]
+use milan_index_format::{DenseLayer, HEAD_MAGIC, HEAD_VERSION};
+#[cfg(feature = "images")]
 use ndarray::{Array2, ArrayView2, Axis};
+#[cfg(feature = "images")]
 use rand::SeedableRng;
+#[cfg(feature = "images")]
 use rand_chacha::ChaCha8Rng;
+#[cfg(feature = "images")]
 use rand_distr::{Distribution, StandardNormal};
 
+#[cfg(feature = "images")]
 use crate::code::Code;
 use crate::contract::ExtractorContract;
 use crate::error::{Error, Result};
 
 /// Room a head file needs besides its weights: its header, provenance and length prefixes.
+#[cfg(feature = "images")]
 const HEAD_FRAMING_BYTES: u64 = 1 << 16;
 
 /// Refuses a head whose weights a head file cannot hold, before they are allocated or encoded,
 /// naming the sizes instead of failing to decode bytes that were never a file.
+#[cfg(feature = "images")]
 fn check_head_size(bits: u32, input_dim: u32, weight_bytes: u64) -> Result<()> {
     let max = milan_index_format::MAX_HEAD_BYTES as u64 - HEAD_FRAMING_BYTES;
     if weight_bytes > max {
@@ -71,12 +83,11 @@ pub enum HeadMismatch {
     },
 }
 
-/// A hash head, with the fingerprint of its encoded bytes.
+/// A hash head and its encoded bytes.
 #[derive(Debug, Clone)]
 pub struct HashHead {
     file: HeadFile,
     bytes: Vec<u8>,
-    fingerprint: [u8; 32],
 }
 
 /// The extractor a head is made for: its fingerprint and output name.
@@ -115,19 +126,11 @@ impl HashHead {
                 detail: err.to_string(),
             })
         })?;
-        Ok(HashHead::assemble(file, bytes))
-    }
-
-    fn assemble(file: HeadFile, bytes: Vec<u8>) -> HashHead {
-        let fingerprint = *blake3::hash(&bytes).as_bytes();
-        HashHead {
-            file,
-            bytes,
-            fingerprint,
-        }
+        Ok(HashHead { file, bytes })
     }
 
     /// A head from a checked file structure.
+    #[cfg(feature = "images")]
     pub(crate) fn from_file(file: HeadFile) -> Result<HashHead> {
         let weight_bytes: u64 = file
             .layers
@@ -140,6 +143,7 @@ impl HashHead {
 
     /// Random-hyperplane LSH: `bits` hyperplanes through `mean` (or the origin), drawn from a
     /// standard normal with `seed`.
+    #[cfg(feature = "images")]
     pub fn lsh(
         bits: u32,
         dim: u32,
@@ -202,6 +206,7 @@ impl HashHead {
 
     /// Writes the head file: to `PATH.partial` first, then renamed over `path`, so that an
     /// interrupted write never leaves a truncated head where a good one was.
+    #[cfg(feature = "images")]
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         crate::report::write_atomically(path.as_ref(), &self.bytes)
     }
@@ -212,8 +217,9 @@ impl HashHead {
     }
 
     /// BLAKE3 of the encoded head.
+    #[cfg(feature = "images")]
     pub fn fingerprint(&self) -> [u8; 32] {
-        self.fingerprint
+        *blake3::hash(&self.bytes).as_bytes()
     }
 
     /// Code length in bits.
@@ -269,11 +275,13 @@ impl HashHead {
     }
 
     /// The file structure, for the training code that continues from a head.
+    #[cfg(any(feature = "train", all(test, feature = "images")))]
     pub(crate) fn file(&self) -> &HeadFile {
         &self.file
     }
 
     /// The last layer's outputs for each row of `features` (`[n, input_dim]`).
+    #[cfg(feature = "images")]
     pub fn logits(&self, features: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
         if features.ncols() != self.file.input_dim as usize {
             return Err(Error::Extract(ExtractError::FeatureDim {
@@ -305,6 +313,7 @@ impl HashHead {
     }
 
     /// The codes of each row of `features`.
+    #[cfg(feature = "images")]
     pub fn codes(&self, features: ArrayView2<'_, f32>) -> Result<Vec<Code>> {
         let logits = self.logits(features)?;
         logits
@@ -314,7 +323,7 @@ impl HashHead {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "images"))]
 mod tests {
     use super::*;
 

@@ -18,6 +18,7 @@
 //! reaches back).
 
 mod reader;
+#[cfg(feature = "images")]
 mod rehash;
 mod writer;
 
@@ -29,12 +30,14 @@ use std::time::Duration;
 
 use crate::error::{ExtractError, Mismatch, OpenError, WriteError};
 use milan_index_format::{
-    CodeLayout, CommitRecord, MetaRecord, DATABASE_FILE, FORMAT_VERSION, MAGIC, MAX_LOGGED_DELETES,
+    CodeLayout, CommitRecord, MetaRecord, DATABASE_FILE, FORMAT_VERSION, KEYS_VERSION, MAGIC,
+    MAX_LOGGED_DELETES,
 };
 
 pub use reader::{BatchSearch, Hit, Pair, PairBatches, Reader, Search};
+#[cfg(feature = "images")]
 pub use rehash::RehashReport;
-pub use writer::{ImportProgress, Item, Writer, MAX_ITEM_BYTES};
+pub use writer::{ImportProgress, Item, Upserted, Writer, MAX_ITEM_BYTES};
 
 use crate::contract::ExtractorContract;
 use crate::error::{Error, Result};
@@ -63,8 +66,8 @@ pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
 /// against it ([`OpenError::BitsMismatch`], [`OpenError::SubstringsMismatch`]; [`Index::optimize`]
 /// changes the substrings); [`cache_size`](IndexBuilder::cache_size) applies;
 /// [`expected_len`](IndexBuilder::expected_len) is ignored (it only chooses the substrings of a
-/// new index); [`images`](IndexBuilder::images) is refused ([`Error::InvalidArgument`]), since an
-/// image index keeps the extractor and head it was created with ([`Index::rehash`] changes the
+/// new index); `images` (feature `images`) is refused ([`Error::InvalidArgument`]), since an
+/// image index keeps the extractor and head it was created with (`Index::rehash` changes the
 /// head). [`Index::open`] checks nothing and takes the index as it is.
 ///
 /// ```
@@ -121,6 +124,7 @@ impl IndexBuilder {
     /// head was made for a particular extractor, that extractor. Default: a code-only index.
     /// For [`create`](IndexBuilder::create) only: an open with it set fails with
     /// [`Error::InvalidArgument`].
+    #[cfg(feature = "images")]
     pub fn images(mut self, model: ExtractorContract, head: HashHead) -> Self {
         self.images = Some((model, head));
         self
@@ -348,7 +352,8 @@ impl IndexBuilder {
 ///   read from those tables) are written as code blocks, its hash tables (built anew from the
 ///   codes, so that no damage of the old ones is carried over) as whole arrays, and the old
 ///   tables dropped. Version 2's import progress and every item stay as they are;
-/// - version 3 gains the generation and the commit log.
+/// - version 3 gains the generation and the commit log;
+/// - version 4 (and every older one) gains the key lookup, filled from the item records.
 fn upgrade(
     store: &Store,
     mut txn: StoreWrite,
@@ -356,7 +361,8 @@ fn upgrade(
     mut view: View,
     generation: u64,
 ) -> Result<(MetaRecord, View)> {
-    let rebuild = meta.format_version < BLOCKS_VERSION;
+    let from = meta.format_version;
+    let rebuild = from < BLOCKS_VERSION;
     if rebuild {
         view = View::build(
             view.layout().clone(),
@@ -378,6 +384,9 @@ fn upgrade(
     store::guard(store.dir(), || {
         if rebuild {
             txn.upgrade_tables(&view)?;
+        }
+        if from < KEYS_VERSION {
+            txn.build_keys()?;
         }
         txn.put_meta(&meta)?;
         txn.put_generation(generation, Some(&record))
@@ -490,7 +499,8 @@ impl Drop for WriterLock<'_> {
 }
 
 /// Facts about an index, for `milan index info`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Info {
     /// The index directory.
@@ -562,7 +572,9 @@ pub struct Index {
     /// Signalled when the writer lock is released.
     writer_released: Condvar,
     model: Option<ExtractorContract>,
-    head: Option<HashHead>,
+    /// The head this handle codes images with: replaced by [`Index::rehash`] through a shared
+    /// handle, so handed out as an `Arc` that outlives the swap.
+    head: RwLock<Option<Arc<HashHead>>>,
 }
 
 impl std::fmt::Debug for Index {
@@ -633,7 +645,7 @@ impl Index {
     ) -> Index {
         Index {
             model,
-            head,
+            head: RwLock::new(head.map(Arc::new)),
             dir: dir.to_path_buf(),
             store,
             upgraded_from: None,
@@ -781,7 +793,7 @@ impl Index {
     fn reload(&self, read: &StoreRead, meta: &MetaRecord) -> Result<View> {
         let view = read.load_view(meta)?;
         let (_, head) = read.binding()?;
-        let replaced = match (&self.head, &head) {
+        let replaced = match (self.head(), &head) {
             (Some(mine), Some(stored)) => mine.as_bytes() != stored.as_bytes(),
             _ => false,
         };
@@ -793,8 +805,9 @@ impl Index {
 
     /// Refuses to code images with this handle's head once another process replaced it (which
     /// catching up with the last commit finds out).
+    #[cfg(feature = "images")]
     pub(crate) fn check_head_current(&self) -> Result<()> {
-        if self.head.is_some() {
+        if self.head().is_some() {
             self.latest_commit()?;
         }
         if self.head_replaced.load(Ordering::Relaxed) {
@@ -811,9 +824,26 @@ impl Index {
         self.model.as_ref()
     }
 
-    /// The hash head the index codes images with (`None` for a code-only index).
-    pub fn head(&self) -> Option<&HashHead> {
-        self.head.as_ref()
+    /// Refuses codes made with `head` once it is no longer this handle's head: another process
+    /// replaced it ([`Index::check_head_current`]), or another thread re-coded the index through
+    /// this handle ([`Index::rehash`]) while they were being made.
+    #[cfg(feature = "images")]
+    pub(crate) fn check_head_is(&self, head: &HashHead) -> Result<()> {
+        self.check_head_current()?;
+        match self.head() {
+            Some(current) if current.as_bytes() == head.as_bytes() => Ok(()),
+            _ => Err(Error::Extract(ExtractError::Mismatch {
+                path: self.dir.clone(),
+                reason: Mismatch::RecodedMeanwhile,
+            })),
+        }
+    }
+
+    /// The hash head the index codes images with (`None` for a code-only index). A shared
+    /// pointer: it stays valid when `Index::rehash` (feature `images`) replaces the index's
+    /// head meanwhile (ask again for the new one).
+    pub fn head(&self) -> Option<Arc<HashHead>> {
+        self.head.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Code length in bits.

@@ -16,7 +16,8 @@ use crate::mih::View;
 use crate::store::{self, StoreRead};
 
 /// One search result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Hit {
     /// Hamming distance to the query (first, so that hits order by distance, then id).
     pub distance: u32,
@@ -34,7 +35,8 @@ fn unpack(hits: Vec<Packed>) -> Vec<Hit> {
 }
 
 /// Two live codes within a radius of each other, found by [`Reader::pairs_within`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Pair {
     /// The smaller id (first, so that pairs order by `a`, then `b`).
     pub a: u64,
@@ -106,6 +108,35 @@ impl Reader {
     /// The feature vector kept for a live id (indexes built with kept features).
     pub fn features(&self, id: u64, dim: u32) -> Result<Option<Vec<f32>>> {
         store::guard(&self.dir, || self.read.features(id, dim))
+    }
+
+    /// The live ids of the items stored under `key` ([`Item::key`]), in increasing order;
+    /// empty when no item has it. Keys need not be unique, so there may be several.
+    ///
+    /// Answered from the index's key lookup, at a cost independent of the index's size. An
+    /// index of format version 4 or older opened read-only has no key lookup (a writable open
+    /// adds it) and is answered by a scan of every item record instead: correct, but in time
+    /// proportional to the items.
+    ///
+    /// ```
+    /// # fn main() -> milan::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use milan::{Code, Index, Item};
+    /// let index = Index::builder(8).create(dir.path())?;
+    /// let mut writer = index.writer()?;
+    /// let item = Item { key: Some("a.png".into()), ..Item::default() };
+    /// let id = writer.add(&Code::from_hex("0f")?, item)?;
+    /// writer.commit()?;
+    /// assert_eq!(index.reader()?.ids_with_key("a.png")?, [id]);
+    /// assert!(index.reader()?.ids_with_key("b.png")?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn ids_with_key(&self, key: &str) -> Result<Vec<u64>> {
+        let mut ids = store::guard(&self.dir, || self.read.ids_with_key(key))?;
+        // The lookup and the snapshot are of one commit; this only keeps a damaged file's
+        // stray entries out of the answer.
+        ids.retain(|&id| self.view.is_live(id));
+        Ok(ids)
     }
 
     /// The ids of the items stored with this content hash.

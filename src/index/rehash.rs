@@ -38,7 +38,14 @@ impl Index {
     /// The head may make codes of another length; the substrings are then chosen afresh. Refused
     /// with [`ExtractError::Mismatch`] for a code-only index, a head made for another extractor or
     /// feature dimension, and when any live item has no kept features (added without them).
-    pub fn rehash(&mut self, head: HashHead) -> Result<RehashReport> {
+    ///
+    /// Through a shared handle (`Arc<Index>`): it takes the writer lock like [`Index::writer`]
+    /// (waits for another thread's [`Writer`](super::Writer), fails with
+    /// [`WriteError::WriterBusy`] while the calling thread holds one). Readers keep searching the
+    /// old codes until the commit and see the new ones from their next [`Index::reader`];
+    /// [`Index::head`] returns the new head from then on. Images coded with the old head by
+    /// another thread meanwhile are refused at their commit ([`ExtractError::Mismatch`]).
+    pub fn rehash(&self, head: HashHead) -> Result<RehashReport> {
         if !self.store.is_writable() {
             return Err(Error::Write(WriteError::ReadOnly {
                 path: self.dir.clone(),
@@ -55,8 +62,9 @@ impl Index {
         };
         check_binding(&self.dir, head.bits(), model, &head)?;
         let dim = model.dim;
-        // `&mut self`: no writer of this handle is active; other handles and processes wait
-        // for the writer's turn, which `begin_write` takes.
+        // This handle's writers wait for the writer lock; other handles and processes for the
+        // writer's turn, which `begin_write` takes.
+        let _lock = self.lock_writer(true)?;
         let (mut txn, view, mut meta, generation) = self.begin_write()?;
         let old_bits = meta.bits;
         if head.bits() != old_bits {
@@ -113,8 +121,18 @@ impl Index {
             new_bits: meta.bits,
             substrings: meta.substrings,
         };
-        self.commit_and_publish(txn, meta, generation + 1, Next::Replace(rebuilt))?;
-        self.head = Some(head);
+        // The head is swapped before the new codes are published, and both under the writer
+        // lock, so that no writer of this handle pairs new codes with the old head.
+        let old_head = self
+            .head
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(Arc::new(head));
+        if let Err(err) = self.commit_and_publish(txn, meta, generation + 1, Next::Replace(rebuilt))
+        {
+            *self.head.write().unwrap_or_else(|e| e.into_inner()) = old_head;
+            return Err(err);
+        }
         self.head_replaced
             .store(false, std::sync::atomic::Ordering::Relaxed);
         Ok(report)

@@ -1,11 +1,13 @@
-//! [`Writer`]: one write transaction. Adds, deletes and item updates (and import progress) are
-//! buffered and reach the database, and the search snapshot, together at [`Writer::commit`];
-//! dropping the writer discards them.
+//! [`Writer`]: one write transaction. Adds, deletes, item updates and upserts (and import
+//! progress) are buffered and reach the database, and the search snapshot, together at
+//! [`Writer::commit`]; dropping the writer discards them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::error::{CodeError, ExtractError, WriteError};
+#[cfg(feature = "images")]
+use crate::error::ExtractError;
+use crate::error::{CodeError, WriteError};
 use milan_index_format::{ImportRecord, MetaRecord, MAX_RECORD_BYTES};
 
 use super::{commit_record, Index, Next, WriterLock, MILAN_VERSION};
@@ -56,6 +58,17 @@ pub struct ImportProgress {
     pub first_id: Option<u64>,
 }
 
+/// What [`Writer::upsert`] did: the id of the new item and the ids of the items it replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Upserted {
+    /// The new item's id.
+    pub id: u64,
+    /// The ids that were stored under the key and are deleted by the same commit, increasing
+    /// (empty when the key was new).
+    pub replaced: Vec<u64>,
+}
+
 struct PendingAdd {
     id: u64,
     /// Where its code starts in the writer's `codes`.
@@ -93,6 +106,9 @@ pub struct Writer<'a> {
     deleted: HashSet<u64>,
     /// New items for committed ids, written at commit over the stored ones.
     updates: BTreeMap<u64, Item>,
+    /// The ids of this transaction's adds and updates, by their new items' keys: what the key
+    /// lookup will hold for them after the commit.
+    pending_keys: HashMap<String, Vec<u64>>,
     /// Import progress to store at commit, by source.
     imports: BTreeMap<[u8; 32], ImportRecord>,
     /// Leave the adds in the scanned delta whatever its size (see [`Writer::defer_merge`]).
@@ -116,6 +132,7 @@ impl<'a> Writer<'a> {
             deletes: Vec::new(),
             deleted: HashSet::new(),
             updates: BTreeMap::new(),
+            pending_keys: HashMap::new(),
             imports: BTreeMap::new(),
             defer_merge: false,
         })
@@ -129,12 +146,20 @@ impl<'a> Writer<'a> {
     /// Adds a code with its item and the feature vector it was made from, kept so that a new
     /// hash head can re-code the index later. Only for an index bound to an extractor, whose
     /// dimension the features must have.
+    #[cfg(feature = "images")]
     pub fn add_with_features(
         &mut self,
         code: &Code,
         item: Item,
         features: Vec<f32>,
     ) -> Result<u64> {
+        self.check_features(&features)?;
+        self.add_inner(code, item, Some(features))
+    }
+
+    /// Refuses features in an index bound to no extractor, or of another dimension than its.
+    #[cfg(feature = "images")]
+    fn check_features(&self, features: &[f32]) -> Result<()> {
         let Some(model) = self.index.model() else {
             return Err(Error::InvalidArgument {
                 detail: "features can only be kept in an index bound to an extractor".into(),
@@ -146,7 +171,7 @@ impl<'a> Writer<'a> {
                 got: features.len() as u32,
             }));
         }
-        self.add_inner(code, item, Some(features))
+        Ok(())
     }
 
     fn add_inner(&mut self, code: &Code, item: Item, features: Option<Vec<f32>>) -> Result<u64> {
@@ -163,6 +188,7 @@ impl<'a> Writer<'a> {
         check_item_size(&item)?;
         let id = self.meta.next_id;
         self.meta.next_id += 1;
+        self.note_key(item.key.as_deref(), id);
         let at = self.codes.len();
         self.codes.extend_from_slice(code.as_bytes());
         self.adds.push(PendingAdd {
@@ -174,26 +200,169 @@ impl<'a> Writer<'a> {
         Ok(id)
     }
 
+    /// Notes that `id` will be stored under `key`, for [`Writer::ids_with_key`].
+    fn note_key(&mut self, key: Option<&str>, id: u64) {
+        if let Some(key) = key {
+            self.pending_keys
+                .entry(key.to_string())
+                .or_default()
+                .push(id);
+        }
+    }
+
+    /// Forgets what [`Writer::note_key`] noted for `id` under `key`.
+    fn forget_key(&mut self, key: Option<&str>, id: u64) {
+        let Some(key) = key else {
+            return;
+        };
+        if let Some(ids) = self.pending_keys.get_mut(key) {
+            ids.retain(|&other| other != id);
+            if ids.is_empty() {
+                self.pending_keys.remove(key);
+            }
+        }
+    }
+
     /// Deletes a live id (committed, or added in this transaction). Returns false when there is no
     /// such live id.
     pub fn delete(&mut self, id: u64) -> Result<bool> {
         if let Ok(at) = self.adds.binary_search_by_key(&id, |add| add.id) {
-            self.adds.remove(at);
+            let add = self.adds.remove(at);
+            self.forget_key(add.item.key.as_deref(), id);
             return Ok(true);
         }
         if self.view.is_live(id) && self.deleted.insert(id) {
             self.deletes.push(id);
             // A deleted id keeps no item, so an update of it is moot.
-            self.updates.remove(&id);
+            if let Some(update) = self.updates.remove(&id) {
+                self.forget_key(update.key.as_deref(), id);
+            }
             return Ok(true);
         }
         Ok(false)
     }
 
+    /// The live ids stored under `key` ([`Item::key`]) as this transaction leaves them: the
+    /// last commit of any process with this writer's adds, deletes and item updates applied
+    /// (unlike [`Writer::ids_with_content_hash`], which sees committed items only). In
+    /// increasing order; empty when no item has the key.
+    pub fn ids_with_key(&self, key: &str) -> Result<Vec<u64>> {
+        let committed = store::guard(&self.index.dir, || self.txn.ids_with_key(key))?;
+        let mut ids: Vec<u64> = committed
+            .into_iter()
+            // An updated id is listed under its new key, in `pending_keys`.
+            .filter(|id| !self.deleted.contains(id) && !self.updates.contains_key(id))
+            .collect();
+        if let Some(pending) = self.pending_keys.get(key) {
+            ids.extend_from_slice(pending);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Deletes every live item stored under `key` (see [`Writer::ids_with_key`]), including
+    /// this transaction's own adds; returns their ids, increasing (empty when none had it).
+    /// Other handles and processes see the deletes after the commit, like any other.
+    ///
+    /// ```
+    /// # fn main() -> milan::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use milan::{Code, Index, Item};
+    /// let index = Index::builder(8).create(dir.path())?;
+    /// let keyed = |key: &str| Item { key: Some(key.into()), ..Item::default() };
+    /// let mut writer = index.writer()?;
+    /// writer.add(&Code::from_hex("01")?, keyed("a.png"))?;
+    /// writer.add(&Code::from_hex("02")?, keyed("a.png"))?; // keys need not be unique
+    /// writer.add(&Code::from_hex("03")?, keyed("b.png"))?;
+    /// writer.commit()?;
+    /// let mut writer = index.writer()?;
+    /// assert_eq!(writer.delete_key("a.png")?, [0, 1]);
+    /// writer.commit()?;
+    /// assert_eq!(index.reader()?.ids().collect::<Vec<_>>(), [2]);
+    /// # Ok(()) }
+    /// ```
+    pub fn delete_key(&mut self, key: &str) -> Result<Vec<u64>> {
+        let ids = self.ids_with_key(key)?;
+        for &id in &ids {
+            self.delete(id)?;
+        }
+        Ok(ids)
+    }
+
+    /// Adds `code` with `item` in place of every live item stored under `item.key`: the new
+    /// item gets a new id (ids are never reused), and the items the key held before (committed,
+    /// or added in this transaction) are deleted, all at the commit. Afterwards the key holds
+    /// exactly the new item. Returns the new id and the replaced ids. Readers of other handles
+    /// and processes see the add and the deletes together after the commit.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for an item without a key, and those of
+    /// [`Writer::add`]; on any error nothing is added or deleted.
+    ///
+    /// ```
+    /// # fn main() -> milan::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use milan::{Code, Index, Item};
+    /// let index = Index::builder(8).create(dir.path())?;
+    /// let keyed = |key: &str| Item { key: Some(key.into()), ..Item::default() };
+    /// let mut writer = index.writer()?;
+    /// let first = writer.upsert(&Code::from_hex("01")?, keyed("a.png"))?;
+    /// assert!(first.replaced.is_empty());
+    /// writer.commit()?;
+    /// let mut writer = index.writer()?;
+    /// let second = writer.upsert(&Code::from_hex("f0")?, keyed("a.png"))?;
+    /// assert_eq!(second.replaced, [first.id]);
+    /// writer.commit()?;
+    /// let reader = index.reader()?;
+    /// assert_eq!(reader.ids_with_key("a.png")?, [second.id]);
+    /// assert_eq!(reader.code(second.id), Some(Code::from_hex("f0")?));
+    /// # Ok(()) }
+    /// ```
+    pub fn upsert(&mut self, code: &Code, item: Item) -> Result<Upserted> {
+        self.upsert_inner(code, item, None)
+    }
+
+    /// [`Writer::upsert`] keeping the feature vector the code was made from, as
+    /// [`Writer::add_with_features`] does.
+    #[cfg(feature = "images")]
+    pub fn upsert_with_features(
+        &mut self,
+        code: &Code,
+        item: Item,
+        features: Vec<f32>,
+    ) -> Result<Upserted> {
+        self.check_features(&features)?;
+        self.upsert_inner(code, item, Some(features))
+    }
+
+    fn upsert_inner(
+        &mut self,
+        code: &Code,
+        item: Item,
+        features: Option<Vec<f32>>,
+    ) -> Result<Upserted> {
+        let Some(key) = item.key.clone() else {
+            return Err(Error::InvalidArgument {
+                detail: "Writer::upsert replaces the items of the new item's key, but the item \
+                         has no key (Item::key); use Writer::add for items without one"
+                    .into(),
+            });
+        };
+        // Looked up before the add, which checks the code and the item: whichever fails, the
+        // transaction is left as it was, with no id handed out.
+        let replaced = self.ids_with_key(&key)?;
+        let id = self.add_inner(code, item, features)?;
+        for &old in &replaced {
+            self.delete(old)?;
+        }
+        Ok(Upserted { id, replaced })
+    }
+
     /// Replaces the item stored with a live id (committed, or added in this transaction), keeping
     /// its id, code and kept features: a file that moved is re-keyed without being coded again.
-    /// The content-hash lookup ([`Reader::ids_with_content_hash`](super::Reader)) follows the new
-    /// item's hash. Returns false when there is no such live id.
+    /// The key and content-hash lookups ([`Reader::ids_with_key`](super::Reader::ids_with_key),
+    /// [`Reader::ids_with_content_hash`](super::Reader::ids_with_content_hash)) follow the new
+    /// item. Returns false when there is no such live id.
     ///
     /// Errors: [`WriteError::ItemTooLarge`] past [`MAX_ITEM_BYTES`], as for [`Writer::add`].
     ///
@@ -214,13 +383,19 @@ impl<'a> Writer<'a> {
     /// ```
     pub fn update_item(&mut self, id: u64, item: Item) -> Result<bool> {
         check_item_size(&item)?;
+        let key = item.key.clone();
         if let Ok(at) = self.adds.binary_search_by_key(&id, |add| add.id) {
             // Not yet written: the add itself carries the new item.
-            self.adds[at].item = item;
+            let old = std::mem::replace(&mut self.adds[at].item, item);
+            self.forget_key(old.key.as_deref(), id);
+            self.note_key(key.as_deref(), id);
             return Ok(true);
         }
         if self.view.is_live(id) && !self.deleted.contains(&id) {
-            self.updates.insert(id, item);
+            if let Some(old) = self.updates.insert(id, item) {
+                self.forget_key(old.key.as_deref(), id);
+            }
+            self.note_key(key.as_deref(), id);
             return Ok(true);
         }
         Ok(false)
@@ -335,11 +510,11 @@ impl<'a> Writer<'a> {
                 let code = &codes[add.at..add.at + code_bytes];
                 bytes.extend_from_slice(code);
                 extend_words(&mut words, code);
-                txn.add_item(add.id, &add.item)?;
                 if let Some(vector) = &add.features {
                     txn.put_features(add.id, vector)?;
                 }
             }
+            txn.add_items(adds.iter().map(|add| (add.id, &add.item)))?;
             txn.add_codes(code_bytes, &ids, &bytes)?;
             txn.delete_codes(code_bytes, &deletes)?;
             for &id in &deletes {

@@ -3,22 +3,22 @@
 //! Unlike an open, which reads only what keeps the search in bounds and stops at the first
 //! problem, the check reads everything and lists every problem it finds (up to [`MAX_LISTED`],
 //! then a count): each stored code in its bucket of every hash table with the right filter,
-//! nothing filed twice, items, kept features, content hashes and import progress consistent with
-//! the stored codes.
+//! nothing filed twice, items, kept features, content hashes, keys and import progress consistent
+//! with the stored codes.
 
 use std::collections::HashSet;
 
 use bitvec::vec::BitVec;
 use milan_index_format::{
     block_ids, decode_features, parts_of, CodeBlock, CodeLayout, CommitRecord, ImportRecord,
-    ItemRecord, MetaRecord, COMMIT_LOG_LEN, ENTRY_BYTES,
+    ItemRecord, MetaRecord, COMMIT_LOG_LEN, ENTRY_BYTES, KEYS_VERSION,
 };
 use redb::{ReadableMultimapTable, ReadableTable};
 
 use super::tables::read_arrays;
 use super::{
     open_optional, StoreError, StoreRead, CODE_BLOCKS, COMMITS, CONTENT_HASHES, FEATURES,
-    HASH_TABLES, IMPORTS, ITEMS,
+    HASH_TABLES, IMPORTS, ITEMS, KEYS,
 };
 use crate::error::Result;
 use crate::mih::table::{check_keys, check_offsets, is_dense, BucketEntry};
@@ -209,8 +209,8 @@ fn read_codes(read: &StoreRead, meta: &MetaRecord, report: &mut CheckReport) -> 
     Ok(codes)
 }
 
-/// Items, kept features, import progress and content hashes against the stored codes (`is_live`
-/// tells which ids hold one); returns the ids that have an item record.
+/// Items, kept features, import progress, content hashes and keys against the stored codes
+/// (`is_live` tells which ids hold one); returns the ids that have an item record.
 pub(super) fn check_records(
     read: &StoreRead,
     meta: &MetaRecord,
@@ -219,6 +219,7 @@ pub(super) fn check_records(
 ) -> Result<HashSet<u64>> {
     let st = |err: redb::Error| read.st(err);
     let mut hashed_items: HashSet<([u8; 32], u64)> = HashSet::new();
+    let mut keyed_items: HashSet<(String, u64)> = HashSet::new();
     let mut item_ids = HashSet::new();
     let table = read.txn.open_table(ITEMS).map_err(|e| st(e.into()))?;
     for entry in table.iter().map_err(|e| st(e.into()))? {
@@ -229,6 +230,9 @@ pub(super) fn check_records(
             Ok(item) => {
                 if let Some(hash) = item.content_hash {
                     hashed_items.insert((hash, id));
+                }
+                if let Some(key) = item.key {
+                    keyed_items.insert((key, id));
                 }
             }
             Err(err) => report.problem(format!("item {id}: {err}")),
@@ -305,7 +309,47 @@ pub(super) fn check_records(
             "item {id} has a content hash missing from the hash table"
         ));
     }
+    if meta.format_version >= KEYS_VERSION {
+        check_keys_table(read, &keyed_items, report)?;
+    }
     Ok(item_ids)
+}
+
+/// The key lookup (format version 5) holds exactly the (key, id) pairs of the item records.
+fn check_keys_table(
+    read: &StoreRead,
+    keyed_items: &HashSet<(String, u64)>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let st = |err: redb::Error| read.st(err);
+    let keys = match read.txn.open_multimap_table(KEYS) {
+        Ok(keys) => keys,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            report.problem("the keys table is missing".into());
+            return Ok(());
+        }
+        Err(err) => return Err(st(err.into())),
+    };
+    let mut key_entries = HashSet::new();
+    for entry in keys.iter().map_err(|e| st(e.into()))? {
+        let (key, ids) = entry.map_err(|e| st(e.into()))?;
+        let key = key.value().to_string();
+        for id in ids {
+            let id = id.map_err(|e| st(e.into()))?.value();
+            if !keyed_items.contains(&(key.clone(), id)) {
+                report.problem(format!(
+                    "key entry {key:?} for id {id} matches no item with that key"
+                ));
+            }
+            key_entries.insert((key.clone(), id));
+        }
+    }
+    for (key, id) in keyed_items.difference(&key_entries) {
+        report.problem(format!(
+            "item {id} has key {key:?} missing from the keys table"
+        ));
+    }
+    Ok(())
 }
 
 /// Each live code below the tables' coverage exactly once in each table, in the bucket of its

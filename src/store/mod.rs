@@ -4,7 +4,7 @@
 //! `milan-index-format` crate; this module moves those bytes in and out of redb:
 //! - [`Store`]: the database file, created, or opened writable or read-only;
 //! - [`StoreRead`]: one read transaction: the meta record, the image binding, items, kept
-//!   features, content hashes, import progress, and the search snapshot
+//!   features, the key and content-hash lookups, import progress, and the search snapshot
 //!   ([`StoreRead::load_view`]);
 //! - [`StoreWrite`]: one write transaction over the same records, committed whole or not at all;
 //! - [`blocks`]: codes in blocks of [`block_ids`](milan_index_format::block_ids) ids;
@@ -34,8 +34,8 @@ use crate::error::{OpenError, WriteError};
 use milan_index_format::{
     CommitRecord, ImportRecord, ItemRecord, MetaRecord, ModelRecord, TablesRecord,
     CODE_BLOCKS_TABLE, COMMITS_TABLE, COMMIT_LOG_LEN, CONTENT_HASHES_TABLE, FEATURES_TABLE,
-    GENERATION_KEY, HASH_TABLES_TABLE, HEAD_KEY, IMPORTS_TABLE, ITEMS_TABLE, META_KEY, META_TABLE,
-    MODEL_KEY, PART_KEY_BYTES, TABLES_KEY,
+    GENERATION_KEY, HASH_TABLES_TABLE, HEAD_KEY, IMPORTS_TABLE, ITEMS_TABLE, KEYS_TABLE,
+    KEYS_VERSION, META_KEY, META_TABLE, MODEL_KEY, PART_KEY_BYTES, TABLES_KEY,
 };
 use redb::{
     ConcurrencyMode, MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
@@ -59,6 +59,7 @@ const HASH_TABLES: TableDefinition<&[u8; PART_KEY_BYTES], &[u8]> =
     TableDefinition::new(HASH_TABLES_TABLE);
 const CONTENT_HASHES: MultimapTableDefinition<&[u8; 32], u64> =
     MultimapTableDefinition::new(CONTENT_HASHES_TABLE);
+const KEYS: MultimapTableDefinition<&str, u64> = MultimapTableDefinition::new(KEYS_TABLE);
 const FEATURES: TableDefinition<u64, &[u8]> = TableDefinition::new(FEATURES_TABLE);
 const IMPORTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new(IMPORTS_TABLE);
 const COMMITS: TableDefinition<u64, &[u8]> = TableDefinition::new(COMMITS_TABLE);
@@ -237,6 +238,7 @@ impl Store {
             txn.txn.open_table(CODE_BLOCKS)?;
             txn.txn.open_table(HASH_TABLES)?;
             txn.txn.open_multimap_table(CONTENT_HASHES)?;
+            txn.txn.open_multimap_table(KEYS)?;
             Ok(())
         };
         create().map_err(|err| storage_error(path, err))?;
@@ -513,6 +515,21 @@ fn ids_under(
     path: &Path,
 ) -> Result<Vec<u64>> {
     let ids = table.get(hash).map_err(|err| storage_error(path, err))?;
+    collect_ids(ids, path)
+}
+
+/// The ids a key table holds under `key`, in increasing order.
+fn ids_under_key(
+    table: &impl ReadableMultimapTable<&'static str, u64>,
+    key: &str,
+    path: &Path,
+) -> Result<Vec<u64>> {
+    let ids = table.get(key).map_err(|err| storage_error(path, err))?;
+    collect_ids(ids, path)
+}
+
+/// The values of one key of a multimap table of ids.
+fn collect_ids(ids: redb::MultimapValue<'_, u64>, path: &Path) -> Result<Vec<u64>> {
     ids.map(|id| Ok(id.map_err(|err| storage_error(path, err))?.value()))
         .collect()
 }
@@ -703,6 +720,38 @@ impl StoreRead {
         ids_under(&table, hash, &self.path)
     }
 
+    /// The ids of the items stored under `key`, in increasing order. A file older than
+    /// [`KEYS_VERSION`] (opened read-only: a writable open upgrades it) has no key lookup, and is
+    /// answered by a scan of every item record instead.
+    pub(crate) fn ids_with_key(&self, key: &str) -> Result<Vec<u64>> {
+        if self.meta()?.format_version < KEYS_VERSION {
+            return self.scan_ids_with_key(key);
+        }
+        let table = match self.txn.open_multimap_table(KEYS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Err(corrupted(&self.dir, "the keys table is missing"))
+            }
+            Err(err) => return Err(self.st(err)),
+        };
+        ids_under_key(&table, key, &self.path)
+    }
+
+    /// The ids of the item records whose key is `key`, read one record after another.
+    fn scan_ids_with_key(&self, key: &str) -> Result<Vec<u64>> {
+        let table = self.txn.open_table(ITEMS).map_err(|err| self.st(err))?;
+        let mut ids = Vec::new();
+        for entry in table.iter().map_err(|err| self.st(err))? {
+            let (id, bytes) = entry.map_err(|err| self.st(err))?;
+            let item = ItemRecord::decode(bytes.value())
+                .map_err(|err| Error::from_decode(&self.dir, err))?;
+            if item.key.as_deref() == Some(key) {
+                ids.push(id.value());
+            }
+        }
+        Ok(ids)
+    }
+
     /// The ids of every content hash stored with two ids or more.
     pub(crate) fn shared_content_hashes(&self) -> Result<Vec<Vec<u64>>> {
         let table = self
@@ -841,7 +890,35 @@ impl StoreWrite {
         ids_under(&table, hash, &self.path)
     }
 
+    /// The ids of the items stored under `key`, as this transaction sees them (a writable
+    /// handle's file is always of the current version, with its key lookup).
+    pub(crate) fn ids_with_key(&self, key: &str) -> Result<Vec<u64>> {
+        let table = self
+            .txn
+            .open_multimap_table(KEYS)
+            .map_err(|err| self.st(err))?;
+        ids_under_key(&table, key, &self.path)
+    }
+
+    /// Fills the key lookup from every item record (the upgrade of a file older than
+    /// [`KEYS_VERSION`]). A record that does not decode is left for the full check to report.
+    pub(crate) fn build_keys(&mut self) -> Result<()> {
+        let build = || -> std::result::Result<(), redb::Error> {
+            let items = self.txn.open_table(ITEMS)?;
+            let mut keys = self.txn.open_multimap_table(KEYS)?;
+            for entry in items.iter()? {
+                let (id, bytes) = entry?;
+                if let Ok(ItemRecord { key: Some(key), .. }) = ItemRecord::decode(bytes.value()) {
+                    keys.insert(key.as_str(), id.value())?;
+                }
+            }
+            Ok(())
+        };
+        build().map_err(|err| self.st(err))
+    }
+
     /// Replaces the stored hash head (the model record stays).
+    #[cfg(feature = "images")]
     pub(crate) fn put_head(&mut self, head: &HashHead) -> Result<()> {
         let mut table = self.txn.open_table(META).map_err(|err| self.st(err))?;
         table
@@ -902,38 +979,52 @@ impl StoreWrite {
 
     /// Stores the item of a new id; the empty item needs no record.
     pub(crate) fn add_item(&mut self, id: u64, item: &Item) -> Result<()> {
-        if *item == Item::default() {
-            return Ok(());
-        }
-        let mut table = self.txn.open_table(ITEMS).map_err(|err| self.st(err))?;
-        table
-            .insert(id, records::item_record(item).encode().as_slice())
-            .map_err(|err| self.st(err))?;
-        if let Some(hash) = &item.content_hash {
-            let mut hashes = self
-                .txn
-                .open_multimap_table(CONTENT_HASHES)
-                .map_err(|err| self.st(err))?;
-            hashes.insert(hash, id).map_err(|err| self.st(err))?;
-        }
-        Ok(())
+        self.add_items([(id, item)])
     }
 
-    /// Replaces the item of `id`, keeping the content-hash lookup in step.
+    /// Stores the items of new ids, with their key and content-hash entries; the empty item
+    /// needs no record. Each table is opened once for the whole batch (a commit's adds), which
+    /// costs less than once per item.
+    pub(crate) fn add_items<'i>(
+        &mut self,
+        items: impl IntoIterator<Item = (u64, &'i Item)>,
+    ) -> Result<()> {
+        let add = || -> std::result::Result<(), redb::Error> {
+            let mut items_table = self.txn.open_table(ITEMS)?;
+            let mut hashes = self.txn.open_multimap_table(CONTENT_HASHES)?;
+            let mut keys = self.txn.open_multimap_table(KEYS)?;
+            for (id, item) in items {
+                if *item == Item::default() {
+                    continue;
+                }
+                items_table.insert(id, records::item_record(item).encode().as_slice())?;
+                if let Some(hash) = &item.content_hash {
+                    hashes.insert(hash, id)?;
+                }
+                if let Some(key) = &item.key {
+                    keys.insert(key.as_str(), id)?;
+                }
+            }
+            Ok(())
+        };
+        add().map_err(|err| self.st(err))
+    }
+
+    /// Replaces the item of `id`, keeping the key and content-hash lookups in step.
     pub(crate) fn replace_item(&mut self, id: u64, item: &Item) -> Result<()> {
         self.remove_item(id)?;
         self.add_item(id, item)
     }
 
-    /// Removes the item of `id` and its content-hash entry; returns the removed item.
+    /// Removes the item of `id` and its key and content-hash entries; returns the removed item.
     pub(crate) fn remove_item(&mut self, id: u64) -> Result<Option<Item>> {
         let removed = {
             let mut table = self.txn.open_table(ITEMS).map_err(|err| self.st(err))?;
             let removed = table.remove(id).map_err(|err| self.st(err))?;
             removed.map(|bytes| ItemRecord::decode(bytes.value()).map(records::item_from_record))
         };
-        // A record that no longer decodes is dropped all the same; its hash entry, if any, is
-        // the full check's to report.
+        // A record that no longer decodes is dropped all the same; its key and hash entries, if
+        // any, are the full check's to report.
         let Some(Ok(item)) = removed else {
             return Ok(None);
         };
@@ -943,6 +1034,13 @@ impl StoreWrite {
                 .open_multimap_table(CONTENT_HASHES)
                 .map_err(|err| self.st(err))?;
             hashes.remove(hash, id).map_err(|err| self.st(err))?;
+        }
+        if let Some(key) = &item.key {
+            let mut keys = self
+                .txn
+                .open_multimap_table(KEYS)
+                .map_err(|err| self.st(err))?;
+            keys.remove(key.as_str(), id).map_err(|err| self.st(err))?;
         }
         Ok(Some(item))
     }
@@ -964,6 +1062,7 @@ impl StoreWrite {
     }
 
     /// The features kept for `id`, as this transaction sees them.
+    #[cfg(feature = "images")]
     pub(crate) fn features(&self, id: u64, dim: u32) -> Result<Option<Vec<f32>>> {
         let table = self.txn.open_table(FEATURES).map_err(|err| self.st(err))?;
         let Some(bytes) = table.get(id).map_err(|err| self.st(err))? else {

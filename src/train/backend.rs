@@ -61,6 +61,7 @@ impl NdarrayBackend {
     }
 
     /// The optimiser's state.
+    #[cfg(feature = "bench-internals")]
     pub fn adam(&self) -> &Adam {
         &self.adam
     }

@@ -3,7 +3,7 @@
 //! The network is the hash head of [`HashHead`]: dense layers with LeakyReLU(0.2), a sigmoid on
 //! the last layer, bit `i` set where the sigmoid is above 0.5. [`Trainer`] draws batches
 //! ([`Sampling`]), runs one optimisation step per batch through a [`TrainingBackend`] (the
-//! hand-written [`NdarrayBackend`]: backward pass and Adam), reports progress through a callback,
+//! hand-written ndarray backend: backward pass and Adam), reports progress through a callback,
 //! validates every N steps keeping the best head, checkpoints to bytes and resumes bit-exactly.
 //! Nothing here prints. docs/training.md has the method, the recipes and the checkpoint layout.
 
@@ -23,11 +23,18 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use adam::{Adam, AdamConfig};
-pub use backend::{Batch, NdarrayBackend, TrainingBackend};
+pub use backend::{Batch, TrainingBackend};
+pub use net::{BalanceMode, Layer, LossParts, LossSpec, Network, TripletMode};
+// Driven directly by the benchmarks (benches/): not a stable API.
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub use backend::NdarrayBackend;
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
 pub use checkpoint::{CHECKPOINT_MAGIC, CHECKPOINT_VERSION};
-pub use net::{
-    loss_and_sigmoid_gradient, BalanceMode, Layer, LossParts, LossSpec, Network, TripletMode,
-};
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub use net::loss_and_sigmoid_gradient;
 pub use sampler::Sampling;
 
 use crate::error::{Error, Result};
@@ -456,7 +463,7 @@ impl<'a> Trainer<'a> {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let network =
             Network::<f32>::init(&config.dims(data.features.ncols()), config.slope, &mut rng);
-        let backend = NdarrayBackend::new(network, config.loss(), config.adam());
+        let backend = backend::NdarrayBackend::new(network, config.loss(), config.adam());
         Self::assemble(config, data, validation, Box::new(backend), rng)
     }
 
@@ -712,8 +719,8 @@ impl<'a> Trainer<'a> {
     /// optimiser moments, best-so-far. Layout in docs/training.md.
     pub fn checkpoint(&self) -> Vec<u8> {
         let mut w = ByteWriter::default();
-        w.raw(&CHECKPOINT_MAGIC);
-        w.u32(CHECKPOINT_VERSION);
+        w.raw(&checkpoint::CHECKPOINT_MAGIC);
+        w.u32(checkpoint::CHECKPOINT_VERSION);
         w.blob(
             serde_json::to_string(&self.config)
                 .expect("config serialises")
@@ -753,7 +760,7 @@ impl<'a> Trainer<'a> {
         threads: Option<usize>,
     ) -> Result<Trainer<'a>> {
         let bad = |detail: String| Error::Train(TrainError::BadCheckpoint { detail });
-        if bytes.len() < 44 || bytes[..8] != CHECKPOINT_MAGIC {
+        if bytes.len() < 44 || bytes[..8] != checkpoint::CHECKPOINT_MAGIC {
             return Err(bad(
                 "not a milan training checkpoint (bad magic bytes)".into()
             ));
@@ -767,9 +774,10 @@ impl<'a> Trainer<'a> {
         let mut r = ByteReader::new(&body[8..]);
         let parse = |e: String| bad(e);
         let version = r.u32().map_err(parse)?;
-        if version != CHECKPOINT_VERSION {
+        if version != checkpoint::CHECKPOINT_VERSION {
             return Err(bad(format!(
-                "checkpoint version {version}; this milan reads version {CHECKPOINT_VERSION}"
+                "checkpoint version {version}; this milan reads version {}",
+                checkpoint::CHECKPOINT_VERSION
             )));
         }
         let mut config: TrainConfig = serde_json::from_slice(r.blob().map_err(parse)?)
@@ -810,18 +818,22 @@ impl<'a> Trainer<'a> {
             other => return Err(bad(format!("best-so-far flag {other}"))),
         };
         let name = r.blob().map_err(parse)?;
-        if name != NdarrayBackend::NAME.as_bytes() {
+        if name != backend::NdarrayBackend::NAME.as_bytes() {
             return Err(bad(format!(
                 "saved by backend {:?}, and only {:?} can resume here",
                 String::from_utf8_lossy(name),
-                NdarrayBackend::NAME
+                backend::NdarrayBackend::NAME
             )));
         }
         let state = r.blob().map_err(parse)?;
         r.finish().map_err(parse)?;
-        let backend =
-            NdarrayBackend::load_state(state, config.slope as f32, config.loss(), config.adam())
-                .map_err(|e| bad(format!("parameters: {e}")))?;
+        let backend = backend::NdarrayBackend::load_state(
+            state,
+            config.slope as f32,
+            config.loss(),
+            config.adam(),
+        )
+        .map_err(|e| bad(format!("parameters: {e}")))?;
         let dims = config.dims(data.features.ncols());
         let shapes_match = |layers: &[Layer<f32>]| {
             layers.len() + 1 == dims.len()

@@ -150,6 +150,19 @@ class Index:
     def delete(self, ids: _Ids) -> int:
         """Deletes live ids in one transaction; an unknown id raises ``UnknownIdError`` and
         deletes nothing. Returns the number deleted."""
+    def ids_with_key(self, key: str) -> npt.NDArray[np.int64]:
+        """The live ids stored under ``key``, increasing; empty when none is."""
+    def delete_keys(self, keys: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Deletes every item of each key in one transaction; a key with no item raises
+        ``UnknownIdError`` and deletes nothing. Returns the deleted ids."""
+    def upsert(
+        self,
+        codes: _Codes,
+        keys: Sequence[str],
+        labels: Optional[_Strings] = None,
+    ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Adds each code in place of every item of its key, in one transaction: ``(ids,
+        replaced)``, the new ids and the replaced ones."""
     def search(
         self, codes: _Codes, k: int = 20
     ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:

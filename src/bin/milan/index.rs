@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use milan::report::write_atomically;
-use milan::text::escape_line;
+use milan::text::{escape_line, for_terminal};
 use milan::WriteError;
 use milan::{HashHead, Index};
 
@@ -38,7 +38,7 @@ pub enum IndexCommand {
     /// Convert an index of an older format version to the current one, in one transaction (any
     /// command that writes to an index does the same first).
     Upgrade(DirArgs),
-    /// Delete codes by id (all ids must exist, or nothing is deleted).
+    /// Delete codes by id or by key (every id and key must be found, or nothing is deleted).
     Delete(DeleteArgs),
     /// Rebuild the hash tables for a better number of substrings, in one transaction.
     Optimize(OptimizeArgs),
@@ -113,12 +113,16 @@ pub struct InfoArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["ids", "keys"])))]
 pub struct DeleteArgs {
     /// The index directory.
     dir: PathBuf,
     /// Ids to delete.
-    #[arg(long = "id", required = true, num_args = 1..)]
+    #[arg(long = "id", num_args = 1..)]
     ids: Vec<u64>,
+    /// Keys whose items to delete (every item stored under each key; keys need not be unique).
+    #[arg(long = "key", num_args = 1..)]
+    keys: Vec<String>,
 }
 
 #[derive(Args)]
@@ -285,8 +289,11 @@ fn check(args: DirArgs) -> Result<Outcome> {
 fn delete(mut args: DeleteArgs) -> Result<Outcome> {
     args.ids.sort_unstable();
     args.ids.dedup();
+    args.keys.sort_unstable();
+    args.keys.dedup();
     let index = crate::open::writable(&args.dir)?;
     let mut writer = index.writer()?;
+    let mut deleted = 0;
     for &id in &args.ids {
         if !writer.delete(id)? {
             bail!(
@@ -294,10 +301,29 @@ fn delete(mut args: DeleteArgs) -> Result<Outcome> {
                 args.dir.display()
             );
         }
+        deleted += 1;
+    }
+    for key in &args.keys {
+        // A key whose items an --id above deleted already counts as found.
+        let ids = writer.delete_key(key)?;
+        if ids.is_empty() && !was_deleted_by_id(&index, key, &args.ids)? {
+            bail!(
+                "no item with key {:?} in {}; nothing deleted",
+                for_terminal(key),
+                args.dir.display()
+            );
+        }
+        deleted += ids.len();
     }
     writer.commit()?;
-    outln!("deleted {} codes; {} remain", args.ids.len(), index.len())?;
+    outln!("deleted {deleted} codes; {} remain", index.len())?;
     Ok(Outcome::Success)
+}
+
+/// Whether an item stored under `key` is among `ids` (all deleted by the same command).
+fn was_deleted_by_id(index: &Index, key: &str, ids: &[u64]) -> Result<bool> {
+    let stored = index.reader()?.ids_with_key(key)?;
+    Ok(stored.iter().any(|id| ids.binary_search(id).is_ok()))
 }
 
 fn upgrade(args: DirArgs) -> Result<Outcome> {
@@ -366,7 +392,7 @@ fn optimize(args: OptimizeArgs) -> Result<Outcome> {
 
 fn rehash(args: RehashArgs) -> Result<Outcome> {
     let head = HashHead::read(&args.head)?;
-    let mut index = crate::open::writable(&args.dir)?;
+    let index = crate::open::writable(&args.dir)?;
     let started = Instant::now();
     let report = index.rehash(head)?;
     compact_if_unread(&index)?;

@@ -9,10 +9,10 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use ndarray_npy::npy::header::{Header, Layout};
-use py_literal::Value as PyValue;
-
 use crate::Code;
+use header::{Header, Literal};
+
+mod header;
 
 /// The largest header read: numpy writes a few hundred bytes for any array of codes.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -131,22 +131,25 @@ impl<R: Read> CodesReader<R> {
             path: path.clone(),
             found,
         };
-        let is_u8 = matches!(&header.header.type_descriptor,
-            PyValue::String(descr) if matches!(descr.as_str(), "|u1" | "<u1" | ">u1" | "u1" | "=u1"));
+        let is_u8 = matches!(&header.header.descr,
+            Literal::Str(descr) if matches!(descr.as_str(), "|u1" | "<u1" | ">u1" | "u1" | "=u1"));
         if !is_u8 {
-            return Err(not_codes(format!(
-                "dtype {}",
-                header.header.type_descriptor
-            )));
+            return Err(not_codes(format!("dtype {}", header.header.descr)));
         }
-        let &[rows, width] = header.header.shape.as_slice() else {
-            return Err(not_codes(format!("shape {:?}", header.header.shape)));
+        let shape = &header.header.shape;
+        let (rows, width) = match shape.as_slice() {
+            &[rows, width] if rows >= 0 && width >= 0 => (rows, width),
+            _ => return Err(not_codes(format!("shape {shape:?}"))),
         };
         if !(1..=128).contains(&width) {
             return Err(not_codes(format!("{width} bytes per row")));
         }
+        let width = width as usize;
+        let Ok(rows) = u64::try_from(rows) else {
+            return Err(not_codes(format!("{rows} rows, more than a file can hold")));
+        };
         // Column-major bytes are the transpose, unless one side is 1 and the order is moot.
-        if matches!(header.header.layout, Layout::Fortran) && rows > 1 && width > 1 {
+        if header.header.fortran_order && rows > 1 && width > 1 {
             return Err(not_codes(
                 "a Fortran-ordered array; save numpy.ascontiguousarray(codes) instead".into(),
             ));
@@ -156,7 +159,7 @@ impl<R: Read> CodesReader<R> {
         if expected != u128::from(actual) {
             return Err(NpyError::LengthMismatch {
                 path,
-                rows: rows as u64,
+                rows,
                 width,
                 expected,
                 actual,
@@ -165,7 +168,7 @@ impl<R: Read> CodesReader<R> {
         Ok(CodesReader {
             path,
             reader,
-            rows: rows as u64,
+            rows,
             width,
             next_row: 0,
         })
@@ -276,19 +279,31 @@ pub fn read_array_header(
     let file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let header = read_header(&mut BufReader::new(file), len, path)?;
-    let descr = match &header.header.type_descriptor {
-        PyValue::String(descr) => descr.clone(),
+    let descr = match &header.header.descr {
+        Literal::Str(descr) => descr.clone(),
         other => other.to_string(),
     };
-    let expected = header
-        .header
-        .shape
+    let raw = &header.header.shape;
+    let shape: Vec<usize> = raw
         .iter()
-        .fold(item_bytes as u128, |bytes, &side| bytes * side as u128);
+        .map(|&side| usize::try_from(side))
+        .collect::<Result<_, _>>()
+        .map_err(|_| NpyError::NotNpy {
+            path: path.to_path_buf(),
+            detail: format!("shape {raw:?} has a negative or oversized dimension"),
+        })?;
+    // Saturating: a shape whose bytes overflow even u128 cannot match any file.
+    let expected = shape.iter().fold(item_bytes as u128, |bytes, &side| {
+        bytes.saturating_mul(side as u128)
+    });
     let actual = len.saturating_sub(header.bytes);
     if expected != u128::from(actual) {
-        let (rows, width) = match header.header.shape.split_first() {
-            Some((&rows, rest)) => (rows as u64, rest.iter().product::<usize>() * item_bytes),
+        let (rows, width) = match shape.split_first() {
+            Some((&rows, rest)) => (
+                rows as u64,
+                rest.iter()
+                    .fold(item_bytes, |bytes, &side| bytes.saturating_mul(side)),
+            ),
             None => (1, item_bytes),
         };
         return Err(NpyError::LengthMismatch {
@@ -301,8 +316,8 @@ pub fn read_array_header(
     }
     Ok(ArrayHeader {
         descr,
-        shape: header.header.shape.clone(),
-        fortran_order: matches!(header.header.layout, Layout::Fortran),
+        shape,
+        fortran_order: header.header.fortran_order,
         data_offset: header.bytes,
     })
 }
@@ -314,7 +329,7 @@ struct CheckedHeader {
 }
 
 /// Reads the header by hand up to its dict, so that the dict's length is checked against the file
-/// and [`MAX_HEADER_BYTES`] before a buffer for it is allocated; then lets `ndarray-npy` parse it.
+/// and [`MAX_HEADER_BYTES`] before a buffer for it is allocated; then parses it (`header.rs`).
 fn read_header(reader: &mut impl Read, len: u64, path: &Path) -> Result<CheckedHeader, NpyError> {
     let not_npy = |detail: String| NpyError::NotNpy {
         path: path.to_path_buf(),
@@ -375,7 +390,7 @@ fn read_header(reader: &mut impl Read, len: u64, path: &Path) -> Result<CheckedH
             "its header nests {brackets} brackets; a codes header has two"
         )));
     }
-    let header = Header::from_reader(&mut bytes.as_slice())
+    let header = header::parse(&bytes[prefix_len..])
         .map_err(|err| not_npy(format!("unreadable header: {err}")))?;
     Ok(CheckedHeader {
         header,
