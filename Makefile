@@ -8,7 +8,7 @@ FUZZ_TARGETS := decode_records open_damaged model_ops npy_codes
 BENCH := target/bench
 
 .PHONY: demo demo-codes setup setup-gpu model test lint unit test-deps fuzz fuzz-tools bench bench-compare \
-	python python-test python-milvus-env
+	python python-test python-milvus-env python-ray-env
 
 ## demo: sets up ONNX Runtime and the real InceptionV3, indexes real images (Fashion-MNIST, or
 ## your own with IMAGES=DIR), queries by image and writes an HTML page of the results.
@@ -147,8 +147,9 @@ $(PY_VENV)/.tools:
 	$(PY) -m pip install --quiet --disable-pip-version-check "maturin==1.16.0" "numpy>=1.21" pytest
 	touch $@
 
-python-test: python python-milvus-env
-	MILAN_REQUIRE_MILVUS=$$(test -f $(PY_VENV)/.milvus && echo 1) $(PY) -m pytest -q -rs python/tests
+python-test: python python-milvus-env python-ray-env
+	MILAN_REQUIRE_MILVUS=$$(test -f $(PY_VENV)/.milvus && echo 1) \
+	MILAN_REQUIRE_RAY=$$(test -f $(PY_VENV)/.ray && echo 1) $(PY) -m pytest -q -rs python/tests
 
 ## python-milvus-env: Milvus Lite and pymilvus, pinned, for the Milvus tests only (the package
 ## itself never needs them), installed once into the package's environment (a stamp; pip's
@@ -162,6 +163,18 @@ python-milvus-env: $(PY_VENV)/.milvus
 $(PY_VENV)/.milvus: $(PY_VENV)/.tools
 	@$(PY) -m pip install --quiet --disable-pip-version-check $(MILVUS_PINS) && touch $@ || \
 		echo "python-milvus-env: Milvus Lite could not be installed; the Milvus tests will skip"
+
+## python-ray-env: Ray Data, pinned, for the sharded ingest (`milan.ray`) and its tests only,
+## installed once into the package's environment (a stamp; pip's cache keeps the wheels): about
+## 240 MB of Ray and its data dependencies. A failed install is reported and leaves those tests to
+## skip, saying why; after a good one they must run.
+RAY_PINS := "ray[data]==2.60.0"
+
+python-ray-env: $(PY_VENV)/.ray
+
+$(PY_VENV)/.ray: $(PY_VENV)/.tools
+	@$(PY) -m pip install --quiet --disable-pip-version-check $(RAY_PINS) && touch $@ || \
+		echo "python-ray-env: Ray could not be installed; the Ray tests will skip"
 
 ## bench: the 1,000,000-code workload of docs/benchmarks.md (about two minutes).
 bench: $(MILAN)

@@ -26,6 +26,8 @@ mod keys;
 #[cfg(feature = "cli")]
 mod processes;
 #[cfg(feature = "cli")]
+mod shards;
+#[cfg(feature = "cli")]
 mod sync;
 #[cfg(feature = "cli")]
 mod training;

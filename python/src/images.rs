@@ -240,6 +240,139 @@ impl PyExtractor {
         let features = watch.finish(result.map_err(PyErr::from))?;
         Ok(features.to_pyarray(py))
     }
+
+    /// Every readable file's feature vector and content hash, and every other file with why:
+    /// a ``dict`` with ``rows`` (``int64``, the positions in ``paths`` that were coded, in
+    /// order), ``features`` (``float32``, one row per coded file), ``content_hashes``
+    /// (``uint8`` ``(n, 32)``, the BLAKE3 of each coded file, as an index stores it) and
+    /// ``failed`` (a list of ``{"path", "reason", "detail"}``, as ``Index.add_images`` reports
+    /// them). Files are read and decoded as :meth:`features` reads them; none stops the call.
+    #[pyo3(signature = (paths, batch_size=16, lenient=false, progress=None))]
+    fn extract<'py>(
+        &self,
+        py: Python<'py>,
+        paths: &Bound<'py, PyAny>,
+        batch_size: i64,
+        lenient: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let paths = read_paths(paths, "paths")?;
+        let batch_size = positive(batch_size, "batch_size")?;
+        let watch = Watch::new(progress);
+        let result = py.detach(|| {
+            let mut extractor = self.lock();
+            extract_each(&mut extractor, &paths, batch_size, lenient, &watch)
+        });
+        let found = watch.finish(result.map_err(PyErr::from))?;
+        let out = PyDict::new(py);
+        out.set_item("rows", numpy::PyArray1::from_vec(py, found.rows))?;
+        out.set_item("features", found.features.to_pyarray(py))?;
+        out.set_item("content_hashes", found.hashes.to_pyarray(py))?;
+        let failed = pyo3::types::PyList::empty(py);
+        for file in found.failed {
+            let entry = PyDict::new(py);
+            entry.set_item("path", file.path.to_string_lossy())?;
+            entry.set_item("reason", file.reason)?;
+            entry.set_item("detail", file.detail)?;
+            failed.append(entry)?;
+        }
+        out.set_item("failed", failed)?;
+        Ok(out)
+    }
+}
+
+/// What [`extract_each`] found.
+struct Found {
+    rows: Vec<i64>,
+    features: Array2<f32>,
+    hashes: Array2<u8>,
+    failed: Vec<milan::ingest::FailedFile>,
+}
+
+/// The features and content hashes of every readable file in `paths`, and the others with why.
+fn extract_each(
+    extractor: &mut Extractor,
+    paths: &[PathBuf],
+    batch_size: usize,
+    lenient: bool,
+    watch: &Watch,
+) -> Result<Found, Fail> {
+    let dim = extractor.contract().dim as usize;
+    let (mut rows, mut features, mut hashes, mut failed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut done = 0;
+    let mut stopped = false;
+    extract_files(
+        extractor,
+        paths,
+        batch_size,
+        &HashSet::new(),
+        &ReadOptions { lenient },
+        &watch.cancel,
+        |batch| {
+            for extracted in batch {
+                match extracted.outcome {
+                    FileOutcome::Features {
+                        features: row,
+                        content_hash,
+                    } => {
+                        rows.push(extracted.position as i64);
+                        features.extend_from_slice(&row);
+                        hashes.extend_from_slice(&content_hash);
+                    }
+                    FileOutcome::Failed(reason) => {
+                        failed.push(milan::ingest::FailedFile::new(extracted.path, &reason))
+                    }
+                    // Nothing is known: every file is decoded.
+                    FileOutcome::Known { .. } => unreachable!("no known hashes were given"),
+                }
+                done += 1;
+            }
+            if !watch.tick(counts(done, paths.len())) {
+                stopped = true;
+            }
+            Ok(())
+        },
+    )?;
+    if stopped || done < paths.len() {
+        return Err(Fail::new(Kind::Milan, "stopped before the end"));
+    }
+    let n = rows.len();
+    Ok(Found {
+        rows,
+        features: Array2::from_shape_vec((n, dim), features)
+            .map_err(|err| Fail::new(Kind::Milan, err.to_string()))?,
+        hashes: Array2::from_shape_vec((n, 32), hashes)
+            .map_err(|err| Fail::new(Kind::Milan, err.to_string()))?,
+        failed,
+    })
+}
+
+/// ``content_hash(data)``: the BLAKE3 of ``bytes``, or of a file's content when given a path
+/// (``str`` or ``os.PathLike``): what an index stores as an image's content hash.
+#[pyfunction]
+#[pyo3(name = "content_hash")]
+pub fn py_content_hash(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(bytes) = data.cast::<pyo3::types::PyBytes>() {
+        return Ok(blake3::hash(bytes.as_bytes()).as_bytes().to_vec());
+    }
+    let path: PathBuf = data.extract().map_err(|_| {
+        Fail::type_(format!(
+            "content_hash takes bytes or a path (str or os.PathLike); got {}",
+            data.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    let hashed = py.detach(|| -> std::io::Result<[u8; 32]> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(std::fs::File::open(&path)?)?;
+        Ok(*hasher.finalize().as_bytes())
+    });
+    hashed.map(|hash| hash.to_vec()).map_err(|err| {
+        pyo3::exceptions::PyOSError::new_err(format!("{}: cannot read ({err})", path.display()))
+    })
 }
 
 /// A count that must be at least 1.

@@ -915,6 +915,7 @@ fn _milan(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(training::py_train, m)?)?;
     m.add_function(wrap_pyfunction!(training::py_evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(training::py_split, m)?)?;
+    m.add_function(wrap_pyfunction!(images::py_content_hash, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -243,6 +243,85 @@ impl<R: Read> CodesReader<R> {
     }
 }
 
+/// The header of an `.npy` file of any array, checked as [`CodesReader`] checks its own: the
+/// header's length against the file and [`MAX_HEADER_BYTES`], then the data's length against
+/// the shape, so that a caller can read the data knowing its size.
+#[derive(Debug, Clone)]
+pub struct ArrayHeader {
+    /// The numpy type descriptor, such as `<f4` or `|u1`.
+    pub descr: String,
+    /// The shape.
+    pub shape: Vec<usize>,
+    /// Whether the data is in column-major (Fortran) order.
+    pub fortran_order: bool,
+    /// Where the data starts: the header's length in bytes.
+    pub data_offset: u64,
+}
+
+/// Reads and checks the header of the `.npy` file at `path`, whose elements are `item_bytes`
+/// wide: only a regular file is opened, and the bytes after the header must be exactly what
+/// the shape needs.
+pub fn read_array_header(
+    path: impl AsRef<Path>,
+    item_bytes: usize,
+) -> Result<ArrayHeader, NpyError> {
+    let path = path.as_ref();
+    let io = |source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(NpyError::NotNpy {
+            path: path.to_path_buf(),
+            detail: "not a regular file".into(),
+        });
+    }
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let header = read_header(&mut BufReader::new(file), len, path)?;
+    let descr = match &header.header.descr {
+        Literal::Str(descr) => descr.clone(),
+        other => other.to_string(),
+    };
+    let raw = &header.header.shape;
+    let shape: Vec<usize> = raw
+        .iter()
+        .map(|&side| usize::try_from(side))
+        .collect::<Result<_, _>>()
+        .map_err(|_| NpyError::NotNpy {
+            path: path.to_path_buf(),
+            detail: format!("shape {raw:?} has a negative or oversized dimension"),
+        })?;
+    // Saturating: a shape whose bytes overflow even u128 cannot match any file.
+    let expected = shape.iter().fold(item_bytes as u128, |bytes, &side| {
+        bytes.saturating_mul(side as u128)
+    });
+    let actual = len.saturating_sub(header.bytes);
+    if expected != u128::from(actual) {
+        let (rows, width) = match shape.split_first() {
+            Some((&rows, rest)) => (
+                rows as u64,
+                rest.iter()
+                    .fold(item_bytes, |bytes, &side| bytes.saturating_mul(side)),
+            ),
+            None => (1, item_bytes),
+        };
+        return Err(NpyError::LengthMismatch {
+            path: path.to_path_buf(),
+            rows,
+            width,
+            expected,
+            actual,
+        });
+    }
+    Ok(ArrayHeader {
+        descr,
+        shape,
+        fortran_order: header.header.fortran_order,
+        data_offset: header.bytes,
+    })
+}
+
 /// A parsed header and its length in bytes (magic, version, length field and dict).
 struct CheckedHeader {
     header: Header,

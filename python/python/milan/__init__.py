@@ -53,7 +53,7 @@ from ._errors import (
     StorageError,
     UnknownIdError,
 )
-from ._milan import Extractor, Head, Index, __version__, evaluate, split, train
+from ._milan import Extractor, Head, Index, __version__, content_hash, evaluate, split, train
 
 __all__ = [
     "Index",
@@ -62,6 +62,7 @@ __all__ = [
     "train",
     "evaluate",
     "split",
+    "content_hash",
     "MilanError",
     "NotAnIndexError",
     "IndexExistsError",

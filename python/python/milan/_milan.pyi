@@ -266,6 +266,15 @@ class Extractor:
     ) -> npt.NDArray[np.float32]:
         """The feature vectors of image files, ``(len(paths), dim)``; ``ImageError`` names
         the first file that cannot be read."""
+    def extract(
+        self,
+        paths: _Paths,
+        batch_size: int = 16,
+        lenient: bool = False,
+        progress: Optional[Callable[[int, int], Any]] = None,
+    ) -> Dict[str, Any]:
+        """Every readable file's features and content hash (``rows``, ``features``,
+        ``content_hashes``) and every other file with why (``failed``)."""
 
 @final
 class Head:
@@ -310,6 +319,9 @@ class Head:
         """How the head was made."""
     def codes(self, features: _Features) -> npt.NDArray[np.uint8]:
         """The codes of feature vectors, ``uint8`` of shape ``(n, bits // 8)``, packbits order."""
+
+def content_hash(data: Union[bytes, _Path]) -> bytes:
+    """BLAKE3 of bytes, or of a file's content: what an index stores as content hash."""
 
 def train(
     features: _Features,

@@ -246,7 +246,7 @@ fn source_hash(codes: &Path, keys: Option<&Path>) -> Result<[u8; 32]> {
 
 /// Keys read one line at a time, each line bounded, so that a file without line breaks cannot
 /// make a key of unbounded size.
-struct KeyLines {
+pub(crate) struct KeyLines {
     path: PathBuf,
     reader: BufReader<File>,
     line: Vec<u8>,
@@ -254,7 +254,7 @@ struct KeyLines {
 }
 
 impl KeyLines {
-    fn open(path: &Path) -> Result<Self> {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
         let metadata =
             std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
         if !metadata.is_file() {
@@ -270,7 +270,7 @@ impl KeyLines {
     }
 
     /// The next line's key (`Some(None)` for an empty line), or `None` at the end of the file.
-    fn next_key(&mut self) -> Result<Option<Option<String>>> {
+    pub(crate) fn next_key(&mut self) -> Result<Option<Option<String>>> {
         self.line.clear();
         let read = (&mut self.reader)
             .take(MAX_KEY_LINE as u64 + 1)

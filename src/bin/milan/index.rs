@@ -26,6 +26,9 @@ pub enum IndexCommand {
     Add(AddArgs),
     /// Add codes from a numpy file (uint8 [n, bits/8], numpy.packbits order), with optional keys.
     Import(ImportArgs),
+    /// Merge the shards of a sharded ingest (`python -m milan.ray ingest`) into an image index
+    /// created with the same model and head; shards imported before are skipped.
+    ImportShards(crate::shards::ImportShardsArgs),
     /// Write every live code (and key) out, in id order; `import` reads the result back.
     Export(ExportArgs),
     /// Show the index's layout, size and versions.
@@ -136,6 +139,7 @@ pub fn run(command: IndexCommand) -> Result<Outcome> {
         IndexCommand::Create(args) => create(args),
         IndexCommand::Add(args) => crate::add::run(args),
         IndexCommand::Import(args) => crate::import::run(args),
+        IndexCommand::ImportShards(args) => crate::shards::run(args),
         IndexCommand::Export(args) => export(args),
         IndexCommand::Info(args) => info(args),
         IndexCommand::Check(args) => check(args),

@@ -26,6 +26,7 @@ mod open;
 mod outputs;
 mod progress;
 mod query;
+mod shards;
 mod split_args;
 mod sync;
 mod train;
