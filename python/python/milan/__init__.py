@@ -53,10 +53,11 @@ from ._errors import (
     StorageError,
     UnknownIdError,
 )
-from ._milan import Extractor, Head, Index, __version__, evaluate, split, train
+from ._milan import Extractor, Head, Index, Snapshot, __version__, evaluate, split, train
 
 __all__ = [
     "Index",
+    "Snapshot",
     "Extractor",
     "Head",
     "train",
