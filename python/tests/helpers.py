@@ -69,6 +69,7 @@ def check_range_layout(lims, ids, distances, nq):
 
 # --- images, models and the command line, for the image and training tests ---
 
+import functools
 import os
 import shutil
 import struct
@@ -130,19 +131,21 @@ def write_image_set(root, rng, per_class: int = 6):
     return files
 
 
+@functools.lru_cache(maxsize=None)
 def milan_cli() -> Path:
-    """The command-line binary: MILAN_CLI, else target/release/milan or target/debug/milan,
-    whichever is newer, else a debug build made now."""
+    """The command-line binary of this checkout: MILAN_CLI when set, else the build that
+    `cargo test` makes (the `test` profile, in target/debug), brought up to date first, so that
+    a stale binary never stands in for the code under test (after `cargo test`, a no-op)."""
     if os.environ.get("MILAN_CLI"):
         return Path(os.environ["MILAN_CLI"])
-    built = [ROOT / "target" / kind / "milan" for kind in ("release", "debug")]
-    built = [path for path in built if path.is_file()]
-    if built:
-        return max(built, key=lambda path: path.stat().st_mtime)
     cargo = shutil.which("cargo")
     if cargo is None:
-        raise RuntimeError("no milan binary under target/ and no cargo to build one (set MILAN_CLI)")
-    subprocess.run([cargo, "build", "--locked", "--bin", "milan"], cwd=ROOT, check=True)
+        raise RuntimeError("no cargo to build the milan binary with (set MILAN_CLI)")
+    subprocess.run(
+        [cargo, "build", "--locked", "--quiet", "--profile", "test", "--bin", "milan"],
+        cwd=ROOT,
+        check=True,
+    )
     return ROOT / "target" / "debug" / "milan"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 
 import milan
-from helpers import check_range_layout, clustered_codes, u64_to_u8
+from helpers import check_range_layout, clustered_codes, milan_cli, u64_to_u8
 
 MILVUS_LITE_VERSION = "2.5.1"
 
@@ -307,15 +306,10 @@ def test_export_replaces_only_when_asked_and_refuses_foreign_collections(tmp_pat
 
 
 def _milan_binary():
-    """The milan command line: $MILAN_BIN, or the one `cargo test` or `cargo build` built."""
+    """The milan command line: $MILAN_BIN, or this checkout's (see helpers.milan_cli)."""
     if os.environ.get("MILAN_BIN"):
         return Path(os.environ["MILAN_BIN"])
-    root = Path(__file__).resolve().parents[2]
-    for profile in ("debug", "release"):
-        path = root / "target" / profile / "milan"
-        if path.is_file():
-            return path
-    return shutil.which("milan")
+    return milan_cli()
 
 
 def _run(args, **kwargs):

@@ -53,10 +53,21 @@ from ._errors import (
     StorageError,
     UnknownIdError,
 )
-from ._milan import Extractor, Head, Index, __version__, content_hash, evaluate, split, train
+from ._milan import (
+    Extractor,
+    Head,
+    Index,
+    Snapshot,
+    __version__,
+    content_hash,
+    evaluate,
+    split,
+    train,
+)
 
 __all__ = [
     "Index",
+    "Snapshot",
     "Extractor",
     "Head",
     "train",

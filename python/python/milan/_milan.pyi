@@ -168,6 +168,9 @@ class Index:
     ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
         """The ``k`` nearest codes to each query: ``(ids, distances)`` of shape ``(nq, k)``,
         padded with ``-1``."""
+    def snapshot(self) -> Snapshot:
+        """The index as of its last commit, held for many searches without a fresh read of the
+        last commit per call; close it when done."""
     def range_search(
         self, codes: _Codes, radius: int
     ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int32]]:
@@ -213,6 +216,27 @@ class Index:
         """Facts about the index, as of the last commit."""
     def check(self) -> _CheckReport:
         """Checks every invariant of the stored index."""
+
+@final
+class Snapshot:
+    """The index as of one commit, for many searches (``Index.snapshot()``)."""
+
+    @property
+    def bits(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def __len__(self) -> int: ...
+    def __enter__(self) -> Snapshot: ...
+    def __exit__(self, *exc: object) -> bool: ...
+    def close(self) -> None: ...
+    def search(
+        self, codes: _Codes, k: int = 20
+    ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+        """As ``Index.search``, from the snapshot's commit."""
+    def range_search(
+        self, codes: _Codes, radius: int
+    ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+        """As ``Index.range_search``, from the snapshot's commit."""
 
 @final
 class Extractor:
