@@ -46,6 +46,6 @@ def test_a_snapshot_checks_its_arguments_as_the_index_does(tmp_path):
             snapshot.range_search(np.arange(2, dtype=np.uint64), -1)
         with pytest.raises(milan.InvalidArgumentError):
             snapshot.range_search(np.arange(2, dtype=np.uint64), 65)
-        with pytest.raises(TypeError):
+        with pytest.raises(milan.InvalidArgumentError, match="shape"):
             snapshot.search(np.zeros((2, 4), dtype=np.uint8))
         snapshot.close()
