@@ -601,3 +601,54 @@ fn a_head_that_cannot_code_a_contract_says_why_in_fields() {
     );
     assert!(err.to_string().contains("8-dimensional"), "{err}");
 }
+
+#[test]
+#[cfg(feature = "images")]
+fn a_handle_tells_when_another_re_coded_the_index_with_another_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("images");
+    let old_head = HashHead::lsh(16, 4, 1, None, None).unwrap();
+    let index = Index::builder(16)
+        .images(fake_contract(4), old_head.clone())
+        .create(&dir)
+        .unwrap();
+    let mut writer = index.writer().unwrap();
+    for i in 0..5 {
+        let features = vec![i as f32, 1.0, -1.0, 0.5];
+        let code = old_head
+            .codes(
+                ndarray::Array2::from_shape_vec((1, 4), features.clone())
+                    .unwrap()
+                    .view(),
+            )
+            .unwrap()
+            .remove(0);
+        writer
+            .add_with_features(&code, Item::default(), features)
+            .unwrap();
+    }
+    writer.commit().unwrap();
+    assert!(index.check_head_current().is_ok());
+
+    // Another handle (as another process would) re-codes the index with a new head.
+    let other = Index::open(&dir).unwrap();
+    other
+        .rehash(HashHead::lsh(16, 4, 2, None, None).unwrap())
+        .unwrap();
+    drop(other);
+
+    // This handle's head is the old one: it finds out under its next writer, before a commit.
+    let writer = index.writer().unwrap();
+    let err = index.check_head_current().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Extract(ExtractError::Mismatch {
+                reason: milan::Mismatch::HeadReplaced,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    drop(writer);
+}

@@ -803,10 +803,15 @@ impl Index {
         Ok(view)
     }
 
-    /// Refuses to code images with this handle's head once another process replaced it (which
-    /// catching up with the last commit finds out).
+    /// Checks that this handle's head ([`Index::head`]) is still the index's: fails with
+    /// [`ExtractError::Mismatch`] ([`Mismatch::HeadReplaced`]) once another process re-coded the
+    /// index with another head, which catching up with the last commit finds out. Codes made
+    /// with the old head must not be added then: a program that adds codes it made itself
+    /// checks this with its [`Writer`] open (a rehash waits for the writer's turn, so the head
+    /// cannot change before that writer's commit). Image adds through [`crate::ingest`] check it
+    /// themselves.
     #[cfg(feature = "images")]
-    pub(crate) fn check_head_current(&self) -> Result<()> {
+    pub fn check_head_current(&self) -> Result<()> {
         if self.head().is_some() {
             self.latest_commit()?;
         }

@@ -711,6 +711,9 @@ fn import_shard(
         let chunk = reader.read(batch.min(rows - committed) as usize)?;
         let done = committed + chunk.len() as u64;
         let mut writer = index.writer()?;
+        // The shards' codes are the manifest's head's: checked at the start, and again under
+        // each writer, since another process may have re-coded the index in between.
+        index.check_head_current()?;
         let now = writer.import_progress(&shard.source)?.map(|p| p.committed);
         if now != expected {
             bail!(
