@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
 
-use milan::extract::pipeline::{extract_files, FileOutcome};
+use milan::extract::pipeline::{extract_files, Extracted, FileOutcome};
 use milan::extract::{Device, Extractor, ExtractorOptions, ReadOptions};
 use milan::ingest::{add_images, check_extractor, keeps_features, key_path, IngestOptions};
 use milan::ExtractError;
@@ -300,6 +300,46 @@ fn extract_each(
     let dim = extractor.contract().dim as usize;
     let (mut rows, mut features, mut hashes, mut failed) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    each_file(extractor, paths, batch_size, lenient, watch, |extracted| {
+        match extracted.outcome {
+            FileOutcome::Features {
+                features: row,
+                content_hash,
+            } => {
+                rows.push(extracted.position as i64);
+                features.extend_from_slice(&row);
+                hashes.extend_from_slice(&content_hash);
+            }
+            FileOutcome::Failed(reason) => {
+                failed.push(milan::ingest::FailedFile::new(extracted.path, &reason))
+            }
+            // Nothing is known: every file is decoded.
+            FileOutcome::Known { .. } => unreachable!("no known hashes were given"),
+        }
+        Ok(())
+    })?;
+    let n = rows.len();
+    Ok(Found {
+        rows,
+        features: Array2::from_shape_vec((n, dim), features)
+            .map_err(|err| Fail::new(Kind::Milan, err.to_string()))?,
+        hashes: Array2::from_shape_vec((n, 32), hashes)
+            .map_err(|err| Fail::new(Kind::Milan, err.to_string()))?,
+        failed,
+    })
+}
+
+/// Runs every file of `paths` through the crate's batch pipeline and hands each outcome to
+/// `each`, in batches, ticking `watch` after each batch; fails when `watch` stopped the run
+/// (its exception is raised by `finish`) or `each` failed.
+fn each_file(
+    extractor: &mut Extractor,
+    paths: &[PathBuf],
+    batch_size: usize,
+    lenient: bool,
+    watch: &Watch,
+    mut each: impl FnMut(Extracted) -> milan::Result<()>,
+) -> Result<(), Fail> {
     let mut done = 0;
     let mut stopped = false;
     extract_files(
@@ -311,21 +351,7 @@ fn extract_each(
         &watch.cancel,
         |batch| {
             for extracted in batch {
-                match extracted.outcome {
-                    FileOutcome::Features {
-                        features: row,
-                        content_hash,
-                    } => {
-                        rows.push(extracted.position as i64);
-                        features.extend_from_slice(&row);
-                        hashes.extend_from_slice(&content_hash);
-                    }
-                    FileOutcome::Failed(reason) => {
-                        failed.push(milan::ingest::FailedFile::new(extracted.path, &reason))
-                    }
-                    // Nothing is known: every file is decoded.
-                    FileOutcome::Known { .. } => unreachable!("no known hashes were given"),
-                }
+                each(extracted)?;
                 done += 1;
             }
             if !watch.tick(counts(done, paths.len())) {
@@ -335,17 +361,10 @@ fn extract_each(
         },
     )?;
     if stopped || done < paths.len() {
+        // The watch holds the exception that stopped the run; finish() raises it.
         return Err(Fail::new(Kind::Milan, "stopped before the end"));
     }
-    let n = rows.len();
-    Ok(Found {
-        rows,
-        features: Array2::from_shape_vec((n, dim), features)
-            .map_err(|err| Fail::new(Kind::Milan, err.to_string()))?,
-        hashes: Array2::from_shape_vec((n, 32), hashes)
-            .map_err(|err| Fail::new(Kind::Milan, err.to_string()))?,
-        failed,
-    })
+    Ok(())
 }
 
 /// ``content_hash(data)``: the BLAKE3 of ``bytes``, or of a file's content when given a path
@@ -407,42 +426,22 @@ pub fn features_of(
 ) -> Result<Array2<f32>, Fail> {
     let dim = extractor.contract().dim as usize;
     let mut features = Array2::<f32>::zeros((paths.len(), dim));
-    let mut done = 0;
-    let mut stopped = false;
-    extract_files(
-        extractor,
-        paths,
-        batch_size,
-        &HashSet::new(),
-        &ReadOptions { lenient },
-        &watch.cancel,
-        |batch| {
-            for extracted in batch {
-                match extracted.outcome {
-                    FileOutcome::Features { features: row, .. } => features
-                        .row_mut(extracted.position)
-                        .assign(&numpy::ndarray::ArrayView1::from(&row)),
-                    FileOutcome::Failed(reason) => {
-                        return Err(Error::Extract(ExtractError::Image {
-                            path: extracted.path,
-                            reason,
-                        }))
-                    }
-                    // Nothing is known: every file is decoded.
-                    FileOutcome::Known { .. } => unreachable!("no known hashes were given"),
-                }
-                done += 1;
+    each_file(extractor, paths, batch_size, lenient, watch, |extracted| {
+        match extracted.outcome {
+            FileOutcome::Features { features: row, .. } => features
+                .row_mut(extracted.position)
+                .assign(&numpy::ndarray::ArrayView1::from(&row)),
+            FileOutcome::Failed(reason) => {
+                return Err(Error::Extract(ExtractError::Image {
+                    path: extracted.path,
+                    reason,
+                }))
             }
-            if !watch.tick(counts(done, paths.len())) {
-                stopped = true;
-            }
-            Ok(())
-        },
-    )?;
-    if stopped || done < paths.len() {
-        // The watch holds the exception that stopped the run; finish() raises it.
-        return Err(Fail::new(Kind::Milan, "stopped before the end"));
-    }
+            // Nothing is known: every file is decoded.
+            FileOutcome::Known { .. } => unreachable!("no known hashes were given"),
+        }
+        Ok(())
+    })?;
     Ok(features)
 }
 
