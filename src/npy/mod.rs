@@ -100,23 +100,29 @@ pub struct CodesReader<R> {
     next_row: u64,
 }
 
+/// Opens `path` and returns it with its length. Only a regular file is opened, so that a FIFO
+/// or a device named by mistake fails at once instead of blocking or reading without end.
+fn open_regular(path: &Path) -> Result<(File, u64), NpyError> {
+    let io = |source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(NpyError::NotNpy {
+            path: path.to_path_buf(),
+            detail: "not a regular file".into(),
+        });
+    }
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    Ok((file, len))
+}
+
 impl CodesReader<BufReader<File>> {
-    /// Opens `path` and checks its header. Only a regular file is opened, so that a FIFO or a
-    /// device named by mistake fails at once instead of blocking or reading without end.
+    /// Opens `path` (a regular file only) and checks its header.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, NpyError> {
         let path = path.as_ref();
-        let io = |source| NpyError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if !std::fs::metadata(path).map_err(io)?.is_file() {
-            return Err(NpyError::NotNpy {
-                path: path.to_path_buf(),
-                detail: "not a regular file".into(),
-            });
-        }
-        let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let (file, len) = open_regular(path)?;
         Self::new(BufReader::new(file), len, path)
     }
 }
@@ -266,18 +272,7 @@ pub fn read_array_header(
     item_bytes: usize,
 ) -> Result<ArrayHeader, NpyError> {
     let path = path.as_ref();
-    let io = |source| NpyError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if !std::fs::metadata(path).map_err(io)?.is_file() {
-        return Err(NpyError::NotNpy {
-            path: path.to_path_buf(),
-            detail: "not a regular file".into(),
-        });
-    }
-    let file = File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
+    let (file, len) = open_regular(path)?;
     let header = read_header(&mut BufReader::new(file), len, path)?;
     let descr = match &header.header.descr {
         Literal::Str(descr) => descr.clone(),
