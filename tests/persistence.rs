@@ -372,6 +372,21 @@ fn read_only_then_upgraded(dir: &Path, version: u32, imports: &[ImportProgress])
     live
 }
 
+/// Opens the upgraded copy of the fixture of `version` in `dir` both ways: it is upgraded
+/// already, and answers with the fixture's codes and keys.
+fn reopens_upgraded(dir: &Path, version: u32) {
+    for writable in [false, true] {
+        let index = if writable {
+            Index::open(dir).unwrap()
+        } else {
+            Index::open_read_only(dir).unwrap()
+        };
+        assert_eq!(index.upgraded_from(), None);
+        assert_fixture_contents(&index, version);
+        assert_fixture_keys(&index, version);
+    }
+}
+
 fn assert_imports(index: &Index, imports: &[ImportProgress]) {
     for progress in imports {
         assert_eq!(
@@ -478,15 +493,7 @@ fn golden_index_of_format_version_3_opens_and_answers() {
         (upgraded.record, upgraded.items),
         (layout.record, layout.items)
     );
-    for writable in [false, true] {
-        let index = if writable {
-            Index::open(copy.path()).unwrap()
-        } else {
-            Index::open_read_only(copy.path()).unwrap()
-        };
-        assert_eq!(index.upgraded_from(), None);
-        assert_fixture_contents(&index, 3);
-    }
+    reopens_upgraded(copy.path(), 3);
 }
 
 /// The stored layout of the version-4 fixture and its successors: the version-3 fixture's
@@ -541,16 +548,7 @@ fn golden_index_of_format_version_4_opens_and_answers() {
         (upgraded.record, upgraded.items),
         (layout.record, layout.items)
     );
-    for writable in [false, true] {
-        let index = if writable {
-            Index::open(copy.path()).unwrap()
-        } else {
-            Index::open_read_only(copy.path()).unwrap()
-        };
-        assert_eq!(index.upgraded_from(), None);
-        assert_fixture_contents(&index, 4);
-        assert_fixture_keys(&index, 4);
-    }
+    reopens_upgraded(copy.path(), 4);
 }
 
 #[test]
