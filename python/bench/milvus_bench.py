@@ -33,24 +33,7 @@ import numpy as np
 
 import milan
 import milan.milvus as mv
-
-
-def draw(rng, n, centres, flip):
-    """n 64-bit codes as uint8 [n, 8] around the given centres, each bit flipped with
-    probability `flip` (the distribution of `milan bench generate`)."""
-    which = rng.integers(0, len(centres), size=n)
-    noise = np.packbits(rng.random((n, 64)) < flip, axis=1)
-    return centres[which] ^ noise
-
-
-def best_of(runs, call):
-    """The shortest of `runs` timed calls, in seconds, and the last answer."""
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        answer = call()
-        times.append(time.perf_counter() - started)
-    return min(times), answer
+from search_bench import best_of, draw
 
 
 def per_query(queries, call):
