@@ -10,11 +10,10 @@
 //! with [`Code::as_bytes`], [`Code::to_hex`] (also `Display`) and `u64::try_from(&code)` for a
 //! 64-bit code.
 
-use crate::error::CodeError;
 use bitvec::prelude::{BitSlice, Msb0};
 use milan_index_format::{MAX_BITS, MIN_BITS};
 
-use crate::error::{Error, Result};
+use crate::error::{CodeError, Error, Result};
 
 /// A binary hash code of `bits()` bits.
 ///

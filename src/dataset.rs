@@ -18,13 +18,12 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::error::{OpenError, TrainError};
 use milan_index_format::DATABASE_FILE;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::{ExtractorContract, UnknownName};
-use crate::error::{Error, Result};
+use crate::error::{Error, OpenError, Result, TrainError};
 use crate::eval::{split_from_lists, split_per_class, Split};
 use crate::head::ExtractorBinding;
 use crate::index::Index;

@@ -9,7 +9,6 @@
 //! unless [`IngestOptions::lenient`]; a path that is not valid UTF-8 is skipped, since its key
 //! could not name the file again. Keys are the paths exactly as given, as UTF-8.
 
-use crate::error::ExtractError;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -19,7 +18,7 @@ use ndarray::ArrayView2;
 
 use crate::code::Code;
 use crate::contract::ExtractorContract;
-use crate::error::{Error, Mismatch, Result};
+use crate::error::{Error, ExtractError, Mismatch, Result};
 use crate::extract::pipeline::{extract_files, FileOutcome};
 use crate::extract::ReadOptions;
 use crate::extract::{read_image, Extractor, SkipReason};

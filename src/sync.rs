@@ -30,7 +30,6 @@
 //! code, in the batches of the coding pipeline. An interrupted sync therefore leaves whole
 //! commits, and a new plan made afterwards finishes the job.
 
-use crate::error::ExtractError;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,7 +37,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Mismatch, Result};
+use crate::error::{Error, ExtractError, Mismatch, Result};
 use crate::extract::image::hash_file;
 use crate::extract::{Extractor, SkipReason};
 use crate::index::{Index, Item, Reader, Writer};

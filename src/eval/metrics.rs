@@ -1,12 +1,11 @@
 //! Retrieval metrics on packed binary codes (Hamming ranking) and on float features (Euclidean).
 
-use crate::error::{CodeError, SearchError, TrainError};
 use ndarray::{Array1, ArrayView2, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::code::Code;
-use crate::error::{Error, Result};
+use crate::error::{CodeError, Error, Result, SearchError, TrainError};
 use crate::head::HashHead;
 
 /// Codes packed in `u64` words for fast Hamming distances.

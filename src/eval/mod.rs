@@ -10,7 +10,6 @@
 mod metrics;
 mod split;
 
-use crate::error::{ExtractError, TrainError};
 use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +20,7 @@ pub use split::{split_from_lists, split_per_class, Split};
 
 pub(crate) use metrics::first_non_finite;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ExtractError, Result, TrainError};
 use crate::head::HashHead;
 
 /// Settings of [`evaluate`].

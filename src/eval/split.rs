@@ -1,13 +1,12 @@
 //! Train/test splits per class, as the MiLaN papers make them.
 
-use crate::error::TrainError;
 use std::collections::HashMap;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TrainError};
 
 /// Row numbers of the training and test items, each list ascending (data-set order).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,13 +10,12 @@
 //! absolute against the current directory before it is checked, and the file checked is the file
 //! loaded.
 
-use crate::error::{ExtractError, ExtractorSetting};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ExtractError, ExtractorSetting, Result};
 
 /// File name of the library on this platform.
 #[cfg(target_os = "macos")]

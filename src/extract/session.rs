@@ -5,7 +5,6 @@
 //! converters), overridden by explicit options; what neither gives is inferred from the model's
 //! input and output shapes where that is unambiguous, and otherwise asked for by name.
 
-use crate::error::{ExtractError, ExtractorSetting};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -17,7 +16,7 @@ use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
 use ort::value::TensorRef;
 
 use super::runtime;
-use crate::error::{Error, Result};
+use crate::error::{Error, ExtractError, ExtractorSetting, Result};
 
 /// Which device runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

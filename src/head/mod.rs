@@ -10,7 +10,6 @@
 
 use std::path::Path;
 
-use crate::error::ExtractError;
 use milan_index_format::HeadFile;
 #[cfg(feature = "images")]
 use milan_index_format::{DenseLayer, HEAD_MAGIC, HEAD_VERSION};
@@ -26,7 +25,7 @@ use rand_distr::{Distribution, StandardNormal};
 #[cfg(feature = "images")]
 use crate::code::Code;
 use crate::contract::ExtractorContract;
-use crate::error::{Error, Result};
+use crate::error::{Error, ExtractError, Result};
 
 /// Room a head file needs besides its weights: its header, provenance and length prefixes.
 #[cfg(feature = "images")]

@@ -28,7 +28,6 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use crate::error::{ExtractError, Mismatch, OpenError, WriteError};
 use milan_index_format::{
     CodeLayout, CommitRecord, MetaRecord, DATABASE_FILE, FORMAT_VERSION, KEYS_VERSION, MAGIC,
     MAX_LOGGED_DELETES,
@@ -40,7 +39,7 @@ pub use rehash::RehashReport;
 pub use writer::{ImportProgress, Item, Upserted, Writer, MAX_ITEM_BYTES};
 
 use crate::contract::ExtractorContract;
-use crate::error::{Error, Result};
+use crate::error::{Error, ExtractError, Mismatch, OpenError, Result, WriteError};
 use crate::head::HashHead;
 use crate::mih::layout::WordLayout;
 use crate::mih::View;

@@ -1,7 +1,6 @@
 //! [`Reader`]: a consistent snapshot of an index, the search builders [`Search`] and
 //! [`BatchSearch`] it hands out, and the self-join [`Reader::pairs_within`].
 
-use crate::error::{CodeError, SearchError};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -9,7 +8,7 @@ use rayon::prelude::*;
 
 use super::writer::Item;
 use crate::code::{words_to_bytes, Code};
-use crate::error::{Error, Result};
+use crate::error::{CodeError, Error, Result, SearchError};
 use crate::mih::join::{Join, JoinPlan};
 use crate::mih::search::{Packed, Strategy, TooCostly};
 use crate::mih::View;

@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 
-use crate::error::{ExtractError, Mismatch, WriteError};
 use milan_index_format::CodeLayout;
 use ndarray::Array2;
 
 use super::{check_binding, reload_record, Index, Next, MILAN_VERSION};
-use crate::error::{Error, Result};
+use crate::error::{Error, ExtractError, Mismatch, Result, WriteError};
 use crate::head::HashHead;
 use crate::mih::layout::WordLayout;
 use crate::mih::View;

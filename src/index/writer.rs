@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 #[cfg(feature = "images")]
 use crate::error::ExtractError;
-use crate::error::{CodeError, WriteError};
 use milan_index_format::{ImportRecord, MetaRecord, MAX_RECORD_BYTES};
 
 use super::{commit_record, Index, Next, WriterLock, MILAN_VERSION};
 use crate::code::{extend_words, Code};
-use crate::error::{Error, Result};
+use crate::error::{CodeError, Error, Result, WriteError};
 use crate::mih::{View, MAX_IDS};
 use crate::store::{self, StoreWrite};
 

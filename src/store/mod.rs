@@ -30,7 +30,6 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use crate::error::{OpenError, WriteError};
 use milan_index_format::{
     CommitRecord, ImportRecord, ItemRecord, MetaRecord, ModelRecord, TablesRecord,
     CODE_BLOCKS_TABLE, COMMITS_TABLE, COMMIT_LOG_LEN, CONTENT_HASHES_TABLE, FEATURES_TABLE,
@@ -43,7 +42,7 @@ use redb::{
 };
 
 use crate::contract::ExtractorContract;
-use crate::error::{Error, Result};
+use crate::error::{Error, OpenError, Result, WriteError};
 use crate::head::HashHead;
 use crate::index::Item;
 use crate::mih::View;

@@ -19,10 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::WriteError;
 use milan_index_format::{WRITER_LOCK_FILE, WRITER_QUEUE_FILE};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, WriteError};
 
 /// How long a write waits for another process's turn when not told: [`DEFAULT_LOCK_TIMEOUT`].
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);

@@ -15,7 +15,6 @@ mod sampler;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::error::{CodeError, ExtractError, SearchError, TrainError};
 use milan_index_format::{DenseLayer, HeadFile, HEAD_MAGIC, HEAD_VERSION, MAX_BITS, MIN_BITS};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::SeedableRng;
@@ -37,7 +36,7 @@ pub use checkpoint::{CHECKPOINT_MAGIC, CHECKPOINT_VERSION};
 pub use net::loss_and_sigmoid_gradient;
 pub use sampler::Sampling;
 
-use crate::error::{Error, Result};
+use crate::error::{CodeError, Error, ExtractError, Result, SearchError, TrainError};
 use crate::eval::{map_at_k, PackedCodes};
 use crate::head::{ExtractorBinding, HashHead};
 use checkpoint::{ByteReader, ByteWriter};
