@@ -12,14 +12,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ndarray::ArrayView2;
 
 use crate::code::Code;
 use crate::contract::ExtractorContract;
 use crate::error::{Error, ExtractError, Mismatch, Result};
-use crate::extract::pipeline::{extract_files, FileOutcome};
+use crate::extract::pipeline::{extract_files, FileOutcome, StageTimes};
 use crate::extract::ReadOptions;
 use crate::extract::{read_image, Extractor, SkipReason};
 use crate::head::HashHead;
@@ -74,6 +74,10 @@ pub struct IngestReport {
     pub seconds: f64,
     /// Whether the run was cancelled before the end.
     pub cancelled: bool,
+    /// Images per model run.
+    pub batch_size: usize,
+    /// Where the time went.
+    pub stages: StageTimes,
 }
 
 /// The files a run skipped, with why, and their counts by reason: part of [`IngestReport`] and
@@ -377,7 +381,9 @@ impl<'r, 'x> Batches<'r, 'x> {
         let mut reached: Vec<(usize, Option<CodedFile>)> = Vec::new();
         let mut waiting_adds = 0;
         let mut done = 0;
-        extract_files(
+        let (mut head_time, mut commit_time) = (Duration::ZERO, Duration::ZERO);
+        report.batch_size = options.batch_size;
+        let mut stages = extract_files(
             self.extractor,
             paths,
             options.batch_size,
@@ -433,7 +439,9 @@ impl<'r, 'x> Batches<'r, 'x> {
                                 got: (rows.len() / pending.len()) as u32,
                             })
                         })?;
+                    let coding = Instant::now();
                     let codes = head.codes(matrix)?;
+                    head_time += coding.elapsed();
                     for ((position, key, content_hash, features), code) in
                         pending.into_iter().zip(codes)
                     {
@@ -458,14 +466,22 @@ impl<'r, 'x> Batches<'r, 'x> {
                 }
                 done += options.batch_size.min(paths.len() - done);
                 if waiting_adds >= options.commit_every {
+                    let committing = Instant::now();
                     commit_files(index, head, &mut reached, report, hooks)?;
+                    commit_time += committing.elapsed();
                     waiting_adds = 0;
                 }
                 progress(done, paths.len());
                 Ok(())
             },
         )?;
-        commit_files(index, head, &mut reached, report, hooks)
+        let committing = Instant::now();
+        let committed = commit_files(index, head, &mut reached, report, hooks);
+        commit_time += committing.elapsed();
+        stages.head = head_time.as_secs_f64();
+        stages.commit = commit_time.as_secs_f64();
+        report.stages = stages;
+        committed
     }
 }
 

@@ -16,6 +16,8 @@ mod cli;
 #[cfg(feature = "cli")]
 mod duplicates;
 #[cfg(feature = "cli")]
+mod extract;
+#[cfg(feature = "cli")]
 mod files;
 #[cfg(feature = "cli")]
 mod images;

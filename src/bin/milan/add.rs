@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::Args;
+use milan::extract::Extractor;
 use milan::ingest::{add_images, keeps_features, key_path, IngestOptions};
 use milan::text::for_terminal;
 use milan::Index;
@@ -46,9 +47,10 @@ pub struct IngestArgs {
     /// the decoder fills in grey; by default they are skipped as truncated.
     #[arg(long)]
     pub lenient: bool,
-    /// Images per model run.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    pub batch_size: u64,
+    /// Images per model run [default: by device: 16 on the CPU; on a GPU 256 with 40 GiB of
+    /// memory or more, 128 from 16 GiB, else 64].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub batch_size: Option<u64>,
     /// Changes per commit (images added; for `index sync`, first deletes and re-keys, then
     /// images coded): an interrupted run loses at most this many.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
@@ -67,9 +69,11 @@ pub struct IngestArgs {
 
 impl IngestArgs {
     /// The options for the library, keeping features when asked or when `index` keeps them.
-    pub fn options(&self, index: &Index) -> Result<IngestOptions> {
+    pub fn options(&self, index: &Index, extractor: &Extractor) -> Result<IngestOptions> {
         Ok(IngestOptions {
-            batch_size: self.batch_size as usize,
+            batch_size: self
+                .batch_size
+                .map_or_else(|| extractor.default_batch_size(), |n| n as usize),
             commit_every: self.commit_every as usize,
             label_from_dir: self.label_from_dir,
             keep_features: self.keep_features || keeps_features(index)?,
@@ -109,7 +113,7 @@ pub fn run(args: AddArgs) -> Result<Outcome> {
     let flag = cancel.clone();
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
     let bar = progress::bar(files.len() as u64, "adding", args.quiet || args.json);
-    let options = args.options(&index)?;
+    let options = args.options(&index, &extractor)?;
     let mut report = add_images(
         &index,
         &mut extractor,

@@ -1,6 +1,7 @@
 //! `milan bench`: `search` times queries on one thread against the linear scan and checks every
 //! answer; `duplicates` times the self-join on every core and checks a sample of its codes;
-//! `generate` writes the synthetic workloads the benchmarks use.
+//! `generate` writes the synthetic workloads the benchmarks use; `extract` and `images`, on the
+//! image side, are in `bench_images.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -25,25 +26,10 @@ pub enum BenchCommand {
     /// Write synthetic codes: clustered around random centres, or uniform with --centres 0.
     Generate(GenerateArgs),
     /// Images per second: the bare model against a whole `index add` (decode, model, head, writes).
-    Extract(ExtractBenchArgs),
-}
-
-#[derive(Args)]
-pub struct ExtractBenchArgs {
-    /// A folder of images (walked recursively).
-    #[arg(long)]
-    images: PathBuf,
-    /// Use at most this many images.
-    #[arg(long, default_value_t = 256)]
-    count: usize,
-    /// Images per model run.
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    extractor: crate::extractor_args::ExtractorArgs,
+    Extract(crate::bench_images::ExtractBenchArgs),
+    /// Write test images: source images resized, made distinct by a little seeded noise, saved as
+    /// JPEG or PNG (class folders kept), as many as asked for.
+    Images(crate::bench_images::ImagesArgs),
 }
 
 #[derive(Args)]
@@ -178,7 +164,8 @@ pub fn run(command: BenchCommand) -> Result<Outcome> {
         BenchCommand::Search(args) => search(args),
         BenchCommand::Duplicates(args) => duplicates(args),
         BenchCommand::Generate(args) => generate(args),
-        BenchCommand::Extract(args) => extract(args),
+        BenchCommand::Extract(args) => crate::bench_images::extract(args),
+        BenchCommand::Images(args) => crate::bench_images::images(args),
     }
 }
 
@@ -863,78 +850,5 @@ fn generate(args: GenerateArgs) -> Result<Outcome> {
         write_codes(path, bytes, &queries)?;
     }
     outln!("wrote {} codes to {}", args.count, args.out.display())?;
-    Ok(Outcome::Success)
-}
-
-fn extract(args: ExtractBenchArgs) -> Result<Outcome> {
-    let mut paths = crate::walk::collect(std::slice::from_ref(&args.images), true)?;
-    paths.truncate(args.count);
-    if paths.is_empty() {
-        bail!("{}: no images", args.images.display());
-    }
-    let batch = args.batch_size.max(1);
-    let mut extractor = args.extractor.open(None)?;
-    let contract = extractor.contract().clone();
-    // The bare model: one batch of real images, decoded once, run as often as the images need.
-    let len = extractor.input_len();
-    let mut input = vec![0.0f32; batch * len];
-    for (slot, path) in input.chunks_mut(len).zip(paths.iter().cycle()) {
-        let decoded = milan::extract::read_image(path)
-            .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
-        milan::extract::write_input(
-            &decoded.image,
-            contract.size,
-            contract.layout,
-            contract.pixel_range,
-            slot,
-        );
-    }
-    extractor.run(&input, batch)?;
-    let runs = paths.len().div_ceil(batch);
-    let started = Instant::now();
-    for _ in 0..runs {
-        extractor.run(&input, batch)?;
-    }
-    let bare = (runs * batch) as f64 / started.elapsed().as_secs_f64();
-    // The whole pipeline into a scratch index.
-    let scratch = tempfile::tempdir()?;
-    let head = milan::HashHead::lsh(64, contract.dim, 1, None, None)?;
-    let index = Index::builder(64)
-        .images(contract.clone(), head)
-        .create(scratch.path())?;
-    let options = milan::ingest::IngestOptions {
-        batch_size: batch,
-        ..Default::default()
-    };
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let report = milan::ingest::add_images(
-        &index,
-        &mut extractor,
-        &paths,
-        &options,
-        &mut |_, _| {},
-        &cancel,
-    )?;
-    let end_to_end = report.added as f64 / report.seconds;
-    let result = serde_json::json!({
-        "images": paths.len(),
-        "batch_size": batch,
-        "device": extractor.device(),
-        "model": contract.path,
-        "output": contract.output,
-        "bare_model_images_per_s": bare,
-        "index_add_images_per_s": end_to_end,
-        "ratio": end_to_end / bare,
-    });
-    if args.json {
-        outln!("{result}")?;
-    } else {
-        outln!(
-            "{} images, batch {batch}, on {}: bare model {bare:.1} images/s, index add {end_to_end:.1} images/s, ratio {:.2}",
-            paths.len(),
-            extractor.device(),
-            end_to_end / bare
-        )?;
-    }
     Ok(Outcome::Success)
 }

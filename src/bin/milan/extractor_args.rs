@@ -41,6 +41,15 @@ impl ExtractorArgs {
     /// Opens the extractor; for an index already bound to one (and no other --model given),
     /// unset flags take the index's settings.
     pub fn open(&self, bound: Option<&ExtractorContract>) -> Result<Extractor> {
+        self.open_with(bound, None)
+    }
+
+    /// As [`open`](Self::open), with the I/O binding chosen (`None`: by device).
+    pub fn open_with(
+        &self,
+        bound: Option<&ExtractorContract>,
+        io_binding: Option<bool>,
+    ) -> Result<Extractor> {
         // Another model's settings come from that model, and the index then refuses it by name.
         let bound = if self.model.is_some() { None } else { bound };
         let model = match (&self.model, bound) {
@@ -59,6 +68,7 @@ impl ExtractorArgs {
             device: self.device,
             threads: self.threads,
             ort_library: self.ort_lib.clone(),
+            io_binding,
         };
         let extractor = Extractor::open(&options).with_context(|| {
             if self.model.is_none() && bound.is_some() {

@@ -14,6 +14,7 @@ macro_rules! outln {
 
 mod add;
 mod bench;
+mod bench_images;
 mod codes_file;
 mod duplicates;
 mod eval;

@@ -122,7 +122,7 @@ pub fn run(args: SyncArgs) -> Result<Outcome> {
             }
             let coding = plan.recodes.len() + plan.adds.len();
             let bar = progress::bar(coding as u64, "coding", quiet);
-            let options = args.options(&index)?;
+            let options = args.options(&index, extractor)?;
             let report = plan.apply(
                 &index,
                 extractor,
