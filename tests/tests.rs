@@ -18,6 +18,8 @@ mod duplicates;
 #[cfg(feature = "cli")]
 mod files;
 #[cfg(feature = "cli")]
+mod fp16;
+#[cfg(feature = "cli")]
 mod images;
 #[cfg(feature = "cli")]
 mod import;
