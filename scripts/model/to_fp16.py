@@ -65,10 +65,11 @@ def _to_fp16(array, name, stats):
 
 
 def convert_model(model):
-    """Return the fp16 variant of a float32 onnx.ModelProto (the input is not modified).
+    """(fp16 model, stats) for a float32 onnx.ModelProto, which is left unmodified.
 
-    Raises Refused for a graph it cannot convert safely. The result's stats (tensors,
-    values, max |weight|, weights that became zero) are in the returned dict.
+    Raises Refused for a graph it cannot convert safely. stats counts the weight tensors
+    and values converted, the largest |weight|, the weights below float16's smallest
+    normal and those that became 0.
     """
     props = {p.key: p.value for p in model.metadata_props}
     if props.get("milan.precision", "fp32") != "fp32":
