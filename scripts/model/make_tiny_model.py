@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+sys.dont_write_bytecode = True  # no __pycache__ left beside the scripts
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from to_fp16 import convert_model  # noqa: E402
 
