@@ -7,7 +7,7 @@ FUZZ_SECONDS ?= 30
 FUZZ_TARGETS := decode_records open_damaged model_ops npy_codes
 BENCH := target/bench
 
-.PHONY: demo demo-codes setup setup-gpu model test lint unit test-deps fuzz fuzz-tools bench bench-compare \
+.PHONY: demo demo-codes setup setup-gpu model model-fp16 test lint unit test-deps fuzz fuzz-tools bench bench-compare \
 	python python-test python-milvus-env python-ray-env
 
 ## demo: sets up ONNX Runtime and the real InceptionV3, indexes real images (Fashion-MNIST, or
@@ -64,6 +64,22 @@ model: $(MODEL)
 
 $(MODEL): scripts/model/convert_nsfwjs.py scripts/model/make_model.sh
 	bash scripts/model/make_model.sh
+
+## model-fp16: its fp16 variant (scripts/model/to_fp16.py), checked against it on the CPU by
+## scripts/model/check_fp16.py on 1,000 Fashion-MNIST images (a few minutes); see docs/models.md.
+MODEL_FP16 := target/models/inception_v3_fp16.onnx
+MODEL_PY := target/model-venv/bin/python
+
+model-fp16: $(MODEL_FP16)
+
+# As for the float32 model, only a checked file replaces $(MODEL_FP16). make_model.sh makes the
+# venv; a model copied in without it is rebuilt once to get it.
+$(MODEL_FP16): $(MODEL) scripts/model/to_fp16.py scripts/model/check_fp16.py | $(MILAN) setup
+	@test -x $(MODEL_PY) || FORCE=1 bash scripts/model/make_model.sh
+	$(MODEL_PY) scripts/model/to_fp16.py $(MODEL) $@.new.onnx
+	MILAN=$(MILAN) $(MODEL_PY) scripts/model/check_fp16.py --fp32 $(MODEL) --fp16 $@.new.onnx --device cpu \
+		|| { rm -f $@.new.onnx; exit 1; }
+	mv -f $@.new.onnx $@
 
 $(MILAN): FORCE
 	$(CARGO) build --release --locked

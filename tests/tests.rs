@@ -20,6 +20,8 @@ mod extract;
 #[cfg(feature = "cli")]
 mod files;
 #[cfg(feature = "cli")]
+mod fp16;
+#[cfg(feature = "cli")]
 mod images;
 #[cfg(feature = "cli")]
 mod import;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the tiny test extractors tests/data/tiny_extractor.onnx and tiny_extractor_nhwc.onnx.
+"""Write the tiny test extractors tests/data/tiny_extractor{,_nhwc,_fp16}.onnx.
 
 Needs only numpy and onnx (uses onnxruntime too if it is importable, to check the
 files). The weights come from a fixed seed, so re-running gives identical bytes
@@ -10,8 +10,10 @@ tiny_extractor.onnx       input  "input" float32 NCHW [batch, 3, 32, 32], pixel 
                           output "fmap"     [batch, 16, 8, 8] (4-D: the caller pools it)
 tiny_extractor_nhwc.onnx  input  "input" float32 NHWC [batch, 32, 32, 3], pixel range -1..1
                           output "features" [batch, 16]
+tiny_extractor_fp16.onnx  tiny_extractor.onnx through to_fp16.py: float16 weights and
+                          activations, the same float32 input and outputs
 
-Both share the same weights: conv 3->8 (3x3, stride 2, pad 1) + ReLU, then
+All share the same weights: conv 3->8 (3x3, stride 2, pad 1) + ReLU, then
 conv 8->16 (3x3, stride 2, pad 1) + ReLU. So the NHWC model fed the NHWC
 transpose of a tensor gives exactly the NCHW model's "features" for it.
 
@@ -24,6 +26,10 @@ import sys
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+sys.dont_write_bytecode = True  # no __pycache__ left beside the scripts
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from to_fp16 import convert_model  # noqa: E402
 
 SEED = 20261128
 SIZE = 32
@@ -138,6 +144,13 @@ def check(weights, paths):
     err = max(np.abs(f - feats).max(), np.abs(g - feats).max(), np.abs(fm.mean(axis=(2, 3)) - feats).max())
     print(f"onnxruntime agrees with the numpy forward pass: max diff {err:.2e}")
     assert err < 1e-4
+    fp16 = ort.InferenceSession(paths["fp16"], providers=["CPUExecutionProvider"])
+    h, hm = fp16.run(["features", "fmap"], {"input": x})
+    assert h.dtype == np.float32 and hm.dtype == np.float32
+    rel = np.linalg.norm(h - feats, axis=1) / np.linalg.norm(feats, axis=1)
+    print(f"fp16 variant: relative L2 error of the features {rel.min():.2e} to {rel.max():.2e}")
+    # tests/fp16.rs allows 1e-2 and requires some difference: the file must really be fp16.
+    assert 0 < rel.max() < 2e-3
 
 
 def main():
@@ -146,8 +159,11 @@ def main():
     weights = make_weights()
     paths = {"nchw": os.path.join(out_dir, "tiny_extractor.onnx"),
              "nhwc": os.path.join(out_dir, "tiny_extractor_nhwc.onnx")}
+    models = {layout: build(layout, weights) for layout in paths}
+    paths["fp16"] = os.path.join(out_dir, "tiny_extractor_fp16.onnx")
+    models["fp16"], _ = convert_model(models["nchw"])
     for layout, path in paths.items():
-        onnx.save(build(layout, weights), path)
+        onnx.save(models[layout], path)
         print(f"wrote {path} ({os.path.getsize(path)} bytes)")
     check(weights, paths)
     return 0
