@@ -7,7 +7,7 @@
 #
 #   scripts/gpu-bench/run.sh PARTS_DIR OUT_DIR
 #
-# Needs python3 with numpy and onnx (model conversion), and the CUDA 13 and cuDNN 9 libraries:
+# Needs python3 (or PYTHON) with numpy and onnx (model conversion), and the CUDA 13 and cuDNN 9 libraries:
 # found in python3's site-packages (nvidia/cu13/lib, nvidia/cudnn/lib) unless MILAN_CUDA_LIB_DIR
 # and MILAN_CUDNN_LIB_DIR name them. Settings (environment): DEVICE (cuda), COUNT (images, 6144),
 # BATCHES ("64 128 256"), CHECK_SECONDS (limit on the fp16 check, 200; 0 skips it).
@@ -21,6 +21,7 @@ device=${DEVICE:-cuda}
 count=${COUNT:-6144}
 batches=${BATCHES:-64 128 256}
 work=${WORK:-/tmp/milan-gpu-bench}
+python=${PYTHON:-python3}
 mkdir -p "$out"
 exec > >(tee -a "$out/run.log") 2>&1
 started=$SECONDS
@@ -29,7 +30,12 @@ say() { echo "[$((SECONDS - started)) s] $*"; }
 say "unpacking"
 rm -rf "$work" && mkdir -p "$work/ort"
 cat "$parts"/part.* | tar -xf - -C "$work" || { say "the parts do not make a whole archive"; exit 2; }
-xz -dc "$work/ort-gpu.tar.xz" | tar -xf - -C "$work/ort" && xz -dc "$work/rest.tar.xz" | tar -xf - -C "$work" \
+# Python's lzma where the xz tool is missing.
+unxz_to_stdout() {
+  if command -v xz >/dev/null; then xz -dc "$1"
+  else "$python" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' "$1"; fi
+}
+unxz_to_stdout "$work/ort-gpu.tar.xz" | tar -xf - -C "$work/ort" && unxz_to_stdout "$work/rest.tar.xz" | tar -xf - -C "$work" \
   || { say "cannot unpack"; exit 2; }
 milan="$work/milan"
 export MILAN_ORT_LIB="$work/ort/libonnxruntime.so.1.31.1"
@@ -53,8 +59,8 @@ fi
 cat "$out/machine.txt"
 
 say "converting the model"
-python3 "$repo/scripts/model/convert_nsfwjs.py" "$work/inception_v3" "$work/inception_v3.onnx" >/dev/null \
-  && python3 "$repo/scripts/model/to_fp16.py" "$work/inception_v3.onnx" "$work/inception_v3_fp16.onnx" >/dev/null \
+"$python" "$repo/scripts/model/convert_nsfwjs.py" "$work/inception_v3" "$work/inception_v3.onnx" >/dev/null \
+  && "$python" "$repo/scripts/model/to_fp16.py" "$work/inception_v3.onnx" "$work/inception_v3_fp16.onnx" >/dev/null \
   || { say "model conversion failed"; exit 2; }
 
 say "writing $count test images"
@@ -67,14 +73,15 @@ measure() {
   local name=$1; shift
   local samples="$work/memory.$name"
   : > "$samples"
+  local sampler=""
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$samples" 2>/dev/null &
+    sampler=$!
   fi
-  local sampler=$! begin=$SECONDS
-  local json
+  local begin=$SECONDS json
   json=$("$@" 2> "$work/stderr.$name" | tail -1)
   local status=$? wall=$((SECONDS - begin))
-  [ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  if [ -n "$sampler" ]; then kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null; fi
   local peak
   peak=$(sort -n "$samples" | tail -1)
   if [ "$status" != 0 ] || [ -z "$json" ]; then

@@ -67,7 +67,8 @@ pub struct ExtractorOptions {
     pub output: Option<String>,
     /// Device to run on. Default: auto.
     pub device: Device,
-    /// ONNX Runtime intra-op threads. Default: ONNX Runtime's choice (all cores).
+    /// ONNX Runtime intra-op threads. Default: all cores on the CPU; 2 on a GPU, whose session
+    /// runs only a few nodes on the CPU, so that the cores are left to decoding.
     pub threads: Option<usize>,
     /// The ONNX Runtime library, when not found by the usual search.
     pub ort_library: Option<PathBuf>,
@@ -668,23 +669,26 @@ fn build_session(
         Device::Auto if runtime.gpu_build => Some(0),
         Device::Auto => None,
     };
-    let builder = || -> Result<ort::session::builder::SessionBuilder> {
-        let mut builder =
-            Session::builder(&runtime.environment).map_err(|err| model_error(path, err))?;
-        if let Some(threads) = options.threads {
-            builder = builder
-                .with_intra_threads(threads)
-                .map_err(|err| model_error(path, err))?;
-        }
-        Ok(builder)
-    };
+    let builder =
+        |default_threads: Option<usize>| -> Result<ort::session::builder::SessionBuilder> {
+            let mut builder =
+                Session::builder(&runtime.environment).map_err(|err| model_error(path, err))?;
+            if let Some(threads) = options.threads.or(default_threads) {
+                builder = builder
+                    .with_intra_threads(threads)
+                    .map_err(|err| model_error(path, err))?;
+            }
+            Ok(builder)
+        };
     if let Some(device) = cuda_device {
         let cuda = ort::ep::CUDA::default()
             .with_device_id(device)
             .build()
             .error_on_failure();
+        // On a GPU the CPU's cores decode images: ONNX Runtime's own threads, which run only the
+        // few nodes left on the CPU, are kept to two instead of one per core.
         let attempt = preload_cuda_libraries(&runtime.library)
-            .and_then(|()| builder().map_err(|err| err.to_string()))
+            .and_then(|()| builder(Some(2)).map_err(|err| err.to_string()))
             .and_then(|b| {
                 b.with_execution_providers([cuda])
                     .map_err(|err| err.to_string())
@@ -706,7 +710,7 @@ fn build_session(
             }
         }
     }
-    let session = builder()?
+    let session = builder(None)?
         .commit_from_memory(bytes)
         .map_err(|err| model_error(path, format!("not a loadable ONNX model: {err}")))?;
     Ok((session, None))

@@ -27,7 +27,7 @@ pub struct ExtractorArgs {
     /// Where the model runs: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: Device,
-    /// ONNX Runtime threads [default: all cores].
+    /// ONNX Runtime threads [default: all cores on the CPU, 2 when the model runs on a GPU].
     #[arg(long)]
     pub threads: Option<usize>,
     /// The ONNX Runtime library (libonnxruntime.so) [default: MILAN_ORT_LIB, ORT_DYLIB_PATH,
