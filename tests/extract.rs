@@ -1,6 +1,7 @@
-//! The extraction pipeline on the CPU: the I/O-binding path that a GPU uses gives the plain
-//! path's features, whole batches or short ones, with skipped files in between; the stage
-//! clocks run; and `bench images` writes distinct files that ingest decodes.
+//! The extraction pipeline on the CPU: input buffers from ONNX Runtime's allocator (pinned memory
+//! on a GPU) and the I/O binding give the plain path's features, whole batches or short ones,
+//! with skipped files in between; the stage clocks run; and `bench images` writes distinct files
+//! that ingest decodes.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -12,8 +13,9 @@ use milan::extract::{Extractor, ExtractorOptions, ReadOptions};
 use crate::images::{temp_image_set, tiny_model};
 use crate::util::*;
 
-fn open(io_binding: Option<bool>) -> Extractor {
+fn open(pinned_memory: Option<bool>, io_binding: Option<bool>) -> Extractor {
     Extractor::open(&ExtractorOptions {
+        pinned_memory,
         io_binding,
         threads: Some(1),
         ..ExtractorOptions::new(tiny_model())
@@ -49,59 +51,58 @@ fn features_of(
 }
 
 #[test]
-fn the_binding_path_gives_the_plain_paths_features() {
+fn every_batch_path_gives_the_plain_paths_features() {
     let (tmp, _, mut files) = temp_image_set(7);
     // A file that fails in the middle of a batch: the batch is compacted around it.
     let broken = tmp.path().join("broken.png");
     std::fs::write(&broken, b"not an image").unwrap();
     files.insert(5, broken);
-    let mut plain = open(Some(false));
-    let mut bound = open(Some(true));
-    assert!(!plain.io_binding() && bound.io_binding());
+    let mut plain = open(Some(false), Some(false));
+    assert!(!plain.pinned_memory() && !plain.io_binding());
     // Batches of 4 over 15 files: whole batches, one with a gap, and a short last one.
     let (expected, _) = features_of(&mut plain, &files, 4);
-    let (got, times) = features_of(&mut bound, &files, 4);
-    assert!(expected[5].is_none() && got[5].is_none());
+    assert!(expected[5].is_none());
     assert_eq!(expected.iter().filter(|f| f.is_some()).count(), 14);
-    assert_eq!(
-        got, expected,
-        "the binding path must give the same features"
-    );
-    // The stages were timed.
-    assert!(
-        times.read > 0.0 && times.decode > 0.0 && times.resize > 0.0,
-        "{times:?}"
-    );
-    assert!(times.model > 0.0, "{times:?}");
-
-    // One batch buffer run directly, whole and short, on both paths.
-    let len = bound.input_len();
+    let len = plain.input_len();
     let mut plain_batch = plain.input_batch(3).unwrap();
-    let mut bound_batch = bound.input_batch(3).unwrap();
-    for batch in [&mut plain_batch, &mut bound_batch] {
-        for (i, value) in batch.as_mut_slice().iter_mut().enumerate() {
-            *value = ((i % 97) as f32 / 97.0) - 0.5;
+    fill(plain_batch.as_mut_slice());
+    assert_eq!(plain_batch.as_mut_slice().len(), 3 * len);
+    for (pinned, binding) in [(true, false), (false, true), (true, true)] {
+        let mut other = open(Some(pinned), Some(binding));
+        assert_eq!(
+            (other.pinned_memory(), other.io_binding()),
+            (pinned, binding)
+        );
+        let (got, times) = features_of(&mut other, &files, 4);
+        assert_eq!(got, expected, "pinned {pinned}, binding {binding}");
+        // The stages were timed.
+        assert!(
+            times.read > 0.0 && times.decode > 0.0 && times.resize > 0.0,
+            "{times:?}"
+        );
+        assert!(times.model > 0.0, "{times:?}");
+        // One batch buffer run directly, whole and short.
+        let mut batch = other.input_batch(3).unwrap();
+        fill(batch.as_mut_slice());
+        for count in [3, 2] {
+            let a = plain.run_batch(&mut plain_batch, count).unwrap();
+            let b = other.run_batch(&mut batch, count).unwrap();
+            assert_eq!(a.nrows(), count);
+            assert_eq!(a, b, "pinned {pinned}, binding {binding}, {count} images");
         }
-        assert_eq!(batch.as_mut_slice().len(), 3 * len);
     }
-    for count in [3, 2] {
-        let a = plain.run_batch(&mut plain_batch, count).unwrap();
-        let b = bound.run_batch(&mut bound_batch, count).unwrap();
-        assert_eq!(a.nrows(), count);
-        assert_eq!(a, b, "{count} images");
+}
+
+fn fill(values: &mut [f32]) {
+    for (i, value) in values.iter_mut().enumerate() {
+        *value = ((i % 97) as f32 / 97.0) - 0.5;
     }
-    // A buffer from the plain extractor is refused by the bound one, by name.
-    let err = bound
-        .run_batch(&mut plain_batch, 1)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("input_batch"), "{err}");
 }
 
 #[test]
 fn the_cpu_chooses_its_batch_size_and_no_binding() {
-    let extractor = open(None);
-    assert!(!extractor.io_binding());
+    let extractor = open(None, None);
+    assert!(!extractor.io_binding() && !extractor.pinned_memory());
     assert_eq!(extractor.default_batch_size(), 16);
     assert!(extractor.gpu_memory().is_none());
 }

@@ -146,6 +146,7 @@ impl PyExtractor {
             device: Device::from_str(device).map_err(|err| Fail::value(err.to_string()))?,
             threads,
             ort_library,
+            pinned_memory: None,
             io_binding: None,
         };
         PyExtractor::open(py, options)

@@ -2,8 +2,9 @@
 # The GPU benchmark, on a machine with an NVIDIA GPU, from the parts bundle.sh made: unpacks them,
 # converts the model (float32 and fp16) with the repository's scripts, writes test images, then
 # measures `milan bench extract` (the bare model against the whole pipeline, with where the time
-# goes) for each model and batch size, a whole `milan index add` process for each model, the
-# plain path without I/O binding once, the GPU's memory, and last the fp16 check on the GPU.
+# goes) for each model and batch size, a whole `milan index add` process for each model, input
+# in ordinary memory and through an I/O binding at the largest batch, the GPU's memory, and last
+# the fp16 check on the GPU.
 #
 #   scripts/gpu-bench/run.sh PARTS_DIR OUT_DIR
 #
@@ -99,8 +100,8 @@ for variant in fp32 fp16; do
   for batch in $batches; do
     measure "extract-$variant-b$batch" "$milan" bench extract --images "$work/images" --count "$count" \
       --batch-size "$batch" --model "$model" --device "$device" --json \
-      || measure "extract-$variant-b$batch-plain" "$milan" bench extract --images "$work/images" \
-        --count "$count" --batch-size "$batch" --model "$model" --device "$device" --json --no-io-binding
+      || measure "extract-$variant-b$batch-plain-memory" "$milan" bench extract --images "$work/images" \
+        --count "$count" --batch-size "$batch" --model "$model" --device "$device" --json --plain-memory
   done
   # A whole process, as a user runs it: start-up, the batch size chosen by device, commits.
   "$milan" head init --lsh --bits 64 --seed 1 --model "$model" --device cpu --out "$work/$variant.head" >/dev/null
@@ -109,9 +110,16 @@ for variant in fp32 fp16; do
   measure "index-add-$variant" "$milan" index add "$work/index-$variant" "$work/images" -r \
     --device "$device" --json --quiet
 done
+# What pinned memory and the I/O binding each bring, at the largest batch.
 last=${batches##* }
-measure "extract-fp16-b$last-no-binding" "$milan" bench extract --images "$work/images" --count "$count" \
-  --batch-size "$last" --model "$work/inception_v3_fp16.onnx" --device "$device" --json --no-io-binding
+for variant in fp16 fp32; do
+  model="$work/inception_v3.onnx"
+  [ "$variant" = fp16 ] && model="$work/inception_v3_fp16.onnx"
+  for how in plain-memory io-binding; do
+    measure "extract-$variant-b$last-$how" "$milan" bench extract --images "$work/images" --count "$count" \
+      --batch-size "$last" --model "$model" --device "$device" --json "--$how"
+  done
+done
 
 if [ "${CHECK_SECONDS:-200}" != 0 ]; then
   say "the fp16 check on $device"

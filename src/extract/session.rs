@@ -72,10 +72,13 @@ pub struct ExtractorOptions {
     pub threads: Option<usize>,
     /// The ONNX Runtime library, when not found by the usual search.
     pub ort_library: Option<PathBuf>,
-    /// Run batches through an I/O binding: inputs from reused host buffers (pinned memory on a
-    /// GPU, so that the copy to the device is one fast transfer), the output copied back once
-    /// per batch. Default: on a GPU only. On the CPU it gives the same features as the plain
-    /// path and exists to test that code without a GPU.
+    /// Input batches in pinned (page-locked) host memory from ONNX Runtime's CUDA allocator, so
+    /// that the copy to the GPU is one fast transfer. Default: on a GPU. On the CPU, memory from
+    /// ONNX Runtime's CPU allocator takes its place through the same code, which tests it there.
+    pub pinned_memory: Option<bool>,
+    /// Run batches through an I/O binding (the input copied to the device as it is bound, the
+    /// output copied back to host memory once per batch) instead of plain runs. Default: off:
+    /// on the H200 it was measured no faster than plain runs from pinned memory (docs/gpu.md).
     pub io_binding: Option<bool>,
 }
 
@@ -97,23 +100,23 @@ pub struct Extractor {
     /// The CUDA device index, when the model runs on a GPU.
     cuda_device: Option<i32>,
     run_options: RunOptions<HasSelectedOutputs>,
+    /// Where input batches live when not in ordinary memory: ONNX Runtime's pinned allocator on
+    /// a GPU, its CPU allocator otherwise ([`ExtractorOptions::pinned_memory`]).
+    buffers: Option<Allocator>,
     /// Set when batches run through an I/O binding.
-    bound: Option<Bound>,
-}
-
-/// What running through an I/O binding needs beside the session.
-struct Bound {
-    binding: IoBinding,
-    /// Where input batches live: pinned host memory for a GPU, ordinary memory for the CPU.
-    input_allocator: Allocator,
-    /// Where the output is copied back to, once per batch.
-    output_memory: MemoryInfo<'static>,
-    /// The rows of the last run: the bound output keeps its shape, so another size rebinds it.
-    last_rows: Option<usize>,
-    /// Every batch runs at the buffer's full size (the rows past the images are ignored), so that
+    binding: Option<Binding>,
+    /// Every batch runs at its buffer's full size (the rows past the images are ignored), so that
     /// a GPU sees one input shape and tunes its convolutions once, not again for a last, short
     /// batch or one with skipped files.
     full_batches: bool,
+}
+
+/// An I/O binding for the contract's output, copied back into host memory once per batch.
+struct Binding {
+    binding: IoBinding,
+    output_memory: MemoryInfo<'static>,
+    /// The rows of the last run: the bound output keeps its shape, so another size rebinds it.
+    last_rows: Option<usize>,
 }
 
 /// Host memory for one batch of model inputs, made by [`Extractor::input_batch`] and reused
@@ -363,19 +366,20 @@ impl Extractor {
         let run_options = RunOptions::new()
             .map_err(|err| model_error(path, err))?
             .with_outputs(OutputSelector::no_default().with(contract.output.clone()));
-        let bound = match options.io_binding.unwrap_or(cuda_device.is_some()) {
+        let on_gpu = cuda_device.is_some();
+        let buffers = match options.pinned_memory.unwrap_or(on_gpu) {
             false => None,
-            true => match bind(&session, &contract.output, cuda_device) {
-                Ok(bound) => Some(bound),
-                // Not asked for explicitly: the plain path serves.
-                Err(_) if options.io_binding.is_none() => None,
-                Err(err) => {
-                    return Err(model_error(
-                        path,
-                        format!("cannot bind inputs and outputs: {err}"),
-                    ))
-                }
-            },
+            true => Some(
+                host_allocator(&session, cuda_device)
+                    .map_err(|err| model_error(path, format!("cannot make input memory: {err}")))?,
+            ),
+        };
+        let binding = match options.io_binding.unwrap_or(false) {
+            false => None,
+            true => Some(
+                bind(&session, &contract.output)
+                    .map_err(|err| model_error(path, format!("cannot bind the output: {err}")))?,
+            ),
         };
         let mut extractor = Extractor {
             session,
@@ -383,20 +387,17 @@ impl Extractor {
             device,
             cuda_device,
             run_options,
-            bound,
+            buffers,
+            binding,
+            full_batches: on_gpu,
         };
-        // The binding is tried with a blank image first; when it was not asked for explicitly
-        // and fails, the plain path serves (and `io_binding()` says so).
-        if extractor.bound.is_some() {
+        if extractor.buffers.is_some() || extractor.binding.is_some() {
             let tried = extractor
                 .input_batch(1)
                 .and_then(|mut blank| extractor.run_batch(&mut blank, 1));
-            match tried {
-                Err(_) if options.io_binding.is_none() => extractor.bound = None,
-                other => {
-                    other?;
-                }
-            }
+            tried.map_err(|err| {
+                model_error(path, format!("a test run of the batch path failed: {err}"))
+            })?;
         }
         let blank = vec![0.0f32; extractor.input_len()];
         let probe = extractor.run(&blank, 1).map_err(|err| match err {
@@ -430,7 +431,13 @@ impl Extractor {
 
     /// Whether batches run through an I/O binding ([`ExtractorOptions::io_binding`]).
     pub fn io_binding(&self) -> bool {
-        self.bound.is_some()
+        self.binding.is_some()
+    }
+
+    /// Whether input batches are in memory from ONNX Runtime's allocator: pinned on a GPU
+    /// ([`ExtractorOptions::pinned_memory`]).
+    pub fn pinned_memory(&self) -> bool {
+        self.buffers.is_some()
     }
 
     /// Images per model run when the caller does not choose: on a GPU, by its memory (256 on one
@@ -453,13 +460,13 @@ impl Extractor {
     }
 
     /// Host memory for `capacity` images, for [`run_batch`](Self::run_batch): pinned memory
-    /// when the model runs on a GPU through a binding.
+    /// when the model runs on a GPU.
     pub fn input_batch(&self, capacity: usize) -> Result<InputBatch> {
         let capacity = capacity.max(1);
-        let memory = match &self.bound {
+        let memory = match &self.buffers {
             None => BatchMemory::Plain(vec![0.0; capacity * self.input_len()]),
-            Some(bound) => BatchMemory::Tensor(
-                Tensor::new(&bound.input_allocator, self.input_shape(capacity)).map_err(|err| {
+            Some(allocator) => BatchMemory::Tensor(
+                Tensor::new(allocator, self.input_shape(capacity)).map_err(|err| {
                     model_error(
                         Path::new(&self.contract.path),
                         format!("cannot allocate input memory for {capacity} images: {err}"),
@@ -474,52 +481,62 @@ impl Extractor {
     /// [`run`](Self::run) does.
     pub fn run_batch(&mut self, batch: &mut InputBatch, count: usize) -> Result<Array2<f32>> {
         let count = count.min(batch.capacity);
-        let Some(bound) = &mut self.bound else {
-            let len = self.input_len();
-            return self.run(&batch.as_slice()[..count * len], count);
-        };
-        let path = Path::new(&self.contract.path);
-        let BatchMemory::Tensor(tensor) = &mut batch.memory else {
-            return Err(model_error(
-                path,
-                "the input batch was not made by this extractor (Extractor::input_batch)",
-            ));
-        };
-        let rows = if bound.full_batches {
+        let rows = if self.full_batches {
             batch.capacity
         } else {
             count
         };
-        let input = self.contract.input.as_str();
-        let bound_input = if rows == batch.capacity {
-            bound.binding.bind_input(input, &*tensor)
-        } else {
-            // A short batch goes through a tensor of its own size, copied from the buffer: a
-            // view into the buffer would be copied by ONNX Runtime's binding anyway (and that
-            // copy of a borrowed CPU tensor never returns in this ort version).
-            let len = 3 * self.contract.size as usize * self.contract.size as usize;
-            Tensor::<f32>::new(&bound.input_allocator, input_shape(&self.contract, rows)).and_then(
-                |mut short| {
-                    short
-                        .extract_tensor_mut()
-                        .1
-                        .copy_from_slice(&tensor.extract_tensor().1[..rows * len]);
-                    bound.binding.bind_input(input, &short)
-                },
-            )
+        let len = self.input_len();
+        let features = match self.binding.is_some() {
+            // The buffer is seen as host memory: a GPU session copies it to the device as it
+            // runs, in one transfer when the buffer is pinned.
+            false => self.run(&batch.as_slice()[..rows * len], rows)?,
+            true => self.run_bound(batch, rows)?,
         };
-        bound_input.map_err(|err| model_error(path, format!("cannot bind the input: {err}")))?;
-        if bound.last_rows != Some(rows) {
-            bound.binding.clear_outputs();
-            bound
+        Ok(if features.nrows() == count {
+            features
+        } else {
+            features.slice(s![..count, ..]).to_owned()
+        })
+    }
+
+    /// Runs the first `rows` images of `batch` through the I/O binding.
+    fn run_bound(&mut self, batch: &mut InputBatch, rows: usize) -> Result<Array2<f32>> {
+        let path = Path::new(&self.contract.path);
+        let len = self.input_len();
+        let shape = input_shape(&self.contract, rows);
+        let input = self.contract.input.as_str();
+        let binding = self
+            .binding
+            .as_mut()
+            .expect("run_bound runs with a binding");
+        let bound = if self.cuda_device.is_some() {
+            // Host memory bound to a GPU session is copied to the device here, as it is bound.
+            TensorRef::from_array_view((shape, &batch.as_slice()[..rows * len]))
+                .and_then(|view| binding.binding.bind_input(input, &*view))
+        } else {
+            // On the CPU a borrowed tensor would be copied by the binding, and ort's copy of one
+            // never returns: an owned one is bound instead.
+            match &batch.memory {
+                BatchMemory::Tensor(tensor) if rows == batch.capacity => {
+                    binding.binding.bind_input(input, tensor)
+                }
+                _ => Tensor::<f32>::from_array((shape, batch.as_slice()[..rows * len].to_vec()))
+                    .and_then(|owned| binding.binding.bind_input(input, &owned)),
+            }
+        };
+        bound.map_err(|err| model_error(path, format!("cannot bind the input: {err}")))?;
+        if binding.last_rows != Some(rows) {
+            binding.binding.clear_outputs();
+            binding
                 .binding
-                .bind_output_to_device(self.contract.output.as_str(), &bound.output_memory)
+                .bind_output_to_device(self.contract.output.as_str(), &binding.output_memory)
                 .map_err(|err| model_error(path, format!("cannot bind the output: {err}")))?;
-            bound.last_rows = Some(rows);
+            binding.last_rows = Some(rows);
         }
         let outputs = self
             .session
-            .run_binding(&bound.binding)
+            .run_binding(&binding.binding)
             .map_err(|err| model_error(path, format!("inference failed: {err}")))?;
         let value = &outputs[self.contract.output.as_str()];
         let array: ArrayViewD<'_, f32> = value.try_extract_array::<f32>().map_err(|err| {
@@ -528,13 +545,7 @@ impl Extractor {
                 format!("output {:?} is not float32: {err}", self.contract.output),
             )
         })?;
-        let features =
-            pool(array, self.contract.layout).map_err(|detail| model_error(path, detail))?;
-        Ok(if features.nrows() == count {
-            features
-        } else {
-            features.slice(s![..count, ..]).to_owned()
-        })
+        pool(array, self.contract.layout).map_err(|detail| model_error(path, detail))
     }
 
     fn input_shape(&self, count: usize) -> [usize; 4] {
@@ -575,46 +586,37 @@ fn input_shape(contract: &ExtractorContract, count: usize) -> [usize; 4] {
     }
 }
 
-/// The binding for `output`, with the allocator for input batches: pinned host memory on CUDA
-/// device `cuda`, the CPU's own memory otherwise. The output is copied back into host memory
-/// once per batch.
-fn bind(session: &Session, output: &str, cuda: Option<i32>) -> ort::Result<Bound> {
-    let (input_allocator, output_memory) = match cuda {
-        Some(device) => (
-            Allocator::new(
-                session,
-                MemoryInfo::new(
-                    AllocationDevice::CUDA_PINNED,
-                    device,
-                    AllocatorType::Device,
-                    MemoryType::CPUInput,
-                )?,
-            )?,
+/// The allocator for input batches: pinned host memory on CUDA device `cuda`, the CPU's own
+/// memory otherwise.
+fn host_allocator(session: &Session, cuda: Option<i32>) -> ort::Result<Allocator> {
+    match cuda {
+        Some(device) => Allocator::new(
+            session,
             MemoryInfo::new(
                 AllocationDevice::CUDA_PINNED,
                 device,
                 AllocatorType::Device,
-                MemoryType::CPUOutput,
+                MemoryType::CPUInput,
             )?,
         ),
-        None => (
-            Allocator::default(),
-            MemoryInfo::new(
-                AllocationDevice::CPU,
-                0,
-                AllocatorType::Device,
-                MemoryType::Default,
-            )?,
-        ),
-    };
+        None => Ok(Allocator::default()),
+    }
+}
+
+/// A binding for `output`, copied back into ordinary host memory once per batch.
+fn bind(session: &Session, output: &str) -> ort::Result<Binding> {
+    let output_memory = MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Device,
+        MemoryType::Default,
+    )?;
     let mut binding = session.create_binding()?;
     binding.bind_output_to_device(output, &output_memory)?;
-    Ok(Bound {
+    Ok(Binding {
         binding,
-        input_allocator,
         output_memory,
         last_rows: None,
-        full_batches: cuda.is_some(),
     })
 }
 

@@ -30,10 +30,13 @@ pub struct ExtractBenchArgs {
     /// Images per model run [default: by device, as for `index add`].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     batch_size: Option<u64>,
-    /// Run batches without an I/O binding (plain runs that copy inputs from ordinary memory), to
-    /// measure what the binding brings on a GPU.
+    /// Input batches in ordinary (pageable) memory instead of pinned memory on a GPU, to measure
+    /// what pinning brings.
     #[arg(long)]
-    no_io_binding: bool,
+    plain_memory: bool,
+    /// Run batches through an I/O binding instead of plain runs.
+    #[arg(long)]
+    io_binding: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -47,9 +50,11 @@ pub fn extract(args: ExtractBenchArgs) -> Result<Outcome> {
     if paths.is_empty() {
         bail!("{}: no images", args.images.display());
     }
-    let mut extractor = args
-        .extractor
-        .open_with(None, args.no_io_binding.then_some(false))?;
+    let mut extractor = args.extractor.open_with(
+        None,
+        args.plain_memory.then_some(false),
+        Some(args.io_binding),
+    )?;
     let batch = args
         .batch_size
         .map_or_else(|| extractor.default_batch_size(), |n| n as usize);
@@ -110,6 +115,7 @@ pub fn extract(args: ExtractBenchArgs) -> Result<Outcome> {
         "batch_size": batch,
         "device": extractor.device(),
         "io_binding": extractor.io_binding(),
+        "pinned_memory": extractor.pinned_memory(),
         "model": contract.path,
         "output": contract.output,
         "warm_up_s": warm_up,
@@ -126,10 +132,11 @@ pub fn extract(args: ExtractBenchArgs) -> Result<Outcome> {
     } else {
         let stages = &report.stages;
         outln!(
-            "{} images, batch {batch}, on {}{}: bare model {bare:.1} images/s, index add {end_to_end:.1} images/s, ratio {:.2}",
+            "{} images, batch {batch}, on {}{}{}: bare model {bare:.1} images/s, index add {end_to_end:.1} images/s, ratio {:.2}",
             paths.len(),
             extractor.device(),
-            if extractor.io_binding() { " (I/O binding)" } else { "" },
+            if extractor.pinned_memory() { ", input buffers from ONNX Runtime" } else { "" },
+            if extractor.io_binding() { ", I/O binding" } else { "" },
             end_to_end / bare
         )?;
         outln!(

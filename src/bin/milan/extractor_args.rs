@@ -41,13 +41,15 @@ impl ExtractorArgs {
     /// Opens the extractor; for an index already bound to one (and no other --model given),
     /// unset flags take the index's settings.
     pub fn open(&self, bound: Option<&ExtractorContract>) -> Result<Extractor> {
-        self.open_with(bound, None)
+        self.open_with(bound, None, None)
     }
 
-    /// As [`open`](Self::open), with the I/O binding chosen (`None`: by device).
+    /// As [`open`](Self::open), with pinned input memory and the I/O binding chosen (`None`:
+    /// by device).
     pub fn open_with(
         &self,
         bound: Option<&ExtractorContract>,
+        pinned_memory: Option<bool>,
         io_binding: Option<bool>,
     ) -> Result<Extractor> {
         // Another model's settings come from that model, and the index then refuses it by name.
@@ -68,6 +70,7 @@ impl ExtractorArgs {
             device: self.device,
             threads: self.threads,
             ort_library: self.ort_lib.clone(),
+            pinned_memory,
             io_binding,
         };
         let extractor = Extractor::open(&options).with_context(|| {
