@@ -100,6 +100,32 @@ fn fill(values: &mut [f32]) {
 }
 
 #[test]
+fn input_batches_are_reused_once_given_back() {
+    let mut extractor = open(Some(true), None);
+    let mut batch = extractor.input_batch(2).unwrap();
+    batch.as_mut_slice().fill(0.25);
+    extractor.recycle(batch);
+    // The same capacity gets the same memory back, contents and all; another gets fresh memory.
+    assert!(extractor
+        .input_batch(3)
+        .unwrap()
+        .as_mut_slice()
+        .iter()
+        .all(|&v| v == 0.0));
+    let mut again = extractor.input_batch(2).unwrap();
+    assert!(again.as_mut_slice().iter().all(|&v| v == 0.25));
+    // A pipeline run gives its buffers back: the next batch of that size is one of them.
+    extractor.recycle(again);
+    let (_tmp, _, files) = temp_image_set(3);
+    features_of(&mut extractor, &files, 2);
+    let mut reused = extractor.input_batch(2).unwrap();
+    assert!(
+        reused.as_mut_slice().iter().any(|&v| v != 0.0 && v != 0.25),
+        "a decoded image is still there"
+    );
+}
+
+#[test]
 fn the_cpu_chooses_its_batch_size_and_no_binding() {
     let extractor = open(None, None);
     assert!(!extractor.io_binding() && !extractor.pinned_memory());

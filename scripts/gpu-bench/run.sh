@@ -11,7 +11,8 @@
 # Needs python3 (or PYTHON) with numpy and onnx (model conversion), and the CUDA 13 and cuDNN 9 libraries:
 # found in python3's site-packages (nvidia/cu13/lib, nvidia/cudnn/lib) unless MILAN_CUDA_LIB_DIR
 # and MILAN_CUDNN_LIB_DIR name them. Settings (environment): DEVICE (cuda), COUNT (images, 6144),
-# BATCHES ("64 128 256"), CHECK_SECONDS (limit on the fp16 check, 200; 0 skips it).
+# BATCHES ("64 128 256"), CHECK_SECONDS (limit on the fp16 check, 200; 0 skips it), COMPARE (0
+# skips the runs with ordinary memory and with the I/O binding).
 # Every measurement runs even when another fails; OUT_DIR gets results.jsonl (one JSON object a
 # run), run.log, fp16-check.log and machine.txt.
 set -uo pipefail
@@ -110,9 +111,9 @@ for variant in fp32 fp16; do
   measure "index-add-$variant" "$milan" index add "$work/index-$variant" "$work/images" -r \
     --device "$device" --json --quiet
 done
-# What pinned memory and the I/O binding each bring, at the largest batch.
+# What pinned memory and the I/O binding each bring, at the largest batch (COMPARE=0 skips).
 last=${batches##* }
-for variant in fp16 fp32; do
+[ "${COMPARE:-1}" = 0 ] || for variant in fp16 fp32; do
   model="$work/inception_v3.onnx"
   [ "$variant" = fp16 ] && model="$work/inception_v3_fp16.onnx"
   for how in plain-memory io-binding; do

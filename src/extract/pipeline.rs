@@ -31,8 +31,9 @@ use crate::contract::ExtractorContract;
 use crate::error::Result;
 
 /// Input buffers in circulation: one being filled, one in the model, one ready in between, so
-/// that neither stage waits for the other while both keep pace.
-pub const BUFFERS: usize = 3;
+/// that neither stage waits for the other while both keep pace. They are taken from the
+/// extractor and given back at the end, so that the next run reuses them.
+pub const BUFFERS: usize = super::session::SPARE_BATCHES;
 
 /// Where a run's time went, in seconds.
 ///
@@ -153,11 +154,13 @@ pub fn extract_files(
             .expect("the channel holds every buffer");
     }
     let result = std::thread::scope(|scope| {
+        let extractor = &mut *extractor;
         let (prepared_sender, prepared) = sync_channel::<Prepared>(1);
         let (ran_sender, ran) = sync_channel::<Result<Ran>>(1);
         let clocks = &clocks;
         let contract = &contract;
-        scope.spawn(move || {
+        // The producer gives the buffers' channel back, so that they outlive the run.
+        let producer = scope.spawn(move || {
             decode_batches(
                 paths,
                 batch_size,
@@ -166,9 +169,10 @@ pub fn extract_files(
                 read,
                 cancel,
                 clocks,
-                free,
+                &free,
                 prepared_sender,
-            )
+            );
+            free
         });
         let model =
             scope.spawn(move || run_batches(extractor, prepared, free_sender, ran_sender, cancel));
@@ -193,12 +197,17 @@ pub fn extract_files(
         let (model, model_waiting) = model.join().expect("the model thread does not panic");
         times.model = model;
         times.model_waiting = model_waiting;
-        sunk
+        let free = producer.join().expect("the producer does not panic");
+        sunk.map(|()| free)
     });
     times.read = Clocks::seconds(&clocks.read);
     times.decode = Clocks::seconds(&clocks.decode);
     times.resize = Clocks::seconds(&clocks.resize);
-    result.map(|()| times)
+    let free = result?;
+    for batch in free.try_iter() {
+        extractor.recycle(batch);
+    }
+    Ok(times)
 }
 
 /// The producer: fills free buffers with decoded batches and sends them on, until the files run
@@ -212,7 +221,7 @@ fn decode_batches(
     read: &ReadOptions,
     cancel: &AtomicBool,
     clocks: &Clocks,
-    free: Receiver<InputBatch>,
+    free: &Receiver<InputBatch>,
     prepared: SyncSender<Prepared>,
 ) {
     let len = 3 * contract.size as usize * contract.size as usize;
