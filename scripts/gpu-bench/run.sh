@@ -10,7 +10,8 @@
 #
 # Needs python3 (or PYTHON) with numpy and onnx (model conversion), and the CUDA 13 and cuDNN 9 libraries:
 # found in python3's site-packages (nvidia/cu13/lib, nvidia/cudnn/lib) unless MILAN_CUDA_LIB_DIR
-# and MILAN_CUDNN_LIB_DIR name them. Settings (environment): DEVICE (cuda), COUNT (images, 6144),
+# and MILAN_CUDNN_LIB_DIR name them. Settings (environment): DEVICE (cuda), COUNT (images for
+# bench extract, 6144), IMAGES (images written, all of which `index add` takes; COUNT),
 # BATCHES ("64 128 256"), CHECK_SECONDS (limit on the fp16 check, 200; 0 skips it), COMPARE (0
 # skips the runs with ordinary memory and with the I/O binding).
 # Every measurement runs even when another fails; OUT_DIR gets results.jsonl (one JSON object a
@@ -21,6 +22,8 @@ out=${2:?usage: run.sh PARTS_DIR OUT_DIR}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 device=${DEVICE:-cuda}
 count=${COUNT:-6144}
+# Images written, all of which `index add` takes (bench extract takes the first COUNT).
+written=${IMAGES:-$count}
 batches=${BATCHES:-64 128 256}
 work=${WORK:-/tmp/milan-gpu-bench}
 python=${PYTHON:-python3}
@@ -65,8 +68,8 @@ say "converting the model"
   && "$python" "$repo/scripts/model/to_fp16.py" "$work/inception_v3.onnx" "$work/inception_v3_fp16.onnx" >/dev/null \
   || { say "model conversion failed"; exit 2; }
 
-say "writing $count test images"
-"$milan" bench images "$work/sources" --out "$work/images" --count "$count" --size 256 || exit 2
+say "writing $written test images"
+"$milan" bench images "$work/sources" --out "$work/images" --count "$written" --size 256 || exit 2
 du -sh "$work/images"
 
 # Runs "$@" while sampling the GPU's memory; appends the command's JSON, with the peak memory in
