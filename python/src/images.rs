@@ -218,25 +218,27 @@ impl PyExtractor {
     ///
     /// Files are read and decoded as ``Index.add_images`` reads them (regular files up to 256
     /// MiB; a truncated JPEG is refused unless ``lenient``), ``batch_size`` images per model
-    /// run, decoding on every core beside the model, with the GIL released. ``progress``: an
+    /// run (default: by device, 16 on the CPU, up to 256 on a large GPU), decoding on every
+    /// core beside the model, with the GIL released. ``progress``: an
     /// optional callable, called as ``progress(done, total)`` after each batch.
     ///
     /// Raises ``ImageError`` (a ``ValueError``) naming the first file that cannot be read or
     /// decoded, and why.
-    #[pyo3(signature = (paths, batch_size=16, lenient=false, progress=None))]
+    #[pyo3(signature = (paths, batch_size=None, lenient=false, progress=None))]
     fn features<'py>(
         &self,
         py: Python<'py>,
         paths: &Bound<'py, PyAny>,
-        batch_size: i64,
+        batch_size: Option<i64>,
         lenient: bool,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let paths = read_paths(paths, "paths")?;
-        let batch_size = positive(batch_size, "batch_size")?;
+        let batch_size = batch_size.map(|n| positive(n, "batch_size")).transpose()?;
         let watch = Watch::new(progress);
         let result = py.detach(|| {
             let mut extractor = self.lock();
+            let batch_size = batch_size.unwrap_or_else(|| extractor.default_batch_size());
             features_of(&mut extractor, &paths, batch_size, lenient, &watch)
         });
         let features = watch.finish(result.map_err(PyErr::from))?;
@@ -249,20 +251,21 @@ impl PyExtractor {
     /// (``uint8`` ``(n, 32)``, the BLAKE3 of each coded file, as an index stores it) and
     /// ``failed`` (a list of ``{"path", "reason", "detail"}``, as ``Index.add_images`` reports
     /// them). Files are read and decoded as :meth:`features` reads them; none stops the call.
-    #[pyo3(signature = (paths, batch_size=16, lenient=false, progress=None))]
+    #[pyo3(signature = (paths, batch_size=None, lenient=false, progress=None))]
     fn extract<'py>(
         &self,
         py: Python<'py>,
         paths: &Bound<'py, PyAny>,
-        batch_size: i64,
+        batch_size: Option<i64>,
         lenient: bool,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let paths = read_paths(paths, "paths")?;
-        let batch_size = positive(batch_size, "batch_size")?;
+        let batch_size = batch_size.map(|n| positive(n, "batch_size")).transpose()?;
         let watch = Watch::new(progress);
         let result = py.detach(|| {
             let mut extractor = self.lock();
+            let batch_size = batch_size.unwrap_or_else(|| extractor.default_batch_size());
             extract_each(&mut extractor, &paths, batch_size, lenient, &watch)
         });
         let found = watch.finish(result.map_err(PyErr::from))?;
@@ -452,7 +455,8 @@ pub struct AddImages {
     pub label_from_dir: bool,
     pub keep_features: bool,
     pub lenient: bool,
-    pub batch_size: usize,
+    /// `None`: the extractor's choice for its device.
+    pub batch_size: Option<usize>,
     pub commit_every: usize,
 }
 
@@ -467,7 +471,9 @@ pub fn add_files(
     // Keys are spelled as `milan index add` and `sync` spell them.
     let files: Vec<PathBuf> = paths.iter().map(|path| key_path(path)).collect();
     let options = IngestOptions {
-        batch_size: how.batch_size,
+        batch_size: how
+            .batch_size
+            .unwrap_or_else(|| extractor.default_batch_size()),
         commit_every: how.commit_every,
         label_from_dir: how.label_from_dir,
         keep_features: how.keep_features || keeps_features(index)?,
