@@ -490,7 +490,8 @@ impl Extractor {
     }
 
     /// Keeps `batch` for a later [`input_batch`](Self::input_batch) of the same capacity. At most
-    /// [`SPARE_BATCHES`] are kept; batches of another capacity make way for newer ones.
+    /// [`pipeline::BUFFERS`](crate::extract::pipeline::BUFFERS) are kept (as many as a run keeps
+    /// in circulation); batches of another capacity make way for newer ones.
     pub fn recycle(&mut self, batch: InputBatch) {
         self.spare.retain(|spare| spare.capacity == batch.capacity);
         if self.spare.len() < SPARE_BATCHES {
