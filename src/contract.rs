@@ -144,6 +144,11 @@ impl ExtractorContract {
     pub fn short_fingerprint(&self) -> String {
         crate::index::hex(&self.fingerprint[..8])
     }
+
+    /// Floats in one image's input: three channels of `size` x `size`.
+    pub fn input_len(&self) -> usize {
+        3 * self.size as usize * self.size as usize
+    }
 }
 
 impl fmt::Display for ExtractorContract {

@@ -176,7 +176,7 @@ pub fn check_extractor(
 }
 
 /// The label of `path` under `--label-from-dir`: its parent folder's name.
-pub(crate) fn parent_label(path: &Path) -> Option<String> {
+pub fn parent_label(path: &Path) -> Option<String> {
     path.parent()?
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())

@@ -464,6 +464,7 @@ fn scaling_table(range: PixelRange) -> [[f32; 256]; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{RngExt, SeedableRng};
 
     fn decode(bytes: &[u8]) -> Result<RgbImage, SkipReason> {
         decode_with(bytes, &ReadOptions::default())
@@ -705,12 +706,6 @@ mod tests {
         );
         assert!((imagenet[0] - (1.0 - 0.485) / 0.229).abs() < 1e-5);
     }
-}
-
-#[cfg(test)]
-mod resize_tests {
-    use super::*;
-    use rand::{RngExt, SeedableRng};
 
     /// The SIMD resizer against `image`'s triangle filter, which milan used before: every 8-bit
     /// value within one level, and on average far closer.
@@ -744,7 +739,6 @@ mod resize_tests {
                 .collect();
             let worst = differences.iter().max().copied().unwrap_or(0);
             let mean = differences.iter().sum::<i32>() as f64 / differences.len() as f64;
-            eprintln!("{width}x{height} -> {size}: worst {worst}, mean {mean:.4}");
             assert!(
                 worst <= 1,
                 "{width}x{height} -> {size}: a value {worst} levels away"

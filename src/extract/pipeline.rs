@@ -33,7 +33,7 @@ use crate::error::Result;
 /// Input buffers in circulation: one being filled, one in the model, one ready in between, so
 /// that neither stage waits for the other while both keep pace. They are taken from the
 /// extractor and given back at the end, so that the next run reuses them.
-pub const BUFFERS: usize = super::session::SPARE_BATCHES;
+pub const BUFFERS: usize = 3;
 
 /// Where a run's time went, in seconds.
 ///
@@ -224,7 +224,7 @@ fn decode_batches(
     free: &Receiver<InputBatch>,
     prepared: SyncSender<Prepared>,
 ) {
-    let len = 3 * contract.size as usize * contract.size as usize;
+    let len = contract.input_len();
     for (number, chunk) in paths.chunks(batch_size).enumerate() {
         if cancel.load(Ordering::Relaxed) {
             break;

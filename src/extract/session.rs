@@ -13,7 +13,7 @@ use crate::contract::{ExtractorContract, InputLayout, PixelRange, UnknownName};
 use ndarray::{s, Array2, ArrayViewD, Axis, Ix2, Ix4};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
-use ort::session::{HasSelectedOutputs, IoBinding, OutputSelector, RunOptions};
+use ort::session::{HasSelectedOutputs, IoBinding, OutputSelector, RunOptions, SessionOutputs};
 use ort::value::{Tensor, TensorRef};
 
 use super::gpu;
@@ -377,13 +377,13 @@ impl Extractor {
                     .map_err(|err| model_error(path, format!("cannot make input memory: {err}")))?,
             ),
         };
-        let binding = match options.io_binding.unwrap_or(false) {
-            false => None,
-            true => Some(
-                bind(&session, &contract.output)
-                    .map_err(|err| model_error(path, format!("cannot bind the output: {err}")))?,
-            ),
-        };
+        let binding =
+            match options.io_binding.unwrap_or(false) {
+                false => None,
+                true => Some(bind(&session).map_err(|err| {
+                    model_error(path, format!("cannot make an I/O binding: {err}"))
+                })?),
+            };
         let mut extractor = Extractor {
             session,
             contract,
@@ -395,25 +395,20 @@ impl Extractor {
             binding,
             full_batches: on_gpu,
         };
-        if extractor.buffers.is_some() || extractor.binding.is_some() {
-            let tried = extractor
-                .input_batch(1)
-                .and_then(|mut blank| extractor.run_batch(&mut blank, 1));
-            tried.map_err(|err| {
-                model_error(path, format!("a test run of the batch path failed: {err}"))
+        // One blank image through the path batches take (pinned memory, the binding).
+        let probe = extractor
+            .input_batch(1)
+            .and_then(|mut blank| extractor.run_batch(&mut blank, 1))
+            .map_err(|err| match err {
+                Error::Extract(ExtractError::Model {
+                    detail, setting, ..
+                }) => Error::Extract(ExtractError::Model {
+                    path: path.to_path_buf(),
+                    detail: format!("a test run failed: {detail}"),
+                    setting,
+                }),
+                other => other,
             })?;
-        }
-        let blank = vec![0.0f32; extractor.input_len()];
-        let probe = extractor.run(&blank, 1).map_err(|err| match err {
-            Error::Extract(ExtractError::Model {
-                detail, setting, ..
-            }) => Error::Extract(ExtractError::Model {
-                path: path.to_path_buf(),
-                detail: format!("a test run failed: {detail}"),
-                setting,
-            }),
-            other => other,
-        })?;
         extractor.contract.dim = probe.ncols() as u32;
         Ok(extractor)
     }
@@ -430,7 +425,7 @@ impl Extractor {
 
     /// Floats in one image's input.
     pub fn input_len(&self) -> usize {
-        3 * self.contract.size as usize * self.contract.size as usize
+        self.contract.input_len()
     }
 
     /// Whether batches run through an I/O binding ([`ExtractorOptions::io_binding`]).
@@ -478,7 +473,7 @@ impl Extractor {
         let memory = match &self.buffers {
             None => BatchMemory::Plain(vec![0.0; capacity * self.input_len()]),
             Some(allocator) => BatchMemory::Tensor(
-                Tensor::new(allocator, self.input_shape(capacity)).map_err(|err| {
+                Tensor::new(allocator, input_shape(&self.contract, capacity)).map_err(|err| {
                     model_error(
                         Path::new(&self.contract.path),
                         format!("cannot allocate input memory for {capacity} images: {err}"),
@@ -494,7 +489,7 @@ impl Extractor {
     /// in circulation); batches of another capacity make way for newer ones.
     pub fn recycle(&mut self, batch: InputBatch) {
         self.spare.retain(|spare| spare.capacity == batch.capacity);
-        if self.spare.len() < SPARE_BATCHES {
+        if self.spare.len() < super::pipeline::BUFFERS {
             self.spare.push(batch);
         }
     }
@@ -560,25 +555,14 @@ impl Extractor {
             .session
             .run_binding(&binding.binding)
             .map_err(|err| model_error(path, format!("inference failed: {err}")))?;
-        let value = &outputs[self.contract.output.as_str()];
-        let array: ArrayViewD<'_, f32> = value.try_extract_array::<f32>().map_err(|err| {
-            model_error(
-                path,
-                format!("output {:?} is not float32: {err}", self.contract.output),
-            )
-        })?;
-        pool(array, self.contract.layout).map_err(|detail| model_error(path, detail))
-    }
-
-    fn input_shape(&self, count: usize) -> [usize; 4] {
-        input_shape(&self.contract, count)
+        features_of(&outputs, &self.contract)
     }
 
     /// Runs `count` images laid out back to back in `input`; returns `[count, dim]` features,
     /// a 4-D output averaged over its spatial axes.
     pub fn run(&mut self, input: &[f32], count: usize) -> Result<Array2<f32>> {
         let path = PathBuf::from(&self.contract.path);
-        let shape = self.input_shape(count);
+        let shape = input_shape(&self.contract, count);
         let tensor = TensorRef::from_array_view((shape, &input[..count * self.input_len()]))
             .map_err(|err| model_error(&path, err))?;
         let outputs = self
@@ -588,19 +572,22 @@ impl Extractor {
                 &self.run_options,
             )
             .map_err(|err| model_error(&path, format!("inference failed: {err}")))?;
-        let value = &outputs[self.contract.output.as_str()];
-        let array: ArrayViewD<'_, f32> = value.try_extract_array::<f32>().map_err(|err| {
-            model_error(
-                &path,
-                format!("output {:?} is not float32: {err}", self.contract.output),
-            )
-        })?;
-        pool(array, self.contract.layout).map_err(|detail| model_error(&path, detail))
+        features_of(&outputs, &self.contract)
     }
 }
 
-/// Input batches an extractor keeps for reuse: as many as the pipeline keeps in circulation.
-pub const SPARE_BATCHES: usize = 3;
+/// The contract's output of a run, as `[count, dim]` features (a 4-D map pooled).
+fn features_of(outputs: &SessionOutputs<'_>, contract: &ExtractorContract) -> Result<Array2<f32>> {
+    let path = Path::new(&contract.path);
+    let value = &outputs[contract.output.as_str()];
+    let array: ArrayViewD<'_, f32> = value.try_extract_array::<f32>().map_err(|err| {
+        model_error(
+            path,
+            format!("output {:?} is not float32: {err}", contract.output),
+        )
+    })?;
+    pool(array, contract.layout).map_err(|detail| model_error(path, detail))
+}
 
 /// The input tensor's shape for `count` images.
 fn input_shape(contract: &ExtractorContract, count: usize) -> [usize; 4] {
@@ -628,19 +615,17 @@ fn host_allocator(session: &Session, cuda: Option<i32>) -> ort::Result<Allocator
     }
 }
 
-/// A binding for `output`, copied back into ordinary host memory once per batch.
-fn bind(session: &Session, output: &str) -> ort::Result<Binding> {
-    let output_memory = MemoryInfo::new(
-        AllocationDevice::CPU,
-        0,
-        AllocatorType::Device,
-        MemoryType::Default,
-    )?;
-    let mut binding = session.create_binding()?;
-    binding.bind_output_to_device(output, &output_memory)?;
+/// A binding whose output goes to ordinary host memory, once per batch; `run_bound` binds it
+/// for each new batch size, the first included.
+fn bind(session: &Session) -> ort::Result<Binding> {
     Ok(Binding {
-        binding,
-        output_memory,
+        binding: session.create_binding()?,
+        output_memory: MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )?,
         last_rows: None,
     })
 }

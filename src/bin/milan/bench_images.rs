@@ -247,15 +247,12 @@ pub fn images(args: ImagesArgs) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// The name of `path`'s parent folder, or `images` when it has none.
+/// The class `--label-from-dir` gives `path` (its parent folder's name), or `images`.
 fn class_of(path: &Path) -> String {
-    path.parent().and_then(Path::file_name).map_or_else(
-        || "images".to_string(),
-        |name| name.to_string_lossy().into_owned(),
-    )
+    milan::ingest::parent_label(path).unwrap_or_else(|| "images".to_string())
 }
 
-fn write_image(path: &PathBuf, image: &image::RgbImage, format: Format, quality: u8) -> Result<()> {
+fn write_image(path: &Path, image: &image::RgbImage, format: Format, quality: u8) -> Result<()> {
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);

@@ -116,7 +116,7 @@ pub fn run(args: ExtractArgs) -> Result<Outcome> {
         }
         .into_iter()
         .filter_map(|path| {
-            let label = path.parent()?.file_name()?.to_string_lossy().into_owned();
+            let label = milan::ingest::parent_label(&path)?;
             Some((path, label))
         })
         .collect(),
